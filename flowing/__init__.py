@@ -1,0 +1,26 @@
+"""flowing: run a DAG of Python steps in one process — parallel, retried, resumable."""
+
+from .flow import Flow
+from .limits import Limit
+from .results import ItemResult, StepResult, StepState
+from .retry import RetryUntilRejected
+from .scheduler import ItemsFailed
+from .tasks import TaskDef, clear_registry, task
+
+__version__ = "0.1.0"
+
+
+def __getattr__(name):
+    # The journal's step keys are only needed by runs that journal: import on demand.
+    if name in ("compute_step_key", "STEP_KEY_VERSION", "item_step_key"):
+        from . import stepkey
+        return getattr(stepkey, name)
+    if name == "JournalError":
+        from .journal import JournalError
+        return JournalError
+    raise AttributeError(f"module 'flowing' has no attribute {name!r}")
+
+
+__all__ = ["task", "TaskDef", "Flow", "StepState", "StepResult", "ItemResult", "Limit",
+           "clear_registry", "compute_step_key", "STEP_KEY_VERSION", "RetryUntilRejected",
+           "ItemsFailed", "JournalError"]
