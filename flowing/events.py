@@ -154,6 +154,12 @@ class Reporter:
                         "on_event hook raised %s; further hook errors are ignored",
                         error_line(exc))
 
+    def tick(self, done: int, total: int, running: dict) -> None:
+        """Progress, called by the scheduler thread about once a second during a run.
+
+        ``running`` maps the name of each running task to its start (epoch s).
+        """
+
     def warning(self, message: str) -> None:
         if self.logger is not None:
             self.logger.warning(message)

@@ -211,5 +211,20 @@ class Flow:
         lines.append(total)
         return "\n".join(lines)
 
+    def report(self) -> dict:
+        """A JSON-serialisable dict of the last run (``json.dumps`` always works)."""
+        from .report import build_report
+        return build_report(self)
+
+    def to_mermaid(self) -> str:
+        """A Mermaid flowchart of the graph; after a run, nodes show their state."""
+        from .report import to_mermaid
+        return to_mermaid(self)
+
+    def timeline_svg(self, path) -> str:
+        """Write an SVG Gantt chart of the last run to ``path``; returns the path."""
+        from .report import timeline_svg
+        return timeline_svg(self, path)
+
     def __repr__(self) -> str:
         return f"<Flow of {len(self.graph)} tasks>"

@@ -302,6 +302,8 @@ class Scheduler:
         self.unfinished = 0
         self.main_left = 0
         self.interrupted = False
+        self.running_since: dict[int, float] = {}  # task -> start, kept only when reporting
+        self.next_tick = 0.0
         self.retries: list = []  # (task, item, attempt, started, finished, error) of failed attempts
         self._finishing: list = []
         self._in_finish = False
@@ -402,6 +404,15 @@ class Scheduler:
                 outcome = None if inbox.empty() else inbox.get_nowait()
             if self.timers:
                 self._fire_timers()
+            if self.emit and time.monotonic() >= self.next_tick:
+                self._tick()
+
+    def _tick(self) -> None:
+        self.next_tick = time.monotonic() + MAX_WAIT_S
+        g = self.graph
+        done = len(g) - self.unfinished
+        running = {g.tasks[i].name: t for i, t in self.running_since.items()}
+        self.reporter.tick(done, len(g), running)
 
     def _wait_time(self) -> float:
         if self.timers:
@@ -525,7 +536,9 @@ class Scheduler:
 
     def _start_event(self, i: int, attempt: int) -> None:
         if self.emit:
-            self.emit(TaskStarted(time.time(), self.graph.tasks[i].name, attempt,
+            now = time.time()
+            self.running_since.setdefault(i, now)
+            self.emit(TaskStarted(now, self.graph.tasks[i].name, attempt,
                                   self.graph.detached[i]))
 
     # ----- outcomes -----------------------------------------------------------
@@ -703,6 +716,7 @@ class Scheduler:
             self.main_left -= 1
         self.layer_left[g.layer[i]] -= 1
         if self.emit:
+            self.running_since.pop(i, None)
             self._result_event(result, detached)
         if result.state is SUCCEEDED:
             waiting = self.waiting
