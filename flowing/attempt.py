@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import threading
 import time
-import traceback as tb_module
 
 from . import retry as retry_policy
 from .retry import RetryUntilRejected
@@ -82,6 +81,8 @@ class Outcome:
 
 
 def format_traceback(error: BaseException) -> str:
+    import traceback as tb_module  # only failures pay for it
+
     return "".join(tb_module.format_exception(type(error), error, error.__traceback__))
 
 

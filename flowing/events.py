@@ -7,84 +7,58 @@ logged once and then ignored; it never breaks the run or loses a result.
 
 from __future__ import annotations
 
-import logging
 import sys
-from dataclasses import dataclass, field
+
+from .records import Record
 
 LOGGER_NAME = "flowing"
 
 
-@dataclass(frozen=True, slots=True)
-class Event:
-    """Base of all events. ``at`` is epoch seconds."""
+class Event(Record):
+    """Base of all events. ``at`` is epoch seconds; events are read-only by convention."""
 
-    at: float
+    __slots__ = ("at",)
 
 
-@dataclass(frozen=True, slots=True)
 class FlowStarted(Event):
-    tasks: int
-    layers: int
-    max_workers: int
-    schedule: str
+    __slots__ = ("at", "tasks", "layers", "max_workers", "schedule")
 
 
-@dataclass(frozen=True, slots=True)
 class FlowFinished(Event):
-    ok: bool
-    duration_ms: float
-    counts: dict = field(default_factory=dict)  # state name -> number of tasks
-    interrupted: bool = False
+    # counts: state name -> number of tasks
+    __slots__ = ("at", "ok", "duration_ms", "counts", "interrupted")
+    _defaults = dict(counts=None, interrupted=False)
 
 
-@dataclass(frozen=True, slots=True)
 class TaskStarted(Event):
-    task: str
-    attempt: int
-    detached: bool = False
+    __slots__ = ("at", "task", "attempt", "detached")
+    _defaults = dict(detached=False)
 
 
-@dataclass(frozen=True, slots=True)
 class TaskRetrying(Event):
-    task: str
-    attempt: int           # the attempt that failed
-    max_attempts: int
-    delay_s: float         # wait before the next attempt
-    error: BaseException | None = None
-    reason: str | None = None
-    item: int | None = None
+    # attempt: the attempt that failed; delay_s: wait before the next one
+    __slots__ = ("at", "task", "attempt", "max_attempts", "delay_s", "error", "reason", "item")
+    _defaults = dict(error=None, reason=None, item=None)
 
 
-@dataclass(frozen=True, slots=True)
 class TaskSucceeded(Event):
-    task: str
-    attempts: int
-    duration_ms: float
-    detached: bool = False
+    __slots__ = ("at", "task", "attempts", "duration_ms", "detached")
+    _defaults = dict(detached=False)
 
 
-@dataclass(frozen=True, slots=True)
 class TaskFailed(Event):
-    task: str
-    attempts: int
-    duration_ms: float
-    error: BaseException | None = None
-    reason: str | None = None
-    detached: bool = False
+    __slots__ = ("at", "task", "attempts", "duration_ms", "error", "reason", "detached")
+    _defaults = dict(error=None, reason=None, detached=False)
 
 
-@dataclass(frozen=True, slots=True)
 class TaskSkipped(Event):
-    task: str
-    reason: str
-    detached: bool = False
+    __slots__ = ("at", "task", "reason", "detached")
+    _defaults = dict(detached=False)
 
 
-@dataclass(frozen=True, slots=True)
 class TaskCached(Event):
-    task: str
-    step_key: str | None = None
-    reason: str = "journal"
+    __slots__ = ("at", "task", "step_key", "reason")
+    _defaults = dict(step_key=None, reason="journal")
 
 
 def error_line(error: BaseException | None, width: int = 120) -> str:
@@ -105,8 +79,10 @@ def format_duration(ms: float) -> str:
     return f"{int(minutes)}m{seconds:02.0f}s"
 
 
-def resolve_logger(log) -> logging.Logger | None:
+def resolve_logger(log):
     """``True`` -> the "flowing" logger, given a stderr handler once; ``False`` -> None."""
+    import logging  # on first Flow, not at import: keeps ``import flowing`` light
+
     if log is False or log is None:
         return None
     if isinstance(log, logging.Logger):
@@ -129,7 +105,7 @@ def resolve_logger(log) -> logging.Logger | None:
 class Reporter:
     """Turns events into log lines and hands them to the user's hook."""
 
-    def __init__(self, logger: logging.Logger | None, on_event=None):
+    def __init__(self, logger, on_event=None):
         if on_event is not None and not callable(on_event):
             raise TypeError(f"Flow(on_event=...) must be callable, got {on_event!r}")
         self.logger = logger
@@ -142,14 +118,18 @@ class Reporter:
         if self.logger is not None:
             line = log_line(event)
             if line:
-                level = logging.WARNING if isinstance(event, TaskFailed) else logging.INFO
-                self.logger.log(level, line)
+                if isinstance(event, TaskFailed):
+                    self.logger.warning(line)
+                else:
+                    self.logger.info(line)
         if self.on_event is not None:
             try:
                 self.on_event(event)
             except Exception as exc:
                 if not self._hook_failed:
                     self._hook_failed = True
+                    import logging
+
                     (self.logger or logging.getLogger(LOGGER_NAME)).warning(
                         "on_event hook raised %s; further hook errors are ignored",
                         error_line(exc))

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 import time
 
 from .events import LOGGER_NAME, Reporter, error_line, format_duration, resolve_logger
@@ -46,6 +45,8 @@ class Flow:
         self.journal_path = None if journal_path is None else str(journal_path)
         self._journal = None
         if journal_path is not None:
+            import logging
+
             from .journal import Journal  # only runs with a journal pay for it
             self._journal = Journal.open(self.journal_path,
                                          self.logger or logging.getLogger(LOGGER_NAME))

@@ -12,13 +12,11 @@ length, as ``graphlib.TopologicalSorter`` hands them out batch by batch.
 
 from __future__ import annotations
 
-import difflib
 import graphlib
-import inspect
 
 from .tasks import TaskDef, check_dependency, registered_tasks
 
-_CO_VARKEYWORDS = inspect.CO_VARKEYWORDS
+_CO_VARKEYWORDS = 0x08  # inspect.CO_VARKEYWORDS, without importing inspect at start-up
 
 
 class Graph:
@@ -105,6 +103,8 @@ class Graph:
             return None
 
     def suggest(self, name: str) -> str:
+        import difflib
+
         close = difflib.get_close_matches(name, list(self._by_name), n=3)
         if close:
             return "; did you mean " + " or ".join(repr(c) for c in close) + "?"
@@ -126,30 +126,35 @@ class Graph:
 
 
 def _reachable(terminals) -> list[TaskDef]:
-    """Every task reachable from the terminals, depth-first, each once."""
+    """Every task reachable from the terminals, each once, dependencies first
+    and otherwise in declaration order (an iterative depth-first post-order)."""
     if not terminals:
         raise ValueError("Flow() needs at least one terminal task: Flow(last_task) runs "
                          "last_task and everything it depends on")
-    seen: dict[TaskDef, None] = {}
-    stack = []
     for position, t in enumerate(terminals):
         if not isinstance(t, TaskDef):
             what = (f"the plain function '{t.__name__}'; decorate it with @task"
                     if callable(t) and hasattr(t, "__name__") else repr(t))
             raise TypeError(f"Flow() terminal #{position + 1} is {what}; terminals must be "
                             f"@task-decorated functions")
-        stack.append(t)
-    while stack:
-        td = stack.pop()
-        if td in seen:
-            continue
-        seen[td] = None
-        for position, dep in enumerate(td.depends_on):
-            # depends_on is a public list: re-check items added after decoration
-            check_dependency(td.name, position, dep)
-            if dep not in seen:
-                stack.append(dep)
-    return list(seen)
+    order: dict[TaskDef, None] = {}
+    entered: set[TaskDef] = set()
+    for terminal in terminals:
+        stack = [(terminal, enumerate(terminal.depends_on))]
+        entered.add(terminal)
+        while stack:
+            td, deps = stack[-1]
+            for position, dep in deps:
+                # depends_on is a public list: re-check items added after decoration
+                check_dependency(td.name, position, dep)
+                if dep not in entered:
+                    entered.add(dep)
+                    stack.append((dep, enumerate(dep.depends_on)))
+                    break
+            else:
+                stack.pop()
+                order[td] = None
+    return list(order)
 
 
 def _add_detached(members: list[TaskDef]) -> None:
@@ -261,6 +266,8 @@ def _parameters(fn):
             cached = (accepted, required, bool(code.co_flags & _CO_VARKEYWORDS))
             _signature_cache[key] = cached
         return cached
+    import inspect
+
     try:
         sig = inspect.signature(fn)
     except (TypeError, ValueError):

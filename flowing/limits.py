@@ -9,17 +9,17 @@ nothing here is shared with worker threads.
 from __future__ import annotations
 
 import collections
-import re
 
 _UNITS = {"s": 1.0, "sec": 1.0, "second": 1.0, "m": 60.0, "min": 60.0,
           "minute": 60.0, "h": 3600.0, "hour": 3600.0}
-_RATE_RE = re.compile(r"^\s*(\d+)\s*/\s*([a-z]+)\s*$")
 
 
 def parse_rate(rate) -> tuple[int, float]:
     """``"N/s"``, ``"N/min"``, ``"N/h"`` or ``(N, seconds)`` -> ``(N, seconds)``."""
     if isinstance(rate, str):
-        m = _RATE_RE.match(rate.lower())
+        import re
+
+        m = re.match(r"^\s*(\d+)\s*/\s*([a-z]+)\s*$", rate.lower())
         if m and m.group(2) in _UNITS and int(m.group(1)) >= 1:
             return int(m.group(1)), _UNITS[m.group(2)]
         raise ValueError(f"Limit rate {rate!r} is not understood: write it as "

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass
-from typing import Any
+
+from .records import Record
 
 
 class StepState(str, enum.Enum):
@@ -18,8 +18,7 @@ class StepState(str, enum.Enum):
         return self.value
 
 
-@dataclass(slots=True, eq=False)
-class StepResult:
+class StepResult(Record):
     """The outcome of one task in one run.
 
     ``duration_ms`` spans the first attempt's start to the last attempt's end
@@ -29,19 +28,11 @@ class StepResult:
     per input item, in input order.
     """
 
-    name: str
-    state: StepState
-    value: Any = None
-    error: BaseException | None = None
-    duration_ms: float = 0.0
-    attempts: int = 0
-    step_key: str | None = None
-    cached: bool = False
-    reason: str | None = None
-    traceback: str | None = None
-    started_at: float | None = None
-    finished_at: float | None = None
-    items: list | None = None
+    __slots__ = ("name", "state", "value", "error", "duration_ms", "attempts", "step_key",
+                 "cached", "reason", "traceback", "started_at", "finished_at", "items")
+    _defaults = dict(value=None, error=None, duration_ms=0.0, attempts=0, step_key=None,
+                     cached=False, reason=None, traceback=None, started_at=None,
+                     finished_at=None, items=None)
 
     @property
     def ok(self) -> bool:
@@ -57,16 +48,19 @@ class StepResult:
                 f"{', cached' if self.cached else ''}{extra})")
 
 
-@dataclass(slots=True, eq=False)
-class ItemResult:
+class ItemResult(Record):
     """The outcome of one item of a ``for_each`` task."""
 
-    index: int
-    state: StepState
-    value: Any = None
-    error: BaseException | None = None
-    attempts: int = 0
-    cached: bool = False
-    traceback: str | None = None
-    started_at: float | None = None
-    finished_at: float | None = None
+    __slots__ = ("index", "state", "value", "error", "attempts", "cached", "traceback",
+                 "started_at", "finished_at")
+    _defaults = dict(value=None, error=None, attempts=0, cached=False, traceback=None,
+                     started_at=None, finished_at=None)
+
+    @property
+    def ok(self) -> bool:
+        return self.state is StepState.SUCCEEDED
+
+    def __repr__(self) -> str:
+        extra = f", error={type(self.error).__name__}: {self.error}" if self.error else ""
+        return (f"ItemResult({self.index}, {self.state.value}, attempts={self.attempts}"
+                f"{', cached' if self.cached else ''}{extra})")

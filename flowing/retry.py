@@ -10,20 +10,23 @@ asks ``next_delay`` once per failed attempt; the scheduler only waits.
 from __future__ import annotations
 
 import numbers
-import random
 
 
 class RetryUntilRejected(Exception):
     """``retry_until`` rejected the value of the last allowed attempt."""
 
 
-def backoff_delay(attempt: int, base_ms: float, max_ms: float, rand=random.random) -> float:
+def backoff_delay(attempt: int, base_ms: float, max_ms: float, rand=None) -> float:
     """Seconds to wait after failed attempt ``attempt`` (1-based).
 
     The nominal delay ``d = min(base * 2**(attempt-1), max)`` is drawn from
     ``[d/2, d]`` (equal jitter): retries of many tasks that failed together
     spread out instead of hitting the service again in lockstep.
     """
+    if rand is None:
+        import random  # only retries pay for it
+
+        rand = random.random
     nominal = min(base_ms * (2 ** min(attempt - 1, 64)), max_ms) / 1000.0
     return nominal / 2 + rand() * nominal / 2
 

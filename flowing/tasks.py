@@ -7,11 +7,11 @@ line that made it, naming the task and the argument. The graph-wide checks
 
 from __future__ import annotations
 
-import inspect
 import numbers
-from typing import Any, Callable
 
 from .limits import Limit
+
+_CO_COROUTINE = 0x80  # inspect.CO_COROUTINE, without importing inspect at start-up
 
 # Every TaskDef made by ``task``, in creation order. Only used to discover
 # detached tasks whose dependencies are all in a flow's graph (see graph.py).
@@ -72,8 +72,7 @@ class TaskDef:
             raise TypeError(f"task '{name}': limit must be a flowing.Limit, got {limit!r}; "
                             f"write limit=Limit(max_concurrency=..., rate=...)")
         self.limit = limit
-        self.is_async = inspect.iscoroutinefunction(fn) or inspect.iscoroutinefunction(
-            getattr(fn, "__call__", None))
+        self.is_async = _is_coroutine_function(fn)
 
     def __call__(self, *args, **kwargs):
         return self.fn(*args, **kwargs)
@@ -83,12 +82,11 @@ class TaskDef:
         return f"<task {self.name}" + (f" <- [{deps}]>" if deps else ">")
 
 
-def task(fn: Callable | None = None, *, depends_on=(), name: str | None = None, retry: int = 0,
+def task(fn=None, *, depends_on=(), name: str | None = None, retry: int = 0,
          retry_backoff_base_ms: float = 1000, retry_max_backoff_ms: float = 30_000,
          retry_on=(Exception,), timeout_s: float | None = None, detached: bool = False,
-         when: Callable | None = None, validate: Callable | None = None,
-         retry_until: Callable | None = None, for_each: str | None = None,
-         limit: Limit | None = None) -> Any:
+         when=None, validate=None, retry_until=None, for_each: str | None = None,
+         limit: Limit | None = None):
     """Declare a step. Use as ``@task``, ``@task(...)`` or ``task(fn, name=...)``.
 
     Each dependency's value is passed to the function as the keyword argument
@@ -108,6 +106,16 @@ def task(fn: Callable | None = None, *, depends_on=(), name: str | None = None, 
     if fn is None:
         return decorate
     return decorate(fn)
+
+
+def _is_coroutine_function(fn) -> bool:
+    code = getattr(fn, "__code__", None)
+    if code is not None and not hasattr(fn, "__wrapped__"):
+        return bool(code.co_flags & _CO_COROUTINE)
+    import inspect  # partials, wrapped and callable objects: let inspect unwrap them
+
+    return inspect.iscoroutinefunction(fn) or inspect.iscoroutinefunction(
+        getattr(fn, "__call__", None))
 
 
 # --- argument checks: each names the task and says what to write instead ---
