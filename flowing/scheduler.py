@@ -86,13 +86,14 @@ class ItemsFailed(Exception):
 class _Shared:
     """What workers may see of a run."""
 
-    __slots__ = ("inbox", "stopping", "stop_reason", "fail_fast", "journal", "tasks",
-                 "keys", "dep_keys", "fused_next")
+    __slots__ = ("inbox", "stopping", "stop_reason", "interrupted", "fail_fast", "journal",
+                 "tasks", "keys", "dep_keys", "fused_next")
 
     def __init__(self, graph, fail_fast, journal, keys):
         self.inbox = queue.SimpleQueue()  # outcomes, workers -> scheduler
         self.stopping = threading.Event()  # no new main task may start
         self.stop_reason = None            # why: set once, before ``stopping``
+        self.interrupted = False           # Ctrl-C: workers drop whatever is still queued
         self.fail_fast = fail_fast
         self.journal = journal
         self.tasks = graph.tasks
@@ -123,6 +124,8 @@ class _Shared:
 def _work(job: Job, shared: _Shared) -> None:
     """Worker entry: run a sync job, then any fused successors, reporting each."""
     while job is not None:
+        if shared.interrupted:
+            return
         if (shared.stopping.is_set() and job.attempt == 1 and job.mode != A.ITEM
                 and not job.td.detached):
             # queued before fail_fast (or Ctrl-C) stopped the run: it never starts
@@ -179,6 +182,9 @@ class WorkerPool:
             _work(job, shared)
 
     def shutdown(self) -> None:
+        """Let idle workers exit; jobs still queued are dropped (only Ctrl-C leaves any)."""
+        while not self._jobs.empty():
+            self._jobs.get_nowait()
         for _ in self._threads:
             self._jobs.put(None)
 
@@ -328,6 +334,7 @@ class Scheduler:
             self._loop()
         except KeyboardInterrupt:
             self.interrupted = True
+            self.shared.interrupted = True
             self.shared.stop("interrupted")
             self._keep_finished()
             raise
