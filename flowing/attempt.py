@@ -33,13 +33,14 @@ FAILED = "failed"
 SKIPPED = "skipped"
 RETRY = "retry"    # failed attempt that will be retried after ``retry_in`` seconds
 PASSED = "passed"  # GATE job: the gates let the task through
+STARTED = "started"  # not a verdict: a queued job announcing that its body starts now
 
 
 class Job:
     """One attempt of one task (or item), as handed to a worker."""
 
     __slots__ = ("task", "td", "kwargs", "attempt", "mode", "item", "gates", "key",
-                 "first_started")
+                 "first_started", "announce")
 
     def __init__(self, task, td, kwargs, attempt=1, mode=TASK, item=None, gates=True,
                  key=None, first_started=None):
@@ -52,6 +53,7 @@ class Job:
         self.gates = gates            # run when/validate first
         self.key = key                # journal key of this task or item, if journaling
         self.first_started = first_started  # epoch start of attempt 1, kept across retries
+        self.announce = False         # post a STARTED notice when the body starts
 
     def retry_job(self) -> "Job":
         return Job(self.task, self.td, self.kwargs, self.attempt + 1, self.mode, self.item,

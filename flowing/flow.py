@@ -52,7 +52,10 @@ class Flow:
                                          self.logger or logging.getLogger(LOGGER_NAME))
         self.results: dict[str, StepResult] = {}
         self._overrides: dict[int, StepResult] = {}
+        # items that finished in for_each tasks a Ctrl-C cut short, for resume()
+        self._interrupted_items: dict[int, list] = {}
         self.retries: list = []  # failed attempts of the last run, for reports
+        self.last_attempt_started: dict[str, float] = {}  # retried tasks: final attempt start
         self.started_at: float | None = None
         self.finished_at: float | None = None
 
@@ -79,7 +82,8 @@ class Flow:
             for i in force:
                 self._overrides.pop(i, None)
         kept: dict[int, StepResult] = {}
-        partial: dict[int, list] = {}
+        partial: dict[int, list] = {i: items for i, items in self._interrupted_items.items()
+                                     if i not in force}
         for name, r in self.results.items():
             i = g.index_of(name)
             if i in force:
@@ -109,6 +113,8 @@ class Flow:
             self.results = {tasks[i].name: r for i, r in enumerate(scheduler.results)
                             if r is not None}
             self.retries = scheduler.retries
+            self.last_attempt_started = scheduler.last_attempt_started
+            self._interrupted_items = scheduler.unfinished_items()
         return self.results
 
     def _step_keys(self) -> list[str]:
@@ -217,10 +223,10 @@ class Flow:
         from .report import build_report
         return build_report(self)
 
-    def to_mermaid(self) -> str:
+    def to_mermaid(self, direction: str = "TD") -> str:
         """A Mermaid flowchart of the graph; after a run, nodes show their state."""
         from .report import to_mermaid
-        return to_mermaid(self)
+        return to_mermaid(self, direction)
 
     def timeline_svg(self, path) -> str:
         """Write an SVG Gantt chart of the last run to ``path``; returns the path."""

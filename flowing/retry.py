@@ -27,7 +27,11 @@ def backoff_delay(attempt: int, base_ms: float, max_ms: float, rand=None) -> flo
         import random  # only retries pay for it
 
         rand = random.random
-    nominal = min(base_ms * (2 ** min(attempt - 1, 64)), max_ms) / 1000.0
+    try:
+        grown = base_ms * 2.0 ** (attempt - 1)
+    except OverflowError:  # thousands of attempts: the cap has long been reached
+        grown = float("inf") if base_ms else 0.0
+    nominal = min(grown, max_ms) / 1000.0
     return nominal / 2 + rand() * nominal / 2
 
 

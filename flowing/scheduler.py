@@ -74,6 +74,9 @@ _STATE_OF = {A.SUCCEEDED: SUCCEEDED, A.FAILED: FAILED, A.SKIPPED: SKIPPED}
 # The longest the scheduler sleeps without looking around (timers, progress).
 MAX_WAIT_S = 1.0
 
+# Put in the inbox by our SIGINT handler to wake the loop.
+_INTERRUPT = object()
+
 
 class ItemsFailed(Exception):
     """Some items of a ``for_each`` task failed after their retries."""
@@ -133,6 +136,8 @@ def _work(job: Job, shared: _Shared) -> None:
             shared.inbox.put(Outcome(job, A.SKIPPED, reason=f"not started: {shared.stop_reason}",
                                      started_at=now, finished_at=now))
             return
+        if job.announce:
+            shared.inbox.put(Outcome(job, A.STARTED, started_at=time.time()))
         outcome = run_attempt(job)
         successor = None
         if outcome.kind is A.SUCCEEDED:
@@ -198,12 +203,27 @@ class ExecutorPool:
 
     def submit(self, job: Job, in_flight: int) -> None:
         try:
-            self._executor.submit(_work, job, self._shared)
+            future = self._executor.submit(_work, job, self._shared)
         except Exception as exc:  # e.g. the executor was shut down
-            error = RuntimeError(f"task '{job.td.name}': the executor refused it "
-                                 f"({type(exc).__name__}: {exc}); pass a running executor")
-            self._shared.inbox.put(Outcome(job, A.FAILED, error=error,
-                                           started_at=time.time(), finished_at=time.time()))
+            self._refused(job, exc, "refused it")
+            return
+        # _work never raises, so a failed or cancelled future means the executor
+        # itself could not run it (a process pool that cannot pickle, a shutdown).
+        future.add_done_callback(lambda f: self._check(f, job))
+
+    def _check(self, future, job: Job) -> None:
+        if future.cancelled():
+            self._refused(job, None, "cancelled it")
+        elif future.exception() is not None:
+            self._refused(job, future.exception(), "could not run it")
+
+    def _refused(self, job: Job, exc, what: str) -> None:
+        why = f" ({type(exc).__name__}: {exc})" if exc is not None else ""
+        error = RuntimeError(f"task '{job.td.name}': the executor {what}{why}; pass a "
+                             f"running thread-based executor")
+        now = time.time()
+        self._shared.inbox.put(Outcome(job, A.FAILED, error=error, started_at=now,
+                                       finished_at=now))
 
     def shutdown(self) -> None:
         pass
@@ -311,8 +331,10 @@ class Scheduler:
         self.running_since: dict[int, float] = {}  # task -> start, kept only when reporting
         self.next_tick = 0.0
         self.retries: list = []  # (task, item, attempt, started, finished, error) of failed attempts
+        self.last_attempt_started: dict[str, float] = {}  # name -> start, for retried tasks
         self._finishing: list = []
         self._in_finish = False
+        self.sigint = False  # Ctrl-C seen by our handler, to be raised at a safe point
 
     # ----- set-up -------------------------------------------------------------
 
@@ -329,6 +351,7 @@ class Scheduler:
         if emit:
             emit(FlowStarted(started, len(g), len(g.layers), self.max_workers,
                              "layers" if self.layered else "eager"))
+        previous_handler = self._catch_sigint()
         try:
             self._prepare(kept, force)
             self._loop()
@@ -339,6 +362,10 @@ class Scheduler:
             self._keep_finished()
             raise
         finally:
+            if previous_handler is not None:
+                import signal
+
+                signal.signal(signal.SIGINT, previous_handler)
             self._close()
             if emit:
                 counts = {s.value: 0 for s in StepState}
@@ -350,6 +377,30 @@ class Scheduler:
                 emit(FlowFinished(time.time(), ok, (time.time() - started) * 1000, counts,
                                   self.interrupted))
         return self.results
+
+    def _catch_sigint(self):
+        """Turn Ctrl-C into a request the loop honours between two outcomes.
+
+        A KeyboardInterrupt raised at an arbitrary bytecode could drop an
+        outcome the loop had just taken off the inbox (and with it a finished
+        result). So, when run() is on the main thread and SIGINT has Python's
+        default handler, our handler only sets a flag and wakes the loop, which
+        raises KeyboardInterrupt itself. Returns the handler to restore, or None.
+        """
+        if threading.current_thread() is not threading.main_thread():
+            return None
+        import signal
+
+        previous = signal.getsignal(signal.SIGINT)
+        if previous is not signal.default_int_handler:
+            return None  # the application handles SIGINT its own way: leave it alone
+
+        def on_sigint(signum, frame):
+            self.sigint = True
+            self.shared.inbox.put(_INTERRUPT)  # SimpleQueue.put is safe in a signal handler
+
+        signal.signal(signal.SIGINT, on_sigint)
+        return previous
 
     def _prepare(self, kept: dict, force: set) -> None:
         g, results, status = self.graph, self.results, self.status
@@ -397,6 +448,8 @@ class Scheduler:
     def _loop(self) -> None:
         inbox = self.shared.inbox
         while self.unfinished:
+            if self.sigint:
+                raise KeyboardInterrupt
             self._dispatch()
             if not self.unfinished:
                 break
@@ -407,6 +460,8 @@ class Scheduler:
             except queue.Empty:
                 outcome = None
             while outcome is not None:
+                if outcome is _INTERRUPT:
+                    raise KeyboardInterrupt
                 self._on_outcome(outcome)
                 outcome = None if inbox.empty() else inbox.get_nowait()
             if self.timers:
@@ -533,7 +588,12 @@ class Scheduler:
         self.in_flight += 1
         if job.mode != A.ITEM:
             self.status[job.task] = RUNNING
-            self._start_event(job.task, job.attempt)
+            if self.in_flight <= self.max_workers:
+                self._start_event(job.task, job.attempt)
+            elif self.emit:
+                # queued behind busy workers: it may yet be skipped, so the worker
+                # says when it really starts
+                job.announce = True
         if job.td.is_async:
             if self.async_runner is None:
                 self.async_runner = AsyncRunner(self.shared)
@@ -541,9 +601,9 @@ class Scheduler:
         else:
             self.pool.submit(job, self.in_flight)
 
-    def _start_event(self, i: int, attempt: int) -> None:
+    def _start_event(self, i: int, attempt: int, now: float | None = None) -> None:
         if self.emit:
-            now = time.time()
+            now = now or time.time()
             self.running_since.setdefault(i, now)
             self.emit(TaskStarted(now, self.graph.tasks[i].name, attempt,
                                   self.graph.detached[i]))
@@ -552,6 +612,9 @@ class Scheduler:
 
     def _on_outcome(self, o: Outcome) -> None:
         job = o.job
+        if o.kind is A.STARTED:
+            self._start_event(job.task, job.attempt, o.started_at)
+            return
         if o.next_job is None:
             self.in_flight -= 1
         if job.td.limit is not None and job.mode != A.GATE:
@@ -576,6 +639,8 @@ class Scheduler:
             job.td.name, _STATE_OF[o.kind], o.value, o.error,
             (o.finished_at - started) * 1000 if started else 0.0, o.attempts,
             job.key, False, o.reason, o.traceback, started, o.finished_at)
+        if o.attempts > 1:
+            self.last_attempt_started[result.name] = o.started_at
         successor = o.next_job
         if successor is not None:
             self.status[successor.task] = RUNNING  # so finishing i does not queue it again
@@ -589,7 +654,8 @@ class Scheduler:
                              o.error if o.error is not None else o.reason))
         if self.emit:
             self.emit(TaskRetrying(time.time(), job.td.name, job.attempt, 1 + job.td.retry,
-                                   o.retry_in, o.error, o.reason, job.item))
+                                   o.retry_in, o.error, o.reason, job.item,
+                                   duration_ms=(o.finished_at - o.started_at) * 1000))
         heapq.heappush(self.timers, (time.monotonic() + o.retry_in, next(self.seq),
                                      job.retry_job()))
 
@@ -771,21 +837,36 @@ class Scheduler:
     # ----- shutting down ------------------------------------------------------
 
     def _keep_finished(self) -> None:
-        """After Ctrl-C: keep the final results that already came back, start nothing."""
+        """After Ctrl-C: keep the results that already came back, start nothing.
+
+        Items that finished in an unfinished for_each task are kept too
+        (``unfinished_items``), so resume() does not run them again.
+        """
         inbox = self.shared.inbox
         while not inbox.empty():
             o = inbox.get_nowait()
-            job = o.job
-            if job.mode == A.ITEM or o.kind not in _STATE_OF:
+            if o is _INTERRUPT or o.kind not in _STATE_OF:
                 continue
+            job = o.job
             if o.kind is A.SUCCEEDED:
                 self.shared.record(o)
+            if job.mode == A.ITEM:
+                fan = self.fanouts.get(job.task)
+                if fan is not None and fan.items[job.item] is None:
+                    fan.items[job.item] = ItemResult(
+                        job.item, _STATE_OF[o.kind], o.value, o.error, o.attempts, False,
+                        o.traceback, job.first_started, o.finished_at)
+                continue
             if self.results[job.task] is None:
                 started = job.first_started or o.started_at
                 self.results[job.task] = StepResult(
                     job.td.name, _STATE_OF[o.kind], o.value, o.error,
                     (o.finished_at - started) * 1000 if started else 0.0, o.attempts,
                     job.key, False, o.reason, o.traceback, started, o.finished_at)
+
+    def unfinished_items(self) -> dict[int, list]:
+        """index -> ItemResults so far (None: not finished) of for_each tasks cut short."""
+        return {i: list(fan.items) for i, fan in self.fanouts.items()}
 
     def _close(self) -> None:
         self.pool.shutdown()

@@ -1,0 +1,151 @@
+"""Progress of a long run: what is done, what is running, for how long.
+
+``Reporter.tick`` calls ``Progress.tick`` about once a second during a run
+(only when the flow logs: nothing of this happens with ``log=False``).
+
+* On a terminal (``sys.stderr.isatty()``, default ``"flowing"`` logger) one
+  live status line is redrawn in place::
+
+      flowing: 3/10 done, 12.4s | running: fetch 8.1s, parse 0.6s, +2 more
+
+  It is wiped before any other line of the ``"flowing"`` logger is written,
+  and at the end of the run, so it never mixes with the log.
+* Otherwise (a pipe, a file, a CI log, or a logger of your own) a heartbeat
+  line is logged every ``HEARTBEAT_S`` seconds while anything has been
+  running for longer than ``HEARTBEAT_S``::
+
+      flowing: still running: fetch 42s, parse 12s; 3/10 done, 45s elapsed
+"""
+
+from __future__ import annotations
+
+import sys
+import threading
+import time
+
+# Seconds between heartbeat lines, and how long a task must have been running
+# before it is worth one. Read at every tick, so tests may monkeypatch it.
+HEARTBEAT_S = 10.0
+
+_CLEAR = "\r\x1b[2K"  # carriage return, erase the whole line
+
+# The live line currently on screen (at most one per process).
+_lock = threading.Lock()
+_shown_on = None  # the stream it is on, or None
+
+
+def clear_live() -> None:
+    """Wipe the live status line, if one is on screen. Safe from any thread."""
+    global _shown_on
+    if _shown_on is None:
+        return
+    with _lock:
+        stream, _shown_on = _shown_on, None
+        if stream is not None:
+            try:
+                stream.write(_CLEAR)
+                stream.flush()
+            except (OSError, ValueError):
+                pass
+
+
+def _draw(stream, text: str) -> None:
+    global _shown_on
+    with _lock:
+        try:
+            stream.write(_CLEAR + text)
+            stream.flush()
+        except (OSError, ValueError):
+            return
+        _shown_on = stream
+
+
+def _is_tty(stream) -> bool:
+    try:
+        return bool(stream.isatty())
+    except (AttributeError, OSError, ValueError):
+        return False
+
+
+def _age(seconds: float) -> str:
+    """``0.4s``, ``12.0s``, ``3m05s``: one style for every age on the line."""
+    from .events import format_duration
+    seconds = max(0.0, seconds)
+    return f"{seconds:.1f}s" if seconds < 60 else format_duration(seconds * 1000)
+
+
+def running_list(running: dict, now: float, width: int) -> str:
+    """``a 8.1s, b 0.6s, +2 more`` (longest-running first) in at most ``width`` chars."""
+    from .events import clip
+
+    ages = sorted(((now - t, name) for name, t in running.items()), reverse=True)
+    parts: list[str] = []
+    used = 0
+    for k, (age, name) in enumerate(ages):
+        part = f"{clip(name, 40)} {_age(age)}"
+        rest = len(ages) - k - 1
+        more = len(f", +{rest} more") if rest else 0
+        if parts and used + 2 + len(part) + more > width:
+            parts.append(f"+{len(ages) - k} more")
+            break
+        parts.append(part)
+        used += len(part) + 2
+    return clip(", ".join(parts), width)
+
+
+class Progress:
+    """Progress of one run, for one logger."""
+
+    def __init__(self, logger, started_at: float, stream=None):
+        import logging
+
+        from .events import LOGGER_NAME
+
+        self.logger = logger
+        self.started_at = started_at
+        self.stream = stream if stream is not None else sys.stderr
+        self.enabled = logger.isEnabledFor(logging.INFO)
+        # A live line only where the default logger writes: the user's terminal.
+        self.live = (self.enabled and logger is logging.getLogger(LOGGER_NAME)
+                     and _is_tty(self.stream))
+        self.last_beat = started_at
+
+    def tick(self, done: int, total: int, running: dict) -> None:
+        if not self.enabled:
+            return
+        now = time.time()
+        if self.live:
+            self._draw_live(done, total, running, now)
+        else:
+            self._heartbeat(done, total, running, now)
+
+    def _draw_live(self, done, total, running, now) -> None:
+        import shutil
+
+        from .events import clip
+
+        columns = shutil.get_terminal_size((100, 24)).columns
+        width = max(20, columns - 1)  # never wrap: a wrapped line cannot be redrawn
+        head = f"flowing: {done}/{total} done, {_age(now - self.started_at)}"
+        if running:
+            head += " | running: " + running_list(running, now, max(10, width - len(head) - 12))
+        _draw(self.stream, clip(head, width))
+
+    def _heartbeat(self, done, total, running, now) -> None:
+        interval = HEARTBEAT_S
+        if now - self.last_beat < interval:
+            return
+        if not any(now - t >= interval for t in running.values()):
+            return
+        self.last_beat = now
+        tail = f"; {done}/{total} done, {_age(now - self.started_at)} elapsed"
+        from .events import MAX_LINE
+        room = MAX_LINE - len("flowing: still running: ") - len(tail)
+        self.logger.info("still running: %s%s", running_list(running, now, room), tail)
+
+    def clear(self) -> None:
+        if self.live:
+            clear_live()
+
+    def close(self) -> None:
+        self.clear()
