@@ -62,3 +62,21 @@ def test_quickstart_example_runs(repo_env, tmp_path):
     assert proc.returncode == 0, proc.stderr
     assert "6 succeeded" in proc.stdout
     assert "[notify]" in proc.stdout
+
+
+def test_gates_example_runs(repo_env, tmp_path):
+    proc = subprocess.run([sys.executable, os.path.join(REPO, "examples", "gates.py")],
+                          cwd=tmp_path, env=repo_env, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert "attempts=3" in proc.stdout and "when() returned False" in proc.stdout
+    assert "published: Paris" in proc.stdout
+
+
+def test_resume_journal_example_replays_the_expensive_step(repo_env, tmp_path):
+    proc = subprocess.run([sys.executable, os.path.join(REPO, "examples", "resume_journal.py")],
+                          cwd=tmp_path, env=repo_env, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    first, second = proc.stdout.split("== process 2")
+    assert "download ran" in first and "download ran" not in second
+    assert "parse ran" in second and "report ran" in second
+    assert "(1 cached)" in second
