@@ -118,7 +118,11 @@ class Flow:
         return self.results
 
     def _step_keys(self) -> list[str]:
-        from .stepkey import compute_step_key
+        from .stepkey import clear_cache, compute_step_key
+
+        # Fingerprints read module constants; a fix made at run time (a flag flipped
+        # before resume()) must give a new key, not be journaled under the old one.
+        clear_cache()
         keys: list[str] = []
         for td, deps in zip(self.graph.tasks, self.graph.deps):
             keys.append(compute_step_key(td, [keys[d] for d in deps]))

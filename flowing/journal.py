@@ -205,7 +205,7 @@ def _check(head, crc_rest: int | None, last: int | None) -> tuple[dict | None, i
             or type(deps) is not list or not all(type(d) is str for d in deps)
             or type(hdr.get("t")) not in (int, float)):
         return None, 0, "corrupt line (bad header fields)"
-    if hdr.get("enc") not in ("json", "pickle"):
+    if hdr.get("enc") not in ("json", "pickle", "none"):
         return None, 0, f"unknown value encoding {hdr.get('enc')!r} (written by another flowing version?)"
     return hdr, i + len(_VALUE_TAG), None
 
@@ -349,6 +349,8 @@ def _human_size(n: float) -> str:
 
 def _preview(head: bytes, vstart: int, length: int, enc: str, width: int = 60) -> str:
     vend = length - 2  # strip '}' and newline
+    if enc == "none":
+        return "<value not stored>"
     if enc == "pickle":
         n = max(0, vend - vstart - 2) * 3 // 4
         return f"<pickle, {_human_size(n)}>"
@@ -553,7 +555,7 @@ class Journal:
         for lineno, off, length, hdr, vstart, _head, problem in _scan(self._fd, st.st_size):
             if problem is not None:
                 warner.skip(lineno, off, problem)
-            else:
+            elif hdr["enc"] != "none":  # a marker without a value never replays
                 index[hdr["key"]] = (off, length, vstart, hdr["enc"] == "pickle")
         warner.done()
         self._index = index
@@ -627,12 +629,15 @@ class Journal:
             return False
         if self._pid != os.getpid():
             self._after_fork()
+        stored = True
         try:
             enc, text = _encode_value(value)
         except Exception as e:  # noqa: BLE001 - any pickling failure means "can't store"
             self._logger.warning("task %r: result not journaled (%s: %s); it will run again next time",
                                  name, type(e).__name__, e)
-            return False
+            # Still write a value-less marker: it never replays, but it keeps the
+            # chain of dependency keys whole, so ``journal forget`` can reach past it.
+            stored, enc, text = False, "none", "null"
         line = _make_line(key, kind, str(name), [str(d) for d in dep_keys], time.time(), enc, text)
         vstart = line.find(_VALUE_TAG, _HEAD) + len(_VALUE_TAG)
         with self._lock:
@@ -649,10 +654,11 @@ class Journal:
             except OSError as e:
                 self._disable(e)
                 return False
-            self._index[key] = (off, len(line), vstart, enc == "pickle")
+            if stored:
+                self._index[key] = (off, len(line), vstart, enc == "pickle")
             self._written += 1
             seq = self._written
-        return self._sync(seq)
+        return self._sync(seq) and stored
 
     def _append(self, line: bytes) -> int:
         """Write ``line`` at the end (exclusive flock held); return its offset."""

@@ -96,7 +96,11 @@ class LimitGate:
         if lim.max_concurrency is not None and self.in_flight >= lim.max_concurrency:
             return float("inf")
         if lim.rate_count is not None and len(self.starts) == lim.rate_count:
-            ready_at = self.starts[0] + lim.rate_period
+            # Admission precedes the body's first line by a thread hand-off; the
+            # margin keeps two bursts apart by more than that, so no window of the
+            # period ever sees more than rate_count bodies start.
+            margin = min(max(lim.rate_period * 0.01, 0.005), 0.05)
+            ready_at = self.starts[0] + lim.rate_period + margin
             if ready_at > now:
                 return ready_at - now
         return None

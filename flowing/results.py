@@ -30,9 +30,24 @@ class StepResult(Record):
 
     __slots__ = ("name", "state", "value", "error", "duration_ms", "attempts", "step_key",
                  "cached", "reason", "traceback", "started_at", "finished_at", "items")
-    _defaults = dict(value=None, error=None, duration_ms=0.0, attempts=0, step_key=None,
-                     cached=False, reason=None, traceback=None, started_at=None,
-                     finished_at=None, items=None)
+
+    # Spelled out rather than inherited: one is built per task, on the hot path.
+    def __init__(self, name, state, value=None, error=None, duration_ms=0.0, attempts=0,
+                 step_key=None, cached=False, reason=None, traceback=None, started_at=None,
+                 finished_at=None, items=None):
+        self.name = name
+        self.state = state
+        self.value = value
+        self.error = error
+        self.duration_ms = duration_ms
+        self.attempts = attempts
+        self.step_key = step_key
+        self.cached = cached
+        self.reason = reason
+        self.traceback = traceback
+        self.started_at = started_at
+        self.finished_at = finished_at
+        self.items = items
 
     @property
     def ok(self) -> bool:

@@ -117,8 +117,11 @@ class _Shared:
             return
         outcome.journaled = True
         if job.mode == A.ITEM:
+            # the task's own dependencies too: the task may have no entry of its
+            # own (some items failed), and ``journal forget`` must still reach its items
             self.journal.record(job.key, f"{job.td.name}[{job.item}]",
-                                [self.keys[job.task]], outcome.value, "item")
+                                [self.keys[job.task]] + self.dep_keys[job.task],
+                                outcome.value, "item")
         else:
             self.journal.record(job.key, job.td.name, self.dep_keys[job.task],
                                 outcome.value, "task")
@@ -420,8 +423,13 @@ class Scheduler:
                 status[i] = DONE
         pending = [i for i in range(len(g)) if status[i] != DONE]
         self.unfinished = len(pending)
+        waiting = self.waiting
         for i in pending:
-            self.waiting[i] = sum(1 for d in g.deps[i] if status[d] != DONE)
+            left = 0
+            for d in g.deps[i]:
+                if status[d] != DONE:
+                    left += 1
+            waiting[i] = left
             if not g.detached[i]:
                 self.main_left += 1
             self.layer_left[g.layer[i]] += 1

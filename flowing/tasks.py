@@ -127,9 +127,11 @@ def _check_depends_on(name, depends_on) -> list[TaskDef]:
         raise TypeError(f"task '{name}': depends_on must be a list of tasks, got "
                         f"{depends_on!r}; write depends_on=[other_task]")
     deps: list[TaskDef] = []
+    seen: set[TaskDef] = set()  # a list membership test would make wide fan-ins quadratic
     for position, dep in enumerate(depends_on):
         check_dependency(name, position, dep)
-        if dep not in deps:
+        if dep not in seen:
+            seen.add(dep)
             deps.append(dep)
     return deps
 

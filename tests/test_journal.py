@@ -262,13 +262,18 @@ def test_entry_that_fails_to_unpickle_warns_once_and_reruns(jpath, caplog_w):
     assert "'u'" in w and "boom on load" in w
 
 
-def test_unpicklable_value_warns_returns_false_and_writes_nothing(jpath, caplog_w):
+def test_unpicklable_value_warns_returns_false_and_writes_only_a_marker(jpath, caplog_w):
     with Journal.open(jpath, LOG) as j:
-        before = os.path.getsize(jpath)
-        assert j.record(K("x"), "x", [], threading.Lock()) is False
-        assert os.path.getsize(jpath) == before
+        assert j.record(K("x"), "x", [K("dep")], threading.Lock()) is False
         assert K("x") not in j
+        assert j.lookup(K("x")) == (False, None)
         assert j.record(K("y"), "y", [], 1) is True  # the journal still works
+    # the marker keeps the dependency chain for `journal forget`, but never replays
+    marker = json.loads(open(jpath, encoding="utf-8").readline())
+    assert (marker["name"], marker["enc"], marker["value"], marker["deps"]) == (
+        "x", "none", None, [K("dep")])
+    with Journal.open(jpath, LOG) as j:
+        assert K("x") not in j and j.lookup(K("y")) == (True, 1)
     (w,) = warnings_of(caplog_w)
     assert w.startswith("task 'x': result not journaled (TypeError: cannot pickle")
     assert "it will run again next time" in w
