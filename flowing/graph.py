@@ -7,12 +7,13 @@ whole graph, and numbers the tasks in plan order: the main layers, then the
 detached layers. Everything downstream works on those integer indices.
 
 A layer is the set of tasks whose longest dependency path has the same
-length, as ``graphlib.TopologicalSorter`` hands them out batch by batch.
+length (the batches ``graphlib.TopologicalSorter`` would hand out). They are
+computed in one pass over the depth-first order, which is topological and
+also finds cycles; graphlib's per-node bookkeeping would cost more memory
+than the whole run at 100k tasks.
 """
 
 from __future__ import annotations
-
-import graphlib
 
 from .tasks import TaskDef, check_dependency, registered_tasks
 
@@ -34,28 +35,30 @@ class Graph:
     __slots__ = ("tasks", "deps", "dependents", "layer", "layers", "detached",
                  "main_count", "_index", "_by_name")
 
-    def __init__(self, ordered: list[TaskDef], layers: list[list[TaskDef]], main_count: int):
-        self.tasks = ordered
-        self._index = {td: i for i, td in enumerate(ordered)}
-        self._by_name = {td.name: i for i, td in enumerate(ordered)}
-        index = self._index
-        self.deps = [tuple(index[d] for d in td.depends_on) for td in ordered]
-        self.dependents = [[] for _ in ordered]
-        for i, ds in enumerate(self.deps):
+    def __init__(self, tasks, deps, layers, main_count):
+        self.tasks = tasks
+        self.deps = deps
+        dependents = [[] for _ in tasks]
+        for i, ds in enumerate(deps):
             for d in ds:
-                self.dependents[d].append(i)
-        self.layers = [[index[td] for td in layer] for layer in layers]
-        self.layer = [0] * len(ordered)
-        for k, layer in enumerate(self.layers):
+                dependents[d].append(i)
+        self.dependents = _share_equal_neighbours(tuple(js) for js in dependents)
+        self.layers = layers
+        self.layer = [0] * len(tasks)
+        for k, layer in enumerate(layers):
             for i in layer:
                 self.layer[i] = k
         self.main_count = main_count
-        self.detached = [i >= main_count for i in range(len(ordered))]
+        self.detached = [i >= main_count for i in range(len(tasks))]
+        # name/TaskDef -> index maps, built on first lookup: a run by itself never
+        # needs them, and at 100k tasks they are two of the larger structures
+        self._index = None
+        self._by_name = None
 
     @classmethod
     def build(cls, terminals) -> "Graph":
-        members = _reachable(terminals)
-        _add_detached(members)
+        members = _reachable(terminals)  # dependencies before dependents
+        _add_detached(members)           # still topological: each joins after its deps
         _check_names(members)
         for td in members:
             if not td.detached:
@@ -66,15 +69,41 @@ class Graph:
                             f"tasks run after the main graph, so nothing can wait for them; "
                             f"make '{dep.name}' a regular task (detached=False) or make "
                             f"'{td.name}' detached too")
-        main = [td for td in members if not td.detached]
-        detached = [td for td in members if td.detached]
-        main_layers = _layers(main)
-        detached_layers = _layers(detached)
         for td in members:
             check_signature(td)
-        ordered = [td for layer in main_layers for td in layer]
-        ordered += [td for layer in detached_layers for td in layer]
-        return cls(ordered, main_layers + detached_layers, len(main))
+        position = {td: k for k, td in enumerate(members)}
+        # Longest-path layers over a topological order: one pass, integers only.
+        # Detached tasks are layered among themselves (their main deps are done).
+        depth = [0] * len(members)
+        for k, td in enumerate(members):
+            deepest = -1
+            for dep in td.depends_on:
+                if dep.detached or not td.detached:
+                    d = depth[position[dep]]
+                    if d > deepest:
+                        deepest = d
+            depth[k] = deepest + 1
+        main_layers: list[list[int]] = []
+        detached_layers: list[list[int]] = []
+        for k, td in enumerate(members):
+            layers = detached_layers if td.detached else main_layers
+            while len(layers) <= depth[k]:
+                layers.append([])
+            layers[depth[k]].append(k)
+        del depth
+        tasks: list[TaskDef] = []
+        layers = main_layers + detached_layers
+        for layer in layers:
+            for n, k in enumerate(layer):
+                td = members[k]
+                layer[n] = len(tasks)  # renumber in place: plan order
+                position[td] = len(tasks)
+                tasks.append(td)
+        del members
+        deps = _share_equal_neighbours(tuple(position[d] for d in td.depends_on)
+                                       for td in tasks)
+        main_count = sum(len(layer) for layer in main_layers)
+        return cls(tasks, deps, layers, main_count)
 
     def __len__(self) -> int:
         return len(self.tasks)
@@ -82,18 +111,25 @@ class Graph:
     def index_of(self, task_or_name) -> int:
         """The index of a task given as TaskDef or name; ValueError with a suggestion."""
         if isinstance(task_or_name, TaskDef):
+            if self._index is None:
+                self._index = {td: i for i, td in enumerate(self.tasks)}
             i = self._index.get(task_or_name)
             if i is not None:
                 return i
             name = task_or_name.name
         elif isinstance(task_or_name, str):
             name = task_or_name
-            i = self._by_name.get(name)
+            i = self._names().get(name)
             if i is not None:
                 return i
         else:
             raise TypeError(f"expected a task or a task name, got {task_or_name!r}")
         raise ValueError(f"task '{name}' is not in this flow's graph{self.suggest(name)}")
+
+    def _names(self) -> dict:
+        if self._by_name is None:
+            self._by_name = {td.name: i for i, td in enumerate(self.tasks)}
+        return self._by_name
 
     def find(self, task_or_name) -> int | None:
         """Like ``index_of`` but None when the task is not in the graph."""
@@ -105,7 +141,7 @@ class Graph:
     def suggest(self, name: str) -> str:
         import difflib
 
-        close = difflib.get_close_matches(name, list(self._by_name), n=3)
+        close = difflib.get_close_matches(name, list(self._names()), n=3)
         if close:
             return "; did you mean " + " or ".join(repr(c) for c in close) + "?"
         return ""
@@ -125,6 +161,19 @@ class Graph:
         return [[self.tasks[i].name for i in layer] for layer in self.layers]
 
 
+def _share_equal_neighbours(tuples) -> list[tuple]:
+    """List the tuples, reusing the previous one when equal: in a wide graph
+    every middle task has the same dependencies, and 100k copies add up."""
+    shared: list[tuple] = []
+    previous = None
+    for t in tuples:
+        if t == previous:
+            t = previous
+        shared.append(t)
+        previous = t
+    return shared
+
+
 def _reachable(terminals) -> list[TaskDef]:
     """Every task reachable from the terminals, each once, dependencies first
     and otherwise in declaration order (an iterative depth-first post-order)."""
@@ -137,24 +186,43 @@ def _reachable(terminals) -> list[TaskDef]:
                     if callable(t) and hasattr(t, "__name__") else repr(t))
             raise TypeError(f"Flow() terminal #{position + 1} is {what}; terminals must be "
                             f"@task-decorated functions")
-    order: dict[TaskDef, None] = {}
-    entered: set[TaskDef] = set()
+    # state[td]: -1 while td is on the stack, then its position in the result.
+    # Two flat stacks (task, next dependency to look at) keep a 100k-long chain cheap.
+    state: dict[TaskDef, int] = {}
+    result: list[TaskDef] = []
     for terminal in terminals:
-        stack = [(terminal, enumerate(terminal.depends_on))]
-        entered.add(terminal)
-        while stack:
-            td, deps = stack[-1]
-            for position, dep in deps:
+        if terminal in state:
+            continue
+        state[terminal] = -1
+        tasks, positions = [terminal], [0]
+        while tasks:
+            td = tasks[-1]
+            deps = td.depends_on
+            position = positions[-1]
+            while position < len(deps):
+                dep = deps[position]
                 # depends_on is a public list: re-check items added after decoration
                 check_dependency(td.name, position, dep)
-                if dep not in entered:
-                    entered.add(dep)
-                    stack.append((dep, enumerate(dep.depends_on)))
+                position += 1
+                seen = state.get(dep)
+                if seen is None:
                     break
+                if seen == -1:  # on the stack: td depends on one of its dependents
+                    _raise_cycle(tasks, dep)
+                dep = None
             else:
-                stack.pop()
-                order[td] = None
-    return list(order)
+                dep = None
+            if dep is not None:
+                positions[-1] = position
+                state[dep] = -1
+                tasks.append(dep)
+                positions.append(0)
+            else:
+                tasks.pop()
+                positions.pop()
+                state[td] = len(result)
+                result.append(td)
+    return result
 
 
 def _add_detached(members: list[TaskDef]) -> None:
@@ -194,27 +262,12 @@ def _describe(fn) -> str:
     return f"{module + '.' if module else ''}{qualname}{where}"
 
 
-def _layers(members: list[TaskDef]) -> list[list[TaskDef]]:
-    """Longest-path layers of ``members`` (deps outside ``members`` count as done)."""
-    inside = set(members)
-    sorter = graphlib.TopologicalSorter()
-    for td in members:
-        sorter.add(td, *[d for d in td.depends_on if d in inside])
-    try:
-        sorter.prepare()
-    except graphlib.CycleError as exc:
-        cycle = exc.args[1]
-        # graphlib lists the cycle against the edge direction; show it as "a depends on b".
-        names = " -> ".join(td.name for td in reversed(cycle))
-        raise ValueError(f"the tasks form a cycle: {names} (each depends on the next); "
-                         f"remove one of these dependencies") from None
-    order = {td: k for k, td in enumerate(members)}
-    layers = []
-    while sorter.is_active():
-        ready = sorted(sorter.get_ready(), key=order.__getitem__)
-        layers.append(ready)
-        sorter.done(*ready)
-    return layers
+def _raise_cycle(path: list[TaskDef], back_to: TaskDef) -> None:
+    """``path`` is the depth-first stack; its last task depends on ``back_to``."""
+    cycle = path[path.index(back_to):] + [back_to]
+    names = " -> ".join(td.name for td in cycle)
+    raise ValueError(f"the tasks form a cycle: {names} (each depends on the next); "
+                     f"remove one of these dependencies")
 
 
 _signature_cache: dict = {}

@@ -317,7 +317,7 @@ class Scheduler:
         self.busy_gates: set = set()
         self.fanouts: dict[int, _FanOut] = {}
         self.partial_items: dict[int, list] = {}
-        self.held: list[list[int]] = [[] for _ in graph.layers]
+        self.held: dict[int, list[int]] = {}  # layer -> tasks waiting for it to open
         self.held_detached: list[int] = []
         self.layer_left = [0] * len(graph.layers)
         self.open_layer = 0
@@ -513,7 +513,7 @@ class Scheduler:
         if self.layered:
             if g.layer[i] > self.open_layer:
                 self.status[i] = HELD
-                self.held[g.layer[i]].append(i)
+                self.held.setdefault(g.layer[i], []).append(i)
                 return
         elif g.detached[i] and self.main_left:
             self.status[i] = HELD
@@ -828,7 +828,7 @@ class Scheduler:
             self.open_layer += 1
             opened = True
         if opened and self.layered:
-            held, self.held[self.open_layer] = self.held[self.open_layer], []
+            held = self.held.pop(self.open_layer, ())
             for j in held:
                 self._enqueue_task(j)
 
