@@ -151,15 +151,24 @@ def _timeout_error(job: Job) -> TimeoutError:
     return TimeoutError(f"{what} timed out after {job.td.timeout_s:g}s (attempt {job.attempt})")
 
 
-def run_attempt(job: Job) -> Outcome:
-    """Run one job with a sync body on the calling (worker) thread."""
+def _begin(job: Job):
+    """Stamp the start; run the gates if due. -> (start, verdict or None to go on)."""
     started = time.time()
     if job.first_started is None:
         job.first_started = started
     if job.gates:
         stop = _gates(job, started)
         if stop is not None or job.mode == GATE:
-            return stop or Outcome(job, PASSED, started_at=started, finished_at=time.time())
+            return started, stop or Outcome(job, PASSED, started_at=started,
+                                            finished_at=time.time())
+    return started, None
+
+
+def run_attempt(job: Job) -> Outcome:
+    """Run one job with a sync body on the calling (worker) thread."""
+    started, verdict = _begin(job)
+    if verdict is not None:
+        return verdict
     td = job.td
     if td.timeout_s is None:
         try:
@@ -204,13 +213,9 @@ async def run_attempt_async(job: Job) -> Outcome:
     ``timeout_s`` cancels the coroutine for real (its ``finally`` blocks run).
     The gates are plain functions and run on the loop thread; keep them quick.
     """
-    started = time.time()
-    if job.first_started is None:
-        job.first_started = started
-    if job.gates:
-        stop = _gates(job, started)
-        if stop is not None or job.mode == GATE:
-            return stop or Outcome(job, PASSED, started_at=started, finished_at=time.time())
+    started, verdict = _begin(job)
+    if verdict is not None:
+        return verdict
     import asyncio
 
     td = job.td

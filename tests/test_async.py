@@ -10,26 +10,13 @@ import asyncio
 import threading
 import time
 
+from helpers import Gauge
+
 from flowing import Flow, ItemsFailed, Limit, StepState, task
 
 SUCCEEDED, FAILED, SKIPPED = StepState.SUCCEEDED, StepState.FAILED, StepState.SKIPPED
 
 
-class Gauge:
-    def __init__(self):
-        self._lock = threading.Lock()
-        self.now = 0
-        self.peak = 0
-
-    def __enter__(self):
-        with self._lock:
-            self.now += 1
-            self.peak = max(self.peak, self.now)
-        return self
-
-    def __exit__(self, *exc):
-        with self._lock:
-            self.now -= 1
 
 
 def source(value, name="ids"):

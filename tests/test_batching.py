@@ -18,6 +18,8 @@ import time
 
 import pytest
 
+from helpers import Gauge
+
 from flowing import Flow, ItemResult, ItemsFailed, Limit, StepState, task
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -25,23 +27,6 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SUCCEEDED, FAILED, SKIPPED = StepState.SUCCEEDED, StepState.FAILED, StepState.SKIPPED
 
 
-class Gauge:
-    """Bodies in flight right now, and the most ever seen at once."""
-
-    def __init__(self):
-        self._lock = threading.Lock()
-        self.now = 0
-        self.peak = 0
-
-    def __enter__(self):
-        with self._lock:
-            self.now += 1
-            self.peak = max(self.peak, self.now)
-        return self
-
-    def __exit__(self, *exc):
-        with self._lock:
-            self.now -= 1
 
 
 class Calls:

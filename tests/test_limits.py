@@ -11,6 +11,8 @@ import time
 
 import pytest
 
+from helpers import Gauge
+
 from flowing import Flow, Limit, StepState, task
 
 SUCCEEDED, FAILED = StepState.SUCCEEDED, StepState.FAILED
@@ -21,21 +23,6 @@ SUCCEEDED, FAILED = StepState.SUCCEEDED, StepState.FAILED
 JITTER_S = 0.05
 
 
-class Gauge:
-    def __init__(self):
-        self._lock = threading.Lock()
-        self.now = 0
-        self.peak = 0
-
-    def __enter__(self):
-        with self._lock:
-            self.now += 1
-            self.peak = max(self.peak, self.now)
-        return self
-
-    def __exit__(self, *exc):
-        with self._lock:
-            self.now -= 1
 
 
 class Starts:
