@@ -643,10 +643,9 @@ class Scheduler:
             self.shared.record(o)
         i = job.task
         started = job.first_started or o.started_at
-        result = StepResult(
-            job.td.name, _STATE_OF[o.kind], o.value, o.error,
-            (o.finished_at - started) * 1000 if started else 0.0, o.attempts,
-            job.key, False, o.reason, o.traceback, started, o.finished_at)
+        result = StepResult(job.td.name, _STATE_OF[o.kind], o.value, o.error, None,
+                            o.attempts, job.key, False, o.reason, o.traceback, started,
+                            o.finished_at)
         if o.attempts > 1:
             self.last_attempt_started[result.name] = o.started_at
         successor = o.next_job
