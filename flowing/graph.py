@@ -15,6 +15,8 @@ than the whole run at 100k tasks.
 
 from __future__ import annotations
 
+from array import array
+
 from .tasks import TaskDef, check_dependency, registered_tasks
 
 _CO_VARKEYWORDS = 0x08  # inspect.CO_VARKEYWORDS, without importing inspect at start-up
@@ -44,12 +46,13 @@ class Graph:
                 dependents[d].append(i)
         self.dependents = _share_equal_neighbours(tuple(js) for js in dependents)
         self.layers = layers
-        self.layer = [0] * len(tasks)
+        # compact arrays: at 100k tasks a list of small ints or flags costs 8 bytes a slot
+        self.layer = array("I", bytes(4 * len(tasks)))
         for k, layer in enumerate(layers):
             for i in layer:
                 self.layer[i] = k
         self.main_count = main_count
-        self.detached = [i >= main_count for i in range(len(tasks))]
+        self.detached = bytes(main_count) + b"\x01" * (len(tasks) - main_count)
         # name/TaskDef -> index maps, built on first lookup: a run by itself never
         # needs them, and at 100k tasks they are two of the larger structures
         self._index = None

@@ -54,6 +54,7 @@ from __future__ import annotations
 
 import collections
 import heapq
+from array import array
 import itertools
 import queue
 import threading
@@ -103,7 +104,7 @@ class _Shared:
         self.keys = keys                   # step key per task, or None without a journal
         self.dep_keys = None if keys is None else [
             [keys[d] for d in ds] for ds in graph.deps]
-        self.fused_next = [-1] * len(graph)  # index of the fused successor, or -1
+        self.fused_next = array("i", [-1]) * len(graph)  # index of the fused successor, or -1
 
     def stop(self, reason: str) -> None:
         if self.stop_reason is None:
@@ -309,7 +310,7 @@ class Scheduler:
         n = len(graph)
         self.results: list[StepResult | None] = [None] * n
         self.status = bytearray(n)
-        self.waiting = [len(d) for d in graph.deps]
+        self.waiting = array("i", bytes(4 * len(graph)))  # set for pending tasks in _prepare
         self.ready = collections.deque()
         self.timers: list = []
         self.seq = itertools.count()
@@ -614,7 +615,7 @@ class Scheduler:
             now = now or time.time()
             self.running_since.setdefault(i, now)
             self.emit(TaskStarted(now, self.graph.tasks[i].name, attempt,
-                                  self.graph.detached[i]))
+                                  bool(self.graph.detached[i])))
 
     # ----- outcomes -----------------------------------------------------------
 
@@ -797,7 +798,7 @@ class Scheduler:
         self.layer_left[g.layer[i]] -= 1
         if self.emit:
             self.running_since.pop(i, None)
-            self._result_event(result, detached)
+            self._result_event(result, bool(detached))
         if result.state is SUCCEEDED:
             waiting = self.waiting
             for j in g.dependents[i]:

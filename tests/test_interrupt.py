@@ -29,13 +29,13 @@ SCRIPT = textwrap.dedent("""
     @task(depends_on=[fast])
     def after_fast(fast):
         calls["after_fast"] += 1
-        print("after_fast done", flush=True)
+        sys.stdout.write("after_fast done\\n"); sys.stdout.flush()  # one write: threads must not interleave lines
         return fast + 1
 
     @task
     def slow():
         calls["slow"] += 1
-        print("slow started", flush=True)
+        sys.stdout.write("slow started\\n"); sys.stdout.flush()  # one write: threads must not interleave lines
         while not release.is_set():
             time.sleep(0.02)
         return "slow"
@@ -84,12 +84,34 @@ SCRIPT = textwrap.dedent("""
 """)
 
 
-def _read_until(proc, marker, seen):
-    for line in proc.stdout:
+_lines = {}  # proc -> queue of its stdout lines (None at EOF), filled by a reader thread
+
+
+def _read_until(proc, marker, seen, timeout=30):
+    """The next line starting with ``marker``; fails (never hangs) after ``timeout`` s."""
+    import queue
+    import threading
+
+    if proc not in _lines:
+        q = _lines[proc] = queue.Queue()
+
+        def pump():
+            for line in proc.stdout:
+                q.put(line)
+            q.put(None)
+
+        threading.Thread(target=pump, daemon=True).start()
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            line = _lines[proc].get(timeout=max(0.0, deadline - time.monotonic()))
+        except queue.Empty:
+            raise AssertionError(f"no {marker!r} line within {timeout}s: {seen}") from None
+        if line is None:
+            raise AssertionError(f"child ended before {marker!r}: {seen}\n{proc.stderr.read()}")
         seen.append(line.rstrip("\n"))
         if line.startswith(marker):
             return line
-    raise AssertionError(f"child ended before {marker!r}: {seen}\n{proc.stderr.read()}")
 
 
 @pytest.mark.parametrize("pool", ["own-workers", "executor"])
@@ -140,7 +162,7 @@ def test_ctrl_c_stops_the_run_keeps_finished_results_and_resume_continues(pool, 
 
 
 RESUME_SCRIPT = textwrap.dedent("""
-    import json, threading, time
+    import json, sys, threading, time
     from flowing import Flow, task
 
     release = threading.Event()
@@ -157,7 +179,7 @@ RESUME_SCRIPT = textwrap.dedent("""
         calls["second"] += 1
         if broken[0]:
             raise ValueError("not yet")
-        print("second running", flush=True)
+        sys.stdout.write("second running\\n"); sys.stdout.flush()  # one write: threads must not interleave lines
         while not release.is_set():
             time.sleep(0.02)
         return first + 1
