@@ -1,5 +1,6 @@
 """Small instruments shared by the concurrency tests."""
 
+import logging
 import threading
 
 
@@ -20,3 +21,20 @@ class Gauge:
     def __exit__(self, *exc):
         with self._lock:
             self.now -= 1
+
+
+class ListHandler(logging.Handler):
+    """Keeps every record it is given."""
+
+    def __init__(self):
+        super().__init__(logging.DEBUG)
+        self.records = []
+
+    def emit(self, record):
+        self.records.append(record)
+
+    @property
+    def messages(self):
+        return [r.getMessage() for r in self.records]
+
+    lines = messages

@@ -8,22 +8,13 @@ import threading
 
 import pytest
 
+from helpers import ListHandler
+
 from flowing import Flow, StepState, task
 from flowing.events import (FlowFinished, FlowStarted, TaskFailed, TaskRetrying, TaskSkipped,
                             TaskStarted, TaskSucceeded)
 
 
-class ListHandler(logging.Handler):
-    def __init__(self):
-        super().__init__(logging.DEBUG)
-        self.records = []
-
-    def emit(self, record):
-        self.records.append(record)
-
-    @property
-    def lines(self):
-        return [r.getMessage() for r in self.records]
 
 
 @pytest.fixture

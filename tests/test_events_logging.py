@@ -8,22 +8,13 @@ import time
 import pytest
 
 import flowing.scheduler
+from helpers import ListHandler
+
 from flowing import Flow, StepState, task
 from flowing import events as ev
 from flowing import progress
 
 
-class ListHandler(logging.Handler):
-    def __init__(self):
-        super().__init__(logging.DEBUG)
-        self.records = []
-
-    def emit(self, record):
-        self.records.append(record)
-
-    @property
-    def messages(self):
-        return [r.getMessage() for r in self.records]
 
 
 @pytest.fixture
