@@ -641,7 +641,7 @@ def section_memory(rep, quick):
                 "≤ 120 MB" if n >= 100000 else "≤ 120 MB (at 100k)", rss <= 120)
         if shape == "wide":
             rep.row("memory", "after `import flowing`, peak RSS", f"{imp:.1f} MB")
-        rep.row("memory", f"{shape} {fmt_n(n)}: per task above the import", 
+        rep.row("memory", f"{shape} {fmt_n(n)}: per task above the import",
                 f"{(rss - imp) * 1024 * 1024 / n:.0f} B", f"{(raw - bare) * 1024 * 1024 / n:.0f} B")
 
 
@@ -790,8 +790,8 @@ def section_journal(rep, quick):
     calls = median(res["fsyncs"]) / k
     rep.row("journal", f"fsync calls per task (group commit, 5 workers); cost − {calls:.2f} × "
             f"fsync", f"{calls:.2f}; {us(per - calls * fsync)}")
-    rep.row("journal", f"replay: second run on the full journal (raw: plain in-memory run), "
-            f"whole run", ms(replay), ms(plain), f"{replay / plain:.2f}", "≤ 2",
+    rep.row("journal", "replay: second run on the full journal (raw: plain in-memory run), "
+            "whole run", ms(replay), ms(plain), f"{replay / plain:.2f}", "≤ 2",
             replay / plain <= 2)
     rep.row("journal", f"opening that journal ({fmt_n(n)} entries) in Flow()",
             ms(median(res["open_full_s"])))

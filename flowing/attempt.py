@@ -55,7 +55,7 @@ class Job:
         self.first_started = first_started  # epoch start of attempt 1, kept across retries
         self.announce = False         # post a STARTED notice when the body starts
 
-    def retry_job(self) -> "Job":
+    def retry_job(self) -> Job:
         return Job(self.task, self.td, self.kwargs, self.attempt + 1, self.mode, self.item,
                    False, self.key, self.first_started)
 

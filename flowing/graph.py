@@ -59,7 +59,7 @@ class Graph:
         self._by_name = None
 
     @classmethod
-    def build(cls, terminals) -> "Graph":
+    def build(cls, terminals) -> Graph:
         members = _reachable(terminals)  # dependencies before dependents
         _add_detached(members)           # still topological: each joins after its deps
         _check_names(members)

@@ -97,8 +97,9 @@ import stat
 import tempfile
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any, Iterator
+from typing import Any
 
 __all__ = ["Journal", "JournalError", "Entry", "iter_entries", "forget", "compact",
            "ForgetResult", "CompactResult", "KINDS", "FORMAT_VERSION"]
@@ -492,7 +493,7 @@ class Journal:
     # -- opening ---------------------------------------------------------
 
     @classmethod
-    def open(cls, path, logger: logging.Logger) -> "Journal":
+    def open(cls, path, logger: logging.Logger) -> Journal:
         """Open (creating with mode 0600 if missing) and index the journal.
 
         Raises JournalError, naming the path and the fix, if it can't be used.
@@ -790,7 +791,7 @@ class Journal:
                     pass
             self._old_fds.clear()
 
-    def __enter__(self) -> "Journal":
+    def __enter__(self) -> Journal:
         return self
 
     def __exit__(self, *exc) -> None:
@@ -827,7 +828,7 @@ class _Exclusive:
         self.real = os.path.realpath(path)
         self.fd = -1
 
-    def __enter__(self) -> "_Exclusive":
+    def __enter__(self) -> _Exclusive:
         while True:
             fd = _open_existing(self.path, os.O_RDONLY)
             fcntl.flock(fd, fcntl.LOCK_EX)

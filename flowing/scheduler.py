@@ -54,16 +54,24 @@ from __future__ import annotations
 
 import collections
 import heapq
-from array import array
 import itertools
 import queue
 import threading
 import time
+from array import array
 
 from . import attempt as A
 from .attempt import Job, Outcome, run_attempt, run_attempt_async
-from .events import (FlowFinished, FlowStarted, TaskCached, TaskFailed, TaskRetrying,
-                     TaskSkipped, TaskStarted, TaskSucceeded)
+from .events import (
+    FlowFinished,
+    FlowStarted,
+    TaskCached,
+    TaskFailed,
+    TaskRetrying,
+    TaskSkipped,
+    TaskStarted,
+    TaskSucceeded,
+)
 from .limits import LimitGate
 from .results import ItemResult, StepResult, StepState
 

@@ -358,7 +358,7 @@ def _type_name(cls) -> str:
 # code object -> (digest, every name referenced by it or its nested code).
 # Code objects compare by content, so equal code shares one entry, which is
 # correct: equal code has an equal digest.
-_code_cache: "weakref.WeakKeyDictionary[types.CodeType, tuple[bytes, tuple[str, ...]]]" = \
+_code_cache: weakref.WeakKeyDictionary[types.CodeType, tuple[bytes, tuple[str, ...]]] = \
     weakref.WeakKeyDictionary()
 
 
@@ -560,7 +560,7 @@ def _node_parts(node) -> list:
 
 
 # Finished fingerprints (hex) of user functions and classes.
-_node_cache: "weakref.WeakKeyDictionary[object, str]" = weakref.WeakKeyDictionary()
+_node_cache: weakref.WeakKeyDictionary[object, str] = weakref.WeakKeyDictionary()
 
 
 def _cache_get(node) -> str | None:

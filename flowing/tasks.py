@@ -15,7 +15,7 @@ _CO_COROUTINE = 0x80  # inspect.CO_COROUTINE, without importing inspect at start
 
 # Every TaskDef made by ``task``, in creation order. Only used to discover
 # detached tasks whose dependencies are all in a flow's graph (see graph.py).
-_registry: list["TaskDef"] = []
+_registry: list[TaskDef] = []
 
 
 def clear_registry() -> None:
@@ -23,7 +23,7 @@ def clear_registry() -> None:
     _registry.clear()
 
 
-def registered_tasks() -> list["TaskDef"]:
+def registered_tasks() -> list[TaskDef]:
     """A snapshot of the registry, oldest first."""
     return list(_registry)
 

@@ -17,7 +17,6 @@ import threading
 import time
 
 import pytest
-
 from helpers import Gauge
 
 from flowing import Flow, ItemResult, ItemsFailed, Limit, StepState, task

@@ -11,7 +11,6 @@ import subprocess
 import sys
 
 import pytest
-
 from conftest import REPO
 
 DOCS = ["SKILL.md", "README.md", "docs/reference.md"]

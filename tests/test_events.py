@@ -7,14 +7,18 @@ import textwrap
 import threading
 
 import pytest
-
 from helpers import ListHandler
 
 from flowing import Flow, StepState, task
-from flowing.events import (FlowFinished, FlowStarted, TaskFailed, TaskRetrying, TaskSkipped,
-                            TaskStarted, TaskSucceeded)
-
-
+from flowing.events import (
+    FlowFinished,
+    FlowStarted,
+    TaskFailed,
+    TaskRetrying,
+    TaskSkipped,
+    TaskStarted,
+    TaskSucceeded,
+)
 
 
 @pytest.fixture

@@ -6,15 +6,11 @@ import threading
 import time
 
 import pytest
-
-import flowing.scheduler
 from helpers import ListHandler
 
-from flowing import Flow, StepState, task
+import flowing.scheduler
+from flowing import Flow, StepState, progress, task
 from flowing import events as ev
-from flowing import progress
-
-
 
 
 @pytest.fixture

@@ -10,7 +10,6 @@ import threading
 import time
 
 import pytest
-
 from helpers import Gauge
 
 from flowing import Flow, Limit, StepState, task

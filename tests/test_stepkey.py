@@ -11,15 +11,15 @@ from pathlib import Path
 from unittest import mock
 
 import pytest
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from flowing import stepkey  # noqa: E402
 from flowing.limits import Limit  # noqa: E402
-from flowing.stepkey import (STEP_KEY_VERSION, compute_step_key, fingerprint,  # noqa: E402
-                             item_step_key)
+from flowing.stepkey import STEP_KEY_VERSION, compute_step_key, fingerprint, item_step_key  # noqa: E402
 from flowing.tasks import TaskDef  # noqa: E402
 
 PRINT_KEYS = Path(__file__).resolve().parent / "stepkey_fixtures" / "print_keys.py"
