@@ -1,5 +1,6 @@
 """flowing: run a DAG of Python steps in one process — parallel, retried, resumable."""
 
+from .context import Cancelled, RunContext, current
 from .flow import Flow
 from .limits import Limit
 from .results import ItemResult, StepResult, StepState
@@ -22,5 +23,6 @@ def __getattr__(name):
 
 
 __all__ = ["task", "TaskDef", "Flow", "StepState", "StepResult", "ItemResult", "Limit",
+           "current", "Cancelled", "RunContext",
            "clear_registry", "compute_step_key", "STEP_KEY_VERSION", "RetryUntilRejected",
            "ItemsFailed", "JournalError"]

@@ -1,26 +1,42 @@
 """One attempt of one task: gates, body, ``retry_until``, and the verdict.
 
-A ``Job`` is what a worker is handed; an ``Outcome`` is what it hands back.
-``run_attempt`` (sync bodies, on a worker thread) and ``run_attempt_async``
-(coroutine bodies, on the run's event loop) never raise: every exception a
-user function throws becomes part of the outcome. Whether a failed attempt
-is retried, and after how long, is decided here from the task's policy
-(``retry.next_delay``); the scheduler only waits and resubmits.
+A ``Job`` is what a runner is handed; an ``Outcome`` is what comes back to
+the scheduler. ``run_attempt`` (sync bodies, on a worker thread) and
+``run_attempt_async`` (coroutine bodies, on the run's event loop) NEVER
+raise: each is one catch-all boundary, so whatever user code returns or
+raises anywhere in an attempt — a gate value with no truth value, an
+exception whose ``__str__`` raises, a ``retry_after`` property that raises —
+becomes a FAILED (or retried) outcome naming the task. Whether a failed
+attempt is retried, and after how long, is decided here from the task's
+policy (``retry.next_delay``); the scheduler only waits and resubmits.
 
-Order within a job, as the spec fixes it: ``when`` (falsy: skipped; raises:
-failed, 0 attempts) -> ``validate`` (raises: failed, 0 attempts, no retry)
--> body -> ``retry_until`` (falsy: retry; raises: failed, value kept). The
-gates run once per task, in the job of its first attempt (for ``for_each``
-tasks, in a job of their own before the fan-out).
+Order within a job, as the spec fixes it: ``when`` (falsy: skipped; raises
+or has no truth value: failed, 0 attempts) -> ``validate`` (raises: failed,
+0 attempts, no retry) -> body -> ``retry_until`` (falsy: retry; raises:
+failed, value kept). The gates run once per task, in the job of its first
+attempt (for ``for_each`` tasks, in a job of their own before the fan-out),
+always in the flow's process.
+
+Where the body itself runs is the caller's choice: ``run_attempt`` takes a
+``call`` (``call_here`` runs it on this thread, with ``timeout_s`` enforced by
+abandoning a daemon thread; ``runners.RemoteCall`` ships it to another
+process). Each sets ``flowing.current()`` for the body.
 """
 
 from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
+from . import context
 from . import retry as retry_policy
+from .events import safe_repr, safe_str
 from .retry import RetryUntilRejected
+
+if TYPE_CHECKING:
+    from .tasks import TaskDef
 
 # Job modes
 TASK = 0  # one attempt of a whole task
@@ -35,39 +51,97 @@ RETRY = "retry"    # failed attempt that will be retried after ``retry_in`` seco
 PASSED = "passed"  # GATE job: the gates let the task through
 STARTED = "started"  # not a verdict: a queued job announcing that its body starts now
 
+# The reason of a task skipped by its own ``when`` starts with this (Flow.ok reads it).
+WHEN_SKIP = "when() returned "
+
+
+class RunSignals:
+    """The run-wide stop signals a body may poll through ``current().cancelled()``."""
+
+    __slots__ = ("stopping", "interrupted")
+
+    def __init__(self) -> None:
+        self.stopping = threading.Event()  # fail_fast (or Ctrl-C): no new main task starts
+        self.interrupted = False           # Ctrl-C: everything is told to stop
+
+
+class NoRetry(Exception):
+    """An error that no retry can mend (e.g. a body that cannot be pickled)."""
+
 
 class Job:
-    """One attempt of one task (or item), as handed to a worker."""
+    """One attempt of one task (or item), as handed to a runner."""
 
-    __slots__ = ("task", "td", "kwargs", "attempt", "mode", "item", "gates", "key",
-                 "first_started", "announce")
+    __slots__ = ("task", "td", "kwargs", "inputs", "attempt", "mode", "item", "item_value",
+                 "gates", "key", "first_started", "announce", "deadline", "cancelled",
+                 "settled", "signals", "in_digest", "store")
 
-    def __init__(self, task, td, kwargs, attempt=1, mode=TASK, item=None, gates=True,
-                 key=None, first_started=None):
+    def __init__(self, task: int, td: TaskDef, kwargs: dict[str, Any], attempt: int = 1,
+                 mode: int = TASK, item: int | None = None, gates: bool = True,
+                 key: str | None = None, first_started: float | None = None,
+                 signals: RunSignals | None = None, inputs: dict[str, Any] | None = None,
+                 item_value: Any = None, in_digest: str | None = None,
+                 store: bool = True) -> None:
         self.task = task              # index of the task in the graph
         self.td = td                  # its TaskDef
-        self.kwargs = kwargs          # keyword arguments for the body (and gates)
+        self.kwargs = kwargs          # dependencies by name (the gates see only these)
+        self.inputs = inputs          # Flow inputs the body receives too, or None
         self.attempt = attempt        # 1-based attempt number
         self.mode = mode              # TASK, GATE or ITEM
         self.item = item              # item index for ITEM jobs
+        self.item_value = item_value  # the item itself for ITEM jobs
         self.gates = gates            # run when/validate first
         self.key = key                # journal key of this task or item, if journaling
+        self.in_digest = in_digest    # digest of the dependency values (journal), or None
+        self.store = store            # journal the value (False: marker only)
         self.first_started = first_started  # epoch start of attempt 1, kept across retries
         self.announce = False         # post a STARTED notice when the body starts
+        self.deadline: float | None = None  # epoch deadline of this attempt's body
+        self.cancelled = False        # told to stop: timed out (set by whoever saw it)
+        self.settled = False          # scheduler thread only: its verdict has been taken
+        self.signals = signals        # the run's stop signals
 
     def retry_job(self) -> Job:
         return Job(self.task, self.td, self.kwargs, self.attempt + 1, self.mode, self.item,
-                   False, self.key, self.first_started)
+                   False, self.key, self.first_started, self.signals, self.inputs,
+                   self.item_value, self.in_digest, self.store)
+
+    def body_kwargs(self) -> dict[str, Any]:
+        return self.kwargs if not self.inputs else {**self.kwargs, **self.inputs}
+
+    def label(self) -> str:
+        """``task 'x'`` or ``task 'x' item 3 ('a.csv')``, for messages."""
+        if self.mode == ITEM:
+            return f"task '{self.td.name}' item {self.item} ({safe_repr(self.item_value, 40)})"
+        return f"task '{self.td.name}'"
+
+    # -- what flowing.current() reads ---------------------------------------
+
+    def context_fields(self) -> tuple[str, int, int, int | None, Any, float | None]:
+        is_item = self.mode == ITEM
+        return (self.td.name, self.attempt, 1 + self.td.retry, self.item if is_item else None,
+                self.item_value if is_item else None, self.deadline)
+
+    def is_cancelled(self) -> bool:
+        if self.cancelled:
+            return True
+        s = self.signals
+        if s is None:
+            return False
+        return s.interrupted or (s.stopping.is_set() and not self.td.detached)
 
 
 class Outcome:
     """The verdict of one job."""
 
     __slots__ = ("job", "kind", "value", "error", "traceback", "reason", "attempts",
-                 "started_at", "finished_at", "retry_in", "journaled", "next_job")
+                 "started_at", "finished_at", "retry_in", "journaled", "next_job", "digest",
+                 "warning")
 
-    def __init__(self, job, kind, value=None, error=None, reason=None, attempts=0,
-                 started_at=None, finished_at=None, retry_in=None):
+    def __init__(self, job: Job, kind: str, value: Any = None,
+                 error: BaseException | None = None, reason: str | None = None,
+                 attempts: int = 0, started_at: float | None = None,
+                 finished_at: float | None = None, retry_in: float | None = None) -> None:
         self.job = job
         self.kind = kind
         self.value = value
@@ -79,18 +153,31 @@ class Outcome:
         self.finished_at = finished_at
         self.retry_in = retry_in        # RETRY: seconds to wait before the next attempt
         self.journaled = False          # set once the value is in the journal
-        self.next_job = None            # fused successor the same worker went on to run
+        self.next_job: Job | None = None  # fused successor the same worker went on to run
+        self.digest: str | None = None  # content digest of the value (journaling runs)
+        self.warning: str | None = None  # one line for the log (e.g. a bad retry_after)
 
 
 def format_traceback(error: BaseException) -> str:
     import traceback as tb_module  # only failures pay for it
 
-    return "".join(tb_module.format_exception(type(error), error, error.__traceback__))
+    try:
+        return "".join(tb_module.format_exception(type(error), error, error.__traceback__))
+    except Exception:  # a traceback that cannot even be formatted
+        return f"{type(error).__name__}: {safe_str(error)}\n"
 
 
-def _preview(value, width=60) -> str:
-    text = repr(value)
-    return text if len(text) <= width else text[:width - 3] + "..."
+class GateError(Exception):
+    """A gate or ``retry_until`` returned a value that has no truth value."""
+
+
+def _truth(value: Any, what: str) -> bool:
+    try:
+        return bool(value)
+    except Exception as exc:
+        raise GateError(f"{what} returned {safe_repr(value)}, which has no truth value "
+                        f"({type(exc).__name__}: {safe_str(exc)}); return True or False, "
+                        f"e.g. bool(...) or len(...) > 0") from exc
 
 
 def _gates(job: Job, now: float) -> Outcome | None:
@@ -99,11 +186,12 @@ def _gates(job: Job, now: float) -> Outcome | None:
     if td.when is not None:
         try:
             go = td.when(**job.kwargs)
+            ok = _truth(go, "when()")
         except BaseException as exc:
             return Outcome(job, FAILED, error=exc, reason="when() raised",
                            started_at=now, finished_at=time.time())
-        if not go:
-            return Outcome(job, SKIPPED, reason=f"when() returned {_preview(go)}",
+        if not ok:
+            return Outcome(job, SKIPPED, reason=WHEN_SKIP + safe_repr(go),
                            started_at=now, finished_at=time.time())
     if td.validate is not None:
         try:
@@ -114,7 +202,7 @@ def _gates(job: Job, now: float) -> Outcome | None:
     return None
 
 
-def _verdict(job: Job, value, error, started: float) -> Outcome:
+def _verdict(job: Job, value: Any, error: BaseException | None, started: float) -> Outcome:
     """Turn a body's return value or exception into an outcome (retry or final)."""
     td = job.td
     finished = time.time()
@@ -123,7 +211,7 @@ def _verdict(job: Job, value, error, started: float) -> Outcome:
             return Outcome(job, SUCCEEDED, value, attempts=job.attempt, started_at=started,
                            finished_at=finished)
         try:
-            accepted = td.retry_until(value)
+            accepted = _truth(td.retry_until(value), "retry_until()")
         except BaseException as exc:
             return Outcome(job, FAILED, value, error=exc, reason="retry_until() raised",
                            attempts=job.attempt, started_at=started, finished_at=finished)
@@ -132,26 +220,39 @@ def _verdict(job: Job, value, error, started: float) -> Outcome:
                            finished_at=finished)
         delay = retry_policy.next_delay(td, job.attempt, None)
         if delay is not None:
-            return Outcome(job, RETRY, value, reason=f"retry_until rejected {_preview(value)}",
+            return Outcome(job, RETRY, value, reason=f"retry_until rejected {safe_repr(value)}",
                            attempts=job.attempt, started_at=started, finished_at=finished,
                            retry_in=delay)
         error = RetryUntilRejected(
-            f"task '{td.name}': retry_until rejected the value of all {job.attempt} "
-            f"attempt(s); last value: {_preview(value)}")
+            f"{job.label()}: retry_until rejected the value of all {job.attempt} "
+            f"attempt(s); last value: {safe_repr(value)}")
         return Outcome(job, FAILED, value, error=error, reason="retry_until never accepted",
                        attempts=job.attempt, started_at=started, finished_at=finished)
-    delay = retry_policy.next_delay(td, job.attempt, error)
+    delay = None if isinstance(error, NoRetry) else retry_policy.next_delay(td, job.attempt, error)
     kind = FAILED if delay is None else RETRY
-    return Outcome(job, kind, error=error, attempts=job.attempt, started_at=started,
-                   finished_at=finished, retry_in=delay)
+    outcome = Outcome(job, kind, error=error, attempts=job.attempt, started_at=started,
+                      finished_at=finished, retry_in=delay)
+    if delay is not None:
+        problem = retry_policy.retry_after_problem(error)
+        if problem is not None:
+            outcome.warning = f"{job.label()}: {problem}"
+    return outcome
 
 
-def _timeout_error(job: Job) -> TimeoutError:
-    what = f"task '{job.td.name}'" + (f" item {job.item}" if job.mode == ITEM else "")
-    return TimeoutError(f"{what} timed out after {job.td.timeout_s:g}s (attempt {job.attempt})")
+def timeout_error(job: Job) -> TimeoutError:
+    timeout = job.td.timeout_s or 0.0
+    return TimeoutError(f"{job.label()} timed out after {timeout:g}s (attempt {job.attempt})")
 
 
-def _begin(job: Job):
+def broken_outcome(job: Job, exc: BaseException, started: float | None) -> Outcome:
+    """The catch-all: something in the attempt itself raised. Fail the job, naming the task."""
+    now = time.time()
+    return Outcome(job, FAILED, error=exc, reason="the attempt could not finish",
+                   attempts=max(job.attempt, 1) if job.mode != GATE else 0,
+                   started_at=started or now, finished_at=now)
+
+
+def _begin(job: Job) -> tuple[float, Outcome | None]:
     """Stamp the start; run the gates if due. -> (start, verdict or None to go on)."""
     started = time.time()
     if job.first_started is None:
@@ -161,74 +262,137 @@ def _begin(job: Job):
         if stop is not None or job.mode == GATE:
             return started, stop or Outcome(job, PASSED, started_at=started,
                                             finished_at=time.time())
+    if job.td.timeout_s is not None:
+        job.deadline = time.time() + job.td.timeout_s
     return started, None
 
 
-def run_attempt(job: Job) -> Outcome:
-    """Run one job with a sync body on the calling (worker) thread."""
-    started, verdict = _begin(job)
-    if verdict is not None:
-        return verdict
-    td = job.td
-    if td.timeout_s is None:
-        try:
-            value = td.fn(**job.kwargs)
-        except BaseException as exc:
-            return _verdict(job, None, exc, started)
-        return _verdict(job, value, None, started)
-    return _run_with_deadline(job, started)
+# A body call: runs job's body with these kwargs, returns its value or raises.
+BodyCall = Callable[[Job, dict[str, Any]], Any]
 
 
-def _run_with_deadline(job: Job, started: float) -> Outcome:
-    """Run the body on a daemon thread and stop waiting for it at the deadline.
+def call_here(job: Job, kwargs: dict[str, Any]) -> Any:
+    """Run the body on this thread; with ``timeout_s``, on a daemon thread abandoned at
+    the deadline.
 
     A Python thread cannot be killed, so an overrunning body is abandoned: it
-    keeps running in the background, its result is discarded, and being a
-    daemon it never holds the interpreter open at exit. The worker slot is
-    free again as soon as the deadline passes.
+    keeps running in the background (``current().cancelled()`` turns True so
+    it can stop itself), its result is discarded, and being a daemon it never
+    holds the interpreter open at exit. The worker is free again at the deadline.
     """
-    box: list = []
+    fn = job.td.fn
+    if job.deadline is None:
+        token = context.enter(job)
+        try:
+            return fn(**kwargs)
+        finally:
+            context.leave(token)
+    box: list[tuple[Any, BaseException | None]] = []
     finished = threading.Event()  # set by the body thread once box holds its result
 
-    def body():
+    def body() -> None:
+        token = context.enter(job)
         try:
-            box.append((job.td.fn(**job.kwargs), None))
+            box.append((fn(**kwargs), None))
         except BaseException as exc:
             box.append((None, exc))
         finally:
+            context.leave(token)
             finished.set()
 
     thread = threading.Thread(target=body, daemon=True,
                               name=f"flowing-body-{job.td.name}-{job.attempt}")
     thread.start()
-    if not finished.wait(job.td.timeout_s):
-        return _verdict(job, None, _timeout_error(job), started)
+    if not finished.wait(max(0.0, job.deadline - time.time())):
+        job.cancelled = True
+        raise timeout_error(job)
     value, error = box[0]
-    return _verdict(job, value, error, started)
+    if error is not None:
+        raise error
+    return value
+
+
+def run_attempt(job: Job, call: BodyCall = call_here) -> Outcome:
+    """Run one job with a sync body (on a worker thread). Never raises."""
+    started = None
+    try:
+        started, verdict = _begin(job)
+        if verdict is not None:
+            return verdict
+        try:
+            value = call(job, job.body_kwargs())
+        except BaseException as exc:
+            return _verdict(job, None, exc, started)
+        return _verdict(job, value, None, started)
+    except BaseException as exc:
+        return broken_outcome(job, exc, started)
 
 
 async def run_attempt_async(job: Job) -> Outcome:
-    """Run one job with a coroutine body on the run's event loop.
+    """Run one job with a coroutine body on the run's event loop. Never raises,
+    except ``CancelledError`` when the run itself is being torn down.
 
-    ``timeout_s`` cancels the coroutine for real (its ``finally`` blocks run).
-    The gates are plain functions and run on the loop thread; keep them quick.
+    ``timeout_s`` cancels the coroutine for real (its ``finally`` blocks run);
+    a coroutine that swallows the cancellation is abandoned at its deadline
+    all the same. The gates are plain functions and run on the loop thread;
+    keep them quick.
     """
-    started, verdict = _begin(job)
-    if verdict is not None:
-        return verdict
     import asyncio
 
-    td = job.td
+    started = None
     try:
-        if td.timeout_s is None:
-            value = await td.fn(**job.kwargs)
-        else:
-            value = await asyncio.wait_for(td.fn(**job.kwargs), td.timeout_s)
-    except asyncio.TimeoutError:
-        # asyncio.TimeoutError is not the builtin TimeoutError before 3.11
-        return _verdict(job, None, _timeout_error(job), started)
+        started, verdict = _begin(job)
+        if verdict is not None:
+            return verdict
+        token = context.enter(job)  # the body's task copies this context
+        try:
+            body = asyncio.ensure_future(_contained(job.td.fn(**job.body_kwargs())))
+        except BaseException as exc:
+            return _verdict(job, None, exc, started)
+        finally:
+            context.leave(token)
+        timeout = None if job.deadline is None else max(0.0, job.deadline - time.time())
+        try:
+            done, _ = await asyncio.wait({body}, timeout=timeout)
+        except asyncio.CancelledError:
+            body.cancel()  # the run is being torn down: take the body with us
+            raise
+        if not done:
+            job.cancelled = True
+            body.cancel()  # if it swallows this, it is abandoned on the loop all the same
+            body.add_done_callback(_consume)
+            return _verdict(job, None, timeout_error(job), started)
+        if body.cancelled():
+            return _verdict(job, None, asyncio.CancelledError("the body was cancelled"), started)
+        error = body.exception()
+        if isinstance(error, _Escaped):
+            error = error.original
+        if error is not None:
+            return _verdict(job, None, error, started)
+        return _verdict(job, body.result(), None, started)
     except asyncio.CancelledError:
-        raise  # the run is being torn down (Ctrl-C): let the loop finish the task
+        raise
     except BaseException as exc:
-        return _verdict(job, None, exc, started)
-    return _verdict(job, value, None, started)
+        return broken_outcome(job, exc, started)
+
+
+class _Escaped(Exception):
+    """Carries a SystemExit/KeyboardInterrupt out of a body's asyncio task: raised
+    as they are, asyncio would re-raise them out of the event loop and kill it."""
+
+    def __init__(self, original: BaseException) -> None:
+        super().__init__(type(original).__name__)
+        self.original = original
+
+
+async def _contained(awaitable: Any) -> Any:
+    try:
+        return await awaitable
+    except (KeyboardInterrupt, SystemExit) as exc:
+        raise _Escaped(exc) from exc
+
+
+def _consume(task: Any) -> None:
+    """Retrieve an abandoned body's result so asyncio does not log it as never retrieved."""
+    if not task.cancelled():
+        task.exception()

@@ -5,6 +5,13 @@
     flowing journal compact PATH         drop stale duplicates and unreadable lines
 
 Exit status: 0 success, 1 error (one line on stderr, no traceback), 2 bad usage.
+
+Nothing read from a journal reaches the terminal raw: task names, keys and
+value previews have their control characters escaped (``\\x1b``, ``\\u202e``),
+so a hostile journal cannot drive the terminal. A path that is not a flowing
+journal, a symbolic link or not a regular file (a FIFO included: it is never
+read, so nothing blocks) is refused with exit status 1 and left untouched;
+see flowing.journal for what counts as a journal.
 """
 
 from __future__ import annotations
@@ -16,9 +23,16 @@ import sys
 import time
 
 from .journal import Entry, JournalError, compact, forget, iter_entries
-from .journal import _human_size as _size
 
 _WARN_LOGGER = "flowing.cli"
+_NAME_WIDTH = 60    # longer task names are cut with "..." in `journal show`
+
+
+class _Printable(logging.Formatter):
+    """Escapes control characters in a warning (it may quote bytes read from the journal)."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        return _printable(super().format(record))
 
 
 def _logger() -> logging.Logger:
@@ -26,15 +40,41 @@ def _logger() -> logging.Logger:
     log = logging.getLogger(_WARN_LOGGER)
     if not log.handlers:
         h = logging.StreamHandler(sys.stderr)
-        h.setFormatter(logging.Formatter("flowing: warning: %(message)s"))
+        h.setFormatter(_Printable("flowing: warning: %(message)s"))
         log.addHandler(h)
         log.setLevel(logging.WARNING)
         log.propagate = False
     return log
 
 
-def _oneline(s: str) -> str:
-    return "".join(c if c.isprintable() else "?" for c in s)
+def _printable(s: str, width: int | None = None) -> str:
+    """``s`` with every non-printable character (controls, bidi marks...) escaped as in repr.
+
+    Nothing read from a journal reaches the terminal raw: a task name holding
+    an escape sequence must not be able to drive it. Past ``width``, cut with "...".
+    """
+    if width is not None:
+        s = s[:width + 1]
+    out = "".join(c if c.isprintable() else repr(c)[1:-1] for c in s)
+    if width is not None and len(out) > width:
+        out = out[:width - 3] + "..."
+    return out
+
+
+def _size(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    raise AssertionError("unreachable")
+
+
+def _when(t: float) -> str:
+    """Local time of an entry; a time no clock gives (huge, negative on some systems) as-is."""
+    try:
+        return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(t))
+    except (OverflowError, OSError, ValueError):
+        return _printable(repr(t), 19)
 
 
 def _plural(n: int, word: str, words: str | None = None) -> str:
@@ -53,8 +93,8 @@ def _cmd_show(args: argparse.Namespace) -> int:
         on_disk += e.size
         latest.pop(e.key, None)  # re-insert so the dict keeps file order of the latest entries
         latest[e.key] = e
-    rows = [(_oneline(e.name), e.key[:12], e.kind,
-             time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(e.time)), _size(e.size), e.preview)
+    rows = [(_printable(e.name, _NAME_WIDTH), _printable(e.key[:12]), e.kind, _when(e.time),
+             _size(e.size), _printable(e.preview))
             for e in latest.values()]
     head = ("TASK", "KEY", "KIND", "TIME", "SIZE", "VALUE")
     if rows:
@@ -74,7 +114,7 @@ def _cmd_show(args: argparse.Namespace) -> int:
     stale = total - len(latest)
     if stale:
         line += (f"; {_plural(stale, 'superseded entry', 'superseded entries')} "
-                 f"(`flowing journal compact {args.path}` drops them)")
+                 f"(`flowing journal compact {_printable(args.path)}` drops them)")
     print(line)
     return 0
 
@@ -93,9 +133,9 @@ def _cmd_forget(args: argparse.Namespace) -> int:
         return ", ".join(parts)
 
     for name, entries in r.requested.items():
-        print(f"forgot {_oneline(name)}: {describe(entries)}")
+        print(f"forgot {_printable(name)}: {describe(entries)}")
     for name, entries in sorted(r.downstream.items()):
-        print(f"forgot {_oneline(name)}: {describe(entries)} (downstream)")
+        print(f"forgot {_printable(name)}: {describe(entries)} (downstream)")
     print(f"journal {args.path!r}: {_plural(r.removed, 'entry', 'entries')} "
           f"removed, {r.kept} kept; the forgotten tasks will run again next time")
     return 0
@@ -149,10 +189,19 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     """Run the command line; return the exit status."""
     args = _parser().parse_args(argv)  # exits 2 on bad usage, 0 on --help
+    for stream in (sys.stdout, sys.stderr):
+        # A terminal that cannot show some character gets an escape, not a traceback.
+        reconfigure = getattr(stream, "reconfigure", None)
+        if reconfigure is not None:
+            try:
+                reconfigure(errors="backslashreplace")
+            except (ValueError, OSError):
+                pass
     try:
-        return args.func(args)
+        status: int = args.func(args)
+        return status
     except JournalError as e:
-        print(f"flowing: error: {e}", file=sys.stderr)
+        print(f"flowing: error: {_printable(str(e))}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print("flowing: interrupted", file=sys.stderr)
@@ -166,5 +215,9 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     except OSError as e:
         where = f": {e.filename!r}" if e.filename else ""
-        print(f"flowing: error: {e.strerror or e}{where}", file=sys.stderr)
+        print(f"flowing: error: {_printable(str(e.strerror or e))}{where}", file=sys.stderr)
+        return 1
+    except Exception as e:  # noqa: BLE001 - the contract is one line and status 1, never a traceback
+        print(f"flowing: error: unexpected {type(e).__name__}: {_printable(str(e), 200)} "
+              f"(please report this)", file=sys.stderr)
         return 1

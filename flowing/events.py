@@ -11,8 +11,11 @@ verb so they grep well::
 
     flowing: flow start: 6 tasks in 3 layers (max_workers=5, schedule=eager)
     flowing: start   fetch attempt=1
+    flowing: start   names attempt=1 (dependency 'files' changed)
     flowing: retry   fetch attempt=1/3 failed after 120ms, next in 0.8s: ConnectionError: reset
+    flowing: retry   get[16] (17) attempt=1/3 failed after 80ms, next in 1.0s: HTTPError: 500
     flowing: ok      fetch 1.1s attempts=2
+    flowing: ok      get 2.3s attempts=1: 40 items: 40 ok (38 cached)
     flowing: FAILED  parse 3ms attempts=1: ValueError: bad row 7
     flowing: skipped report: dependency 'parse' failed
     flowing: cached  load key=3f9a1c2b (journal)
@@ -22,13 +25,33 @@ No line is longer than ``MAX_LINE`` characters: long task names, reasons and
 error messages are cut (errors show their type and the first line of their
 message). Progress while a run is going on (a live status line on a
 terminal, periodic heartbeat lines otherwise) is in ``progress.py``.
+
+Text made from user values never raises and never spans lines. Every
+formatter here (and in ``report.py`` and ``progress.py``) goes through
+``safe_str`` / ``safe_repr`` / ``error_line``: a ``__str__`` or ``__repr__``
+that raises, or returns something that is not a string, gives
+``<unprintable TypeName>``; a huge value gives a cut one-liner; control
+characters, line separators and lone surrogates are replaced. Truth values
+and equality of user objects are never asked for.
+
+A failed ``for_each`` item is always named by its index *and* a short repr
+of the item itself (``item 16 (17)``): ``item_label``, ``item_failure`` and
+``items_line`` make those texts for every message that mentions items.
 """
 
 from __future__ import annotations
 
+import reprlib
 import sys
+from collections.abc import Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any
 
 from .records import Record
+
+if TYPE_CHECKING:
+    import logging
+
+    from .progress import Progress
 
 LOGGER_NAME = "flowing"
 
@@ -37,89 +60,162 @@ MAX_LINE = 200
 _PREFIX = "flowing: "
 NAME_WIDTH = 60     # longest task name shown in a line
 REASON_WIDTH = 100  # longest skip reason / error shown in a line
+WHY_WIDTH = 60      # longest "why it ran" note on a start line
+ITEM_WIDTH = 40     # longest item repr in a message about an item
+SAFE_WIDTH = 1000   # default bound of safe_str
 
 
-class Event(Record):
-    """Base of all events. ``at`` is epoch seconds; events are read-only by convention."""
+class _NoItem:
+    """The item of a message is not known (``item_label(16)`` -> ``item 16``)."""
 
-    __slots__ = ("at",)
+    __slots__ = ()
 
-
-class FlowStarted(Event):
-    __slots__ = ("at", "tasks", "layers", "max_workers", "schedule")
-
-
-class FlowFinished(Event):
-    # counts: state name -> number of tasks
-    __slots__ = ("at", "ok", "duration_ms", "counts", "interrupted")
-    _defaults = dict(counts=None, interrupted=False)
+    def __repr__(self) -> str:
+        return "NO_ITEM"
 
 
-class TaskStarted(Event):
-    __slots__ = ("at", "task", "attempt", "detached")
-    _defaults = dict(detached=False)
+NO_ITEM: Any = _NoItem()
 
 
-class TaskRetrying(Event):
-    # attempt: the attempt that failed; delay_s: wait before the next one;
-    # duration_ms: how long the failed attempt ran (None when not known)
-    __slots__ = ("at", "task", "attempt", "max_attempts", "delay_s", "error", "reason", "item",
-                 "duration_ms")
-    _defaults = dict(error=None, reason=None, item=None, duration_ms=None)
+# ----- safe text -------------------------------------------------------------------
+
+# Characters that would break a one-line message: C0/C1 controls, DEL, Unicode
+# line/paragraph separators -> space; lone surrogates (unencodable) -> U+FFFD.
+_ONE_LINE = {c: " " for c in (*range(0x20), *range(0x7F, 0xA0), 0x2028, 0x2029)}
+_ONE_LINE.update({c: "\ufffd" for c in range(0xD800, 0xE000)})
+# The same, keeping newlines and tabs (multi-line text in reports).
+_MULTI_LINE = {c: v for c, v in _ONE_LINE.items() if c not in (0x0A, 0x09)}
 
 
-class TaskSucceeded(Event):
-    __slots__ = ("at", "task", "attempts", "duration_ms", "detached")
-    _defaults = dict(detached=False)
+def type_name(x: object) -> str:
+    """``type(x).__name__``, or ``"object"`` should even that misbehave."""
+    try:
+        name = type(x).__name__
+    except Exception:
+        return "object"
+    return name if type(name) is str else "object"
 
 
-class TaskFailed(Event):
-    __slots__ = ("at", "task", "attempts", "duration_ms", "error", "reason", "detached")
-    _defaults = dict(error=None, reason=None, detached=False)
+def _as_str(x: object, use_repr: bool = False) -> str | None:
+    """``str(x)`` (or ``repr(x)``) as an exact ``str``, or None when user code fails."""
+    try:
+        if type(x) is str and not use_repr:
+            return x
+        text = repr(x) if use_repr else str(x)
+        if type(text) is not str:  # a str subclass: copy it, so its methods are str's
+            text = str.__str__(text)
+        return text
+    except KeyboardInterrupt:
+        raise
+    except BaseException:  # whatever a hostile __str__ raises: formatting goes on
+        return None
 
 
-class TaskSkipped(Event):
-    __slots__ = ("at", "task", "reason", "detached")
-    _defaults = dict(detached=False)
+def unprintable(x: object) -> str:
+    """``<unprintable TypeName>``: what a value that cannot be shown shows instead."""
+    return f"<unprintable {type_name(x)}>"
 
 
-class TaskCached(Event):
-    __slots__ = ("at", "task", "step_key", "reason")
-    _defaults = dict(step_key=None, reason="journal")
-
-
-# ----- small text helpers -----------------------------------------------------
-
-def clip(text: str, width: int) -> str:
-    """``text`` on one line, cut to ``width`` characters (ending in ``...`` when cut)."""
-    if not isinstance(text, str):
-        text = str(text)
-    if any(c < " " or c == "\x7f" for c in text):
-        text = "".join(" " if c < " " or c == "\x7f" else c for c in text)
+def _cut(text: str, width: int) -> str:
+    width = max(0, width)
     if len(text) <= width:
         return text
-    return text[:max(0, width - 3)] + "..."
+    return text[:max(0, width - 3)] + "..."[:width]
+
+
+def clip(text: object, width: int) -> str:
+    """``text`` on one line, cut to ``width`` characters (ending in ``...`` when cut).
+
+    Not a string? Its ``safe_str``. Never raises.
+    """
+    if type(text) is not str:
+        text = safe_str(text, width)
+    return _cut(text, width).translate(_ONE_LINE)
+
+
+def safe_str(x: object, width: int = SAFE_WIDTH, *, one_line: bool = True) -> str:
+    """``str(x)`` cut to ``width`` characters; never raises.
+
+    ``one_line`` (default): control characters and line breaks become spaces.
+    With ``one_line=False`` newlines and tabs are kept (reports, tooltips).
+    A ``__str__`` that raises or returns a non-string gives
+    ``<unprintable TypeName>``.
+    """
+    text = _as_str(x)
+    if text is None:
+        return _cut(unprintable(x), width)
+    return _cut(text, width).translate(_ONE_LINE if one_line else _MULTI_LINE)
+
+
+def safe_repr(x: object, width: int = 60) -> str:
+    """A short one-line ``repr(x)`` of at most ``width`` characters; never raises.
+
+    Containers and strings are shortened the way ``reprlib`` does (``[1, 2,
+    ...]``, ``'abc...xyz'``), so a huge value costs little. A ``__repr__``
+    that raises or returns a non-string gives ``<unprintable TypeName>``.
+    """
+    width = max(8, int(width))
+    try:
+        text = _short_repr(x, width)
+    except KeyboardInterrupt:
+        raise
+    except BaseException:
+        text = None
+    if text is None:
+        if type(x) is int:  # too many digits for str()
+            return _cut(f"<int of {x.bit_length()} bits>", width)
+        return _cut(unprintable(x), width)
+    return clip(text, width)
+
+
+class _ShortRepr(reprlib.Repr):
+    """``reprlib`` limits; a failing ``__repr__`` shows as ``<unprintable TypeName>``."""
+
+    def __init__(self, width: int) -> None:
+        super().__init__()
+        self.maxstring = self.maxother = self.maxlong = width
+        self.maxlevel = 3
+
+    def repr_instance(self, x: Any, level: int) -> str:
+        text = _as_str(x, use_repr=True)
+        if text is None:  # "unprintable", rather than reprlib's memory address
+            return unprintable(x)
+        return _cut(text, self.maxother)
+
+
+def _short_repr(x: object, width: int) -> str | None:
+    text = _ShortRepr(width).repr(x)
+    return text if type(text) is str else _as_str(text)
 
 
 def error_line(error: BaseException | None, width: int = 120) -> str:
     """``Type: first line of message``, cut to ``width`` characters. Never raises."""
     if error is None:
         return ""
+    name = type_name(error)
+    text = _as_str(error)
+    if text is None:  # an exception whose __str__ fails still gets a line
+        return clip(f"{name}: <unprintable message>", width)
+    head = text[:max(4 * width, 1000)].strip()  # a 1 GB message costs no more than a short one
+    first = head.splitlines()[0] if head else ""
+    return clip(name + (f": {first}" if first else ""), width)
+
+
+def format_duration(ms: float | None) -> str:
+    """``12ms``, ``1.4s``, ``3m05s``, ``2h10m``; ``?`` when unknown."""
     try:
-        message = str(error).strip().splitlines()
-    except Exception:  # an exception whose __str__ fails still gets a line
-        message = ["<unprintable message>"]
-    text = type(error).__name__ + (f": {message[0]}" if message else "")
-    return clip(text, width)
-
-
-def format_duration(ms: float) -> str:
-    if ms is None:
+        ms = float(ms)  # type: ignore[arg-type]
+    except (TypeError, ValueError, OverflowError):
         return "?"
+    if ms != ms or ms in (float("inf"), float("-inf")):
+        return "?"
+    ms = max(0.0, ms)
     if ms < 1000:
         return f"{ms:.0f}ms"
     if ms < 60_000:
         return f"{ms / 1000:.1f}s"
+    if ms >= 3.6e12:  # a million hours: no clock of ours, but keep the line short
+        return f"{ms / 3.6e6:.3g}h"
     minutes, seconds = divmod(ms / 1000, 60)
     if minutes < 60:
         return f"{int(minutes)}m{int(seconds):02d}s"
@@ -127,36 +223,262 @@ def format_duration(ms: float) -> str:
     return f"{hours}h{minutes:02d}m"
 
 
-# ----- loggers ----------------------------------------------------------------
+# ----- messages about for_each items -------------------------------------------------
 
-def _stderr_handler():
+def item_label(index: object, item: object = NO_ITEM, width: int = ITEM_WIDTH) -> str:
+    """``item 16 (17)``: an item's index and a short repr of the item itself.
+
+    ``item`` left out (not known): ``item 16``.
+    """
+    text = f"item {clip(index, 20)}"
+    if item is not NO_ITEM:
+        text += f" ({safe_repr(item, width)})"
+    return text
+
+
+def item_failure(index: object, item: object = NO_ITEM, error: BaseException | None = None,
+                 reason: object = None, width: int = REASON_WIDTH) -> str:
+    """``item 16 (17): HTTPError: 500``: which item failed, and why (error or reason)."""
+    why = error_line(error, width) or clip(_or_empty(reason), width)
+    return item_label(index, item) + (f": {why}" if why else "")
+
+
+def _item_state(it: object) -> str:
+    state = getattr(it, "state", None)
+    value = getattr(state, "value", state)
+    return value if type(value) is str else "?"
+
+
+def items_line(items: Sequence[Any] | None, width: int = MAX_LINE, listed: int = 3) -> str:
+    """One line on the items of a ``for_each`` task, failures first named::
+
+        40 items: 38 ok (12 cached), 2 failed: item 16 (17): HTTPError: 500; item 28 (29): ...
+
+    ``items`` are ``ItemResult``s (None for an item that never finished).
+    Never raises; at most ``width`` characters.
+    """
+    try:
+        return _items_line(items, width, listed)
+    except Exception:  # a half-built result must not break a summary
+        return clip(f"{len(items or ())} items", width)
+
+
+def _items_line(items: Sequence[Any] | None, width: int, listed: int) -> str:
+    items = list(items or ())
+    ok = cached = failed = skipped = not_run = 0
+    bad: list[Any] = []
+    for it in items:
+        state = _item_state(it) if it is not None else "not run"
+        if state == "succeeded":
+            ok += 1
+            cached += getattr(it, "cached", False) is True
+        elif state == "failed":
+            failed += 1
+            bad.append(it)
+        elif state == "skipped":
+            skipped += 1
+            bad.append(it)
+        else:
+            not_run += 1
+    n = len(items)
+    text = f"{n} item{'s' if n != 1 else ''}"
+    if not n:
+        return text
+    parts = [f"{ok} ok" + (f" ({cached} cached)" if cached else "")]
+    if failed:
+        parts.append(f"{failed} failed")
+    if skipped:
+        parts.append(f"{skipped} skipped")
+    if not_run:
+        parts.append(f"{not_run} not run")
+    text += ": " + ", ".join(parts)
+    if bad:
+        shown = [item_failure(getattr(it, "index", "?"), getattr(it, "item", NO_ITEM),
+                              _exception_or_none(getattr(it, "error", None)),
+                              getattr(it, "reason", None), 60)
+                 for it in bad[:max(0, listed)]]
+        rest = len(bad) - len(shown)
+        text += ": " + "; ".join(shown) + (f"; +{rest} more" if rest else "")
+    return clip(text, width)
+
+
+def _exception_or_none(error: object) -> BaseException | None:
+    return error if isinstance(error, BaseException) else None
+
+
+# ----- events ----------------------------------------------------------------------
+
+class Event(Record):
+    """Base of all events. ``at`` is epoch seconds; events are read-only by convention."""
+
+    __slots__ = ("at",)
+    at: float
+
+
+class FlowStarted(Event):
+    __slots__ = ("at", "tasks", "layers", "max_workers", "schedule")
+    tasks: int
+    layers: int
+    max_workers: int
+    schedule: str
+
+    def __init__(self, at: float, tasks: int, layers: int, max_workers: int,
+                 schedule: str) -> None:
+        self.at, self.tasks, self.layers = at, tasks, layers
+        self.max_workers, self.schedule = max_workers, schedule
+
+
+class FlowFinished(Event):
+    """``counts``: state name -> number of tasks."""
+
+    __slots__ = ("at", "ok", "duration_ms", "counts", "interrupted")
+    ok: bool
+    duration_ms: float
+    counts: Mapping[str, int] | None
+    interrupted: bool
+
+    def __init__(self, at: float, ok: bool, duration_ms: float,
+                 counts: Mapping[str, int] | None = None, interrupted: bool = False) -> None:
+        self.at, self.ok, self.duration_ms = at, ok, duration_ms
+        self.counts, self.interrupted = counts, interrupted
+
+
+class TaskStarted(Event):
+    """An attempt of a task starts. ``why``: why it runs although the journal had
+    an entry for it (``"dependency 'files' changed"``, ``"expired"``,
+    ``"cache=False"``, ``"not cached: <reason>"``), None otherwise."""
+
+    __slots__ = ("at", "task", "attempt", "detached", "why")
+    task: str
+    attempt: int
+    detached: bool
+    why: str | None
+
+    def __init__(self, at: float, task: str, attempt: int, detached: bool = False,
+                 why: str | None = None) -> None:
+        self.at, self.task, self.attempt = at, task, attempt
+        self.detached, self.why = detached, why
+
+
+class TaskRetrying(Event):
+    """An attempt failed and another one follows after ``delay_s`` seconds.
+
+    ``attempt``: the attempt that failed; ``duration_ms``: how long it ran
+    (None when not known); ``error``: its exception, or None when
+    ``retry_until`` rejected the value (then ``reason`` says so). For a
+    ``for_each`` item, ``item`` is its index and ``item_repr`` a short repr
+    of the item itself (``safe_repr``); both None for a whole task.
+    """
+
+    __slots__ = ("at", "task", "attempt", "max_attempts", "delay_s", "error", "reason", "item",
+                 "duration_ms", "item_repr")
+    task: str
+    attempt: int
+    max_attempts: int
+    delay_s: float
+    error: BaseException | None
+    reason: str | None
+    item: int | None
+    duration_ms: float | None
+    item_repr: str | None
+
+    def __init__(self, at: float, task: str, attempt: int, max_attempts: int, delay_s: float,
+                 error: BaseException | None = None, reason: str | None = None,
+                 item: int | None = None, duration_ms: float | None = None,
+                 item_repr: str | None = None) -> None:
+        self.at, self.task, self.attempt, self.max_attempts = at, task, attempt, max_attempts
+        self.delay_s, self.error, self.reason, self.item = delay_s, error, reason, item
+        self.duration_ms, self.item_repr = duration_ms, item_repr
+
+
+class TaskSucceeded(Event):
+    """``items``: the ``ItemResult``s of a ``for_each`` task, else None."""
+
+    __slots__ = ("at", "task", "attempts", "duration_ms", "detached", "items")
+    task: str
+    attempts: int
+    duration_ms: float
+    detached: bool
+    items: Sequence[Any] | None
+
+    def __init__(self, at: float, task: str, attempts: int, duration_ms: float,
+                 detached: bool = False, items: Sequence[Any] | None = None) -> None:
+        self.at, self.task, self.attempts, self.duration_ms = at, task, attempts, duration_ms
+        self.detached, self.items = detached, items
+
+
+class TaskFailed(Event):
+    """``items``: the ``ItemResult``s of a ``for_each`` task, else None."""
+
+    __slots__ = ("at", "task", "attempts", "duration_ms", "error", "reason", "detached", "items")
+    task: str
+    attempts: int
+    duration_ms: float
+    error: BaseException | None
+    reason: str | None
+    detached: bool
+    items: Sequence[Any] | None
+
+    def __init__(self, at: float, task: str, attempts: int, duration_ms: float,
+                 error: BaseException | None = None, reason: str | None = None,
+                 detached: bool = False, items: Sequence[Any] | None = None) -> None:
+        self.at, self.task, self.attempts, self.duration_ms = at, task, attempts, duration_ms
+        self.error, self.reason, self.detached, self.items = error, reason, detached, items
+
+
+class TaskSkipped(Event):
+    __slots__ = ("at", "task", "reason", "detached")
+    task: str
+    reason: str
+    detached: bool
+
+    def __init__(self, at: float, task: str, reason: str, detached: bool = False) -> None:
+        self.at, self.task, self.reason, self.detached = at, task, reason, detached
+
+
+class TaskCached(Event):
+    """A task's result was replayed (``reason``: from where, ``"journal"``)."""
+
+    __slots__ = ("at", "task", "step_key", "reason")
+    task: str
+    step_key: str | None
+    reason: str
+
+    def __init__(self, at: float, task: str, step_key: str | None = None,
+                 reason: str = "journal") -> None:
+        self.at, self.task, self.step_key, self.reason = at, task, step_key, reason
+
+
+# ----- loggers ----------------------------------------------------------------------
+
+def _stderr_handler() -> logging.Handler:
     import logging
 
     from . import progress
 
-    class StderrHandler(logging.StreamHandler):
+    class StderrHandler(logging.StreamHandler):  # type: ignore[type-arg]
         """Writes to whatever ``sys.stderr`` is *now* (like logging's last resort),
         and wipes the live progress line first so the two never share a line."""
 
-        def __init__(self):
+        def __init__(self) -> None:
             logging.Handler.__init__(self)
 
         @property
-        def stream(self):
+        def stream(self) -> Any:
             return sys.stderr
 
         @stream.setter
-        def stream(self, value):  # StreamHandler.setStream; the stream is always stderr
+        def stream(self, value: Any) -> None:  # StreamHandler.setStream; always stderr
             pass
 
-        def emit(self, record):
+        def emit(self, record: logging.LogRecord) -> None:
             progress.clear_live()
             super().emit(record)
 
     return StderrHandler()
 
 
-def resolve_logger(log):
+def resolve_logger(log: object) -> logging.Logger | None:
     """``True`` -> the "flowing" logger, given a stderr handler once; ``False`` -> None."""
     import logging  # on first Flow, not at import: keeps ``import flowing`` light
 
@@ -165,7 +487,8 @@ def resolve_logger(log):
     if isinstance(log, logging.Logger):
         return log
     if log is not True:
-        raise TypeError(f"Flow(log=...) takes True, False or a logging.Logger, got {log!r}")
+        raise TypeError(f"Flow(log=...) takes True, False or a logging.Logger, "
+                        f"got {safe_repr(log)}")
     logger = logging.getLogger(LOGGER_NAME)
     if not logger.handlers:
         # A library normally leaves handlers to the application, but a one-shot
@@ -179,44 +502,64 @@ def resolve_logger(log):
     return logger
 
 
-# ----- the reporter -----------------------------------------------------------
+# ----- the reporter -----------------------------------------------------------------
 
 class Reporter:
-    """Turns events into log lines and progress, and hands events to the user's hook."""
+    """Turns events into log lines and progress, and hands events to the user's hook.
 
-    def __init__(self, logger, on_event=None):
+    Nothing here raises into the run: a log line that cannot be made or
+    written, a broken handler, a hook that raises are each swallowed (a
+    broken hook is reported once per run).
+    """
+
+    def __init__(self, logger: logging.Logger | None,
+                 on_event: Callable[[Event], object] | None = None) -> None:
         if on_event is not None and not callable(on_event):
-            raise TypeError(f"Flow(on_event=...) must be callable, got {on_event!r}")
+            raise TypeError(f"Flow(on_event=...) must be callable, got {safe_repr(on_event)}")
         self.logger = logger
         self.on_event = on_event
         self._hook_failed = False
         # The scheduler skips building events entirely when nobody listens.
         self.active = logger is not None or on_event is not None
-        self._progress = None
+        self._progress: Progress | None = None
         self._total = 0
         self._cached = 0
         self._retries = 0
-        self._attempt_start: dict = {}  # task name -> start of its current attempt
+        self._attempt_start: dict[str, float] = {}  # task name -> start of its current attempt
 
     def emit(self, event: Event) -> None:
-        self._track(event)
+        try:
+            self._track(event)
+        except Exception:  # bookkeeping for log lines: never worth breaking a run
+            pass
         if self.logger is not None:
             try:
                 self._log(event)
             except Exception as exc:  # formatting must never break the run
-                self.logger.warning("could not log %s: %s", type(event).__name__,
-                                    error_line(exc))
+                self._warn_quietly(f"could not log {type_name(event)}: {error_line(exc)}")
         if self.on_event is not None:
             try:
                 self.on_event(event)
             except Exception as exc:
                 if not self._hook_failed:
                     self._hook_failed = True
-                    import logging
+                    self._warn_quietly("on_event hook raised "
+                                       f"{error_line(exc, REASON_WIDTH)}; further hook "
+                                       "errors in this run are ignored", fallback=True)
 
-                    (self.logger or logging.getLogger(LOGGER_NAME)).warning(
-                        "on_event hook raised %s; further hook errors in this run are ignored",
-                        error_line(exc, REASON_WIDTH))
+    def _warn_quietly(self, message: str, fallback: bool = False) -> None:
+        """A warning on our logger (or, with ``fallback``, the "flowing" logger when the
+        run logs nothing); a logger that fails too is left alone."""
+        try:
+            logger = self.logger
+            if logger is None and fallback:
+                import logging
+
+                logger = logging.getLogger(LOGGER_NAME)
+            if logger is not None:
+                logger.warning(clip(message, MAX_LINE - len(_PREFIX)))
+        except Exception:
+            pass
 
     def _track(self, event: Event) -> None:
         """What the log lines need beyond one event: run totals, attempt starts."""
@@ -243,6 +586,9 @@ class Reporter:
             self._cached += 1
 
     def _log(self, event: Event) -> None:
+        logger = self.logger
+        if logger is None:
+            return
         progress = self._progress
         line = log_line(event)
         if isinstance(event, FlowFinished):
@@ -255,11 +601,11 @@ class Reporter:
         if progress is not None:
             progress.clear()
         if isinstance(event, TaskFailed):
-            self.logger.warning(line)
+            logger.warning(line)
         else:
-            self.logger.info(line)
+            logger.info(line)
 
-    def tick(self, done: int, total: int, running: dict) -> None:
+    def tick(self, done: int, total: int, running: Mapping[str, float]) -> None:
         """Progress, called by the scheduler thread about once a second during a run.
 
         ``running`` maps the name of each running task to its start (epoch s).
@@ -270,37 +616,57 @@ class Reporter:
             except Exception:  # progress is a nicety: never let it break a run
                 pass
 
-    def warning(self, message: str) -> None:
+    def warning(self, message: object) -> None:
+        """A one-line warning on the run's logger (nothing with ``log=False``)."""
         if self.logger is not None:
-            if self._progress is not None:
-                self._progress.clear()
-            self.logger.warning(clip(message, MAX_LINE - len(_PREFIX)))
+            try:
+                if self._progress is not None:
+                    self._progress.clear()
+            except Exception:
+                pass
+            self._warn_quietly(clip(message, MAX_LINE - len(_PREFIX)))
 
+
+# ----- log lines --------------------------------------------------------------------
 
 def _cap(line: str) -> str:
     return clip(line, MAX_LINE - len(_PREFIX))
 
 
-def _name(event) -> str:
-    what = clip(event.task, NAME_WIDTH)
+def _name(event: Event) -> str:
+    what = clip(getattr(event, "task", "?"), NAME_WIDTH)
     item = getattr(event, "item", None)
-    return what + (f"[{item}]" if item is not None else "")
+    if item is None:
+        return what
+    what += f"[{clip(item, 20)}]"
+    item_repr = getattr(event, "item_repr", None)
+    return what + (f" ({clip(item_repr, ITEM_WIDTH)})" if item_repr is not None else "")
 
 
-def _why(error, reason) -> str:
-    return error_line(error, REASON_WIDTH) or clip(reason or "", REASON_WIDTH)
+def _or_empty(x: object) -> object:
+    """``x``, or "" for None (never ``x or ""``: a user object's truth value may raise)."""
+    return "" if x is None else x
+
+
+def _why(error: BaseException | None, reason: object) -> str:
+    return error_line(error, REASON_WIDTH) or clip(_or_empty(reason), REASON_WIDTH)
 
 
 def log_line(event: Event) -> str | None:
     """One concise, greppable line per event (without the ``flowing: `` prefix)."""
-    tag = " [detached]" if getattr(event, "detached", False) else ""
+    tag = " [detached]" if getattr(event, "detached", False) is True else ""
     if isinstance(event, TaskStarted):
-        return _cap(f"start   {_name(event)} attempt={event.attempt}{tag}")
+        why = f" ({clip(event.why, WHY_WIDTH)})" if event.why is not None else ""
+        return _cap(f"start   {_name(event)} attempt={event.attempt}{tag}{why}")
     if isinstance(event, TaskSucceeded):
+        items = f": {items_line(event.items)}" if event.items is not None else ""
         return _cap(f"ok      {_name(event)} {format_duration(event.duration_ms)} "
-                    f"attempts={event.attempts}{tag}")
+                    f"attempts={event.attempts}{tag}{items}")
     if isinstance(event, TaskFailed):
-        why = _why(event.error, event.reason)
+        if event.items is not None:
+            why = items_line(event.items)
+        else:
+            why = _why(event.error, event.reason)
         return _cap(f"FAILED  {_name(event)} {format_duration(event.duration_ms)} "
                     f"attempts={event.attempts}{tag}" + (f": {why}" if why else ""))
     if isinstance(event, TaskRetrying):
@@ -308,18 +674,26 @@ def log_line(event: Event) -> str | None:
                else f" after {format_duration(event.duration_ms)}")
         why = _why(event.error, event.reason)
         return _cap(f"retry   {_name(event)} attempt={event.attempt}/{event.max_attempts} "
-                    f"failed{ran}, next in {event.delay_s:.1f}s" + (f": {why}" if why else ""))
+                    f"failed{ran}, next in {_seconds(event.delay_s)}" + (f": {why}" if why else ""))
     if isinstance(event, TaskSkipped):
-        return _cap(f"skipped {_name(event)}{tag}: {clip(event.reason or '', REASON_WIDTH)}")
+        return _cap(f"skipped {_name(event)}{tag}: {clip(_or_empty(event.reason), REASON_WIDTH)}")
     if isinstance(event, TaskCached):
-        key = f" key={event.step_key[:8]}" if isinstance(event.step_key, str) else ""
-        return _cap(f"cached  {_name(event)}{key} ({clip(event.reason or '', 40)})")
+        key = f" key={clip(event.step_key[:8], 8)}" if isinstance(event.step_key, str) else ""
+        return _cap(f"cached  {_name(event)}{key} ({clip(_or_empty(event.reason), 40)})")
     if isinstance(event, FlowStarted):
         return _cap(f"flow start: {event.tasks} tasks in {event.layers} layers "
-                    f"(max_workers={event.max_workers}, schedule={event.schedule})")
+                    f"(max_workers={event.max_workers}, schedule={clip(event.schedule, 20)})")
     if isinstance(event, FlowFinished):
         return _totals_line(event)
     return None
+
+
+def _seconds(s: float) -> str:
+    """``0.8s`` for a wait; ``?`` when it is no number."""
+    try:
+        return f"{float(s):.1f}s"
+    except (TypeError, ValueError, OverflowError):
+        return "?"
 
 
 def _totals_line(event: FlowFinished, total: int = 0, cached: int = 0,

@@ -2,15 +2,54 @@
 
 from __future__ import annotations
 
+import hashlib
+import threading
 import time
+from collections.abc import Iterable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any
 
-from .events import LOGGER_NAME, Reporter, error_line, format_duration, resolve_logger
+from . import attempt as A
+from .events import (LOGGER_NAME, Reporter, error_line, format_duration, items_line,
+                     resolve_logger, safe_str)
 from .graph import Graph
-from .results import StepResult, StepState
-from .scheduler import Scheduler
+from .results import ItemResult, StepResult, StepState
+from .scheduler import JournalPlan, Scheduler
 from .tasks import TaskDef
 
+if TYPE_CHECKING:
+    import logging
+    from concurrent.futures import Executor
+
+    from .events import Event
+    from .journal import Journal
+
 SCHEDULES = ("eager", "layers")
+
+
+def run_ok(graph: Graph, results: Sequence[StepResult | None]) -> bool:
+    """``Flow.ok``: no main task FAILED, and every main task SUCCEEDED or was
+    SKIPPED by a gate — its own ``when`` returned falsy, or it was skipped only
+    because dependencies were skipped that way."""
+    gated = bytearray(graph.main_count)
+    for i in range(graph.main_count):  # plan order: dependencies come first
+        r = results[i]
+        if r is None or r.state is StepState.FAILED:
+            return False
+        if r.state is StepState.SUCCEEDED:
+            continue
+        reason = r.reason or ""
+        if reason.startswith(A.WHEN_SKIP):
+            gated[i] = 1
+            continue
+        deps = graph.deps[i]
+        if reason.startswith("dependency '") and any(gated[d] for d in deps) and all(
+                gated[d] or (results[d] is not None
+                             and results[d].state is StepState.SUCCEEDED)  # type: ignore[union-attr]
+                for d in deps):
+            gated[i] = 1
+            continue
+        return False
+    return True
 
 
 class Flow:
@@ -21,9 +60,10 @@ class Flow:
     in the graph, and checks the whole graph before anything runs.
     """
 
-    def __init__(self, *terminals, max_workers: int = 5, fail_fast: bool = True,
-                 journal_path=None, executor=None, schedule: str = "eager", log=True,
-                 on_event=None):
+    def __init__(self, *terminals: TaskDef, max_workers: int = 5, fail_fast: bool = True,
+                 journal_path: str | Any | None = None, executor: Executor | Any | None = None,
+                 schedule: str = "eager", log: bool | logging.Logger = True,
+                 on_event: Any = None, inputs: Mapping[str, Any] | None = None) -> None:
         if not isinstance(max_workers, int) or isinstance(max_workers, bool):
             raise TypeError(f"Flow(max_workers=...) must be an int >= 1, got {max_workers!r}")
         if max_workers < 1:
@@ -33,17 +73,28 @@ class Flow:
                              f"(start each task as soon as its dependencies succeed) or "
                              f"'layers' (run layer by layer)")
         if executor is not None and not callable(getattr(executor, "submit", None)):
-            raise TypeError(f"Flow(executor=...) must be a concurrent.futures.Executor, "
-                            f"got {executor!r}")
-        self.graph = Graph.build(terminals)
+            raise TypeError(f"Flow(executor=...) must be a concurrent.futures.Executor or a "
+                            f"Dask distributed.Client, got {executor!r}")
+        if inputs is None:
+            inputs = {}
+        if not isinstance(inputs, Mapping) or not all(isinstance(k, str) for k in inputs):
+            raise TypeError(f"Flow(inputs=...) must be a dict of parameter name -> value, "
+                            f"got {inputs!r}")
+        self.inputs: dict[str, Any] = dict(inputs)
+        self.graph = Graph.build(terminals, inputs=tuple(self.inputs))
         self.max_workers = max_workers
         self.fail_fast = bool(fail_fast)
         self.schedule = schedule
         self.executor = executor
         self.logger = resolve_logger(log)
         self._reporter = Reporter(self.logger, on_event)
+        unused = sorted(set(self.inputs) - self.graph.received_inputs())
+        if unused:
+            self._reporter.warning(
+                f"Flow(inputs=...): no task has a parameter named {', '.join(map(repr, unused))}; "
+                f"check the spelling (inputs fill body parameters that are not dependencies)")
         self.journal_path = None if journal_path is None else str(journal_path)
-        self._journal = None
+        self._journal: Journal | None = None
         if journal_path is not None:
             import logging
 
@@ -53,60 +104,68 @@ class Flow:
         self.results: dict[str, StepResult] = {}
         self._overrides: dict[int, StepResult] = {}
         # items that finished in for_each tasks a Ctrl-C cut short, for resume()
-        self._interrupted_items: dict[int, list] = {}
-        self.retries: list = []  # failed attempts of the last run, for reports
+        self._interrupted_items: dict[int, list[ItemResult | None]] = {}
+        self.retries: list[Any] = []  # failed attempts of the last run, for reports
         self.last_attempt_started: dict[str, float] = {}  # retried tasks: final attempt start
+        self.why: dict[str, str] = {}  # journaled tasks that ran again anyway, and why
         self.started_at: float | None = None
         self.finished_at: float | None = None
+        self._running = threading.Lock()  # held for the whole of run()/resume()
 
     # ----- running -------------------------------------------------------------
 
     def run(self) -> dict[str, StepResult]:
         """A fresh run: results are cleared (overrides and journaled tasks are kept)."""
-        self.results = {}
-        return self._execute(dict(self._overrides), set(), {})
+        with self._exclusive():
+            self.results = {}
+            return self._execute(dict(self._overrides), set(), {})
 
-    def resume(self, from_tasks=None) -> dict[str, StepResult]:
+    def resume(self, from_tasks: Iterable[TaskDef | str] | TaskDef | str | None = None
+               ) -> dict[str, StepResult]:
         """Keep SUCCEEDED results, re-run the rest.
 
         ``from_tasks``: tasks (or names) to re-run anyway, with everything
         downstream of them.
         """
-        g = self.graph
-        force: set[int] = set()
-        if from_tasks is not None:
-            if isinstance(from_tasks, (str, TaskDef)):
-                from_tasks = [from_tasks]
-            roots = [g.index_of(t) for t in from_tasks]
-            force = g.downstream(roots)
-            for i in force:
-                self._overrides.pop(i, None)
-        kept: dict[int, StepResult] = {}
-        partial: dict[int, list] = {i: items for i, items in self._interrupted_items.items()
-                                     if i not in force}
-        for name, r in self.results.items():
-            i = g.index_of(name)
-            if i in force:
-                continue
-            if r.state is StepState.SUCCEEDED:
-                kept[i] = r
-            elif r.items is not None:
-                partial[i] = r.items
-        return self._execute(kept, force, partial)
+        with self._exclusive():
+            g = self.graph
+            force: set[int] = set()
+            if from_tasks is not None:
+                if isinstance(from_tasks, (str, TaskDef)):
+                    from_tasks = [from_tasks]
+                roots = [g.index_of(t) for t in from_tasks]
+                force = g.downstream(roots)
+                for i in force:
+                    self._overrides.pop(i, None)
+            kept: dict[int, StepResult] = {}
+            partial = {i: items for i, items in self._interrupted_items.items()
+                       if i not in force}
+            for name, r in self.results.items():
+                i = g.index_of(name)
+                if i in force:
+                    continue
+                if r.state is StepState.SUCCEEDED:
+                    kept[i] = r
+                elif r.items is not None:
+                    partial[i] = list(r.items)
+            return self._execute(kept, force, partial)
 
-    def _execute(self, kept, force, partial) -> dict[str, StepResult]:
-        keys = self._step_keys() if self._journal is not None else None
-        item_key = None
-        if keys is not None:
-            from .stepkey import item_step_key
-            item_key = item_step_key
+    def _exclusive(self) -> _RunGuard:
+        if not self._running.acquire(blocking=False):
+            raise RuntimeError("this Flow is already running (run() or resume() in another "
+                               "thread); wait for it to return, or build a second Flow")
+        return _RunGuard(self._running)
+
+    def _execute(self, kept: dict[int, StepResult], force: set[int],
+                 partial: dict[int, list[ItemResult | None]]) -> dict[str, StepResult]:
+        plan = self._journal_plan(force) if self._journal is not None else None
         scheduler = Scheduler(self.graph, max_workers=self.max_workers,
                               fail_fast=self.fail_fast, schedule=self.schedule,
-                              executor=self.executor, reporter=self._reporter,
-                              journal=self._journal, keys=keys, item_key=item_key)
+                              executor=self.executor, reporter=self._reporter, plan=plan,
+                              inputs=self.inputs)
         self.started_at = time.time()
         try:
-            scheduler.run(kept, force, partial)
+            scheduler.run(kept, partial)
         finally:
             self.finished_at = time.time()
             tasks = self.graph.tasks
@@ -114,37 +173,65 @@ class Flow:
                             if r is not None}
             self.retries = scheduler.retries
             self.last_attempt_started = scheduler.last_attempt_started
+            self.why = {tasks[i].name: why for i, why in scheduler.why.items()
+                        if (r := scheduler.results[i]) is not None and not r.cached}
             self._interrupted_items = scheduler.unfinished_items()
         return self.results
 
-    def _step_keys(self) -> list[str]:
-        from .stepkey import clear_cache, compute_step_key
+    def _journal_plan(self, force: set[int]) -> JournalPlan:
+        assert self._journal is not None
+        keyer, keys, cacheable = self._step_keys()
+        return JournalPlan(self._journal, keys, cacheable, keyer, force)
 
-        # Fingerprints read module constants; a fix made at run time (a flag flipped
-        # before resume()) must give a new key, not be journaled under the old one.
-        clear_cache()
+    def _step_keys(self) -> tuple[Any, list[str], list[bool]]:
+        from .stepkey import Keyer, Uncacheable
+
+        # A new Keyer per run: fingerprints read module constants, and a fix made at
+        # run time (a flag flipped before resume()) must give a new key.
+        keyer = Keyer()
         keys: list[str] = []
-        for td, deps in zip(self.graph.tasks, self.graph.deps):
-            keys.append(compute_step_key(td, [keys[d] for d in deps]))
-        return keys
-
-    def override(self, task, value) -> None:
-        """Record ``value`` as the task's SUCCEEDED result without running it."""
+        cacheable: list[bool] = []
         g = self.graph
-        i = g.index_of(task)
-        td = g.tasks[i]
-        key = None
-        if self._journal is not None:
-            keys = self._step_keys()
-            key = keys[i]
-            self._journal.record(key, td.name, [keys[d] for d in g.deps[i]], value, "override")
-        now = time.time()
-        result = StepResult(td.name, StepState.SUCCEEDED, value, step_key=key,
-                            reason="override", started_at=now, finished_at=now)
-        self._overrides[i] = result
-        self.results[td.name] = result
-        order = {t.name: k for k, t in enumerate(g.tasks)}
-        self.results = dict(sorted(self.results.items(), key=lambda kv: order[kv[0]]))
+        for i, (td, deps) in enumerate(zip(g.tasks, g.deps)):
+            dep_keys = [keys[d] for d in deps]
+            inputs = {n: self.inputs[n] for n in g.inputs[i]}
+            key = keyer.task_key(td, dep_keys, inputs)
+            if isinstance(key, Uncacheable):
+                self._reporter.warning(key.message)
+                # a stand-in, so the keys of its dependents still chain
+                h = hashlib.sha256(b"flowing-uncacheable/" + td.name.encode("utf-8", "replace"))
+                for k in sorted(dep_keys):
+                    h.update(k.encode())
+                keys.append(h.hexdigest())
+                cacheable.append(False)
+            else:
+                keys.append(key)
+                cacheable.append(True)
+        return keyer, keys, cacheable
+
+    def override(self, task: TaskDef | str, value: Any) -> None:
+        """Record ``value`` as the task's SUCCEEDED result without running it."""
+        with self._exclusive():
+            g = self.graph
+            i = g.index_of(task)
+            td = g.tasks[i]
+            key = None
+            if self._journal is not None:
+                from .digest import value_digest
+
+                _keyer, keys, _cacheable = self._step_keys()
+                key = keys[i]
+                # inputs "*": an override stands whatever its dependencies' values are
+                self._journal.record(key, td.name, [keys[d] for d in g.deps[i]], value,
+                                     "override", digest=value_digest(value), inputs="*")
+            now = time.time()
+            result = StepResult(td.name, StepState.SUCCEEDED, value, step_key=key,
+                                reason="override", started_at=now, finished_at=now,
+                                detached=bool(g.detached[i]))
+            self._overrides[i] = result
+            self.results[td.name] = result
+            order = {t.name: k for k, t in enumerate(g.tasks)}
+            self.results = dict(sorted(self.results.items(), key=lambda kv: order[kv[0]]))
 
     # ----- reading -------------------------------------------------------------
 
@@ -168,13 +255,19 @@ class Flow:
 
     @property
     def ok(self) -> bool:
-        """Every main task SUCCEEDED."""
+        """No main task FAILED, and every main task SUCCEEDED or was skipped by a gate
+        (its own ``when``, or only downstream of such a skip). False before a run."""
         tasks = self.graph.tasks
-        for i in range(self.graph.main_count):
-            r = self.results.get(tasks[i].name)
-            if r is None or r.state is not StepState.SUCCEEDED:
-                return False
-        return True
+        return run_ok(self.graph, [self.results.get(tasks[i].name)
+                                   for i in range(self.graph.main_count)])
+
+    @property
+    def failures(self) -> list[StepResult]:
+        """The main tasks that FAILED, in plan order."""
+        tasks = self.graph.tasks
+        return [r for i in range(self.graph.main_count)
+                if (r := self.results.get(tasks[i].name)) is not None
+                and r.state is StepState.FAILED]
 
     @property
     def detached_failures(self) -> list[StepResult]:
@@ -205,10 +298,15 @@ class Flow:
                 parts.append("[detached]")
             if r.cached:
                 parts.append("[cached]")
-            if r.state is StepState.FAILED:
-                parts.append(error_line(r.error) or r.reason or "")
-            elif r.reason:
-                parts.append(r.reason)
+            if r.items is not None:
+                parts.append(items_line(r.items))
+            if r.state is StepState.FAILED and r.items is None:
+                parts.append(error_line(r.error) or safe_str(r.reason or ""))
+            elif r.state is not StepState.FAILED and r.reason:
+                parts.append(safe_str(r.reason))
+            why = self.why.get(td.name)
+            if why and not r.cached:
+                parts.append(f"(ran: {why})")
             lines.append("  ".join(p for p in parts if p))
         total = (f"{len(g)} tasks: {counts[StepState.SUCCEEDED]} succeeded, "
                  f"{counts[StepState.FAILED]} failed, {counts[StepState.SKIPPED]} skipped")
@@ -239,3 +337,16 @@ class Flow:
 
     def __repr__(self) -> str:
         return f"<Flow of {len(self.graph)} tasks>"
+
+
+class _RunGuard:
+    """Releases the Flow's run lock at the end of a ``with`` block."""
+
+    def __init__(self, lock: threading.Lock) -> None:
+        self._lock = lock
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, *exc: object) -> None:
+        self._lock.release()

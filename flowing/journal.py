@@ -6,41 +6,89 @@ journal, replays each task whose step key is in it and runs only the rest.
 
 File format
 -----------
-UTF-8, one entry per line, each line a JSON object whose fields always come
-in this order::
+UTF-8, one JSON object per line. The first line is the header, written and
+fsynced when the journal is created::
 
-    {"v":1,"crc":"1a2b3c4d","key":"<step key>","kind":"task","name":"fetch",
-     "deps":["<dep key>",...],"t":1763850000.123,"enc":"json","value":<value>}
+    {"format":"flowing-journal","version":2}
+
+Every other line is one entry, whose fields always come in this order::
+
+    {"v":2,"crc":"1a2b3c4d","key":"<step key>","kind":"task","name":"fetch",
+     "deps":["<dep key>",...],"t":1763850000.123,"digest":"<hex>","inputs":null,
+     "enc":"json","value":<value>}
 
 (one line in the file; wrapped here). Fields:
 
-``v``     format version; lines with another version are skipped with a warning.
-``crc``   CRC-32 (8 lowercase hex digits) of every byte after ``"crc":"…",``
-          up to and including the closing ``}`` (the newline excluded). It
-          lets a reader reject a torn or damaged line without parsing its
-          value.
-``key``   the step key (sha256 hex, chained from the dependencies' keys).
-``kind``  ``task`` | ``item`` (one ``for_each`` item, named ``task[i]``) |
-          ``override`` (a value set by hand).
-``name``  the task name, for people and for ``flowing journal forget``.
-``deps``  the step keys this entry was computed from, so the journal alone
-          knows what is downstream of what.
-``t``     wall-clock time of the write (seconds since the epoch).
-``enc``   ``json``: ``value`` is the result itself, readable in the file;
-          used only when the result is plain JSON that round-trips exactly
-          (dict with str keys, list, str, int, finite float, bool, None; no
-          tuples, no subclasses).
-          ``pickle``: ``value`` is a base64 string of a pickle (protocol 5).
-``value`` always the last field, so a reader finds where the header ends
-          by searching for ``,"value":`` (that byte sequence cannot occur
-          earlier: a quote inside a JSON string is escaped).
+``v``       entry version: 2 (written now) or 1 (written by flowing 0.1.0,
+            which has no ``digest``/``inputs`` fields: they read as None).
+            Lines of other versions are skipped with a warning.
+``crc``     CRC-32 (8 lowercase hex digits) of every byte after ``"crc":"…",``
+            up to and including the closing ``}`` (the newline excluded). It
+            lets a reader reject a torn or damaged line without parsing its
+            value.
+``key``     the step key (sha256 hex, chained from the dependencies' keys).
+``kind``    ``task`` | ``item`` (one ``for_each`` item, named ``task[i]``) |
+            ``override`` (a value set by hand).
+``name``    the task name, for people and for ``flowing journal forget``.
+``deps``    the step keys this entry was computed from, so the journal alone
+            knows what is downstream of what.
+``t``       wall-clock time of the write (seconds since the epoch); a line
+            whose ``t`` is not a finite number is skipped as corrupt.
+``digest``  content digest of the value (hex), or null when unknown.
+``inputs``  digest of the dependency values the entry was computed from, or
+            null. With ``digest`` it lets a run replay an entry only when its
+            dependencies still hold the same values (early cutoff).
+``enc``     ``json``: ``value`` is the result itself, readable in the file;
+            used only when the result is plain JSON that round-trips exactly
+            (dict with str keys, list, str, int, finite float, bool, None; no
+            tuples, no subclasses).
+            ``pickle``: ``value`` is a base64 string of a pickle (protocol 5).
+            ``none``: no value (``null``): a marker that never replays but
+            keeps the chain of dependency keys whole for ``journal forget``.
+``value``   always the last field, so a reader finds where the header ends
+            by searching for ``,"value":`` (that byte sequence cannot occur
+            earlier: a quote inside a JSON string is escaped).
 
-A key may appear several times; the latest valid line wins. Blank lines are
-ignored; any other line that fails these checks is skipped with one warning
-(past 20 such lines, the rest are counted in one summary warning). Opening
-reads the file once, in 1 MiB pieces, checks each line's checksum and parses
-only its header: the index keeps (offset, length) per key, never values;
-``lookup`` reads the one line it needs.
+A key may appear several times; the latest valid line with a value wins.
+Blank lines are ignored; any other line that fails these checks is skipped
+with one warning (past 20 such lines, the rest are counted in one summary
+warning). Opening reads the file once, in 1 MiB pieces, checks each line's
+checksum and parses only its header: the index keeps offsets and a few small
+fields per key (time, digests), never values; ``get`` reads the one line it
+needs.
+
+Which files are journals (file safety)
+--------------------------------------
+SQLite is the model. It checks a magic header before touching a file and
+answers "file is not a database" otherwise; it treats an empty file as a new
+database; it can refuse to follow a symbolic link (``SQLITE_OPEN_NOFOLLOW``);
+its side files get the database's permissions; and a side file left by a
+crashed writer is dealt with by the next opener. flowing does the same:
+
+- A file is a flowing journal when its first line is a header (any version
+  this flowing knows), or a valid entry (a journal written by 0.1.0, which
+  had no header). An empty file, or one holding only a torn start of a header
+  or of a first entry (a crash while the journal was being created), is a new
+  journal: opening it writes the header.
+- flowing never appends to, compacts or rewrites any other non-empty file:
+  it raises ``JournalError`` naming the path and the fix, and leaves the file
+  byte-for-byte untouched (nor its mtime). A header of a newer format version
+  is refused the same way. ``flowing journal show`` is read-only and lists
+  the valid entries of a damaged journal, but refuses a file that holds none
+  and does not start like a journal.
+- The journal path is opened with ``O_NOFOLLOW``: a symbolic link there is
+  refused (a link planted in a shared directory would otherwise redirect
+  writes); so is anything but a regular file (a FIFO is opened non-blocking,
+  then refused, so nothing hangs).
+- ``compact`` and ``forget`` write the new file next to the journal as
+  ``.NAME.<16 hex digits>.tmp``, with the journal's permission bits (and
+  owner, where allowed), fsync it, rename it over the journal and fsync the
+  directory. A temporary file of exactly that pattern, owned by the current
+  user, can only be left by a rewrite that was killed: every rewrite holds
+  the journal's exclusive lock while its temporary file exists, so the next
+  opener or rewrite, once it holds the lock, removes such leftovers.
+- 0.1.0 journals open, read and append as they are; a ``compact`` or
+  ``forget`` writes the header (upgrading the file).
 
 Locking
 -------
@@ -49,14 +97,16 @@ holding an exclusive ``fcntl.flock`` on the file, so lines from different
 processes never interleave; a ``threading.Lock`` does the same for threads
 of one process (flock does not exclude threads sharing a descriptor).
 Readers that build an index hold a shared flock while scanning so they never
-see a line half-copied by a concurrent writer. ``flowing journal forget`` and
-``compact`` hold the exclusive flock while they write a new file next to the
-journal and ``os.replace`` it in; a writer that then gets the lock notices
-the path now names another inode, reopens it and re-indexes before writing.
-``fsync`` runs after both locks are released, and writers that finished
-their append while another thread was in ``fsync`` share the next one (group
-commit). A forked child reopens the file on its first ``record``: it would
-otherwise share the parent's open file description and so its flock.
+see a line half-copied by a concurrent writer. The header is written under
+the exclusive lock, after checking again that the file still needs one.
+``flowing journal forget`` and ``compact`` hold the exclusive flock while
+they write a new file next to the journal and ``os.replace`` it in; a writer
+that then gets the lock notices the path now names another inode, reopens it
+and re-indexes before writing. ``fsync`` runs after both locks are released,
+and writers that finished their append while another thread was in ``fsync``
+share the next one (group commit). A forked child reopens the file on its
+first ``record``: it would otherwise share the parent's open file description
+and so its flock.
 
 Crash safety
 ------------
@@ -94,31 +144,56 @@ import os
 import pickle
 import re
 import stat
-import tempfile
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["Journal", "JournalError", "Entry", "iter_entries", "forget", "compact",
-           "ForgetResult", "CompactResult", "KINDS", "FORMAT_VERSION"]
+__all__ = ["Journal", "JournalError", "Hit", "Entry", "iter_entries", "forget", "compact",
+           "ForgetResult", "CompactResult", "KINDS", "FORMAT_NAME", "FORMAT_VERSION", "HEADER"]
 
-FORMAT_VERSION = 1
+FORMAT_NAME = "flowing-journal"
+FORMAT_VERSION = 2                 # version of the file format and of the entries written
+HEADER = b'{"format":"%s","version":%d}\n' % (FORMAT_NAME.encode(), FORMAT_VERSION)
 KINDS = frozenset({"task", "item", "override"})
 
-_PREFIX = b'{"v":1,"crc":"'        # every current-version line starts with this
+_PREFIX = b'{"v":2,"crc":"'        # every entry written now starts with this
+_PREFIX_V1 = b'{"v":1,"crc":"'     # entries written by 0.1.0
 _HEAD = len(_PREFIX) + 10           # prefix + 8 hex digits + '",' : the checksum covers the rest
+_HEADER_START = b'{"format":"' + FORMAT_NAME.encode() + b'",'
 _VALUE_TAG = b',"value":'
 _CHUNK = 1 << 20                    # read size when scanning
 _HEAD_MAX = 4 << 20                 # longer lines are checksummed while streaming, not held whole
 _MAX_LINE_WARNINGS = 20             # past this, skipped lines are summarised in one warning
 _PICKLE_PROTOCOL = 5                # readable by every supported Python (>= 3.8)
 _PREVIEW_BYTES = 256
+_MAX_TIME = float(2 ** 53)          # |t| beyond this is not a time any writer produced
+_ENCODINGS = frozenset({"json", "pickle", "none"})
+_MISSING = object()
+# Opened without following a symlink at the path, without blocking on a FIFO, and
+# without ever becoming a controlling terminal; only regular files are then kept.
+_OPEN_FLAGS = os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY
+_TORN = ("torn write (the last line is incomplete: the process writing it "
+         "probably died mid-write)")
 
 
 class JournalError(Exception):
     """The journal cannot be used; the message names the path and the fix."""
+
+
+class _Unusable(OSError):
+    """The open journal's path no longer names a journal we may write (message says why)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Hit:
+    """A journaled value, with what its entry says about where it came from."""
+
+    value: Any
+    digest: str | None     # content digest of value (as recorded), None if unknown
+    inputs: str | None     # digest of the dependency values the entry was computed from
+    t: float               # epoch seconds the entry was written
 
 
 # ---------------------------------------------------------------- encoding
@@ -154,33 +229,48 @@ def _encode_value(value: Any) -> tuple[str, str]:
     return "pickle", '"' + base64.b64encode(data).decode("ascii") + '"'
 
 
-def _make_line(key: str, kind: str, name: str, deps: list[str], t: float,
-               enc: str, value_text: str) -> bytes:
+def _make_line(key: str, kind: str, name: str, deps: list[str], t: float, enc: str,
+               value_text: str, digest: str | None = None, inputs: str | None = None) -> bytes:
     rest = ('"key":' + json.dumps(key) + ',"kind":"' + kind + '","name":' + json.dumps(name)
             + ',"deps":' + json.dumps(deps, separators=(",", ":")) + ',"t":' + ("%.3f" % t)
+            + ',"digest":' + json.dumps(digest) + ',"inputs":' + json.dumps(inputs)
             + ',"enc":"' + enc + '","value":' + value_text + "}").encode("utf-8")
     return b'%s%08x",%s\n' % (_PREFIX, binascii.crc32(rest), rest)
 
 
 # ----------------------------------------------------------------- reading
 
+def _brief(x: object, width: int = 40) -> str:
+    """repr() for a warning: control characters escaped, never longer than ``width``."""
+    r = repr(x)
+    return r if len(r) <= width else r[:width - 3] + "..."
+
+
 def _classify(head: bytes) -> str:
-    m = re.match(rb'\{\s*"v"\s*:\s*(-?\d+)', head)
-    if m and int(m.group(1)) != FORMAT_VERSION:
+    m = re.match(rb'\{\s*"v"\s*:\s*(-?\d{1,9})\D', head)
+    if m and int(m.group(1)) not in (1, FORMAT_VERSION):
         return (f"entry format version {int(m.group(1))} is not supported (this flowing reads "
-                f"version {FORMAT_VERSION}); it was written by another flowing version")
+                f"versions 1 and {FORMAT_VERSION}); it was written by another flowing version")
     return "corrupt line (not a journal entry)"
 
 
-def _check(head, crc_rest: int | None, last: int | None) -> tuple[dict | None, int, str | None]:
+def _check(head: bytes | bytearray, crc_rest: int | None,
+           last: int | None) -> tuple[dict[str, Any] | None, int, str | None]:
     """Validate one complete line (without its newline).
 
     ``head`` is the whole line, or for a streamed long line its first
     _HEAD_MAX bytes together with ``crc_rest`` (checksum of bytes _HEAD.. end)
     and ``last`` (its final byte). Returns (header, value start, None) or
-    (None, 0, reason).
+    (None, 0, reason). The header dict always has ``digest`` and ``inputs``
+    (None for version-1 lines) and a float ``t``.
     """
-    if not head.startswith(_PREFIX) or head[_HEAD - 2:_HEAD] != b'",':
+    if head.startswith(_PREFIX):
+        version = 2
+    elif head.startswith(_PREFIX_V1):
+        version = 1
+    else:
+        return None, 0, _classify(bytes(head[:64]))
+    if head[_HEAD - 2:_HEAD] != b'",':
         return None, 0, _classify(bytes(head[:64]))
     try:
         want = int(head[len(_PREFIX):_HEAD - 2], 16)
@@ -196,24 +286,39 @@ def _check(head, crc_rest: int | None, last: int | None) -> tuple[dict | None, i
         return None, 0, "corrupt line (no value field)"
     try:
         hdr = json.loads(b"{" + head[_HEAD:i] + b"}")
-    except ValueError:
+    except (ValueError, RecursionError):
         return None, 0, "corrupt line (unreadable header)"
     kind = hdr.get("kind")
     if kind not in KINDS:
-        return None, 0, f"unknown entry kind {kind!r} (written by another flowing version?)"
-    key, deps = hdr.get("key"), hdr.get("deps")
+        return None, 0, f"unknown entry kind {_brief(kind)} (written by another flowing version?)"
+    key, deps, t = hdr.get("key"), hdr.get("deps"), hdr.get("t")
+    tt = type(t)
+    # (a chained comparison is False for NaN and for infinities)
     if (type(key) is not str or not key or type(hdr.get("name")) is not str
             or type(deps) is not list or not all(type(d) is str for d in deps)
-            or type(hdr.get("t")) not in (int, float)):
+            or (tt is not float and tt is not int) or not -_MAX_TIME <= t <= _MAX_TIME):
         return None, 0, "corrupt line (bad header fields)"
-    if hdr.get("enc") not in ("json", "pickle", "none"):
-        return None, 0, f"unknown value encoding {hdr.get('enc')!r} (written by another flowing version?)"
+    digest, inputs = hdr.get("digest", _MISSING), hdr.get("inputs", _MISSING)
+    if version == 2:
+        if not ((digest is None or type(digest) is str) and (inputs is None or type(inputs) is str)):
+            return None, 0, "corrupt line (bad header fields)"
+    elif digest is not _MISSING or inputs is not _MISSING:
+        # A version-1 line never had them: its version digit was damaged.
+        return None, 0, "corrupt line (bad version field)"
+    else:
+        hdr["digest"] = hdr["inputs"] = None
+    if hdr.get("enc") not in _ENCODINGS:
+        return None, 0, (f"unknown value encoding {_brief(hdr.get('enc'))} "
+                         f"(written by another flowing version?)")
+    if tt is int:
+        hdr["t"] = float(t)
+    hdr["v"] = version
     return hdr, i + len(_VALUE_TAG), None
 
 
 # One scanned line: (line number, byte offset, byte length incl. newline,
 # header or None, value start offset within the line, head bytes, problem or None)
-_Scanned = tuple[int, int, int, "dict | None", int, bytes, "str | None"]
+_Scanned = tuple[int, int, int, "dict[str, Any] | None", int, bytes, "str | None"]
 
 
 def _scan(fd: int, end: int | None = None) -> Iterator[_Scanned]:
@@ -221,23 +326,24 @@ def _scan(fd: int, end: int | None = None) -> Iterator[_Scanned]:
 
     Reads with pread (the descriptor's offset is shared and untouched) in
     _CHUNK pieces; a line longer than _HEAD_MAX is checksummed while streaming
-    so memory stays bounded whatever the file holds.
+    so memory stays bounded whatever the file holds. An incomplete last line
+    (no newline) comes with the problem ``_TORN``.
     """
     pos = 0            # file offset of the next read
     line_off = 0       # file offset where the current line starts
     lineno = 0
-    part: bytearray | None = None   # head of a line that spans chunks
+    part = bytearray()  # head of a line that spans chunks
+    spanning = False   # True while a line continues into the next chunk
     part_len = 0       # bytes of that line seen so far
     crc: int | None = None          # running checksum once the line outgrew _HEAD_MAX
-    last = None
+    last = 0
 
     def finish(complete: bool) -> _Scanned:
         if not complete:
-            return (lineno, line_off, part_len, None, 0, bytes(part[:_PREVIEW_BYTES]),
-                    "torn write (the last line is incomplete: the process writing it "
-                    "probably died mid-write)")
+            return (lineno, line_off, part_len, None, 0, bytes(part[:_PREVIEW_BYTES]), _TORN)
         hdr, vstart, problem = _check(part, crc, last if crc is not None else None)
-        return lineno, line_off, part_len + 1, hdr, vstart, bytes(part[:vstart + _PREVIEW_BYTES]), problem
+        return (lineno, line_off, part_len + 1, hdr, vstart, bytes(part[:vstart + _PREVIEW_BYTES]),
+                problem)
 
     while True:
         want = _CHUNK if end is None else min(_CHUNK, end - pos)
@@ -248,7 +354,7 @@ def _scan(fd: int, end: int | None = None) -> Iterator[_Scanned]:
             break
         pos += len(chunk)
         i = 0
-        if part is not None:
+        if spanning:
             j = chunk.find(b"\n")
             piece = memoryview(chunk)[:j if j >= 0 else len(chunk)]
             if piece:
@@ -269,7 +375,7 @@ def _scan(fd: int, end: int | None = None) -> Iterator[_Scanned]:
             if part_len and not part.isspace():
                 yield finish(True)
             line_off += part_len + 1
-            part, crc, i = None, None, j + 1
+            part, spanning, crc, i = bytearray(), False, None, j + 1
         find = chunk.find
         while True:
             j = find(b"\n", i)
@@ -284,18 +390,67 @@ def _scan(fd: int, end: int | None = None) -> Iterator[_Scanned]:
             i = j + 1
         if i < len(chunk):  # a line continues in the next chunk (_CHUNK < _HEAD_MAX)
             part = bytearray(chunk[i:])
+            spanning = True
             part_len = len(chunk) - i
             last = chunk[-1]
             crc = None
-    if part is not None and not part.isspace():
+    if spanning and not part.isspace():
         lineno += 1
         yield finish(False)
+
+
+def _header_version(line: bytes) -> int | None:
+    """The version named by a header line, or None if ``line`` is not one."""
+    if not line.startswith(_HEADER_START) or len(line) > 4096:
+        return None
+    try:
+        d = json.loads(line)
+    except (ValueError, RecursionError):
+        return None
+    if type(d) is not dict or d.get("format") != FORMAT_NAME:
+        return None
+    v = d.get("version")
+    return v if type(v) is int and v >= 1 else None
+
+
+def _first_line(s: _Scanned) -> tuple[str, int]:
+    """What the file's first non-blank line makes of the file.
+
+    ("header", version), ("newer", version), ("entry", 0): a journal of 0.1.0,
+    ("new", 0): only a torn start of a header or first entry (a crash while
+    the journal was being created: it counts as empty), ("foreign", 0).
+    """
+    lineno, _off, _length, _hdr, _vstart, head, problem = s
+    if lineno != 1:
+        return "foreign", 0         # flowing never writes leading blank lines
+    if problem is None:
+        return "entry", 0
+    if problem is _TORN:
+        if (HEADER.startswith(head) or head.startswith(_HEADER_START)
+                or head.startswith(_PREFIX_V1) or _PREFIX_V1.startswith(head)):
+            return "new", 0
+        return "foreign", 0
+    v = _header_version(head)
+    if v is None:
+        return "foreign", 0
+    return ("header" if v <= FORMAT_VERSION else "newer"), v
+
+
+def _refusal(path: str, kind: str, version: int, doing: str, fix: str) -> JournalError:
+    if kind == "newer":
+        return JournalError(
+            f"journal {path!r} was written by a newer flowing (journal format version {version}; "
+            f"this flowing knows versions up to {FORMAT_VERSION}), so it will not {doing} it; "
+            f"upgrade flowing, or {fix}")
+    return JournalError(
+        f"journal {path!r} is not a flowing journal (its first line is neither a journal header "
+        f"nor a journal entry), so flowing will not {doing} it and left it untouched; {fix}")
 
 
 class _Warner:
     """Emits one warning per skipped line, then a single summary past a cap."""
 
-    def __init__(self, logger: logging.Logger, path: str):
+    def __init__(self, logger: logging.Logger, path: str) -> None:
         self.logger, self.path, self.count = logger, path, 0
 
     def skip(self, lineno: int, offset: int, problem: str) -> None:
@@ -313,7 +468,11 @@ class _Warner:
 
 @dataclass(frozen=True, slots=True)
 class Entry:
-    """One valid journal line, as shown by ``flowing journal show``."""
+    """One valid journal line, as shown by ``flowing journal show``.
+
+    ``name``, ``key`` and ``dep_keys`` are as read from the file: they may hold
+    any character. ``preview`` is printable (control characters escaped).
+    """
 
     key: str
     name: str
@@ -321,10 +480,13 @@ class Entry:
     dep_keys: tuple[str, ...]
     time: float
     size: int          # bytes the line takes in the file, newline included
-    enc: str           # "json" or "pickle"
+    enc: str           # "json", "pickle" or "none" (a marker without a value)
     preview: str       # single-line start of the value (JSON text, or "<pickle, N B>")
     offset: int        # byte offset of the line in the file
     line: int          # 1-based line number
+    digest: str | None = None   # content digest of the value, if recorded
+    inputs: str | None = None   # digest of the dependency values, if recorded
+    version: int = FORMAT_VERSION  # entry version (1: written by flowing 0.1.0)
 
     @property
     def task(self) -> str:
@@ -348,6 +510,17 @@ def _human_size(n: float) -> str:
     raise AssertionError("unreachable")
 
 
+def _escape_char(c: str) -> str:
+    o = ord(c)
+    return f"\\x{o:02x}" if o < 0x100 else f"\\u{o:04x}" if o < 0x10000 else f"\\U{o:08x}"
+
+
+def _escape(text: str, width: int) -> str:
+    """``text`` with non-printable characters escaped; past ``width``, cut to fit with "..."."""
+    shown = "".join(c if c.isprintable() else _escape_char(c) for c in text[:width + 1])
+    return shown if len(shown) <= width else shown[:width - 3] + "..."
+
+
 def _preview(head: bytes, vstart: int, length: int, enc: str, width: int = 60) -> str:
     vend = length - 2  # strip '}' and newline
     if enc == "none":
@@ -355,47 +528,74 @@ def _preview(head: bytes, vstart: int, length: int, enc: str, width: int = 60) -
     if enc == "pickle":
         n = max(0, vend - vstart - 2) * 3 // 4
         return f"<pickle, {_human_size(n)}>"
+    # A value cut at _PREVIEW_BYTES decodes to at least 64 characters (> width), so
+    # _escape marks it cut too.
     text = head[vstart:min(vend, vstart + _PREVIEW_BYTES)].decode("utf-8", "replace")
-    text = "".join(c if c.isprintable() else " " for c in text)
-    truncated = vend - vstart > _PREVIEW_BYTES
-    if len(text) > width or truncated:
-        text = text[:width - 3] + "..."
-    return text
+    return _escape(text, width)
 
 
 def _entry(s: _Scanned) -> Entry:
     lineno, off, length, hdr, vstart, head, _ = s
+    assert hdr is not None
     return Entry(key=hdr["key"], name=hdr["name"], kind=hdr["kind"], dep_keys=tuple(hdr["deps"]),
-                 time=float(hdr["t"]), size=length, enc=hdr["enc"],
-                 preview=_preview(head, vstart, length, hdr["enc"]), offset=off, line=lineno)
+                 time=hdr["t"], size=length, enc=hdr["enc"],
+                 preview=_preview(head, vstart, length, hdr["enc"]), offset=off, line=lineno,
+                 digest=hdr["digest"], inputs=hdr["inputs"], version=hdr["v"])
 
 
-def _iter_fd_entries(fd: int, path: str, logger: logging.Logger, end: int | None) -> Iterator[Entry]:
+def _journal_entries(fd: int, path: str, logger: logging.Logger, end: int,
+                     lenient: bool) -> Iterator[Entry]:
+    """Valid entries of an already identified journal (``lenient``: any file, for show)."""
     warner = _Warner(logger, path)
+    first = True
     for s in _scan(fd, end):
+        if first:
+            first = False
+            kind, version = _first_line(s)
+            if kind in ("header", "new"):
+                continue
+            if kind == "newer":
+                raise _refusal(path, kind, version, "read", "choose another file")
+            if kind == "foreign":
+                if not lenient:
+                    raise _refusal(path, kind, version, "read", "check the path")
+                # Read-only: list what a damaged journal still holds, but only if it holds any.
+                if not any(t[6] is None for t in _scan(fd, end)):
+                    raise _refusal(path, kind, version, "read", "check the path")
         if s[6] is not None:
             warner.skip(s[0], s[1], s[6])
         else:
             yield _entry(s)
+    if first and end:  # nothing but blank lines
+        raise _refusal(path, "foreign", 0, "read", "check the path")
     warner.done()
 
 
-def iter_entries(path, logger: logging.Logger) -> Iterator[Entry]:
-    """Every valid entry of the journal at ``path`` in file order (read-only; never creates it)."""
+def iter_entries(path: str | os.PathLike[str], logger: logging.Logger) -> Iterator[Entry]:
+    """Every valid entry of the journal at ``path`` in file order (read-only; never creates it).
+
+    Raises JournalError for a path that is not a regular file, is a symbolic
+    link, or is not a flowing journal (see the module docstring).
+    """
     shown = os.fspath(path)
-    fd = _open_existing(shown, os.O_RDONLY)
+    fd = _open_regular(shown, os.O_RDONLY, creating=False)
     try:
         # Snapshot the end under a shared lock: bytes before it are whole lines
         # (writers hold the exclusive lock for their whole write).
         fcntl.flock(fd, fcntl.LOCK_SH)
         end = os.fstat(fd).st_size
         fcntl.flock(fd, fcntl.LOCK_UN)
-        yield from _iter_fd_entries(fd, shown, logger, end)
+        yield from _journal_entries(fd, shown, logger, end, lenient=True)
     finally:
         os.close(fd)
 
 
 # ------------------------------------------------------------ open helpers
+
+_FILE_TYPES = ((stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a FIFO (named pipe)"),
+               (stat.S_ISSOCK, "a socket"), (stat.S_ISCHR, "a character device"),
+               (stat.S_ISBLK, "a block device"))
+
 
 def _open_error(path: str, e: OSError, creating: bool) -> JournalError:
     d = os.path.dirname(path) or "."
@@ -409,6 +609,12 @@ def _open_error(path: str, e: OSError, creating: bool) -> JournalError:
                             f"inside it, e.g. {os.path.join(path, 'run.jsonl')!r}")
     if isinstance(e, NotADirectoryError):
         return JournalError(f"journal {path!r}: {d!r} is not a directory; choose another journal_path")
+    if e.errno in (errno.ELOOP, errno.EMLINK) and os.path.islink(path):
+        return JournalError(f"journal {path!r} is a symbolic link; flowing does not follow a link "
+                            f"at the journal path (one planted in a shared directory could redirect "
+                            f"its writes): give the real path of the journal instead")
+    if e.errno == errno.ENXIO:
+        return JournalError(f"journal {path!r} is not a regular file; give the path of a journal file")
     if isinstance(e, PermissionError):
         what = "read and written" if creating else "read"
         return JournalError(f"journal {path!r} cannot be {what} ({e.strerror}); fix the permissions "
@@ -417,32 +623,70 @@ def _open_error(path: str, e: OSError, creating: bool) -> JournalError:
                         f"choose another journal_path")
 
 
-def _open_existing(path: str, flags: int) -> int:
+def _keep_regular(fd: int, shown: str) -> int:
+    """Return ``fd`` (made blocking) if it is a regular file; else close it and raise JournalError."""
     try:
-        fd = os.open(path, flags | os.O_CLOEXEC)
-    except OSError as e:
-        raise _open_error(path, e, creating=False) from None
-    mode = os.fstat(fd).st_mode
-    if not stat.S_ISREG(mode):
+        mode = os.fstat(fd).st_mode
+        if not stat.S_ISREG(mode):
+            what = next((name for test, name in _FILE_TYPES if test(mode)), "not a regular file")
+            fix = ("journal_path must name a file inside it" if stat.S_ISDIR(mode)
+                   else "give the path of a journal file")
+            raise JournalError(f"journal {shown!r} is {what}; {fix}")
+        fcntl.fcntl(fd, fcntl.F_SETFL, fcntl.fcntl(fd, fcntl.F_GETFL) & ~os.O_NONBLOCK)
+    except BaseException:
         os.close(fd)
-        what = "a directory" if stat.S_ISDIR(mode) else "not a regular file"
-        raise JournalError(f"journal {path!r} is {what}; give the path of a journal file")
+        raise
     return fd
 
 
+def _open_regular(path: str, flags: int, creating: bool, shown: str | None = None) -> int:
+    """Open ``path`` (never following a symlink there, never blocking) if it is a regular file.
+
+    Raises JournalError naming ``shown`` (default: ``path``) otherwise.
+    """
+    shown = path if shown is None else shown
+    try:
+        fd = os.open(path, flags | _OPEN_FLAGS, 0o600)
+    except OSError as e:
+        raise _open_error(shown, e, creating) from None
+    return _keep_regular(fd, shown)
+
+
+def _open_or_create(path: str) -> tuple[int, bool]:
+    """Open the journal for appending, creating it (mode 0600) if missing: (fd, created)."""
+    flags = os.O_RDWR | os.O_APPEND | _OPEN_FLAGS
+    created = False
+    try:
+        try:
+            fd = os.open(path, flags | os.O_CREAT | os.O_EXCL, 0o600)
+            created = True
+        except FileExistsError:  # (also a symlink there: O_EXCL never follows one)
+            fd = os.open(path, flags)
+    except OSError as e:
+        raise _open_error(path, e, creating=True) from None
+    return _keep_regular(fd, path), created
+
+
 def _fsync_dir(path: str) -> None:
-    fd = os.open(os.path.dirname(os.path.abspath(path)), os.O_RDONLY | os.O_CLOEXEC)
+    """Make a name change in ``path``'s directory durable (best effort where unsupported)."""
+    try:
+        fd = os.open(os.path.dirname(os.path.abspath(path)), os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:
+        return  # an unreadable directory: the data itself is fsynced
     try:
         os.fsync(fd)
+    except OSError as e:
+        if e.errno not in (errno.EINVAL, errno.ENOTSUP, errno.EBADF):
+            raise
     finally:
         os.close(fd)
 
 
 def _same_file(fd: int, path: str) -> bool:
-    """True if ``path`` still names the file open on ``fd`` (not replaced or removed)."""
+    """True if ``path`` itself (not a link there) still names the file open on ``fd``."""
     try:
-        a, b = os.fstat(fd), os.stat(path)
-    except FileNotFoundError:
+        a, b = os.fstat(fd), os.lstat(path)
+    except OSError:
         return False
     return (a.st_ino, a.st_dev) == (b.st_ino, b.st_dev)
 
@@ -457,23 +701,79 @@ def _trust_problem(st: os.stat_result) -> str | None:
     return None
 
 
+def _temp_pattern(abspath: str) -> re.Pattern[str]:
+    return re.compile(re.escape("." + os.path.basename(abspath) + ".") + r"[0-9a-f]{16}\.tmp")
+
+
+def _remove_stale_temps(abspath: str, logger: logging.Logger) -> None:
+    """Remove temporary files left by a killed ``compact``/``forget`` of this journal.
+
+    Call with a flock held on the verified current journal file: every rewrite
+    holds the exclusive lock while its temporary file exists, so any file of
+    our exact pattern (``.NAME.<16 hex>.tmp``, regular, owned by us) is a leftover.
+    """
+    d = os.path.dirname(abspath)
+    pattern = _temp_pattern(abspath)
+    me = os.geteuid()
+    try:
+        with os.scandir(d) as it:
+            names = [e.name for e in it if pattern.fullmatch(e.name)]
+    except OSError:
+        return
+    for name in names:
+        p = os.path.join(d, name)
+        try:
+            st = os.lstat(p)
+            if stat.S_ISREG(st.st_mode) and st.st_uid == me:
+                os.unlink(p)
+                logger.info("journal %r: removed %r, left by an interrupted compact or forget",
+                            abspath, name)
+        except OSError:
+            pass
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    n = os.write(fd, data)
+    while n < len(data):  # short write (e.g. huge line, disk nearly full): finish it
+        w = os.write(fd, memoryview(data)[n:])
+        if w <= 0:
+            raise OSError(errno.EIO, "short write to journal")
+        n += w
+
+
 # ------------------------------------------------------------------ Journal
+
+# key -> (offset, length, value start in line, pickled?, t, digest, inputs) of the
+# latest valid entry that holds a value; digests packed by _pack.
+_Where = tuple[int, int, int, bool, float, "bytes | str | None", "bytes | str | None"]
+_HEX64 = re.compile(r"[0-9a-f]{64}")
+
+
+def _pack(digest: str | None) -> bytes | str | None:
+    """A 64-hex-digit digest as its 32 bytes (half the memory in the index); others as they are."""
+    if digest is not None and len(digest) == 64 and _HEX64.fullmatch(digest):
+        return bytes.fromhex(digest)
+    return digest
+
+
+def _unpack(d: bytes | str | None) -> str | None:
+    return d.hex() if isinstance(d, bytes) else d
+
 
 class Journal:
     """An open journal: an index of the file plus an appender. See the module docstring.
 
     ``record`` may be called from many threads at once and from many
-    processes on the same file; ``lookup`` and ``__contains__`` from any
-    thread. ``close`` must not race with them.
+    processes on the same file; ``peek``, ``get``, ``lookup`` and
+    ``__contains__`` from any thread. ``close`` must not race with them.
     """
 
-    def __init__(self, path: str, fd: int, logger: logging.Logger):
+    def __init__(self, path: str, fd: int, logger: logging.Logger) -> None:
         self.path = path
         self._abspath = os.path.abspath(path)
         self._fd = fd
         self._logger = logger
-        # key -> (offset, length, value start in line, pickled?) of the latest valid entry.
-        self._index: dict[str, tuple[int, int, int, bool]] = {}
+        self._index: dict[str, _Where] = {}
         self._old_fds: list[int] = []      # replaced descriptors: an fsync may still use them
         self._pid = os.getpid()
         # Serialises appends among this process's threads (flock can't: threads share the descriptor).
@@ -493,115 +793,166 @@ class Journal:
     # -- opening ---------------------------------------------------------
 
     @classmethod
-    def open(cls, path, logger: logging.Logger) -> Journal:
-        """Open (creating with mode 0600 if missing) and index the journal.
+    def open(cls, path: str | os.PathLike[str], logger: logging.Logger) -> Journal:
+        """Open (creating with mode 0600 and a header if missing) and index the journal.
 
-        Raises JournalError, naming the path and the fix, if it can't be used.
+        Raises JournalError, naming the path and the fix, if it can't be used:
+        not a regular file, a symbolic link, not a flowing journal, a newer
+        format, or a permission problem. A refused file is left untouched.
         """
         path = os.fspath(path)
-        flags = os.O_RDWR | os.O_APPEND | os.O_CLOEXEC
-        created = False
+        fd, created = _open_or_create(path)
+        self = cls(path, fd, logger)
         try:
+            self._lock_current(fcntl.LOCK_SH)
             try:
-                fd = os.open(path, flags | os.O_CREAT | os.O_EXCL, 0o600)
-                created = True
-            except FileExistsError:
-                fd = os.open(path, flags)
-        except OSError as e:
-            raise _open_error(path, e, creating=True) from None
-        try:
-            if not stat.S_ISREG(os.fstat(fd).st_mode):
-                raise JournalError(f"journal {path!r} is not a regular file; choose another journal_path")
-            if created:
-                _fsync_dir(path)  # make the new file's name durable too
-            self = cls(path, fd, logger)
-        except BaseException:
-            os.close(fd)
-            raise
-        try:
-            self._lock_shared_current()
-            try:
-                self._load()
+                if not self._load():
+                    # Empty (or a torn header): write the header, re-checking under the
+                    # exclusive lock since another process may have done it meanwhile.
+                    fcntl.flock(self._fd, fcntl.LOCK_UN)
+                    self._lock_current(fcntl.LOCK_EX)
+                    if not self._load():
+                        self._start_file()
+                _remove_stale_temps(self._abspath, logger)
             finally:
                 fcntl.flock(self._fd, fcntl.LOCK_UN)
+            if created:
+                _fsync_dir(self._abspath)  # make the new file's name durable too
         except BaseException:
-            os.close(self._fd)
+            self._close_fds()
             raise
         return self
 
-    def _lock_shared_current(self) -> None:
-        """Take a shared flock on a descriptor that still names the path.
+    def _lock_current(self, op: int) -> None:
+        """Take a flock (``op``) on a descriptor that still names the path.
 
-        The shared lock keeps writers out so the scan never meets a half-written
-        line; the loop follows a rewrite that replaced the file before we locked it.
+        A shared lock keeps writers out so a scan never meets a half-written
+        line; the loop follows a rewrite that replaced the file before we
+        locked it. Raises JournalError if the path no longer names a usable file.
         """
         while True:
-            fcntl.flock(self._fd, fcntl.LOCK_SH)
+            fcntl.flock(self._fd, op)
             if _same_file(self._fd, self._abspath):
                 return
             fcntl.flock(self._fd, fcntl.LOCK_UN)
-            try:
-                new = os.open(self._abspath, os.O_RDWR | os.O_APPEND | os.O_CLOEXEC)
-            except OSError as e:
-                raise _open_error(self.path, e, creating=False) from None
-            os.close(self._fd)
+            new = _open_regular(self._abspath, os.O_RDWR | os.O_APPEND, creating=False,
+                                shown=self.path)
+            self._old_fds.append(self._fd)
             self._fd = new
 
-    def _load(self) -> None:
-        """(Re)build the index; the caller holds a flock on a verified descriptor."""
+    def _load(self) -> bool:
+        """(Re)build the index; the caller holds a flock on a verified descriptor.
+
+        Returns False, with an empty index, if the file has no journal yet
+        (empty, or a torn header from a crash at creation). Raises
+        JournalError if it is not a flowing journal or is of a newer format.
+        """
         st = os.fstat(self._fd)
         self._trust = _trust_problem(st)
-        index: dict[str, tuple[int, int, int, bool]] = {}
+        index: dict[str, _Where] = {}
         warner = _Warner(self._logger, self.path)
-        for lineno, off, length, hdr, vstart, _head, problem in _scan(self._fd, st.st_size):
+        first = True
+        for s in _scan(self._fd, st.st_size):
+            lineno, off, length, hdr, vstart, head, problem = s
+            if first:
+                first = False
+                kind, version = _first_line(s)
+                if kind == "new":
+                    self._index = {}
+                    return False
+                if kind in ("foreign", "newer"):
+                    raise _refusal(self.path, kind, version, "write to", "choose another journal_path")
+                if kind == "header":
+                    continue
             if problem is not None:
                 warner.skip(lineno, off, problem)
-            elif hdr["enc"] != "none":  # a marker without a value never replays
-                index[hdr["key"]] = (off, length, vstart, hdr["enc"] == "pickle")
+            elif hdr is not None and hdr["enc"] != "none":  # a marker without a value never replays
+                index[hdr["key"]] = (off, length, vstart, hdr["enc"] == "pickle", hdr["t"],
+                                     _pack(hdr["digest"]), _pack(hdr["inputs"]))
+        if first and st.st_size:  # nothing but blank lines
+            raise _refusal(self.path, "foreign", 0, "write to", "choose another journal_path")
         warner.done()
         self._index = index
+        return not first
+
+    def _start_file(self) -> None:
+        """Write the header into an empty file (exclusive flock held) and fsync it."""
+        try:
+            if os.fstat(self._fd).st_size:
+                os.ftruncate(self._fd, 0)  # a torn header or first line: a crash at creation
+            _write_all(self._fd, HEADER)
+            os.fsync(self._fd)
+        except OSError as e:
+            raise JournalError(f"journal {self.path!r}: cannot write the journal header "
+                               f"({e.strerror or e}); check free space and permissions, or "
+                               f"choose another journal_path") from None
+        self._known_end = len(HEADER)
 
     # -- reading ---------------------------------------------------------
 
-    def __contains__(self, key) -> bool:
+    def __contains__(self, key: object) -> bool:
         return key in self._index
 
     def __len__(self) -> int:
         return len(self._index)
 
-    def lookup(self, key: str) -> tuple[bool, Any]:
-        """(True, value) if ``key`` is journaled and its value loads, else (False, None)."""
+    def peek(self, key: str) -> tuple[float, str | None, str | None] | None:
+        """(t, digest, inputs) of the latest entry for ``key`` holding a value, without loading it.
+
+        None if there is none, or if its value is a pickle this file may not
+        load (see the trust rule; warned once).
+        """
+        where = self._index.get(key)
+        if where is None or self._closed or (where[3] and not self._trusted()):
+            return None
+        return where[4], _unpack(where[5]), _unpack(where[6])
+
+    def get(self, key: str) -> Hit | None:
+        """The latest journaled value of ``key`` with its digests, or None if absent or unloadable."""
         where = self._index.get(key)
         if where is None or self._closed:
-            return False, None
-        off, length, vstart, pickled = where
-        if pickled and self._trust is not None:
-            if not self._trust_warned:
-                self._trust_warned = True
-                self._logger.warning(
-                    "journal %r: pickled results are not loaded because %s, so anyone who can "
-                    "change it could run code in this process; those tasks will run again "
-                    "(JSON results are still used). Fix: chmod 600 %s (and make sure you own it)",
-                    self.path, self._trust, self.path)
-            return False, None
+            return None
+        off, length, vstart, pickled, t, digest, inputs = where
+        if pickled and not self._trusted():
+            return None
         try:
             line = os.pread(self._fd, length, off)
             raw = line[vstart:length - 2]  # the value field, without '}' and newline
             if pickled:
-                return True, pickle.loads(base64.b64decode(raw[1:-1], validate=True))
-            return True, json.loads(raw)
+                value = pickle.loads(base64.b64decode(raw[1:-1], validate=True))
+            else:
+                value = json.loads(raw)
         except Exception as e:  # noqa: BLE001 - any failure to load means "not journaled"
             if key not in self._warned_keys:
                 self._warned_keys.add(key)
                 self._logger.warning("journal %r: task %r: journaled result could not be loaded "
                                      "(%s: %s); it will run again",
-                                     self.path, self._name_at(off, length, vstart), type(e).__name__, e)
-            return False, None
+                                     self.path, self._name_at(off, vstart), type(e).__name__, e)
+            return None
+        return Hit(value, _unpack(digest), _unpack(inputs), t)
 
-    def _name_at(self, off: int, length: int, vstart: int) -> str:
+    def lookup(self, key: str) -> tuple[bool, Any]:
+        """(True, value) if ``key`` is journaled and its value loads, else (False, None)."""
+        hit = self.get(key)
+        return (False, None) if hit is None else (True, hit.value)
+
+    def _trusted(self) -> bool:
+        if self._trust is None:
+            return True
+        if not self._trust_warned:
+            self._trust_warned = True
+            self._logger.warning(
+                "journal %r: pickled results are not loaded because %s, so anyone who can "
+                "change it could run code in this process; those tasks will run again "
+                "(JSON results are still used). Fix: chmod 600 %s (and make sure you own it)",
+                self.path, self._trust, self.path)
+        return False
+
+    def _name_at(self, off: int, vstart: int) -> str:
         try:
             head = os.pread(self._fd, vstart, off)
-            return json.loads(b"{" + head[_HEAD:vstart - len(_VALUE_TAG)] + b"}")["name"]
+            name = json.loads(b"{" + head[_HEAD:vstart - len(_VALUE_TAG)] + b"}")["name"]
+            return name if type(name) is str else "?"
         except Exception:  # noqa: BLE001 - only used to word a warning
             return "?"
 
@@ -611,35 +962,51 @@ class Journal:
         fcntl.flock(fd, fcntl.LOCK_SH)
         end = os.fstat(fd).st_size
         fcntl.flock(fd, fcntl.LOCK_UN)
-        return _iter_fd_entries(fd, self.path, self._logger, end)
+        return _journal_entries(fd, self.path, self._logger, end, lenient=False)
 
     # -- writing ---------------------------------------------------------
 
-    def record(self, key: str, name: str, dep_keys: list[str], value: Any, kind: str = "task") -> bool:
-        """Append one entry and fsync it. True if it was written.
+    def record(self, key: str, name: str, dep_keys: Sequence[str], value: Any, kind: str = "task",
+               *, digest: str | None = None, inputs: str | None = None, store: bool = True) -> bool:
+        """Append one entry and fsync it. True if what was asked is durable.
 
-        Never raises for runtime problems: an unstorable value or a write
-        error gives one warning and False. Passing an unknown ``kind`` or a
-        non-str key is a programming error and raises ValueError/TypeError.
+        ``digest``: content digest of ``value``; ``inputs``: digest of the
+        dependency values it was computed from (both stored as given, None
+        when unknown). ``store=False`` writes a value-less marker (``enc``
+        ``none``) that never replays but keeps the chain of dependency keys
+        for ``journal forget``; True then means the marker is durable.
+
+        Never raises for runtime problems: an unstorable value gives one
+        warning, writes a marker and returns False; a write error disables the
+        journal for the rest of the run (one warning) and returns False.
+        Passing an unknown ``kind``, a non-str key or non-str digests is a
+        programming error and raises ValueError/TypeError.
         """
         if kind not in KINDS:
             raise ValueError(f"journal entry kind must be one of {sorted(KINDS)}, not {kind!r}")
         if type(key) is not str or not key:
             raise TypeError(f"journal key must be a non-empty str, not {key!r}")
+        for field, d in (("digest", digest), ("inputs", inputs)):
+            if d is not None and type(d) is not str:
+                raise TypeError(f"journal {field} must be a str or None, not {type(d).__name__}")
         if self._disabled is not None or self._closed:
             return False
         if self._pid != os.getpid():
             self._after_fork()
-        stored = True
-        try:
-            enc, text = _encode_value(value)
-        except Exception as e:  # noqa: BLE001 - any pickling failure means "can't store"
-            self._logger.warning("task %r: result not journaled (%s: %s); it will run again next time",
-                                 name, type(e).__name__, e)
-            # Still write a value-less marker: it never replays, but it keeps the
-            # chain of dependency keys whole, so ``journal forget`` can reach past it.
-            stored, enc, text = False, "none", "null"
-        line = _make_line(key, kind, str(name), [str(d) for d in dep_keys], time.time(), enc, text)
+        wanted = True   # what the caller asked for will be in the file
+        enc, text = "none", "null"
+        if store:
+            try:
+                enc, text = _encode_value(value)
+            except Exception as e:  # noqa: BLE001 - any pickling failure means "can't store"
+                self._logger.warning("task %r: result not journaled (%s: %s); it will run again "
+                                     "next time", name, type(e).__name__, e)
+                # Still write a value-less marker: it never replays, but it keeps the
+                # chain of dependency keys whole, so ``journal forget`` can reach past it.
+                wanted = False
+        t = time.time()
+        line = _make_line(key, kind, str(name), [str(d) for d in dep_keys], t, enc, text,
+                          digest, inputs)
         vstart = line.find(_VALUE_TAG, _HEAD) + len(_VALUE_TAG)
         with self._lock:
             if self._disabled is not None or self._closed:
@@ -655,11 +1022,12 @@ class Journal:
             except OSError as e:
                 self._disable(e)
                 return False
-            if stored:
-                self._index[key] = (off, len(line), vstart, enc == "pickle")
+            if enc != "none":
+                self._index[key] = (off, len(line), vstart, enc == "pickle", float("%.3f" % t),
+                                    _pack(digest), _pack(inputs))
             self._written += 1
             seq = self._written
-        return self._sync(seq) and stored
+        return self._sync(seq) and wanted
 
     def _append(self, line: bytes) -> int:
         """Write ``line`` at the end (exclusive flock held); return its offset."""
@@ -671,14 +1039,12 @@ class Journal:
             # rather than glue our line onto them.
             size = self._last_newline_end(size)
             os.ftruncate(fd, size)
-        n = os.write(fd, line)
-        while n < len(line):  # short write (e.g. huge line, disk nearly full): finish it under the lock
-            w = os.write(fd, memoryview(line)[n:])
-            if w <= 0:
-                raise OSError(errno.EIO, "short write to journal")
-            n += w
-        self._known_end = size + len(line)
-        return size
+        data = line
+        if size == 0:  # emptied since we opened it: a journal always starts with its header
+            data = HEADER + line
+        _write_all(fd, data)
+        self._known_end = size + len(data)
+        return self._known_end - len(line)
 
     def _last_newline_end(self, size: int) -> int:
         pos = size
@@ -695,21 +1061,21 @@ class Journal:
         """The path was replaced (forget/compact) or removed: follow it and re-index.
 
         Called with _lock and the exclusive flock held on the current fd; returns
-        with the exclusive flock held on the new one. Raises OSError if the file is gone.
+        with the exclusive flock held on the new one. Raises OSError if the path
+        no longer names a flowing journal we may use.
         """
-        while True:
-            try:
-                new = os.open(self._abspath, os.O_RDWR | os.O_APPEND | os.O_CLOEXEC)
-            except FileNotFoundError:
-                raise OSError(errno.ENOENT, "the journal file was removed or renamed") from None
-            fcntl.flock(new, fcntl.LOCK_EX)
+        try:
+            if not os.path.lexists(self._abspath):
+                raise JournalError("the journal file was removed or renamed")
             fcntl.flock(self._fd, fcntl.LOCK_UN)
-            self._old_fds.append(self._fd)
-            self._fd = new
-            if _same_file(new, self._abspath):
-                break
-        self._known_end = -1
-        self._load()
+            self._lock_current(fcntl.LOCK_EX)
+            self._known_end = -1
+            if not self._load():
+                self._start_file()
+        except JournalError as e:
+            # Keep holding an exclusive lock on some descriptor, as the caller expects.
+            fcntl.flock(self._fd, fcntl.LOCK_EX)
+            raise _Unusable(str(e)) from None
         self._logger.info("journal %r was rewritten by another process; re-read it", self.path)
 
     def _after_fork(self) -> None:
@@ -723,10 +1089,11 @@ class Journal:
         self._known_end = -1
         try:
             before = os.fstat(self._fd)
-            fd = os.open(self._abspath, os.O_RDWR | os.O_APPEND | os.O_CLOEXEC)
+            fd = _open_regular(self._abspath, os.O_RDWR | os.O_APPEND, creating=False,
+                               shown=self.path)
             self._old_fds.append(self._fd)
             self._fd = fd
-            self._lock_shared_current()
+            self._lock_current(fcntl.LOCK_SH)
             try:
                 now = os.fstat(self._fd)
                 if (now.st_ino, now.st_dev) != (before.st_ino, before.st_dev):
@@ -734,7 +1101,7 @@ class Journal:
             finally:
                 fcntl.flock(self._fd, fcntl.LOCK_UN)
         except (OSError, JournalError) as e:
-            self._disable(e if isinstance(e, OSError) else OSError(str(e)))
+            self._disable(e if isinstance(e, OSError) else _Unusable(str(e)))
 
     def _sync(self, seq: int) -> bool:
         """fsync until append ``seq`` is durable; concurrent callers share one fsync."""
@@ -769,11 +1136,19 @@ class Journal:
         with self._sync_cond:
             if self._disabled is not None:
                 return
-            self._disabled = f"{type(e).__name__}: {e}"
+            self._disabled = str(e) if isinstance(e, _Unusable) else f"{type(e).__name__}: {e}"
         self._logger.warning("journal %r disabled for the rest of this run: %s; finished results "
                              "are kept in memory", self.path, self._disabled)
 
     # -- closing ---------------------------------------------------------
+
+    def _close_fds(self) -> None:
+        for fd in [self._fd, *self._old_fds]:
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+        self._old_fds.clear()
 
     def close(self) -> None:
         """Wait for pending fsyncs, then release the file. Idempotent."""
@@ -784,17 +1159,12 @@ class Journal:
                 while self._syncing:
                     self._sync_cond.wait()
                 self._closed = True
-            for fd in [self._fd, *self._old_fds]:
-                try:
-                    os.close(fd)
-                except OSError:
-                    pass
-            self._old_fds.clear()
+            self._close_fds()
 
     def __enter__(self) -> Journal:
         return self
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, *exc: object) -> None:
         self.close()
 
     def __repr__(self) -> str:
@@ -805,7 +1175,7 @@ class Journal:
 
 @dataclass(frozen=True, slots=True)
 class CompactResult:
-    lines_before: int      # non-blank lines, unreadable ones included
+    lines_before: int      # entry lines (unreadable ones included; the header not counted)
     bytes_before: int
     entries_after: int
     bytes_after: int
@@ -823,36 +1193,83 @@ class ForgetResult:
 class _Exclusive:
     """The journal file opened and exclusively flocked, following any replacement."""
 
-    def __init__(self, path: str):
+    def __init__(self, path: str, logger: logging.Logger) -> None:
         self.path = path
-        self.real = os.path.realpath(path)
+        self.abspath = os.path.abspath(path)
+        self.logger = logger
         self.fd = -1
 
     def __enter__(self) -> _Exclusive:
         while True:
-            fd = _open_existing(self.path, os.O_RDONLY)
+            fd = _open_regular(self.abspath, os.O_RDONLY, creating=False, shown=self.path)
             fcntl.flock(fd, fcntl.LOCK_EX)
-            if _same_file(fd, self.real):
+            if _same_file(fd, self.abspath):
                 self.fd = fd
                 return self
             os.close(fd)  # replaced while we waited: lock the new file instead
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, *exc: object) -> None:
         os.close(self.fd)  # releases the flock
 
+    def scan(self, doing: str) -> tuple[list[Entry], int, int, bool]:
+        """(valid entries in file order, unreadable lines, file size, is it a new journal?).
+
+        Raises JournalError (before anything is written) unless the file is a
+        flowing journal this flowing may rewrite.
+        """
+        entries: list[Entry] = []
+        warner = _Warner(self.logger, self.path)
+        size = os.fstat(self.fd).st_size
+        first = True
+        for s in _scan(self.fd, size):
+            if first:
+                first = False
+                kind, version = _first_line(s)
+                if kind in ("foreign", "newer"):
+                    raise _refusal(self.path, kind, version, doing, "check the path")
+                if kind == "new":
+                    _remove_stale_temps(self.abspath, self.logger)
+                    return [], 0, size, True
+                if kind == "header":
+                    continue
+            if s[6] is not None:
+                warner.skip(s[0], s[1], s[6])
+            else:
+                entries.append(_entry(s))
+        if first and size:  # nothing but blank lines
+            raise _refusal(self.path, "foreign", 0, doing, "check the path")
+        warner.done()
+        _remove_stale_temps(self.abspath, self.logger)  # we hold the exclusive lock
+        return entries, warner.count, size, first
+
     def replace_with(self, spans: list[tuple[int, int]]) -> int:
-        """Atomically replace the file by the byte ranges ``spans`` of the current one."""
-        d = os.path.dirname(self.real)
-        tfd, tmp = tempfile.mkstemp(dir=d, prefix="." + os.path.basename(self.real) + ".", suffix=".tmp")
+        """Atomically replace the file by a header and the byte ranges ``spans`` of the current one.
+
+        The new file keeps the journal's permission bits and, where allowed, its owner.
+        """
+        d, base = os.path.split(self.abspath)
+        while True:
+            tmp = os.path.join(d, f".{base}.{os.urandom(8).hex()}.tmp")
+            try:
+                tfd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
+                              | os.O_CLOEXEC, 0o600)
+                break
+            except FileExistsError:
+                continue
         try:
-            st = os.fstat(self.fd)
-            if st.st_uid != os.geteuid() or st.st_gid != os.getegid():
-                try:  # keep the owner so its user can still write (and trust) the journal
-                    os.fchown(tfd, st.st_uid, st.st_gid)
-                except OSError:
-                    pass
-            total = 0
             with os.fdopen(tfd, "wb", buffering=_CHUNK) as out:
+                st = os.fstat(self.fd)
+                if st.st_uid != os.geteuid() or st.st_gid != os.getegid():
+                    try:  # keep the owner so its user can still write (and trust) the journal
+                        os.fchown(tfd, st.st_uid, st.st_gid)
+                    except OSError:
+                        pass
+                try:  # and its permission bits (after fchown, which may clear some)
+                    os.fchmod(tfd, stat.S_IMODE(st.st_mode) & 0o777)
+                except OSError:
+                    pass  # stays 0600
+                total = len(HEADER)
+                out.write(HEADER)
                 for off, length in spans:
                     while length > 0:
                         buf = os.pread(self.fd, min(length, _CHUNK), off)
@@ -864,36 +1281,30 @@ class _Exclusive:
                         total += len(buf)
                 out.flush()
                 os.fsync(out.fileno())
-            os.replace(tmp, self.real)
+            os.replace(tmp, self.abspath)
         except BaseException:
             try:
                 os.unlink(tmp)
             except OSError:
                 pass
             raise
-        _fsync_dir(self.real)
+        _fsync_dir(self.abspath)
         return total
 
 
-def _scan_all(ex: _Exclusive, logger: logging.Logger) -> tuple[list[Entry], int, int]:
-    """Valid entries in file order, the count of unreadable lines, the file size."""
-    entries: list[Entry] = []
-    warner = _Warner(logger, ex.path)
-    size = os.fstat(ex.fd).st_size
-    for s in _scan(ex.fd, size):
-        if s[6] is not None:
-            warner.skip(s[0], s[1], s[6])
-        else:
-            entries.append(_entry(s))
-    warner.done()
-    return entries, warner.count, size
+def compact(path: str | os.PathLike[str], logger: logging.Logger) -> CompactResult:
+    """Atomically rewrite the journal keeping only the latest valid entry per key.
 
-
-def compact(path, logger: logging.Logger) -> CompactResult:
-    """Atomically rewrite the journal keeping only the latest valid entry per key."""
+    The result starts with a header (a 0.1.0 journal is upgraded). An empty
+    journal is left as it is. Raises JournalError, leaving the file
+    untouched, if it is not a flowing journal (see the module docstring).
+    """
     path = os.fspath(path)
-    with _Exclusive(path) as ex:
-        entries, bad, size = _scan_all(ex, logger)
+    with _Exclusive(path, logger) as ex:
+        entries, bad, size, new = ex.scan("compact")
+        if new:
+            return CompactResult(lines_before=0, bytes_before=size, entries_after=0,
+                                 bytes_after=size, unreadable=0)
         latest = {e.key: e for e in entries}
         keep = sorted((e.offset, e.size) for e in latest.values())
         after = ex.replace_with(keep)
@@ -901,17 +1312,18 @@ def compact(path, logger: logging.Logger) -> CompactResult:
                          entries_after=len(keep), bytes_after=after, unreadable=bad)
 
 
-def forget(path, tasks: list[str], logger: logging.Logger) -> ForgetResult:
+def forget(path: str | os.PathLike[str], tasks: list[str], logger: logging.Logger) -> ForgetResult:
     """Atomically remove the named tasks (with their items) and everything downstream.
 
     A name matches entries named exactly so and, for ``for_each`` tasks, its
     items ``name[i]``. Every entry that lists a removed key among its
     dependencies is removed too, transitively. Unreadable lines are dropped.
-    Raises JournalError (with close matches) if a name matches nothing.
+    Raises JournalError (with close matches) if a name matches nothing, and
+    if the file is not a flowing journal; the file is then left untouched.
     """
     path = os.fspath(path)
-    with _Exclusive(path) as ex:
-        entries, _bad, _size = _scan_all(ex, logger)
+    with _Exclusive(path, logger) as ex:
+        entries, _bad, _size, _new = ex.scan("rewrite")
         seeds: dict[str, str] = {}      # key -> requested name
         requested: dict[str, list[Entry]] = {t: [] for t in tasks}
         matched: set[str] = set()

@@ -1,20 +1,26 @@
 """Shared concurrency and rate limits for task bodies.
 
-A ``Limit`` is a declaration: how many bodies may be in flight at once and how
-many may start per period, across every task (and ``for_each`` item) that
-names it. The scheduler owns the live counters (``LimitGate``) for one run;
-nothing here is shared with worker threads.
+A ``Limit`` says how many bodies may be in flight at once and how many may
+start per period, across every task (and ``for_each`` item) that names it,
+in every flow of the process. Its counters are guarded by its own lock;
+schedulers admit jobs through ``try_acquire`` and give slots back with
+``release``. Periods must be finite: ``(1, 1e9)`` is a rate, ``(1, inf)`` is
+refused.
 """
 
 from __future__ import annotations
 
 import collections
+import math
+import threading
+from collections.abc import Callable
+from typing import Any
 
 _UNITS = {"s": 1.0, "sec": 1.0, "second": 1.0, "m": 60.0, "min": 60.0,
           "minute": 60.0, "h": 3600.0, "hour": 3600.0}
 
 
-def parse_rate(rate) -> tuple[int, float]:
+def parse_rate(rate: object) -> tuple[int, float]:
     """``"N/s"``, ``"N/min"``, ``"N/h"`` or ``(N, seconds)`` -> ``(N, seconds)``."""
     if isinstance(rate, str):
         import re
@@ -28,11 +34,11 @@ def parse_rate(rate) -> tuple[int, float]:
         count, period = rate
         if (isinstance(count, int) and not isinstance(count, bool) and count >= 1
                 and isinstance(period, (int, float)) and not isinstance(period, bool)
-                and period > 0):
+                and period > 0 and math.isfinite(period)):
             return count, float(period)
     raise ValueError(f"Limit rate {rate!r} is not understood: write it as "
                      f"'N/s', 'N/min' or 'N/h' with N >= 1, or as a tuple (N, seconds) "
-                     f"with seconds > 0")
+                     f"with 0 < seconds < inf")
 
 
 class Limit:
@@ -44,11 +50,22 @@ class Limit:
 
         @task(limit=github)
         def fetch_repo(): ...
+
+    The counters live in the Limit itself, so it bounds bodies across every
+    flow running in the process, not only within one run. ``in_flight``
+    counts admitted bodies not yet finished; ``_starts`` holds the admission
+    times of the last ``rate_count`` starts: a new start is allowed once the
+    oldest of them has left the sliding window, so no window of
+    ``rate_period`` seconds ever holds more than ``rate_count`` starts.
+    Schedulers blocked on the concurrency bound register a wake-up callback
+    and are called when a slot frees.
     """
 
-    __slots__ = ("max_concurrency", "rate", "rate_count", "rate_period")
+    __slots__ = ("max_concurrency", "rate", "rate_count", "rate_period", "_lock", "_in_flight",
+                 "_starts", "_waiters")
 
-    def __init__(self, max_concurrency: int | None = None, rate=None):
+    def __init__(self, max_concurrency: int | None = None,
+                 rate: str | tuple[int, float] | None = None) -> None:
         if max_concurrency is not None and (
                 not isinstance(max_concurrency, int) or isinstance(max_concurrency, bool)
                 or max_concurrency < 1):
@@ -56,10 +73,64 @@ class Limit:
                              f"(or None for no bound)")
         self.max_concurrency = max_concurrency
         self.rate = rate
+        self.rate_count: int | None
+        self.rate_period: float | None
         if rate is None:
             self.rate_count, self.rate_period = None, None
         else:
             self.rate_count, self.rate_period = parse_rate(rate)
+        self._lock = threading.Lock()      # guards the three fields below
+        self._in_flight = 0
+        self._starts: collections.deque[float] = collections.deque(maxlen=self.rate_count or 1)
+        self._waiters: set[Callable[[], None]] = set()
+
+    @property
+    def in_flight(self) -> int:
+        """Bodies admitted under this Limit and not finished, across all flows."""
+        return self._in_flight
+
+    def try_acquire(self, now: float) -> float | None:
+        """Admit one body now (None), or say how long to wait (seconds).
+
+        ``inf`` means "blocked on concurrency": wait for ``release``. ``now`` is
+        ``time.monotonic()``.
+        """
+        with self._lock:
+            if self.max_concurrency is not None and self._in_flight >= self.max_concurrency:
+                return float("inf")
+            if self.rate_count is not None and self.rate_period is not None \
+                    and len(self._starts) == self.rate_count:
+                # Admission precedes the body's first line by a thread hand-off; the
+                # margin keeps two bursts apart by more than that, so no window of the
+                # period ever sees more than rate_count bodies start.
+                margin = min(max(self.rate_period * 0.01, 0.005), 0.05)
+                ready_at = self._starts[0] + self.rate_period + margin
+                if ready_at > now:
+                    return ready_at - now
+            self._in_flight += 1
+            if self.rate_count is not None:
+                self._starts.append(now)
+            return None
+
+    def release(self) -> None:
+        """A body admitted by ``try_acquire`` finished: free its slot, wake waiters."""
+        with self._lock:
+            self._in_flight -= 1
+            waiters = list(self._waiters)
+        for wake in waiters:
+            wake()
+
+    def add_waiter(self, wake: Callable[[], None]) -> None:
+        with self._lock:
+            self._waiters.add(wake)
+
+    def remove_waiter(self, wake: Callable[[], None]) -> None:
+        with self._lock:
+            self._waiters.discard(wake)
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # Shipped to another process (inside a task): the declaration only.
+        return (Limit, (self.max_concurrency, self.rate))
 
     def __repr__(self) -> str:
         parts = []
@@ -68,47 +139,3 @@ class Limit:
         if self.rate is not None:
             parts.append(f"rate={self.rate!r}")
         return f"Limit({', '.join(parts)})"
-
-
-class LimitGate:
-    """Live state of one ``Limit`` during one run (scheduler thread only).
-
-    ``in_flight`` counts admitted bodies not yet finished. ``starts`` holds the
-    admission times of the last ``rate_count`` starts: a new start is allowed
-    once the oldest of them has left the sliding window, so no window of
-    ``rate_period`` seconds ever holds more than ``rate_count`` starts.
-    """
-
-    __slots__ = ("limit", "in_flight", "starts", "parked")
-
-    def __init__(self, limit: Limit):
-        self.limit = limit
-        self.in_flight = 0
-        self.starts = collections.deque(maxlen=limit.rate_count or 1)
-        self.parked = collections.deque()  # jobs waiting for this gate, FIFO
-
-    def wait_time(self, now: float) -> float | None:
-        """None if a body may start now; else seconds until the rate allows one.
-
-        ``inf`` means "blocked on concurrency": wait for a body to finish.
-        """
-        lim = self.limit
-        if lim.max_concurrency is not None and self.in_flight >= lim.max_concurrency:
-            return float("inf")
-        if lim.rate_count is not None and len(self.starts) == lim.rate_count:
-            # Admission precedes the body's first line by a thread hand-off; the
-            # margin keeps two bursts apart by more than that, so no window of the
-            # period ever sees more than rate_count bodies start.
-            margin = min(max(lim.rate_period * 0.01, 0.005), 0.05)
-            ready_at = self.starts[0] + lim.rate_period + margin
-            if ready_at > now:
-                return ready_at - now
-        return None
-
-    def admit(self, now: float) -> None:
-        self.in_flight += 1
-        if self.limit.rate_count is not None:
-            self.starts.append(now)
-
-    def release(self) -> None:
-        self.in_flight -= 1

@@ -22,6 +22,11 @@ from __future__ import annotations
 import sys
 import threading
 import time
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any, TextIO
+
+if TYPE_CHECKING:
+    import logging
 
 # Seconds between heartbeat lines, and how long a task must have been running
 # before it is worth one. Read at every tick, so tests may monkeypatch it.
@@ -31,7 +36,7 @@ _CLEAR = "\r\x1b[2K"  # carriage return, erase the whole line
 
 # The live line currently on screen (at most one per process).
 _lock = threading.Lock()
-_shown_on = None  # the stream it is on, or None
+_shown_on: TextIO | None = None  # the stream it is on, or None
 
 
 def clear_live() -> None:
@@ -45,25 +50,25 @@ def clear_live() -> None:
             try:
                 stream.write(_CLEAR)
                 stream.flush()
-            except (OSError, ValueError):
+            except Exception:  # a closed or odd stream: the line is simply not shown
                 pass
 
 
-def _draw(stream, text: str) -> None:
+def _draw(stream: TextIO, text: str) -> None:
     global _shown_on
     with _lock:
         try:
             stream.write(_CLEAR + text)
             stream.flush()
-        except (OSError, ValueError):
+        except Exception:  # a closed or odd stream: nothing is drawn
             return
         _shown_on = stream
 
 
-def _is_tty(stream) -> bool:
+def _is_tty(stream: Any) -> bool:
     try:
-        return bool(stream.isatty())
-    except (AttributeError, OSError, ValueError):
+        return stream.isatty() is True
+    except Exception:  # a closed, odd or hostile stream is no terminal
         return False
 
 
@@ -74,7 +79,7 @@ def _age(seconds: float) -> str:
     return f"{seconds:.1f}s" if seconds < 60 else format_duration(seconds * 1000)
 
 
-def running_list(running: dict, now: float, width: int) -> str:
+def running_list(running: Mapping[str, float], now: float, width: int) -> str:
     """``a 8.1s, b 0.6s, +2 more`` (longest-running first) in at most ``width`` chars."""
     from .events import clip
 
@@ -96,7 +101,8 @@ def running_list(running: dict, now: float, width: int) -> str:
 class Progress:
     """Progress of one run, for one logger."""
 
-    def __init__(self, logger, started_at: float, stream=None):
+    def __init__(self, logger: logging.Logger, started_at: float,
+                 stream: TextIO | None = None) -> None:
         import logging
 
         from .events import LOGGER_NAME
@@ -110,7 +116,7 @@ class Progress:
                      and _is_tty(self.stream))
         self.last_beat = started_at
 
-    def tick(self, done: int, total: int, running: dict) -> None:
+    def tick(self, done: int, total: int, running: Mapping[str, float]) -> None:
         if not self.enabled:
             return
         now = time.time()
@@ -119,7 +125,8 @@ class Progress:
         else:
             self._heartbeat(done, total, running, now)
 
-    def _draw_live(self, done, total, running, now) -> None:
+    def _draw_live(self, done: int, total: int, running: Mapping[str, float],
+                   now: float) -> None:
         import shutil
 
         from .events import clip
@@ -131,7 +138,8 @@ class Progress:
             head += " | running: " + running_list(running, now, max(10, width - len(head) - 12))
         _draw(self.stream, clip(head, width))
 
-    def _heartbeat(self, done, total, running, now) -> None:
+    def _heartbeat(self, done: int, total: int, running: Mapping[str, float],
+                   now: float) -> None:
         interval = HEARTBEAT_S
         if now - self.last_beat < interval:
             return

@@ -1,24 +1,45 @@
 """Seeing a run: a JSON report, a Mermaid flowchart and an SVG timeline.
 
-All three read only what a ``Flow`` shows to everyone: ``flow.graph``,
-``flow.results``, ``flow.retries``, ``flow.started_at``/``finished_at``.
+All three read only what a ``Flow`` shows to everyone (``RunView``):
+``flow.graph``, ``flow.results``, ``flow.retries``, ``flow.started_at`` /
+``finished_at``. None of them raises because of what tasks returned or
+raised: every value and error is turned into text with ``events.safe_str``
+/ ``safe_repr`` (a ``__repr__`` or ``__str__`` that raises shows as
+``<unprintable TypeName>``), and no truth value or equality of a user
+object is asked for.
 
 * ``build_report(flow)`` -> a dict that ``json.dumps`` always accepts
   (strict JSON: no NaN, string keys), whatever the tasks returned. A task's
   ``value`` is included only when it is small plain JSON; otherwise the
-  report gives its type and a short preview.
+  report gives its type and a short preview. ``for_each`` tasks get item
+  counts and their failed items, each with its index and a short repr of
+  the item itself.
 * ``to_mermaid(flow)`` -> ``flowchart TD`` text: one node per task, edges
   ``dep --> task`` (dashed into detached tasks), and after a run the nodes are
   coloured by state.
 * ``timeline_svg(flow, path)`` -> an SVG Gantt chart of the last run: one row
   per task in plan order, one bar per attempt, a time axis and a legend.
+  Made in two steps: ``layout_timeline`` computes the picture as plain data
+  (rows, bars, ticks, notes, in pixels), ``draw_timeline`` writes it as SVG.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
 
-from .events import clip, format_duration
+from .events import (
+    NO_ITEM,
+    clip,
+    format_duration,
+    item_label,
+    items_line,
+    safe_repr,
+    safe_str,
+    type_name,
+)
 from .results import StepState
 
 REPORT_VERSION = 1
@@ -26,54 +47,101 @@ VALUE_MAX_CHARS = 1000  # a value is embedded when its JSON is at most this long
 MESSAGE_MAX_CHARS = 2000
 TRACEBACK_MAX_CHARS = 4000
 MAX_LISTED = 1000       # failed item indices / retries listed per task
+MAX_FAILED_ITEMS = 100  # failed items described in full (index, item, error) per task
+ITEM_REPR_CHARS = 60    # longest item repr in a report
 
 NOT_RUN = "not run"
+
+# A failed attempt, as the flow keeps it: (task index, item index or None,
+# attempt, started, finished, error or rejection reason).
+RetryEntry = tuple[int, "int | None", int, "float | None", "float | None", object]
+# The same per task, without the task index.
+Fail = tuple["int | None", int, "float | None", "float | None", object]
+
+
+class RunView(Protocol):
+    """What the report, the flowchart and the timeline read from a ``Flow``.
+
+    Also read when present: ``retries`` (list of ``RetryEntry``),
+    ``last_attempt_started`` (name -> epoch s), ``max_workers``,
+    ``fail_fast``, ``schedule``, ``journal_path``.
+    """
+
+    @property
+    def graph(self) -> Any: ...             # flowing.graph.Graph
+    @property
+    def results(self) -> Mapping[str, Any]: ...   # name -> StepResult
+    @property
+    def started_at(self) -> float | None: ...
+    @property
+    def finished_at(self) -> float | None: ...
+    @property
+    def ok(self) -> bool: ...
+    @property
+    def detached_failures(self) -> Sequence[Any]: ...
 
 
 # ----- shared helpers -----------------------------------------------------------
 
-def _state(r) -> str:
-    return NOT_RUN if r is None else r.state.value
+def _state(r: Any) -> str:
+    return NOT_RUN if r is None else safe_str(r.state.value, 20)
 
 
-def _num(x, digits: int = 3):
+def _num(x: object, digits: int = 3) -> float | None:
     """A finite float rounded for JSON, or None."""
     if x is None or isinstance(x, bool):
         return None
     try:
-        x = float(x)
-    except (TypeError, ValueError):
-        return None
-    return round(x, digits) if math.isfinite(x) else None
-
-
-def _text(x, limit: int) -> str:
-    try:
-        s = x if isinstance(x, str) else str(x)
+        f = float(x)  # type: ignore[arg-type]
     except Exception:
-        s = "<unprintable>"
-    return s if len(s) <= limit else s[:limit - 3] + "..."
+        return None
+    return round(f, digits) if math.isfinite(f) else None
 
 
-def _error(e) -> dict | None:
+def _int(x: object) -> int | None:
+    """An index or a count as a JSON int, or None."""
+    if type(x) is int:
+        return x
+    f = _num(x, 0)
+    return None if f is None else int(f)
+
+
+def _finite(x: object) -> float | None:
+    """``x`` if it is a finite number (a time, a duration), else None."""
+    if type(x) is float or type(x) is int:
+        return float(x) if math.isfinite(x) else None
+    return None
+
+
+def _text(x: object, limit: int) -> str:
+    """``x`` as text (newlines kept) of at most ``limit`` characters; never raises."""
+    return safe_str(x, limit, one_line=False)
+
+
+def _error(e: object) -> dict[str, Any] | None:
     """``{"type", "message"}`` of an exception (or of a retry reason string)."""
     if e is None:
         return None
     if isinstance(e, BaseException):
-        return {"type": type(e).__name__, "message": _text(e, MESSAGE_MAX_CHARS)}
+        return {"type": type_name(e), "message": _text(e, MESSAGE_MAX_CHARS)}
     return {"type": None, "message": _text(e, MESSAGE_MAX_CHARS)}
 
 
-def _is_kept(r, flow) -> bool:
+def _is_override(r: Any) -> bool:
+    reason = getattr(r, "reason", None)
+    return type(reason) is str and reason == "override"
+
+
+def _is_kept(r: Any, flow: RunView) -> bool:
     """The result predates the last run: kept by resume(), or an override."""
     if r is None or flow.started_at is None:
-        return r is not None and r.reason == "override"
-    return r.reason == "override" or (r.finished_at is not None
-                                      and r.finished_at < flow.started_at - 1e-6)
+        return r is not None and _is_override(r)
+    finished = _finite(r.finished_at)
+    return _is_override(r) or (finished is not None and finished < flow.started_at - 1e-6)
 
 
-def _retries_by_task(flow) -> dict:
-    out: dict = {}
+def _retries_by_task(flow: RunView) -> dict[int, list[Fail]]:
+    out: dict[int, list[Fail]] = {}
     for entry in getattr(flow, "retries", None) or ():
         try:
             task, item, attempt, started, finished, why = entry
@@ -83,7 +151,7 @@ def _retries_by_task(flow) -> dict:
     return out
 
 
-def _counts(flow) -> dict:
+def _counts(flow: RunView) -> dict[str, int]:
     g = flow.graph
     counts = {"tasks": len(g), "main": g.main_count, "detached": len(g) - g.main_count,
               "succeeded": 0, "failed": 0, "skipped": 0, "not_run": 0, "cached": 0,
@@ -94,14 +162,19 @@ def _counts(flow) -> dict:
             counts["not_run"] += 1
         else:
             counts[r.state.value] += 1
-            counts["cached"] += bool(r.cached)
+            counts["cached"] += r.cached is True
     return counts
 
 
-def _status(flow) -> str:
+def _status(flow: RunView) -> str:
     if flow.started_at is None:
         return NOT_RUN
     return "ok" if flow.ok else "failed"
+
+
+def _item_of(it: Any) -> object:
+    """The input item an ``ItemResult`` ran on (``NO_ITEM`` when it does not say)."""
+    return getattr(it, "item", NO_ITEM)
 
 
 # ----- JSON report --------------------------------------------------------------
@@ -109,10 +182,10 @@ def _status(flow) -> str:
 _PLAIN_SCALARS = (str, int, float, bool, type(None))
 
 
-def _small_plain(value, budget: int = VALUE_MAX_CHARS) -> bool:
+def _small_plain(value: object, budget: int = VALUE_MAX_CHARS) -> bool:
     """Cheap pre-check: only dict/list/str/int/float/bool/None (exact types), string
     keys, finite floats, and not obviously bigger than ``budget`` characters."""
-    stack = [value]
+    stack: list[Any] = [value]
     while stack:
         v = stack.pop()
         t = type(v)
@@ -137,7 +210,7 @@ def _small_plain(value, budget: int = VALUE_MAX_CHARS) -> bool:
     return True
 
 
-def plain_json_value(value):
+def plain_json_value(value: object) -> tuple[bool, Any]:
     """``(True, value)`` if ``value`` is small JSON that round-trips exactly, else
     ``(False, None)``."""
     import json
@@ -153,54 +226,66 @@ def plain_json_value(value):
     return True, value
 
 
-def _preview(value, width: int = 200) -> str:
-    import reprlib
-
-    r = reprlib.Repr()
-    r.maxstring = width
-    r.maxother = width
-    try:
-        text = r.repr(value)
-    except Exception:
-        text = f"<{type(value).__name__} object>"
-    return _text(text, width)
+def _preview(value: object, width: int = 200) -> str:
+    return safe_repr(value, width)
 
 
-def _value_fields(value) -> dict:
+def _value_fields(value: object) -> dict[str, Any]:
     if value is None:
         return {"value": None}
     ok, v = plain_json_value(value)
     if ok:
         return {"value": v}
-    return {"value_type": type(value).__name__, "value_preview": _preview(value)}
+    return {"value_type": type_name(value), "value_preview": _preview(value)}
 
 
-def _items_summary(items) -> dict:
-    summary = {"total": len(items), "succeeded": 0, "failed": 0, "skipped": 0, "cached": 0,
-               "retried": 0}
+def _failed_item(it: Any) -> dict[str, Any]:
+    entry: dict[str, Any] = {"index": _int(getattr(it, "index", None)),
+                             "state": _state(it)}
+    item = _item_of(it)
+    if item is not NO_ITEM:
+        entry["item"] = safe_repr(item, ITEM_REPR_CHARS)
+    entry["label"] = item_label(getattr(it, "index", "?"), item, ITEM_REPR_CHARS)
+    entry["attempts"] = _int(getattr(it, "attempts", 0)) or 0
+    entry["error"] = _error(getattr(it, "error", None))
+    return entry
+
+
+def _items_summary(items: Sequence[Any]) -> dict[str, Any]:
+    """Counts of a ``for_each`` task's items and its failed items (index, item repr,
+    attempts, error); ``line`` says the same in one line."""
+    summary: dict[str, Any] = {"total": len(items), "succeeded": 0, "failed": 0,
+                               "skipped": 0, "not_run": 0, "cached": 0, "retried": 0}
     failed = []
     for it in items:
         if it is None:
+            summary["not_run"] += 1
             continue
-        summary[it.state.value] += 1
-        summary["cached"] += bool(it.cached)
-        summary["retried"] += (it.attempts or 0) > 1
+        state = _state(it)
+        if state in summary:
+            summary[state] += 1
+        summary["cached"] += getattr(it, "cached", False) is True
+        summary["retried"] += (_int(getattr(it, "attempts", 0)) or 0) > 1
         if it.state is not StepState.SUCCEEDED:
             failed.append(it)
-    summary["failed_indices"] = [it.index for it in failed[:MAX_LISTED]]
+    summary["line"] = items_line(items, width=300)
+    summary["failed_indices"] = [_int(getattr(it, "index", None))
+                                 for it in failed[:MAX_LISTED]]
     if len(failed) > MAX_LISTED:
         summary["failed_indices_truncated"] = True
+    summary["failed_items"] = [_failed_item(it) for it in failed[:MAX_FAILED_ITEMS]]
+    if len(failed) > MAX_FAILED_ITEMS:
+        summary["failed_items_truncated"] = True
     if failed:
-        first = failed[0]
-        summary["first_failure"] = {"index": first.index, "attempts": first.attempts,
-                                    "error": _error(first.error)}
+        summary["first_failure"] = _failed_item(failed[0])
     return summary
 
 
-def _task_report(flow, i, td, r, retries) -> dict:
+def _task_report(flow: RunView, i: int, td: Any, r: Any,
+                 retries: list[Fail] | None) -> dict[str, Any]:
     g = flow.graph
     tasks = g.tasks
-    entry = {
+    entry: dict[str, Any] = {
         "name": td.name,
         "state": _state(r),
         "detached": bool(g.detached[i]),
@@ -217,9 +302,9 @@ def _task_report(flow, i, td, r, retries) -> dict:
     }
     if r is not None:
         entry.update(
-            attempts=int(r.attempts or 0),
+            attempts=_int(r.attempts) or 0,
             duration_ms=_num(r.duration_ms),
-            cached=bool(r.cached),
+            cached=r.cached is True,
             kept=_is_kept(r, flow),
             reason=None if r.reason is None else _text(r.reason, MESSAGE_MAX_CHARS),
             error=_error(r.error),
@@ -228,7 +313,10 @@ def _task_report(flow, i, td, r, retries) -> dict:
         )
         if r.step_key is not None:
             entry["step_key"] = _text(r.step_key, 200)
-        if r.error is not None and r.traceback:
+        why = _why_ran(flow, td.name)
+        if why is not None and r.cached is not True:
+            entry["why"] = why
+        if r.error is not None and r.traceback is not None:
             tb = _text(r.traceback, 10 ** 9)
             entry["traceback"] = tb if len(tb) <= TRACEBACK_MAX_CHARS else (
                 "..." + tb[-(TRACEBACK_MAX_CHARS - 3):])
@@ -238,21 +326,43 @@ def _task_report(flow, i, td, r, retries) -> dict:
             entry.update(_value_fields(r.value))
     if retries:
         entry["retries"] = [
-            {"attempt": attempt, "item": item, "started_at": _num(s, 6),
-             "finished_at": _num(f, 6),
-             "duration_ms": _num((f - s) * 1000) if s is not None and f is not None else None,
+            {"attempt": _int(attempt), "item": _int(item), "started_at": _num(s, 6),
+             "finished_at": _num(f, 6), "duration_ms": _duration_ms(s, f),
              "error": _error(why)}
             for item, attempt, s, f, why in retries[:MAX_LISTED]]
     return entry
 
 
-def build_report(flow) -> dict:
+def _why_ran(flow: RunView, name: str) -> str | None:
+    """Why a task ran although the journal had it (``flow.why``: name -> text), if known."""
+    why = getattr(flow, "why", None)
+    if not isinstance(why, dict):
+        return None
+    text = why.get(name)
+    return None if text is None else _text(text, MESSAGE_MAX_CHARS)
+
+
+def _duration_ms(start: object, end: object) -> float | None:
+    s, f = _finite(start), _finite(end)
+    return None if s is None or f is None else _num((f - s) * 1000)
+
+
+def _setting(x: object) -> object:
+    """A setting as plain JSON: a str, a finite number, a bool or None."""
+    if x is None or type(x) in (bool, str):
+        return x
+    if type(x) in (int, float):
+        return _num(x, 6)
+    return safe_str(x, 500)
+
+
+def build_report(flow: RunView) -> dict[str, Any]:
     """A JSON-serialisable dict of the last run of ``flow``.
 
     ``json.dumps(build_report(flow))`` always works (and is strict JSON). Keys:
 
-    * ``status``: ``"ok"`` (every main task succeeded), ``"failed"`` or
-      ``"not run"``; ``ok``; ``interrupted`` (some main task has no result);
+    * ``status``: ``"ok"``, ``"failed"`` or ``"not run"``; ``ok`` (as
+      ``flow.ok``); ``interrupted`` (some main task has no result);
       ``started_at``/``finished_at`` (epoch s), ``duration_ms``;
     * ``counts``: tasks, main, detached, succeeded, failed, skipped, not_run,
       cached, retried_attempts; ``detached_failures`` (names); ``plan``;
@@ -260,23 +370,26 @@ def build_report(flow) -> dict:
     * ``tasks``: name -> {name, state (succeeded/failed/skipped/not run),
       detached, layer, depends_on, attempts, duration_ms, cached, kept (result
       from before this run: resume() or override), reason, error {type,
-      message}, started_at, finished_at, [step_key], [traceback],
+      message}, started_at, finished_at, [step_key], [why (it ran although
+      journaled: "cache=False", "expired ...", "a dependency's value changed")],
+      [traceback],
       [retries: [{attempt, item, started_at, finished_at, duration_ms, error}]],
-      and either ``items`` (for_each: total/succeeded/failed/skipped/cached/
-      retried counts, failed_indices, first_failure) or ``value`` (only when
-      small plain JSON that round-trips, ``VALUE_MAX_CHARS``) or
-      ``value_type`` + ``value_preview``}.
+      and either ``items`` or ``value`` (only when small plain JSON that
+      round-trips, ``VALUE_MAX_CHARS``) or ``value_type`` + ``value_preview``}.
+    * ``items`` (``for_each`` tasks): total, succeeded, failed, skipped,
+      not_run, cached, retried (counts); ``line`` (the same in one line, with
+      the first failures); failed_indices; ``failed_items``: [{index, item (a
+      short repr of the input item), label (``item 16 (17)``), state,
+      attempts, error}] (at most ``MAX_FAILED_ITEMS``); first_failure.
     """
     from . import __version__
 
     g = flow.graph
     retries = _retries_by_task(flow)
     started, finished = flow.started_at, flow.finished_at
-    duration = None
-    if started is not None and finished is not None:
-        duration = _num((finished - started) * 1000)
+    duration = _duration_ms(started, finished)
     main_missing = any(flow.results.get(g.tasks[i].name) is None for i in range(g.main_count))
-    report = {
+    report: dict[str, Any] = {
         "report_version": REPORT_VERSION,
         "flowing_version": __version__,
         "status": _status(flow),
@@ -285,14 +398,10 @@ def build_report(flow) -> dict:
         "started_at": _num(started, 6),
         "finished_at": _num(finished, 6),
         "duration_ms": duration,
-        "settings": {
-            "max_workers": getattr(flow, "max_workers", None),
-            "fail_fast": getattr(flow, "fail_fast", None),
-            "schedule": getattr(flow, "schedule", None),
-            "journal_path": getattr(flow, "journal_path", None),
-        },
+        "settings": {name: _setting(getattr(flow, name, None))
+                     for name in ("max_workers", "fail_fast", "schedule", "journal_path")},
         "counts": _counts(flow),
-        "detached_failures": [r.name for r in flow.detached_failures],
+        "detached_failures": [safe_str(r.name, 500) for r in flow.detached_failures],
         "plan": [[tn for tn in layer] for layer in g.plan()],
         "tasks": {},
     }
@@ -318,40 +427,51 @@ MERMAID_STYLES = {
 }
 
 
-def _mermaid_label(text: str, width: int = 80) -> str:
-    text = clip(text, width)
-    return "".join(_MERMAID_ESCAPES.get(c, c) for c in text)
+def _mermaid_label(text: object, width: int = 80) -> str:
+    return "".join(_MERMAID_ESCAPES.get(c, c) for c in clip(text, width))
 
 
-def _mermaid_status(r) -> str:
+def _bad_items(items: Iterable[Any]) -> int:
+    return sum(1 for it in items if it is not None and it.state is not StepState.SUCCEEDED)
+
+
+def _mermaid_status(r: Any) -> str:
     if r is None:
         return NOT_RUN
-    if r.cached:
+    if r.cached is True:
         return "cached"
+    items = r.items
     if r.state is StepState.SUCCEEDED:
         bits = [format_duration(r.duration_ms or 0)]
-        if r.reason == "override":
+        if _is_override(r):
             bits = ["override"]
-        if (r.attempts or 0) > 1:
+        if (_int(r.attempts) or 0) > 1:
             bits.append(f"{r.attempts} attempts")
+        if items is not None:
+            bits.append(f"{len(items)} items")
         return "succeeded " + ", ".join(bits)
     if r.state is StepState.FAILED:
-        what = type(r.error).__name__ if r.error is not None else (r.reason or "")
+        if items is not None and r.error is not None:
+            what = f"{_bad_items(items)} of {len(items)} items"
+        elif r.error is not None:
+            what = type_name(r.error)
+        else:
+            what = safe_str(r.reason, 60) if r.reason is not None else ""
         return "failed" + (f": {what}" if what else "")
     return "skipped"
 
 
-def to_mermaid(flow, direction: str = "TD") -> str:
+def to_mermaid(flow: RunView, direction: str = "TD") -> str:
     """A Mermaid flowchart of the graph; after a run, nodes are styled by state.
 
     Node ids are ``t0, t1, ...`` (plan order), so any task name is safe; labels
     are quoted with Mermaid's entity codes for ``" # < > & ` \\ |``.
     """
-    direction = str(direction).upper()
+    direction = safe_str(direction, 10).upper()
     if direction not in ("TD", "TB", "LR", "RL", "BT"):
         raise ValueError(f"direction must be TD, TB, LR, RL or BT, got {direction!r}")
     g = flow.graph
-    ran = flow.started_at is not None or bool(flow.results)
+    ran = flow.started_at is not None or len(flow.results) > 0
     lines = [f"flowchart {direction}"]
     classes: dict[str, list[str]] = {}
     for i, td in enumerate(g.tasks):
@@ -366,7 +486,8 @@ def to_mermaid(flow, direction: str = "TD") -> str:
         else:
             lines.append(f'    {node}["{label}"]')
         if ran:
-            state = "notrun" if r is None else ("cached" if r.cached else r.state.value)
+            state = "notrun" if r is None else ("cached" if r.cached is True
+                                                else r.state.value)
             classes.setdefault(state, []).append(node)
     for i in range(len(g)):
         arrow = "-.->" if g.detached[i] else "-->"
@@ -382,7 +503,7 @@ def to_mermaid(flow, direction: str = "TD") -> str:
     return "\n".join(lines) + "\n"
 
 
-# ----- SVG timeline -------------------------------------------------------------
+# ----- SVG timeline: constants and small helpers ----------------------------------
 
 COLORS = {
     "succeeded": "#2da44e",
@@ -400,13 +521,21 @@ MAX_ITEM_TICKS = 400   # for_each ticks drawn per task (beyond it, only failed i
 CHAR_W = 7.3           # width of one 12px monospace character
 SANS = "system-ui, -apple-system, 'Segoe UI', Roboto, 'DejaVu Sans', Arial, sans-serif"
 MONO = "ui-monospace, SFMono-Regular, Menlo, Consolas, 'DejaVu Sans Mono', monospace"
+MUTED = "#57606a"      # secondary text
+FAINT = "#8c959f"      # "not run", kept results
+INK = "#24292f"        # primary text
 
-_NICE_STEPS = [m * 10 ** e for e in range(-3, 3) for m in (1, 2, 5)]
-_NICE_STEPS = sorted(s for s in _NICE_STEPS if s < 60) + [
+TITLE_H, AXIS_H = 46, 26
+SEPARATOR_H = 26       # gap above the detached rows
+RIGHT_ROOM = 110       # room for the duration label after a bar
+MIN_PLOT_W = 360
+
+_NICE_STEPS: list[float] = sorted(m * 10 ** e for e in range(-3, 3) for m in (1, 2, 5)
+                     if m * 10 ** e < 60) + [
     60, 120, 300, 600, 900, 1800, 3600, 7200, 3 * 3600, 6 * 3600, 12 * 3600, 86400]
 
 
-def _xml(text) -> str:
+def _xml(text: object) -> str:
     """Text safe inside an XML element or a double-quoted attribute (XML 1.0 chars only)."""
     s = _text(text, 10 ** 6)
     out = []
@@ -451,7 +580,7 @@ def _tick_label(t: float, step: float) -> str:
     return f"{h}h" + (f"{rest // 60:02d}m" if rest else "")
 
 
-def _fmt_clock(epoch) -> str:
+def _fmt_clock(epoch: float | None) -> str:
     import time
     try:
         return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(epoch))
@@ -459,7 +588,8 @@ def _fmt_clock(epoch) -> str:
         return "?"
 
 
-def _final_start(flow, i, r, fails) -> tuple[float | None, bool]:
+def _final_start(flow: RunView, i: int, r: Any, fails: Sequence[Fail]
+                 ) -> tuple[float | None, bool]:
     """Start of the last attempt of task ``i``, and whether it is exact.
 
     Exact when the flow keeps it (``flow.last_attempt_started``, name -> epoch
@@ -469,31 +599,396 @@ def _final_start(flow, i, r, fails) -> tuple[float | None, bool]:
     """
     if r is None or r.started_at is None:
         return None, True
-    task_fails = [f for f in fails if f[0] is None and f[2] is not None and f[3] is not None]
+    # (attempt, start, end) of the task's own failed attempts (not its items')
+    task_fails = [(f[1], f[2], f[3]) for f in fails
+                  if f[0] is None and f[2] is not None and f[3] is not None]
     if not task_fails:
         return r.started_at, True
     known = getattr(flow, "last_attempt_started", None)
     if isinstance(known, dict) and known.get(r.name) is not None:
-        return known[r.name], True
-    last_end = max(f[3] for f in task_fails)
+        return float(known[r.name]), True
+    last_end = max(end for _, _, end in task_fails)
     end = r.finished_at if r.finished_at is not None else last_end
     td = flow.graph.tasks[i]
-    k = max(f[1] for f in task_fails)
+    k = max(attempt for attempt, _, _ in task_fails)
     nominal = min(td.retry_backoff_base_ms * 2 ** min(k - 1, 64), td.retry_max_backoff_ms) / 1000
-    took = sum(f[3] - f[2] for f in task_fails) / len(task_fails)
+    took = sum(f - s for _, s, f in task_fails) / len(task_fails)
     guess = max(end - took, last_end + nominal / 2)
     return min(guess, end), False
 
 
+# ----- SVG timeline: the layout (plain data, in pixels) ----------------------------
+
+@dataclass(frozen=True)
+class Row:
+    """One task's row: background stripe and name."""
+
+    y: int
+    fill: str
+    name: str
+    shown: str          # the name as drawn (cut to fit)
+    detached: bool
+
+
+@dataclass(frozen=True)
+class Separator:
+    """The dashed line and label above the detached rows."""
+
+    y: float            # top of the gap
+    line_x: float
+    label: str
+
+
+@dataclass(frozen=True)
+class AxisTick:
+    x: float
+    label: str
+
+
+@dataclass(frozen=True)
+class Bar:
+    """One attempt (or a for_each task's span, or a skip/cache marker)."""
+
+    task: str
+    y: float
+    x1: float
+    x2: float
+    kind: str           # a COLORS key; also data-state
+    cls: str            # CSS class after "bar"
+    title: str
+    attempt: int | None = None
+    opacity: float | None = None
+    outlined: bool = False  # detached task: dashed outline
+
+
+@dataclass(frozen=True)
+class Tick:
+    """A thin vertical mark: a for_each item that finished, or an item attempt retried."""
+
+    kind: str           # succeeded / failed / skipped / retried
+    x: float
+    y1: float
+    y2: float
+    title: str
+
+
+@dataclass(frozen=True)
+class Wait:
+    """The backoff wait between two attempts (a dashed line)."""
+
+    x1: float
+    x2: float
+    y: float
+
+
+@dataclass(frozen=True)
+class Note:
+    """Small text in a row: a duration, "cached", "not run"..."""
+
+    x: float
+    y: float
+    text: str
+    color: str = MUTED
+    anchor: str = "start"
+
+
+Mark = Bar | Tick | Wait | Note
+
+
+@dataclass
+class TimelineLayout:
+    """Everything ``draw_timeline`` needs, computed by ``layout_timeline``."""
+
+    width: int
+    height: int
+    gutter: int         # x where the plot starts
+    plot_w: int
+    top: int            # y of the first row
+    rows_end: int       # y below the last row
+    legend_y: int
+    title: str
+    title_color: str
+    facts: str
+    ran: bool
+    rows: list[Row] = field(default_factory=list)
+    separator: Separator | None = None
+    ticks: list[AxisTick] = field(default_factory=list)
+    marks: list[Mark] = field(default_factory=list)  # in drawing order
+
+
+class _Scale:
+    """Epoch seconds -> x pixels, and the texts the tooltips use."""
+
+    def __init__(self, t0: float, span: float, gutter: int, plot_w: int) -> None:
+        self.t0, self.span, self.gutter, self.plot_w = t0, span, gutter, plot_w
+
+    def x(self, t: float) -> float:
+        return self.gutter + (t - self.t0) / self.span * self.plot_w
+
+    def rel(self, t: float) -> str:
+        return format_duration((t - self.t0) * 1000)
+
+
+def _item_name(task: str, index: object, item: object) -> str:
+    """``fetch[16] (17)``: a for_each item by task, index and a short repr of the item."""
+    text = f"{task}[{safe_str(index, 20)}]"
+    return text + (f" ({safe_repr(item, ITEM_REPR_CHARS)})" if item is not NO_ITEM else "")
+
+
+def _why_text(why: object) -> str:
+    """``\\nType: message`` (or ``\\nreason``) for a tooltip; "" for None."""
+    if why is None:
+        return ""
+    if isinstance(why, BaseException):
+        return "\n" + _text(f"{type_name(why)}: {_text(why, 600)}", 700)
+    return "\n" + _text(why, 600)
+
+
+def _time_range(flow: RunView, fails_by_task: Mapping[int, Sequence[Fail]]
+                ) -> tuple[float | None, float]:
+    """(start of the run, span in seconds >= 1 ms) covering every bar of this run."""
+    t0 = flow.started_at
+    ends = [flow.finished_at] if flow.finished_at is not None else []
+    for i, td in enumerate(flow.graph.tasks):
+        r = flow.results.get(td.name)
+        if r is not None and r.finished_at is not None and not _is_kept(r, flow):
+            ends.append(r.finished_at)
+        for f in fails_by_task.get(i, ()):
+            if f[3] is not None:
+                ends.append(f[3])
+    clean = [e for e in (_finite(e) for e in ends) if e is not None]
+    t_end = max(clean) if (t0 is not None and clean) else (t0 or 0.0)
+    return t0, max(t_end - (t0 or 0.0), 1e-3)
+
+
+def _title(flow: RunView, n: int, t0: float | None) -> tuple[str, str, str]:
+    """(headline, its colour, the facts after it)."""
+    counts = _counts(flow)
+    status = _status(flow)
+    head = "flowing run: " + (status.upper() if status != "ok" else "ok")
+    facts = [f"{n} task{'s' if n != 1 else ''}"]
+    for key in ("succeeded", "failed", "skipped", "not_run"):
+        if counts[key]:
+            facts.append(f"{counts[key]} {key.replace('_', ' ')}")
+    if counts["cached"]:
+        facts.append(f"{counts['cached']} cached")
+    if counts["retried_attempts"]:
+        facts.append(f"{counts['retried_attempts']} retried attempt"
+                     f"{'s' if counts['retried_attempts'] != 1 else ''}")
+    if t0 is not None and flow.finished_at is not None:
+        facts.append(format_duration((flow.finished_at - t0) * 1000))
+        facts.append("started " + _fmt_clock(t0))
+    color = {"ok": "#1a7f37", "failed": "#cf222e"}.get(status, MUTED)
+    return head, color, " · ".join(facts)
+
+
+def _axis_ticks(scale: _Scale) -> list[AxisTick]:
+    span, plot_w = scale.span, scale.plot_w
+    step = _tick_step(span, max(2, int(plot_w / 90)))
+    ticks = []
+    k = 0
+    while k * step <= span * 1.0001 and k < 500:
+        t = k * step
+        ticks.append(AxisTick(scale.gutter + t / span * plot_w, _tick_label(t, step)))
+        k += 1
+    return ticks
+
+
+class _RowMarks:
+    """Builds the marks of one task's row (bars, ticks, waits, notes)."""
+
+    def __init__(self, flow: RunView, scale: _Scale, i: int, y: int, width: int) -> None:
+        self.flow, self.scale, self.i, self.y, self.width = flow, scale, i, y, width
+        self.td = flow.graph.tasks[i]
+        self.detached = bool(flow.graph.detached[i])
+        self.marks: list[Mark] = []
+
+    def bar(self, start: float, end: float, kind: str, title: str, *,
+            attempt: int | None = None, cls: str | None = None,
+            opacity: float | None = None, min_w: float = 4.0) -> tuple[float, float]:
+        x1 = self.scale.x(max(start, self.scale.t0))
+        x2 = max(self.scale.x(end), x1 + min_w)
+        self.marks.append(Bar(self.td.name, self.y + (ROW_H - BAR_H) / 2, x1, x2, kind,
+                              cls or kind, title, attempt, opacity,
+                              self.detached and x2 - x1 >= 8))
+        return x1, x2
+
+    def note(self, x: float, text: str, color: str = MUTED, anchor: str = "start") -> None:
+        self.marks.append(Note(x, self.y + ROW_H / 2 + 4, text, color, anchor))
+
+    def wait(self, x1: float, x2: float) -> None:
+        if x2 - x1 >= 2:
+            self.marks.append(Wait(x1, x2, self.y + ROW_H / 2))
+
+    def build(self, r: Any, fails: Sequence[Fail]) -> list[Mark]:
+        flow, scale = self.flow, self.scale
+        gutter = scale.gutter
+        if r is None:
+            self.note(gutter + 4, NOT_RUN, FAINT)
+            return self.marks
+        if _is_kept(r, flow):
+            what = "override" if _is_override(r) else "kept from an earlier run"
+            self.note(gutter + 4, f"{what} ({r.state.value})", FAINT)
+            return self.marks
+        state = "cached" if r.cached is True else r.state.value
+        if _finite(r.started_at) is None or _finite(r.finished_at) is None:
+            self.note(gutter + 4, state, COLORS.get(state, MUTED))
+            return self.marks
+        if r.items is not None:
+            last_x2 = self._for_each(r, state, fails)
+        elif state in ("skipped", "cached") or (r.attempts == 0 and not fails):
+            last_x2 = self._marker(r, state)
+        else:
+            last_x2 = self._attempts(r, state, fails)
+        self._outcome_label(r, state, last_x2)
+        return self.marks
+
+    def _for_each(self, r: Any, state: str, fails: Sequence[Fail]) -> float:
+        """The task's span, a tick per item, item retries in amber."""
+        name, scale, y = self.td.name, self.scale, self.y
+        _, last_x2 = self.bar(r.started_at, r.finished_at, state,
+                              f"{name}: {len(r.items)} items, {state}, "
+                              f"{format_duration(r.duration_ms or 0)} "
+                              f"({scale.rel(r.started_at)} to {scale.rel(r.finished_at)})"
+                              + _why_text(r.error),
+                              cls=f"{state} span", opacity=0.35)
+        shown = [it for it in r.items
+                 if it is not None and it.finished_at is not None and it.cached is not True]
+        if len(shown) > MAX_ITEM_TICKS:  # keep the file small: failures first
+            shown = [it for it in shown if it.state is not StepState.SUCCEEDED][:MAX_ITEM_TICKS]
+        for it in shown:
+            kind = "succeeded" if it.state is StepState.SUCCEEDED else (
+                "failed" if it.state is StepState.FAILED else "skipped")
+            self.marks.append(Tick(kind, scale.x(it.finished_at), y + 4, y + ROW_H - 4,
+                                   f"{_item_name(name, it.index, _item_of(it))}: {kind}, "
+                                   f"attempts={it.attempts}" + _why_text(it.error)))
+        items = r.items
+        for index, attempt, _s, f, why in fails[:MAX_ITEM_TICKS]:
+            if index is None or f is None:
+                continue
+            it = items[index] if type(index) is int and 0 <= index < len(items) else None
+            self.marks.append(Tick("retried", scale.x(f), y + 2, y + 9,
+                                   f"{_item_name(name, index, _item_of(it))} attempt "
+                                   f"{attempt} failed, retried" + _why_text(why)))
+        return last_x2
+
+    def _marker(self, r: Any, state: str) -> float:
+        """A task that ran no body this run: skipped, cached, stopped by a gate."""
+        name, scale = self.td.name, self.scale
+        reason = _text(r.reason, 600) if r.reason is not None else ""
+        label = state if state != "failed" else f"failed: {reason or 'before the body'}"
+        x1, _ = self.bar(r.started_at, r.finished_at, state,
+                         f"{name}: {label} at {scale.rel(r.started_at)}"
+                         + ("" if state == "skipped" else _why_text(r.error))
+                         + (f"\n{reason}" if state == "skipped" and reason else ""),
+                         attempt=0 if state != "cached" else None, min_w=4)
+        return x1 + 4
+
+    def _attempts(self, r: Any, state: str, fails: Sequence[Fail]) -> float:
+        """One bar per attempt; the waits between them dashed."""
+        name, scale = self.td.name, self.scale
+        max_attempts = 1 + self.td.retry
+        task_fails = sorted((f for f in fails if f[0] is None), key=lambda f: f[1])
+        prev_end = None
+        for _item, attempt, s, f, why in task_fails:
+            if s is None or f is None:
+                continue
+            if prev_end is not None:
+                self.wait(scale.x(prev_end), scale.x(s))
+            self.bar(s, f, "retried",
+                     f"{name}: attempt {attempt}/{max_attempts} failed after "
+                     f"{format_duration((f - s) * 1000)} ({scale.rel(s)} to {scale.rel(f)}), "
+                     f"retried" + _why_text(why), attempt=attempt)
+            prev_end = f
+        final_start, exact = _final_start(self.flow, self.i, r, fails)
+        assert final_start is not None  # r.started_at is known here
+        if prev_end is not None:
+            self.wait(scale.x(prev_end), scale.x(final_start))
+        attempt = r.attempts or (len(task_fails) + 1)
+        took = (r.finished_at - final_start) * 1000
+        _, last_x2 = self.bar(final_start, r.finished_at, state,
+                              f"{name}: attempt {attempt}/{max_attempts} {state} after "
+                              f"{format_duration(took)} ({scale.rel(final_start)} to "
+                              f"{scale.rel(r.finished_at)})"
+                              + ("" if exact else " (start estimated)") + _why_text(r.error),
+                              attempt=attempt)
+        return last_x2
+
+    def _outcome_label(self, r: Any, state: str, last_x2: float) -> None:
+        """Duration (or "skipped"/"cached") after the last bar, or before the first one
+        when it would run off the chart."""
+        label = {"skipped": "skipped", "cached": "cached"}.get(state)
+        if label is None:
+            label = format_duration(r.duration_ms or 0)
+            if (r.attempts or 0) > 1:
+                label += f" ×{r.attempts}"
+            if r.items is not None:
+                bad = _bad_items(r.items)
+                label += f" · {len(r.items)} items" + (f", {bad} failed" if bad else "")
+        color = COLORS["failed"] if state == "failed" else MUTED
+        if last_x2 + 6 + len(label) * 6.4 <= self.width - 4:
+            self.note(last_x2 + 6, label, color)
+        else:
+            self.note(self.scale.x(max(r.started_at, self.scale.t0)) - 6, label, color,
+                      anchor="end")
+
+
+def layout_timeline(flow: RunView, *, width: int = 1200) -> TimelineLayout:
+    """The timeline of the last run of ``flow`` as plain data (see ``draw_timeline``)."""
+    g = flow.graph
+    tasks = g.tasks
+    n = len(tasks)
+    fails_by_task = _retries_by_task(flow)
+    t0, span = _time_range(flow, fails_by_task)
+
+    longest = max((len(td.name) for td in tasks), default=4)
+    name_chars = min(NAME_CHARS, max(longest, 8))
+    gutter = int(16 + name_chars * CHAR_W + 20)
+    width = max(int(width), gutter + RIGHT_ROOM + MIN_PLOT_W)
+    plot_w = width - gutter - RIGHT_ROOM
+    top = TITLE_H + AXIS_H
+
+    has_detached = g.main_count < n
+    rows: list[Row] = []
+    separator = None
+    y = top
+    for i, td in enumerate(tasks):
+        if i == g.main_count and has_detached:
+            label = "detached: run after the main tasks"
+            separator = Separator(y, max(gutter - 8, 16 + len(label) * 6.2 + 12), label)
+            y += SEPARATOR_H
+        rows.append(Row(y, "#f6f8fa" if i % 2 == 0 else "#ffffff", td.name,
+                        clip(td.name, name_chars), bool(g.detached[i])))
+        y += ROW_H
+    rows_end = y
+    legend_y = rows_end + 34
+
+    title, title_color, facts = _title(flow, n, t0)
+    layout = TimelineLayout(width, int(legend_y + 34), gutter, plot_w, top, rows_end,
+                            legend_y, title, title_color, facts, t0 is not None, rows,
+                            separator)
+    if t0 is None:
+        return layout
+    scale = _Scale(t0, span, gutter, plot_w)
+    layout.ticks = _axis_ticks(scale)
+    for i, td in enumerate(tasks):
+        row = _RowMarks(flow, scale, i, rows[i].y, width)
+        layout.marks.extend(row.build(flow.results.get(td.name), fails_by_task.get(i, [])))
+    return layout
+
+
+# ----- SVG timeline: drawing -----------------------------------------------------
+
 class _Svg:
-    def __init__(self):
+    def __init__(self) -> None:
         self.parts: list[str] = []
 
     def add(self, s: str) -> None:
         self.parts.append(s)
 
-    def text(self, x, y, s, *, size=12, fill="#24292f", anchor="start", family=SANS,
-             weight=None, italic=False, cls=None, title=None) -> None:
+    def text(self, x: float, y: float, s: str, *, size: int = 12, fill: str = INK,
+             anchor: str = "start", family: str = SANS, weight: str | None = None,
+             italic: bool = False, cls: str | None = None, title: str | None = None) -> None:
         attrs = [f'x="{x:.1f}"', f'y="{y:.1f}"', f'font-size="{size}"', f'fill="{fill}"',
                  f'font-family="{family}"']
         if anchor != "start":
@@ -508,7 +1003,120 @@ class _Svg:
         self.add(f"<text {' '.join(attrs)}>{inner}</text>")
 
 
-def timeline_svg(flow, path, *, width: int = 1200) -> str:
+def draw_timeline(layout: TimelineLayout) -> str:
+    """The SVG text of a ``TimelineLayout``."""
+    lay = layout
+    width, height = lay.width, lay.height
+    svg = _Svg()
+    svg.add('<?xml version="1.0" encoding="UTF-8"?>')
+    svg.add(f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
+            f'viewBox="0 0 {width} {height}" font-family="{SANS}">')
+    svg.add("<style>.bar:hover{stroke:#24292f;stroke-width:1.5}"
+            " .row:hover{fill:#eef4ff}</style>")
+    svg.add(f'<rect x="0" y="0" width="{width}" height="{height}" fill="#ffffff"/>')
+    svg.text(16, 24, lay.title, size=16, weight="600", fill=lay.title_color)
+    svg.text(16 + len(lay.title) * 9.6 + 14, 24, lay.facts, size=13, fill=MUTED)
+    _draw_rows(svg, lay)
+    _draw_axis(svg, lay)
+    for mark in lay.marks:
+        _draw_mark(svg, mark)
+    _draw_legend(svg, lay.legend_y)
+    svg.add("</svg>")
+    return "\n".join(svg.parts) + "\n"
+
+
+def _draw_rows(svg: _Svg, lay: TimelineLayout) -> None:
+    for row in lay.rows:
+        svg.add(f'<rect class="row" x="0" y="{row.y:.1f}" width="{lay.width}" '
+                f'height="{ROW_H}" fill="{row.fill}"/>')
+        svg.text(16, row.y + ROW_H / 2 + 4, row.shown, family=MONO, italic=row.detached,
+                 cls="task-name", fill=MUTED if row.detached else INK,
+                 title=row.name if row.shown != row.name else None)
+    sep = lay.separator
+    if sep is not None:
+        mid = sep.y + SEPARATOR_H / 2
+        svg.add(f'<line class="separator" x1="{sep.line_x:.1f}" y1="{mid:.1f}" '
+                f'x2="{lay.width - 8}" y2="{mid:.1f}" stroke="#afb8c1" '
+                f'stroke-dasharray="4 3"/>')
+        svg.text(16, mid + 4, sep.label, size=11, fill=MUTED, italic=True)
+
+
+def _draw_axis(svg: _Svg, lay: TimelineLayout) -> None:
+    gutter, plot_w, rows_end = lay.gutter, lay.plot_w, lay.rows_end
+    axis_top = lay.top - 6
+    svg.add(f'<line x1="{gutter}" y1="{axis_top}" x2="{gutter + plot_w}" y2="{axis_top}" '
+            f'stroke="{MUTED}"/>')
+    svg.add(f'<line x1="{gutter}" y1="{rows_end + 6}" x2="{gutter + plot_w}" '
+            f'y2="{rows_end + 6}" stroke="{MUTED}"/>')
+    if not lay.ran:
+        svg.text(gutter + plot_w / 2, lay.top + 14, "not run yet", size=13, fill=FAINT,
+                 anchor="middle")
+    for tick in lay.ticks:
+        x = tick.x
+        svg.add(f'<line class="grid" x1="{x:.1f}" y1="{axis_top}" x2="{x:.1f}" '
+                f'y2="{rows_end + 6}" stroke="#d8dee4" stroke-width="1"/>')
+        svg.add(f'<line x1="{x:.1f}" y1="{axis_top - 4}" x2="{x:.1f}" y2="{axis_top}" '
+                f'stroke="{MUTED}"/>')
+        svg.text(x, axis_top - 8, tick.label, size=11, fill=MUTED, anchor="middle",
+                 cls="tick")
+        svg.text(x, rows_end + 20, tick.label, size=11, fill=MUTED, anchor="middle")
+
+
+def _draw_mark(svg: _Svg, mark: Mark) -> None:
+    if isinstance(mark, Bar):
+        attrs = [f'class="bar {mark.cls}"', f'x="{mark.x1:.1f}"', f'y="{mark.y:.1f}"',
+                 f'width="{mark.x2 - mark.x1:.1f}"', f'height="{BAR_H}"', 'rx="2"',
+                 f'fill="{COLORS[mark.kind]}"', f'data-task="{_xml(mark.task)}"',
+                 f'data-state="{mark.kind}"']
+        if mark.attempt is not None:
+            attrs.append(f'data-attempt="{mark.attempt}"')
+        if mark.opacity is not None:
+            attrs.append(f'fill-opacity="{mark.opacity}"')
+        if mark.outlined:
+            attrs.append(f'stroke="{INK}" stroke-width="1" stroke-dasharray="3 2"')
+        svg.add(f"<rect {' '.join(attrs)}><title>{_xml(mark.title)}</title></rect>")
+    elif isinstance(mark, Tick):
+        svg.add(f'<line class="item {mark.kind}" x1="{mark.x:.1f}" y1="{mark.y1:.1f}" '
+                f'x2="{mark.x:.1f}" y2="{mark.y2:.1f}" stroke="{COLORS[mark.kind]}" '
+                f'stroke-width="2"><title>{_xml(mark.title)}</title></line>')
+    elif isinstance(mark, Wait):
+        svg.add(f'<line class="wait" x1="{mark.x1:.1f}" y1="{mark.y:.1f}" '
+                f'x2="{mark.x2:.1f}" y2="{mark.y:.1f}" stroke="{FAINT}" stroke-width="1.5" '
+                f'stroke-dasharray="3 2"/>')
+    else:
+        svg.text(mark.x, mark.y, mark.text, size=11, fill=mark.color, anchor=mark.anchor)
+
+
+def _draw_legend(svg: _Svg, ly: float) -> None:
+    lx: float = 16
+    svg.text(lx, ly + 4, "legend:", size=11, fill=MUTED)
+    lx += 56
+    for kind, label in (("succeeded", "succeeded"), ("failed", "failed"),
+                        ("retried", "failed attempt, retried"), ("skipped", "skipped"),
+                        ("cached", "cached (journal)")):
+        svg.add(f'<rect class="legend {kind}" x="{lx}" y="{ly - 6}" width="14" height="12" '
+                f'rx="2" fill="{COLORS[kind]}"/>')
+        svg.text(lx + 19, ly + 4, label, size=11, fill=INK)
+        lx += 19 + len(label) * 6.4 + 18
+    svg.add(f'<line x1="{lx}" y1="{ly}" x2="{lx + 22}" y2="{ly}" stroke="{FAINT}" '
+            f'stroke-width="1.5" stroke-dasharray="3 2"/>')
+    svg.text(lx + 27, ly + 4, "backoff wait", size=11, fill=INK)
+    lx += 27 + 12 * 6.4 + 18
+    svg.add(f'<rect x="{lx}" y="{ly - 6}" width="14" height="12" rx="2" fill="#ffffff" '
+            f'stroke="{INK}" stroke-dasharray="3 2"/>')
+    svg.text(lx + 19, ly + 4, "detached", size=11, fill=INK, italic=True)
+    lx += 19 + 8 * 6.4 + 18
+    svg.add(f'<line x1="{lx + 4}" y1="{ly - 6}" x2="{lx + 4}" y2="{ly + 6}" '
+            f'stroke="{COLORS["succeeded"]}" stroke-width="2"/>')
+    svg.text(lx + 12, ly + 4, "for_each item done", size=11, fill=INK)
+
+
+def render_timeline(flow: RunView, *, width: int = 1200) -> str:
+    """The SVG text of ``timeline_svg``."""
+    return draw_timeline(layout_timeline(flow, width=width))
+
+
+def timeline_svg(flow: RunView, path: Any, *, width: int = 1200) -> str:
     """Write an SVG Gantt chart of the last run of ``flow`` to ``path``; returns the path.
 
     Rows are tasks in plan order (detached tasks last, under a separator); each
@@ -520,296 +1128,9 @@ def timeline_svg(flow, path, *, width: int = 1200) -> str:
     import os
 
     svg = render_timeline(flow, width=width)
-    path = os.fspath(path)
-    tmp = f"{path}.tmp{os.getpid()}"
+    target: str = os.fspath(path)
+    tmp = f"{target}.tmp{os.getpid()}"
     with open(tmp, "w", encoding="utf-8") as f:
         f.write(svg)
-    os.replace(tmp, path)
-    return path
-
-
-def render_timeline(flow, *, width: int = 1200) -> str:
-    """The SVG text of ``timeline_svg``."""
-    g = flow.graph
-    tasks = g.tasks
-    results = flow.results
-    fails_by_task = _retries_by_task(flow)
-    n = len(tasks)
-
-    # --- time range
-    t0 = flow.started_at
-    ends = [flow.finished_at] if flow.finished_at is not None else []
-    for i, td in enumerate(tasks):
-        r = results.get(td.name)
-        if r is not None and r.finished_at is not None and not _is_kept(r, flow):
-            ends.append(r.finished_at)
-        for f in fails_by_task.get(i, ()):
-            if f[3] is not None:
-                ends.append(f[3])
-    ran = t0 is not None
-    t_end = max(ends) if (ran and ends) else (t0 or 0.0)
-    span = max(t_end - (t0 or 0.0), 1e-3)
-
-    # --- layout
-    longest = max((len(td.name) for td in tasks), default=4)
-    name_chars = min(NAME_CHARS, max(longest, 8))
-    gutter = int(16 + name_chars * CHAR_W + 20)
-    right = 110                      # room for the duration label after a bar
-    width = max(int(width), gutter + right + 360)
-    plot_w = width - gutter - right
-    title_h, axis_h = 46, 26
-    top = title_h + axis_h
-    has_detached = g.main_count < n
-    sep_h = 26 if has_detached else 0
-    rows_y: list[float] = []
-    y = top
-    for i in range(n):
-        if i == g.main_count and has_detached:
-            y += sep_h
-        rows_y.append(y)
-        y += ROW_H
-    rows_end = y
-    legend_y = rows_end + 34
-    height = int(legend_y + 34)
-
-    def x_of(t: float) -> float:
-        return gutter + (t - t0) / span * plot_w
-
-    svg = _Svg()
-    svg.add('<?xml version="1.0" encoding="UTF-8"?>')
-    svg.add(f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
-            f'viewBox="0 0 {width} {height}" font-family="{SANS}">')
-    svg.add("<style>.bar:hover{stroke:#24292f;stroke-width:1.5}"
-            " .row:hover{fill:#eef4ff}</style>")
-    svg.add(f'<rect x="0" y="0" width="{width}" height="{height}" fill="#ffffff"/>')
-
-    # --- title
-    counts = _counts(flow)
-    status = _status(flow)
-    head = "flowing run: " + (status.upper() if status != "ok" else "ok")
-    facts = [f"{n} task{'s' if n != 1 else ''}"]
-    for key in ("succeeded", "failed", "skipped", "not_run"):
-        if counts[key]:
-            facts.append(f"{counts[key]} {key.replace('_', ' ')}")
-    if counts["cached"]:
-        facts.append(f"{counts['cached']} cached")
-    if counts["retried_attempts"]:
-        facts.append(f"{counts['retried_attempts']} retried attempt"
-                     f"{'s' if counts['retried_attempts'] != 1 else ''}")
-    if ran and flow.finished_at is not None:
-        facts.append(format_duration((flow.finished_at - t0) * 1000))
-        facts.append("started " + _fmt_clock(t0))
-    head_color = {"ok": "#1a7f37", "failed": "#cf222e"}.get(status, "#57606a")
-    svg.text(16, 24, head, size=16, weight="600", fill=head_color)
-    svg.text(16 + len(head) * 9.6 + 14, 24, " · ".join(facts), size=13, fill="#57606a")
-
-    # --- row backgrounds and names
-    for i, td in enumerate(tasks):
-        ry = rows_y[i]
-        fill = "#f6f8fa" if i % 2 == 0 else "#ffffff"
-        svg.add(f'<rect class="row" x="0" y="{ry:.1f}" width="{width}" height="{ROW_H}" '
-                f'fill="{fill}"/>')
-        name = td.name
-        shown = clip(name, name_chars)
-        svg.text(16, ry + ROW_H / 2 + 4, shown, family=MONO, italic=g.detached[i],
-                 cls="task-name", fill="#24292f" if not g.detached[i] else "#57606a",
-                 title=name if shown != name else None)
-    if has_detached:
-        sy = rows_y[g.main_count] - sep_h
-        label = "detached: run after the main tasks"
-        line_x = max(gutter - 8, 16 + len(label) * 6.2 + 12)
-        svg.add(f'<line class="separator" x1="{line_x:.1f}" y1="{sy + sep_h / 2:.1f}" '
-                f'x2="{width - 8}" y2="{sy + sep_h / 2:.1f}" stroke="#afb8c1" '
-                f'stroke-dasharray="4 3"/>')
-        svg.text(16, sy + sep_h / 2 + 4, label, size=11, fill="#57606a", italic=True)
-
-    # --- axis and grid
-    axis_top = top - 6
-    svg.add(f'<line x1="{gutter}" y1="{axis_top}" x2="{gutter + plot_w}" y2="{axis_top}" '
-            f'stroke="#57606a"/>')
-    svg.add(f'<line x1="{gutter}" y1="{rows_end + 6}" x2="{gutter + plot_w}" '
-            f'y2="{rows_end + 6}" stroke="#57606a"/>')
-    if ran:
-        step = _tick_step(span, max(2, int(plot_w / 90)))
-        k = 0
-        while k * step <= span * 1.0001 and k < 500:
-            t = k * step
-            x = gutter + t / span * plot_w
-            label = _tick_label(t, step)
-            svg.add(f'<line class="grid" x1="{x:.1f}" y1="{axis_top}" x2="{x:.1f}" '
-                    f'y2="{rows_end + 6}" stroke="#d8dee4" stroke-width="1"/>')
-            svg.add(f'<line x1="{x:.1f}" y1="{axis_top - 4}" x2="{x:.1f}" y2="{axis_top}" '
-                    f'stroke="#57606a"/>')
-            svg.text(x, axis_top - 8, label, size=11, fill="#57606a", anchor="middle",
-                     cls="tick")
-            svg.text(x, rows_end + 20, label, size=11, fill="#57606a", anchor="middle")
-            k += 1
-    else:
-        svg.text(gutter + plot_w / 2, top + 14, "not run yet", size=13, fill="#8c959f",
-                 anchor="middle")
-
-    # --- bars
-    def bar(i, start, end, kind, title, *, attempt=None, state_cls=None, opacity=None,
-            min_w=4.0):
-        ry = rows_y[i]
-        x1 = x_of(max(start, t0))
-        x2 = max(x_of(end), x1 + min_w)
-        by = ry + (ROW_H - BAR_H) / 2
-        attrs = [f'class="bar {state_cls or kind}"', f'x="{x1:.1f}"', f'y="{by:.1f}"',
-                 f'width="{x2 - x1:.1f}"', f'height="{BAR_H}"', 'rx="2"',
-                 f'fill="{COLORS[kind]}"', f'data-task="{_xml(tasks[i].name)}"',
-                 f'data-state="{kind}"']
-        if attempt is not None:
-            attrs.append(f'data-attempt="{attempt}"')
-        if opacity is not None:
-            attrs.append(f'fill-opacity="{opacity}"')
-        if g.detached[i] and x2 - x1 >= 8:
-            attrs.append('stroke="#24292f" stroke-width="1" stroke-dasharray="3 2"')
-        svg.add(f"<rect {' '.join(attrs)}><title>{_xml(title)}</title></rect>")
-        return x1, x2
-
-    def note(i, x, s, color="#57606a", anchor="start"):
-        svg.text(x, rows_y[i] + ROW_H / 2 + 4, s, size=11, fill=color, anchor=anchor)
-
-    def rel(t):
-        return format_duration((t - t0) * 1000)
-
-    def why_text(why):
-        if why is None:
-            return ""
-        if isinstance(why, BaseException):
-            return "\n" + _text(f"{type(why).__name__}: {_text(why, 600)}", 700)
-        return "\n" + _text(why, 600)
-
-    for i, td in enumerate(tasks):
-        if not ran:
-            break
-        r = results.get(td.name)
-        name = td.name
-        fails = fails_by_task.get(i, [])
-        max_attempts = 1 + td.retry
-        if r is None:
-            note(i, gutter + 4, NOT_RUN, "#8c959f")
-            continue
-        if _is_kept(r, flow):
-            what = "override" if r.reason == "override" else "kept from an earlier run"
-            note(i, gutter + 4, f"{what} ({r.state.value})", "#8c959f")
-            continue
-        state = "cached" if r.cached else r.state.value
-        if r.started_at is None or r.finished_at is None:
-            note(i, gutter + 4, state, COLORS.get(state, "#57606a"))
-            continue
-        last_x2 = None
-        if r.items is not None:
-            # for_each: the task's span, a tick per item, item retries in amber
-            x1, last_x2 = bar(i, r.started_at, r.finished_at, state,
-                              f"{name}: {len(r.items)} items, {state}, "
-                              f"{format_duration(r.duration_ms or 0)} "
-                              f"({rel(r.started_at)} to {rel(r.finished_at)})"
-                              + why_text(r.error),
-                              state_cls=f"{state} span", opacity=0.35)
-            ry = rows_y[i]
-            shown_items = [it for it in r.items
-                           if it is not None and it.finished_at is not None and not it.cached]
-            if len(shown_items) > MAX_ITEM_TICKS:  # keep the file small: failures first
-                shown_items = [it for it in shown_items
-                               if it.state is not StepState.SUCCEEDED][:MAX_ITEM_TICKS]
-            for it in shown_items:
-                x = x_of(it.finished_at)
-                kind = "succeeded" if it.state is StepState.SUCCEEDED else (
-                    "failed" if it.state is StepState.FAILED else "skipped")
-                svg.add(f'<line class="item {kind}" x1="{x:.1f}" y1="{ry + 4:.1f}" '
-                        f'x2="{x:.1f}" y2="{ry + ROW_H - 4:.1f}" stroke="{COLORS[kind]}" '
-                        f'stroke-width="2"><title>{_xml(name)}[{it.index}]: {kind}, '
-                        f'attempts={it.attempts}{_xml(why_text(it.error))}</title></line>')
-            for item, attempt, s, f, why in fails[:MAX_ITEM_TICKS]:
-                if item is None or f is None:
-                    continue
-                x = x_of(f)
-                svg.add(f'<line class="item retried" x1="{x:.1f}" y1="{ry + 2:.1f}" '
-                        f'x2="{x:.1f}" y2="{ry + 9:.1f}" stroke="{COLORS["retried"]}" '
-                        f'stroke-width="2"><title>{_xml(name)}[{item}] attempt {attempt} '
-                        f'failed, retried{_xml(why_text(why))}</title></line>')
-        elif state in ("skipped", "cached") or (r.attempts == 0 and not fails):
-            label = state if state != "failed" else f"failed: {r.reason or 'before the body'}"
-            x1, last_x2 = bar(i, r.started_at, r.finished_at, state,
-                              f"{name}: {label} at {rel(r.started_at)}"
-                              + ("" if state == "skipped" else why_text(r.error))
-                              + (f"\n{_text(r.reason, 600)}" if state == "skipped" and r.reason
-                                 else ""),
-                              attempt=0 if state != "cached" else None, min_w=4)
-            last_x2 = x1 + 4
-        else:
-            task_fails = sorted((f for f in fails if f[0] is None), key=lambda f: f[1])
-            prev_end = None
-            for item, attempt, s, f, why in task_fails:
-                if s is None or f is None:
-                    continue
-                if prev_end is not None:
-                    _wait(svg, i, x_of(prev_end), x_of(s), rows_y)
-                bar(i, s, f, "retried",
-                    f"{name}: attempt {attempt}/{max_attempts} failed after "
-                    f"{format_duration((f - s) * 1000)} ({rel(s)} to {rel(f)}), retried"
-                    + why_text(why), attempt=attempt)
-                prev_end = f
-            final_start, exact = _final_start(flow, i, r, fails)
-            if prev_end is not None:
-                _wait(svg, i, x_of(prev_end), x_of(final_start), rows_y)
-            attempt = r.attempts or (len(task_fails) + 1)
-            took = (r.finished_at - final_start) * 1000
-            x1, last_x2 = bar(i, final_start, r.finished_at, state,
-                              f"{name}: attempt {attempt}/{max_attempts} {state} after "
-                              f"{format_duration(took)} ({rel(final_start)} to "
-                              f"{rel(r.finished_at)})"
-                              + ("" if exact else " (start estimated)") + why_text(r.error),
-                              attempt=attempt)
-        # duration / outcome label after the last bar
-        label = {"skipped": "skipped", "cached": "cached"}.get(state)
-        if label is None:
-            label = format_duration(r.duration_ms or 0)
-            if (r.attempts or 0) > 1:
-                label += f" ×{r.attempts}"
-            if r.items is not None:
-                bad = sum(1 for it in r.items if it is not None
-                          and it.state is not StepState.SUCCEEDED)
-                label += f" · {len(r.items)} items" + (f", {bad} failed" if bad else "")
-        color = COLORS["failed"] if state == "failed" else "#57606a"
-        if last_x2 + 6 + len(label) * 6.4 <= width - 4:
-            note(i, last_x2 + 6, label, color)
-        else:
-            note(i, x_of(max(r.started_at, t0)) - 6, label, color, anchor="end")
-
-    # --- legend
-    lx = 16
-    ly = legend_y
-    svg.text(lx, ly + 4, "legend:", size=11, fill="#57606a")
-    lx += 56
-    for kind, label in (("succeeded", "succeeded"), ("failed", "failed"),
-                        ("retried", "failed attempt, retried"), ("skipped", "skipped"),
-                        ("cached", "cached (journal)")):
-        svg.add(f'<rect class="legend {kind}" x="{lx}" y="{ly - 6}" width="14" height="12" '
-                f'rx="2" fill="{COLORS[kind]}"/>')
-        svg.text(lx + 19, ly + 4, label, size=11, fill="#24292f")
-        lx += 19 + len(label) * 6.4 + 18
-    svg.add(f'<line x1="{lx}" y1="{ly}" x2="{lx + 22}" y2="{ly}" stroke="#8c959f" '
-            f'stroke-width="1.5" stroke-dasharray="3 2"/>')
-    svg.text(lx + 27, ly + 4, "backoff wait", size=11, fill="#24292f")
-    lx += 27 + 12 * 6.4 + 18
-    svg.add(f'<rect x="{lx}" y="{ly - 6}" width="14" height="12" rx="2" fill="#ffffff" '
-            f'stroke="#24292f" stroke-dasharray="3 2"/>')
-    svg.text(lx + 19, ly + 4, "detached", size=11, fill="#24292f", italic=True)
-    lx += 19 + 8 * 6.4 + 18
-    svg.add(f'<line x1="{lx + 4}" y1="{ly - 6}" x2="{lx + 4}" y2="{ly + 6}" '
-            f'stroke="{COLORS["succeeded"]}" stroke-width="2"/>')
-    svg.text(lx + 12, ly + 4, "for_each item done", size=11, fill="#24292f")
-    svg.add("</svg>")
-    return "\n".join(svg.parts) + "\n"
-
-
-def _wait(svg, i, x1, x2, rows_y) -> None:
-    """A dashed line for the backoff wait between two attempts."""
-    if x2 - x1 < 2:
-        return
-    y = rows_y[i] + ROW_H / 2
-    svg.add(f'<line class="wait" x1="{x1:.1f}" y1="{y:.1f}" x2="{x2:.1f}" y2="{y:.1f}" '
-            f'stroke="#8c959f" stroke-width="1.5" stroke-dasharray="3 2"/>')
+    os.replace(tmp, target)
+    return target

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import enum
+from typing import Any
 
+from .events import safe_repr, safe_str
 from .records import Record
 
 
@@ -25,16 +27,22 @@ class StepResult(Record):
     (backoff waits included); ``attempts`` counts body calls, so a task stopped
     by ``when``/``validate``, a replayed (``cached``) task and an ``override``
     all have 0. ``items`` is only set for ``for_each`` tasks: one ``ItemResult``
-    per input item, in input order.
+    per input item, in input order (also when the task was replayed: each item
+    is then ``cached``); their ``attempts`` is the largest item's.
+    ``detached`` tells a detached side-effect from a main task.
     """
 
     __slots__ = ("name", "state", "value", "error", "_duration_ms", "attempts", "step_key",
-                 "cached", "reason", "traceback", "started_at", "finished_at", "items")
+                 "cached", "reason", "traceback", "started_at", "finished_at", "items",
+                 "detached")
 
     # Spelled out rather than inherited: one is built per task, on the hot path.
-    def __init__(self, name, state, value=None, error=None, duration_ms=None, attempts=0,
-                 step_key=None, cached=False, reason=None, traceback=None, started_at=None,
-                 finished_at=None, items=None):
+    def __init__(self, name: str, state: StepState, value: Any = None,
+                 error: BaseException | None = None, duration_ms: float | None = None,
+                 attempts: int = 0, step_key: str | None = None, cached: bool = False,
+                 reason: str | None = None, traceback: str | None = None,
+                 started_at: float | None = None, finished_at: float | None = None,
+                 items: list[ItemResult] | None = None, detached: bool = False) -> None:
         self.name = name
         self.state = state
         self.value = value
@@ -48,6 +56,7 @@ class StepResult(Record):
         self.started_at = started_at
         self.finished_at = finished_at
         self.items = items
+        self.detached = detached
 
     @property
     def duration_ms(self) -> float:
@@ -59,7 +68,7 @@ class StepResult(Record):
         return (self.finished_at - self.started_at) * 1000
 
     @duration_ms.setter
-    def duration_ms(self, value) -> None:
+    def duration_ms(self, value: float | None) -> None:
         self._duration_ms = value
 
     @property
@@ -69,9 +78,9 @@ class StepResult(Record):
     def __repr__(self) -> str:
         extra = ""
         if self.error is not None:
-            extra = f", error={type(self.error).__name__}: {self.error}"
-        elif self.reason:
-            extra = f", reason={self.reason!r}"
+            extra = f", error={type(self.error).__name__}: {safe_str(self.error)}"
+        elif self.reason is not None:
+            extra = f", reason={safe_repr(self.reason, 200)}"
         return (f"StepResult({self.name!r}, {self.state.value}, attempts={self.attempts}"
                 f"{', cached' if self.cached else ''}{extra})")
 
@@ -80,15 +89,26 @@ class ItemResult(Record):
     """The outcome of one item of a ``for_each`` task."""
 
     __slots__ = ("index", "state", "value", "error", "attempts", "cached", "traceback",
-                 "started_at", "finished_at")
+                 "started_at", "finished_at", "item")
     _defaults = dict(value=None, error=None, attempts=0, cached=False, traceback=None,
-                     started_at=None, finished_at=None)
+                     started_at=None, finished_at=None, item=None)
+    index: int
+    state: StepState
+    value: Any
+    error: BaseException | None
+    attempts: int
+    cached: bool
+    traceback: str | None
+    started_at: float | None
+    finished_at: float | None
+    item: Any  # the input item itself
 
     @property
     def ok(self) -> bool:
         return self.state is StepState.SUCCEEDED
 
     def __repr__(self) -> str:
-        extra = f", error={type(self.error).__name__}: {self.error}" if self.error else ""
+        extra = (f", error={type(self.error).__name__}: {safe_str(self.error)}"
+                 if self.error is not None else "")
         return (f"ItemResult({self.index}, {self.state.value}, attempts={self.attempts}"
                 f"{', cached' if self.cached else ''}{extra})")

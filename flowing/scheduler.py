@@ -1,10 +1,10 @@
-"""The scheduler: runs a checked ``Graph`` on a bounded pool of workers.
+"""The scheduler: runs a checked ``Graph`` through one ``Runner``.
 
 Scheduling policy
 -----------------
 * eager (default): a task is released the moment all of its own dependencies
   have SUCCEEDED; it never waits for unrelated tasks. Released tasks start in
-  release order (FIFO) as worker slots free up.
+  release order (FIFO) as slots free up.
 * layers: a task is also held until every task of the earlier layers has
   finished, as the original flowing did.
 * Detached tasks are held until every main task has finished, then run in
@@ -14,16 +14,26 @@ Scheduling policy
 * fail_fast: once a main task has FAILED for good, no new main task starts.
   Started tasks (retries and for_each items included) run to the end; tasks
   that never started are SKIPPED with a reason naming the failure.
-* At most ``max_workers`` jobs are in flight: sync bodies on worker threads,
-  coroutine bodies on one event loop. A task's ``Limit`` further bounds its
-  bodies in flight and their start rate (jobs wait for it in FIFO order).
+* Replay (with a journal): when a task is released, it is replayed instead
+  of run if the journal holds its step key, computed from the same
+  dependency values (the entry's ``inputs`` digest equals the digest of the
+  dependency values now), not older than ``cache_ttl_s``, and the task is
+  cacheable (``cache=True``, every value in its key has stable content).
+  A dependency that re-ran to an identical value therefore does not force
+  its dependents (early cutoff). ``for_each`` items are replayed the same
+  way, each keyed by its content.
+* At most ``max_workers`` jobs are in flight. A task's ``Limit`` further
+  bounds its bodies in flight and their start rate across every flow of the
+  process (jobs wait for it in FIFO order).
 * A failed attempt that may be retried frees its slot and comes back after
   its backoff through a timer; waiting never holds a worker.
-* Chain fusion: when a task's only dependent has no other dependency, the
-  worker that finishes the task runs the dependent next, without a round
-  trip through the scheduler (the dependent would be released at that very
-  moment anyway, so the policy is unchanged). Only plain sync tasks fuse;
-  the ``layers`` schedule never fuses.
+* Chain fusion (own threads, no journal, no timeouts): when a task's only
+  dependent has no other dependency, the worker that finishes the task runs
+  the dependent next, without a round trip through the scheduler.
+* Every job produces exactly one verdict: attempts never raise (attempt.py),
+  and a timed job whose verdict has not arrived well after its deadline is
+  failed here (``overdue``) and its late verdict ignored. So ``run()``
+  always returns.
 
 State
 -----
@@ -33,47 +43,47 @@ Everything below is owned by the scheduler thread (the one that called
 ``results[i]``      the StepResult of task i, once it has one
 ``status[i]``       PENDING -> (HELD) -> QUEUED -> RUNNING -> DONE
 ``waiting[i]``      dependencies of i that have not succeeded yet
-``ready``           jobs released and waiting for a worker slot (FIFO)
+``digests[i]``      content digest of task i's value (journal runs; computed lazily)
+``ready``           jobs released and waiting for a slot (FIFO)
 ``timers``          heap of (due, seq, job): retries after their backoff, and
                     wake-ups for rate limits (job None)
-``gates``           live counters of each Limit (``LimitGate``), with the jobs
-                    parked behind it; ``busy_gates`` are those with parked jobs
+``overdue``         heap of (due, seq, job): timed jobs to fail if their verdict
+                    never comes
+``parked``          per Limit, the jobs waiting for it (FIFO)
 ``fanouts[i]``      per-item progress of a running ``for_each`` task
 ``held``            tasks released but held back by the schedule (detached
                     tasks before the main graph ends, or later layers)
-``in_flight``       jobs handed to workers and not yet reported back
+``in_flight``       jobs handed to the runner and not yet settled
 
-Shared with workers (``_Shared``): the ``inbox`` queue through which every
-outcome comes back, the ``stopping`` event (set by a worker the instant a
-main task fails for good under fail_fast, or by the scheduler on Ctrl-C;
-workers read it before running a fused successor), and the journal, which
-does its own locking.
+Shared with workers (``runners.Shared``): the ``inbox`` queue through which
+every outcome comes back, the ``stopping`` event, and the journal.
 """
 
 from __future__ import annotations
 
 import collections
+import hashlib
 import heapq
 import itertools
 import queue
 import threading
 import time
 from array import array
+from typing import TYPE_CHECKING, Any
 
 from . import attempt as A
-from .attempt import Job, Outcome, run_attempt, run_attempt_async
-from .events import (
-    FlowFinished,
-    FlowStarted,
-    TaskCached,
-    TaskFailed,
-    TaskRetrying,
-    TaskSkipped,
-    TaskStarted,
-    TaskSucceeded,
-)
-from .limits import LimitGate
+from .attempt import Job, Outcome
+from .events import (FlowFinished, FlowStarted, TaskCached, TaskFailed, TaskRetrying,
+                     TaskSkipped, TaskStarted, TaskSucceeded, item_failure, safe_repr,
+                     safe_str)
 from .results import ItemResult, StepResult, StepState
+from .runners import WAKE, Runner, Shared, open_runner
+
+if TYPE_CHECKING:
+    from .events import Reporter
+    from .graph import Graph
+    from .journal import Journal
+    from .limits import Limit
 
 PENDING, HELD, QUEUED, RUNNING, DONE = range(5)
 
@@ -86,204 +96,35 @@ MAX_WAIT_S = 1.0
 # Put in the inbox by our SIGINT handler to wake the loop.
 _INTERRUPT = object()
 
+_UNKNOWN = object()  # a digest not computed yet
+
 
 class ItemsFailed(Exception):
     """Some items of a ``for_each`` task failed after their retries."""
 
-    def __init__(self, message, failures):
+    def __init__(self, message: str, failures: list[ItemResult]) -> None:
         super().__init__(message)
         self.failures = failures  # the failed ItemResults, in input order
 
 
-class _Shared:
-    """What workers may see of a run."""
+class JournalPlan:
+    """What a journaled run needs, computed by the Flow before it starts.
 
-    __slots__ = ("inbox", "stopping", "stop_reason", "interrupted", "fail_fast", "journal",
-                 "tasks", "keys", "dep_keys", "fused_next")
-
-    def __init__(self, graph, fail_fast, journal, keys):
-        self.inbox = queue.SimpleQueue()  # outcomes, workers -> scheduler
-        self.stopping = threading.Event()  # no new main task may start
-        self.stop_reason = None            # why: set once, before ``stopping``
-        self.interrupted = False           # Ctrl-C: workers drop whatever is still queued
-        self.fail_fast = fail_fast
-        self.journal = journal
-        self.tasks = graph.tasks
-        self.keys = keys                   # step key per task, or None without a journal
-        self.dep_keys = None if keys is None else [
-            [keys[d] for d in ds] for ds in graph.deps]
-        self.fused_next = array("i", [-1]) * len(graph)  # index of the fused successor, or -1
-
-    def stop(self, reason: str) -> None:
-        if self.stop_reason is None:
-            self.stop_reason = reason
-        self.stopping.set()
-
-    def record(self, outcome: Outcome) -> None:
-        """Journal a success; called by whichever thread sees it first."""
-        job = outcome.job
-        if self.journal is None or job.key is None or outcome.journaled:
-            return
-        outcome.journaled = True
-        if job.mode == A.ITEM:
-            # the task's own dependencies too: the task may have no entry of its
-            # own (some items failed), and ``journal forget`` must still reach its items
-            self.journal.record(job.key, f"{job.td.name}[{job.item}]",
-                                [self.keys[job.task]] + self.dep_keys[job.task],
-                                outcome.value, "item")
-        else:
-            self.journal.record(job.key, job.td.name, self.dep_keys[job.task],
-                                outcome.value, "task")
-
-
-def _work(job: Job, shared: _Shared) -> None:
-    """Worker entry: run a sync job, then any fused successors, reporting each."""
-    while job is not None:
-        if shared.interrupted:
-            return
-        if (shared.stopping.is_set() and job.attempt == 1 and job.mode != A.ITEM
-                and not job.td.detached):
-            # queued before fail_fast (or Ctrl-C) stopped the run: it never starts
-            now = time.time()
-            shared.inbox.put(Outcome(job, A.SKIPPED, reason=f"not started: {shared.stop_reason}",
-                                     started_at=now, finished_at=now))
-            return
-        if job.announce:
-            shared.inbox.put(Outcome(job, A.STARTED, started_at=time.time()))
-        outcome = run_attempt(job)
-        successor = None
-        if outcome.kind is A.SUCCEEDED:
-            shared.record(outcome)  # durable before any dependent starts
-            if job.mode == A.TASK:
-                s = shared.fused_next[job.task]
-                if s >= 0 and not shared.stopping.is_set():
-                    successor = Job(s, shared.tasks[s], {job.td.name: outcome.value},
-                                    key=None if shared.keys is None else shared.keys[s])
-                    outcome.next_job = successor
-        elif (outcome.kind is A.FAILED and shared.fail_fast and job.mode != A.ITEM
-              and not job.td.detached):
-            shared.stop(f"fail_fast: '{job.td.name}' failed")
-        shared.inbox.put(outcome)
-        job = successor
-
-
-class WorkerPool:
-    """Daemon worker threads owned by one run.
-
-    Daemon threads, unlike ``ThreadPoolExecutor``'s, never hold the
-    interpreter open: a body still running after Ctrl-C or a timeout cannot
-    delay process exit. Threads are started on demand, up to ``max_workers``.
+    ``keys[i]``       step key of task i (always a str: an uncacheable task gets
+                      a stand-in, so its dependents' keys still chain)
+    ``cacheable[i]``  False when task i's key could not cover every value it
+                      depends on (it then neither replays nor journals a value)
+    ``keyer``         the run's Keyer (item keys, value digests)
+    ``force``         tasks that must run even if journaled (resume(from_tasks))
     """
 
-    def __init__(self, max_workers: int, shared: _Shared):
-        self._jobs = queue.SimpleQueue()  # jobs, scheduler -> workers; None = exit
-        self._threads: list[threading.Thread] = []
-        self._max = max_workers
-        self._shared = shared
-
-    def submit(self, job: Job, in_flight: int) -> None:
-        self._jobs.put(job)
-        # Every thread may be busy with one of the other in-flight jobs.
-        if len(self._threads) < in_flight and len(self._threads) < self._max:
-            thread = threading.Thread(target=self._worker, daemon=True,
-                                      name=f"flowing-worker-{len(self._threads)}")
-            thread.start()
-            self._threads.append(thread)
-
-    def _worker(self) -> None:
-        jobs, shared = self._jobs, self._shared
-        while True:
-            job = jobs.get()
-            if job is None:
-                return
-            _work(job, shared)
-
-    def shutdown(self) -> None:
-        """Let idle workers exit; jobs still queued are dropped (only Ctrl-C leaves any)."""
-        while not self._jobs.empty():
-            self._jobs.get_nowait()
-        for _ in self._threads:
-            self._jobs.put(None)
-
-
-class ExecutorPool:
-    """Runs jobs on the caller's ``concurrent.futures.Executor`` (never shut down here)."""
-
-    def __init__(self, executor, shared: _Shared):
-        self._executor = executor
-        self._shared = shared
-
-    def submit(self, job: Job, in_flight: int) -> None:
-        try:
-            future = self._executor.submit(_work, job, self._shared)
-        except Exception as exc:  # e.g. the executor was shut down
-            self._refused(job, exc, "refused it")
-            return
-        # _work never raises, so a failed or cancelled future means the executor
-        # itself could not run it (a process pool that cannot pickle, a shutdown).
-        future.add_done_callback(lambda f: self._check(f, job))
-
-    def _check(self, future, job: Job) -> None:
-        if future.cancelled():
-            self._refused(job, None, "cancelled it")
-        elif future.exception() is not None:
-            self._refused(job, future.exception(), "could not run it")
-
-    def _refused(self, job: Job, exc, what: str) -> None:
-        why = f" ({type(exc).__name__}: {exc})" if exc is not None else ""
-        error = RuntimeError(f"task '{job.td.name}': the executor {what}{why}; pass a "
-                             f"running thread-based executor")
-        now = time.time()
-        self._shared.inbox.put(Outcome(job, A.FAILED, error=error, started_at=now,
-                                       finished_at=now))
-
-    def shutdown(self) -> None:
-        pass
-
-
-class AsyncRunner:
-    """An event loop on a daemon thread, owned by one run, for coroutine bodies."""
-
-    def __init__(self, shared: _Shared):
-        self._shared = shared
-        import asyncio  # imported on first use: it costs more than all of flowing
-
-        self._loop = asyncio.new_event_loop()
-        self._tasks: set = set()  # running asyncio tasks (loop thread only)
-        self._thread = threading.Thread(target=self._loop.run_forever, daemon=True,
-                                        name="flowing-event-loop")
-        self._thread.start()
-
-    def submit(self, job: Job) -> None:
-        self._loop.call_soon_threadsafe(self._spawn, job)
-
-    def _spawn(self, job: Job) -> None:
-        t = self._loop.create_task(run_attempt_async(job))
-        self._tasks.add(t)
-        t.add_done_callback(self._done)
-
-    def _done(self, t) -> None:
-        self._tasks.discard(t)
-        if not t.cancelled():
-            outcome = t.result()
-            if (outcome.kind is A.FAILED and self._shared.fail_fast
-                    and outcome.job.mode != A.ITEM and not outcome.job.td.detached):
-                self._shared.stop(f"fail_fast: '{outcome.job.td.name}' failed")
-            self._shared.inbox.put(outcome)
-
-    def close(self) -> None:
-        """Cancel what still runs (its ``finally`` blocks get one loop turn), stop the loop."""
-        def stop():
-            for t in list(self._tasks):
-                t.cancel()
-            self._loop.call_soon(self._loop.stop)
-        try:
-            self._loop.call_soon_threadsafe(stop)
-        except RuntimeError:
-            return  # loop already closed
-        self._thread.join(timeout=MAX_WAIT_S)
-        if not self._thread.is_alive():
-            self._loop.close()
+    def __init__(self, journal: Journal, keys: list[str], cacheable: list[bool], keyer: Any,
+                 force: set[int]) -> None:
+        self.journal = journal
+        self.keys = keys
+        self.cacheable = cacheable
+        self.keyer = keyer
+        self.force = force
 
 
 class _FanOut:
@@ -291,70 +132,83 @@ class _FanOut:
 
     __slots__ = ("items", "remaining", "started_at")
 
-    def __init__(self, n):
-        self.items: list = [None] * n  # ItemResult per item, as they finish
+    def __init__(self, n: int) -> None:
+        self.items: list[ItemResult | None] = [None] * n  # per item, as they finish
         self.remaining = n
-        self.started_at = None
+        self.started_at: float | None = None
 
 
 class Scheduler:
     """Runs one pass over a graph. Create one per run()/resume()."""
 
-    def __init__(self, graph, *, max_workers, fail_fast, schedule, executor, reporter,
-                 journal=None, keys=None, item_key=None):
+    def __init__(self, graph: Graph, *, max_workers: int, fail_fast: bool, schedule: str,
+                 executor: Any, reporter: Reporter, plan: JournalPlan | None = None,
+                 inputs: dict[str, Any] | None = None) -> None:
         self.graph = graph
         self.max_workers = max_workers
         self.fail_fast = fail_fast
         self.layered = schedule == "layers"
         self.reporter = reporter
         self.emit = reporter.emit if reporter.active else None
-        self.journal = journal
-        self.keys = keys
-        self.item_key = item_key  # (task_key, index, item) -> key, with a journal
-        self.shared = _Shared(graph, fail_fast, journal, keys)
-        self.pool = (ExecutorPool(executor, self.shared) if executor is not None
-                     else WorkerPool(max_workers, self.shared))
-        self.async_runner = None
+        self.plan = plan
+        self.journal = plan.journal if plan is not None else None
+        self.keys = plan.keys if plan is not None else None
+        self.inputs = inputs or {}
+        self.shared = Shared(graph.tasks, graph.deps, fail_fast, self.journal, self.keys)
+        if plan is not None:
+            from .digest import value_digest
+
+            self.shared.digest = value_digest
+        has_async = any(td.is_async for td in graph.tasks)
+        self.runner: Runner = open_runner(executor, max_workers, self.shared, has_async)
         n = len(graph)
         self.results: list[StepResult | None] = [None] * n
         self.status = bytearray(n)
-        self.waiting = array("i", bytes(4 * len(graph)))  # set for pending tasks in _prepare
-        self.ready = collections.deque()
-        self.timers: list = []
+        self.waiting = array("i", bytes(4 * n))  # set for pending tasks in _prepare
+        self.digests: list[Any] = [_UNKNOWN] * n if plan is not None else []
+        self.why: dict[int, str] = {}  # why a journaled task ran again
+        self.ready: collections.deque[Job] = collections.deque()
+        self.timers: list[tuple[float, int, Job | None]] = []
+        self.overdue: list[tuple[float, int, Job]] = []
         self.seq = itertools.count()
-        self.gates: dict = {}
-        self.busy_gates: set = set()
+        self.parked: dict[Limit, collections.deque[Job]] = {}
+        self.busy_limits: set[Limit] = set()
         self.fanouts: dict[int, _FanOut] = {}
-        self.partial_items: dict[int, list] = {}
+        self.partial_items: dict[int, list[ItemResult | None]] = {}
         self.held: dict[int, list[int]] = {}  # layer -> tasks waiting for it to open
         self.held_detached: list[int] = []
         self.layer_left = [0] * len(graph.layers)
         self.open_layer = 0
         self.in_flight = 0
         # Own daemon threads bound the bodies in flight by their number, so a few
-        # jobs may wait queued at the pool and a worker never idles waiting for the
+        # jobs may wait queued at the runner and a worker never idles waiting for the
         # scheduler. Coroutines and rate-limited jobs need a free slot right away.
         self.capacity = max_workers
-        if executor is None and not any(td.is_async for td in graph.tasks):
+        if self.runner.queues_ahead and not has_async:
             self.capacity = 2 * max_workers
         self.unfinished = 0
         self.main_left = 0
         self.interrupted = False
         self.running_since: dict[int, float] = {}  # task -> start, kept only when reporting
         self.next_tick = 0.0
-        self.retries: list = []  # (task, item, attempt, started, finished, error) of failed attempts
+        # (task, item, attempt, started, finished, error) of failed attempts
+        self.retries: list[tuple[int, int | None, int, float | None, float | None, Any]] = []
         self.last_attempt_started: dict[str, float] = {}  # name -> start, for retried tasks
-        self._finishing: list = []
+        self._finishing: list[tuple[int, StepResult]] = []
         self._in_finish = False
+        self._warned: set[str] = set()
         self.sigint = False  # Ctrl-C seen by our handler, to be raised at a safe point
+        inbox = self.shared.inbox
+        self._wake = lambda: inbox.put(WAKE)  # a Limit slot freed (maybe by another flow)
 
     # ----- set-up -------------------------------------------------------------
 
-    def run(self, kept: dict, force: set, partial_items: dict) -> list:
+    def run(self, kept: dict[int, StepResult],
+            partial_items: dict[int, list[ItemResult | None]]) -> list[StepResult | None]:
         """Run everything not in ``kept`` (index -> SUCCEEDED result).
 
-        ``force``: indices that must run even if journaled. ``partial_items``:
-        index -> ItemResults of an earlier failed for_each run of that task.
+        ``partial_items``: index -> ItemResults of an earlier failed for_each
+        run of that task.
         """
         g = self.graph
         started = time.time()
@@ -365,7 +219,7 @@ class Scheduler:
                              "layers" if self.layered else "eager"))
         previous_handler = self._catch_sigint()
         try:
-            self._prepare(kept, force)
+            self._prepare(kept)
             self._loop()
         except KeyboardInterrupt:
             self.interrupted = True
@@ -384,13 +238,14 @@ class Scheduler:
                 for r in self.results:
                     if r is not None:
                         counts[r.state.value] += 1
-                ok = not self.interrupted and all(
-                    r is not None and r.state is SUCCEEDED for r in self.results[:g.main_count])
+                from .flow import run_ok
+
+                ok = not self.interrupted and run_ok(g, self.results)
                 emit(FlowFinished(time.time(), ok, (time.time() - started) * 1000, counts,
                                   self.interrupted))
         return self.results
 
-    def _catch_sigint(self):
+    def _catch_sigint(self) -> Any:
         """Turn Ctrl-C into a request the loop honours between two outcomes.
 
         A KeyboardInterrupt raised at an arbitrary bytecode could drop an
@@ -407,29 +262,18 @@ class Scheduler:
         if previous is not signal.default_int_handler:
             return None  # the application handles SIGINT its own way: leave it alone
 
-        def on_sigint(signum, frame):
+        def on_sigint(signum: int, frame: Any) -> None:
             self.sigint = True
             self.shared.inbox.put(_INTERRUPT)  # SimpleQueue.put is safe in a signal handler
 
         signal.signal(signal.SIGINT, on_sigint)
         return previous
 
-    def _prepare(self, kept: dict, force: set) -> None:
+    def _prepare(self, kept: dict[int, StepResult]) -> None:
         g, results, status = self.graph, self.results, self.status
-        journal, keys = self.journal, self.keys
-        for i, td in enumerate(g.tasks):
-            r = kept.get(i)
-            if r is None and journal is not None and i not in force:
-                found, value = journal.lookup(keys[i])
-                if found:
-                    now = time.time()
-                    r = StepResult(td.name, SUCCEEDED, value, step_key=keys[i], cached=True,
-                                   started_at=now, finished_at=now)
-                    if self.emit:
-                        self.emit(TaskCached(now, td.name, keys[i]))
-            if r is not None:
-                results[i] = r
-                status[i] = DONE
+        for i, r in kept.items():
+            results[i] = r
+            status[i] = DONE
         pending = [i for i in range(len(g)) if status[i] != DONE]
         self.unfinished = len(pending)
         waiting = self.waiting
@@ -442,22 +286,24 @@ class Scheduler:
             if not g.detached[i]:
                 self.main_left += 1
             self.layer_left[g.layer[i]] += 1
-        if not self.layered:
+        if not self.layered and self.runner.fuses and self.journal is None:
             self._plan_fusion(pending)
         self._advance_layers()
         for i in pending:
             if self.waiting[i] == 0:
                 self._release(i)
 
-    def _plan_fusion(self, pending) -> None:
+    def _plan_fusion(self, pending: list[int]) -> None:
         g, status, fused = self.graph, self.status, self.shared.fused_next
         for i in pending:
-            if len(g.dependents[i]) != 1 or g.tasks[i].detached:
+            a = g.tasks[i]
+            if len(g.dependents[i]) != 1 or a.detached or a.timeout_s is not None:
                 continue
             s = g.dependents[i][0]
             td = g.tasks[s]
             if (len(g.deps[s]) == 1 and status[s] != DONE and not td.detached
-                    and not td.is_async and td.for_each is None and td.limit is None):
+                    and not td.is_async and td.for_each is None and td.limit is None
+                    and td.timeout_s is None and not self._task_inputs(s)):
                 fused[i] = s
 
     # ----- the loop -----------------------------------------------------------
@@ -470,7 +316,7 @@ class Scheduler:
             self._dispatch()
             if not self.unfinished:
                 break
-            if not self.in_flight and not self.timers:
+            if not self.in_flight and not self.timers and not self.parked_any():
                 self._stalled()
             try:
                 outcome = inbox.get(timeout=self._wait_time())
@@ -479,12 +325,18 @@ class Scheduler:
             while outcome is not None:
                 if outcome is _INTERRUPT:
                     raise KeyboardInterrupt
-                self._on_outcome(outcome)
+                if outcome is not WAKE:
+                    self._on_outcome(outcome)
                 outcome = None if inbox.empty() else inbox.get_nowait()
             if self.timers:
                 self._fire_timers()
+            if self.overdue:
+                self._fail_overdue()
             if self.emit and time.monotonic() >= self.next_tick:
                 self._tick()
+
+    def parked_any(self) -> bool:
+        return any(self.parked.values())
 
     def _tick(self) -> None:
         self.next_tick = time.monotonic() + MAX_WAIT_S
@@ -494,9 +346,13 @@ class Scheduler:
         self.reporter.tick(done, len(g), running)
 
     def _wait_time(self) -> float:
+        due = MAX_WAIT_S
+        now = time.monotonic()
         if self.timers:
-            return min(MAX_WAIT_S, max(0.0, self.timers[0][0] - time.monotonic()))
-        return MAX_WAIT_S
+            due = min(due, max(0.0, self.timers[0][0] - now))
+        if self.overdue:
+            due = min(due, max(0.0, self.overdue[0][0] - now))
+        return due
 
     def _fire_timers(self) -> None:
         now = time.monotonic()
@@ -506,7 +362,30 @@ class Scheduler:
             if job is not None:
                 self._queue(job)
 
-    def _stalled(self):
+    def _fail_overdue(self) -> None:
+        """A timed job whose verdict never came (a blocked event loop, a hung engine):
+        fail it here, at its deadline plus a grace period."""
+        now = time.monotonic()
+        while self.overdue and self.overdue[0][0] <= now:
+            _, _, job = heapq.heappop(self.overdue)
+            if job.settled:
+                continue
+            deadline = job.deadline
+            timeout = job.td.timeout_s or 0.0
+            grace = max(1.0, 0.1 * timeout)
+            if deadline is None or time.time() < deadline + grace:
+                # not started yet (queued at the runner), or not overdue yet: look again later
+                wait = grace if deadline is None else deadline + grace - time.time()
+                heapq.heappush(self.overdue, (now + max(0.05, wait), next(self.seq), job))
+                continue
+            job.cancelled = True
+            started = job.first_started or time.time()
+            outcome = A._verdict(job, None, A.timeout_error(job), started)
+            outcome.warning = (f"{job.label()}: no verdict {grace:g}s after its deadline; "
+                               f"failed by the scheduler and abandoned")
+            self._on_outcome(outcome)
+
+    def _stalled(self) -> None:
         names = [self.graph.tasks[i].name for i in range(len(self.graph))
                  if self.status[i] != DONE]
         raise RuntimeError(f"flowing: internal error, the run stalled with nothing running; "
@@ -530,64 +409,83 @@ class Scheduler:
             return
         self._enqueue_task(i)
 
+    def _task_inputs(self, i: int) -> dict[str, Any] | None:
+        names = getattr(self.graph, "inputs", None)
+        if not names or not names[i]:
+            return None
+        return {n: self.inputs[n] for n in names[i]}
+
     def _enqueue_task(self, i: int) -> None:
         g = self.graph
         td = g.tasks[i]
         if self.interrupted:
             return
+        in_digest = None
+        if self.plan is not None:
+            in_digest = self._in_digest(i)
+            if self._replay(i, in_digest):
+                return
         if self.shared.stopping.is_set() and not g.detached[i]:
             self._finish(i, self._skipped(i, f"not started: {self.shared.stop_reason}"))
             return
         results = self.results
-        kwargs = {results[d].name: results[d].value for d in g.deps[i]}
+        kwargs = {}
+        for d in g.deps[i]:
+            r = results[d]
+            assert r is not None
+            kwargs[r.name] = r.value
         self.status[i] = QUEUED
+        store = self.plan is not None and self._storable(i, in_digest)
         if td.for_each is not None and td.when is None and td.validate is None:
             self._start_event(i, 1)
             self._fan_out(i, kwargs, None)
             return
         job = Job(i, td, kwargs, mode=A.GATE if td.for_each is not None else A.TASK,
-                  key=None if self.keys is None else self.keys[i])
+                  key=None if self.keys is None else self.keys[i], signals=self.shared,
+                  inputs=self._task_inputs(i), in_digest=in_digest, store=store)
         self._queue(job)
 
     def _queue(self, job: Job) -> None:
         limit = job.td.limit
         if limit is not None and job.mode != A.GATE:
-            gate = self.gates.get(limit)
-            if gate is None:
-                gate = self.gates[limit] = LimitGate(limit)
-            gate.parked.append(job)
-            self.busy_gates.add(gate)
+            parked = self.parked.get(limit)
+            if parked is None:
+                parked = self.parked[limit] = collections.deque()
+            parked.append(job)
+            self.busy_limits.add(limit)
         else:
             self.ready.append(job)
 
     def _dispatch(self) -> None:
         if self.in_flight >= self.capacity:
             return
-        if self.busy_gates:
-            self._dispatch_gated()
+        if self.busy_limits:
+            self._dispatch_limited()
         ready, capacity = self.ready, self.capacity
         while ready and self.in_flight < capacity:
             self._start(ready.popleft())
 
-    def _dispatch_gated(self) -> None:
+    def _dispatch_limited(self) -> None:
         now = time.monotonic()
-        for gate in list(self.busy_gates):
-            parked = gate.parked
+        for limit in list(self.busy_limits):
+            parked = self.parked[limit]
             # a rate counts starts, so its jobs must start the moment they are admitted
-            room = self.max_workers if gate.limit.rate_count else self.capacity
+            room = self.max_workers if limit.rate_count else self.capacity
             while parked and self.in_flight < room:
-                wait = gate.wait_time(now)
+                if self._stopped_before_start(parked[0]):
+                    parked.popleft()
+                    continue
+                wait = limit.try_acquire(now)
                 if wait is not None:
-                    if wait != float("inf"):
+                    if wait == float("inf"):
+                        limit.add_waiter(self._wake)  # blocked on concurrency, maybe by another flow
+                    else:
                         heapq.heappush(self.timers, (now + wait, next(self.seq), None))
                     break
-                job = parked.popleft()
-                if self._stopped_before_start(job):
-                    continue
-                gate.admit(now)
-                self._start(job)
+                self._start(parked.popleft())
             if not parked:
-                self.busy_gates.discard(gate)
+                self.busy_limits.discard(limit)
+                limit.remove_waiter(self._wake)
 
     def _stopped_before_start(self, job: Job) -> bool:
         """fail_fast: a main task that has not started yet is skipped instead."""
@@ -611,34 +509,148 @@ class Scheduler:
                 # queued behind busy workers: it may yet be skipped, so the worker
                 # says when it really starts
                 job.announce = True
-        if job.td.is_async:
-            if self.async_runner is None:
-                self.async_runner = AsyncRunner(self.shared)
-            self.async_runner.submit(job)
-        else:
-            self.pool.submit(job, self.in_flight)
+        if job.td.timeout_s is not None and job.mode != A.GATE:
+            due = time.monotonic() + job.td.timeout_s + max(1.0, 0.1 * job.td.timeout_s)
+            heapq.heappush(self.overdue, (due, next(self.seq), job))
+        self.runner.submit(job)
 
     def _start_event(self, i: int, attempt: int, now: float | None = None) -> None:
         if self.emit:
             now = now or time.time()
             self.running_since.setdefault(i, now)
+            why = self.why.get(i) if attempt == 1 else None
             self.emit(TaskStarted(now, self.graph.tasks[i].name, attempt,
-                                  bool(self.graph.detached[i])))
+                                  bool(self.graph.detached[i]), why))
+
+    # ----- replay (journal) ---------------------------------------------------
+
+    def _digest_of(self, i: int) -> str | None:
+        d = self.digests[i]
+        if d is _UNKNOWN:
+            r = self.results[i]
+            from .digest import value_digest
+
+            d = self.digests[i] = value_digest(r.value) if r is not None else None
+        return d  # type: ignore[no-any-return]
+
+    def _in_digest(self, i: int, skip: int = -1) -> str | None:
+        """Digest of the dependency values task i is about to be computed from
+        (without dependency ``skip``: a for_each source, whose items count one by one)."""
+        g = self.graph
+        h = hashlib.sha256(b"flowing-inputs/1")
+        parts = []
+        for d in g.deps[i]:
+            if d == skip:
+                continue
+            digest = self._digest_of(d)
+            if digest is None:
+                return None
+            parts.append(f"{g.tasks[d].name}={digest}")
+        for part in sorted(parts):
+            h.update(part.encode("utf-8", "surrogatepass") + b"\n")
+        return h.hexdigest()
+
+    def _storable(self, i: int, in_digest: str | None) -> bool:
+        plan = self.plan
+        assert plan is not None
+        return plan.cacheable[i] and in_digest is not None and self.graph.tasks[i].cache
+
+    def _usable(self, i: int, key: str, in_digest: str | None) -> bool:
+        """Whether the journal entry under ``key`` may replay task i (or one of its
+        items); records why not in ``self.why``."""
+        plan = self.plan
+        assert plan is not None and self.journal is not None
+        td = self.graph.tasks[i]
+        if i in plan.force:
+            self.why[i] = "re-run on request"
+            return False
+        if not td.cache:
+            self.why[i] = "cache=False"
+            return False
+        if not plan.cacheable[i]:
+            self.why[i] = "not cached this run (see the warning)"
+            return False
+        meta = self.journal.peek(key)
+        if meta is not None and meta[2] == "*":
+            return True  # an override stands whatever its dependencies' values are
+        if in_digest is None:
+            self.why[i] = "a dependency's value has no stable content"
+            return False
+        if meta is None:
+            return False  # never ran with this key: nothing to explain
+        t, _digest, inputs = meta
+        if inputs != in_digest:
+            self.why[i] = "a dependency's value changed"
+            return False
+        ttl = td.cache_ttl_s
+        if ttl is not None and time.time() - t > ttl:
+            self.why[i] = f"expired (older than cache_ttl_s={ttl:g})"
+            return False
+        return True
+
+    def _replay(self, i: int, in_digest: str | None) -> bool:
+        """Finish task i from the journal if its entry may be used. True if it was."""
+        assert self.keys is not None and self.journal is not None
+        key = self.keys[i]
+        if not self._usable(i, key, in_digest):
+            return False
+        hit = self.journal.get(key)
+        if hit is None:
+            self.why[i] = "its journaled value could not be loaded"
+            return False
+        now = time.time()
+        td = self.graph.tasks[i]
+        items = None
+        if td.for_each is not None:
+            items = self._replayed_items(i, hit.value)
+        self.digests[i] = hit.digest if hit.digest is not None else _UNKNOWN
+        result = StepResult(td.name, SUCCEEDED, hit.value, step_key=key, cached=True,
+                            started_at=now, finished_at=now, items=items,
+                            detached=bool(self.graph.detached[i]))
+        if self.emit:
+            self.emit(TaskCached(now, td.name, key))
+        self.status[i] = QUEUED
+        self._finish(i, result)
+        return True
+
+    def _replayed_items(self, i: int, values: Any) -> list[ItemResult] | None:
+        if not isinstance(values, list):
+            return None
+        source = None
+        td = self.graph.tasks[i]
+        for d in self.graph.deps[i]:
+            if self.graph.tasks[d].name == td.for_each:
+                r = self.results[d]
+                source = r.value if r is not None else None
+        try:
+            items = list(source) if isinstance(source, (list, tuple)) else None
+        except Exception:
+            items = None
+        if items is not None and len(items) != len(values):
+            items = None
+        return [ItemResult(k, SUCCEEDED, v, cached=True,
+                           item=items[k] if items is not None else None)
+                for k, v in enumerate(values)]
 
     # ----- outcomes -----------------------------------------------------------
 
     def _on_outcome(self, o: Outcome) -> None:
         job = o.job
+        if job.settled:
+            return  # failed by _fail_overdue already: a late verdict is ignored
         if o.kind is A.STARTED:
             self._start_event(job.task, job.attempt, o.started_at)
             return
+        job.settled = True
+        if o.warning:
+            self._warn(o.warning)
         if o.next_job is None:
             self.in_flight -= 1
-        if job.td.limit is not None and job.mode != A.GATE:
-            gate = self.gates[job.td.limit]
-            gate.release()
-            if gate.parked:
-                self.busy_gates.add(gate)
+        limit = job.td.limit
+        if limit is not None and job.mode != A.GATE:
+            limit.release()
+            if self.parked.get(limit):
+                self.busy_limits.add(limit)
         if o.kind is A.RETRY:
             self._retry(o)
             return
@@ -646,16 +658,18 @@ class Scheduler:
             self._on_item(o)
             return
         if o.kind is A.PASSED:
-            self._fan_out(job.task, job.kwargs, job.first_started)
+            self._fan_out(job.task, job.kwargs, job.first_started, job.in_digest)
             return
-        if o.kind is A.SUCCEEDED:
-            self.shared.record(o)
         i = job.task
+        if o.kind is A.SUCCEEDED:
+            self._record(o)
+            if self.plan is not None:
+                self.digests[i] = o.digest if o.journaled and o.digest is not None else _UNKNOWN
         started = job.first_started or o.started_at
         result = StepResult(job.td.name, _STATE_OF[o.kind], o.value, o.error, None,
                             o.attempts, job.key, False, o.reason, o.traceback, started,
-                            o.finished_at)
-        if o.attempts > 1:
+                            o.finished_at, None, bool(self.graph.detached[i]))
+        if o.attempts > 1 and o.started_at is not None:
             self.last_attempt_started[result.name] = o.started_at
         successor = o.next_job
         if successor is not None:
@@ -664,22 +678,40 @@ class Scheduler:
         if successor is not None:
             self._start_event(successor.task, 1)
 
+    def _record(self, o: Outcome) -> None:
+        try:
+            self.shared.record(o)
+        except Exception as exc:  # a journal write must never lose the result
+            self._warn(f"{o.job.label()}: could not journal its result ({safe_str(exc)})")
+
+    def _warn(self, message: str) -> None:
+        if message not in self._warned:
+            self._warned.add(message)
+            self.reporter.warning(message)
+
     def _retry(self, o: Outcome) -> None:
         job = o.job
         self.retries.append((job.task, job.item, job.attempt, o.started_at, o.finished_at,
                              o.error if o.error is not None else o.reason))
         if self.emit:
+            duration = None
+            if o.finished_at is not None and o.started_at is not None:
+                duration = (o.finished_at - o.started_at) * 1000
             self.emit(TaskRetrying(time.time(), job.td.name, job.attempt, 1 + job.td.retry,
-                                   o.retry_in, o.error, o.reason, job.item,
-                                   duration_ms=(o.finished_at - o.started_at) * 1000))
-        heapq.heappush(self.timers, (time.monotonic() + o.retry_in, next(self.seq),
+                                   o.retry_in or 0.0, o.error, o.reason, job.item,
+                                   duration_ms=duration,
+                                   item_repr=safe_repr(job.item_value, 40)
+                                   if job.mode == A.ITEM else None))
+        heapq.heappush(self.timers, (time.monotonic() + (o.retry_in or 0.0), next(self.seq),
                                      job.retry_job()))
 
     # ----- for_each -----------------------------------------------------------
 
-    def _fan_out(self, i: int, kwargs: dict, started) -> None:
+    def _fan_out(self, i: int, kwargs: dict[str, Any], started: float | None,
+                 in_digest: str | None = None) -> None:
         td = self.graph.tasks[i]
         source_name = td.for_each
+        assert source_name is not None
         source = kwargs[source_name]
         try:
             if isinstance(source, (str, bytes, bytearray, dict)):
@@ -701,7 +733,15 @@ class Scheduler:
         previous = self.partial_items.get(i)
         if previous is not None and len(previous) != len(items):
             previous = None
-        task_key = None if self.keys is None else self.keys[i]
+        plan = self.plan
+        others = None
+        item_store = False
+        if plan is not None:
+            source_index = next(d for d in self.graph.deps[i]
+                                if self.graph.tasks[d].name == source_name)
+            others = self._in_digest(i, skip=source_index)
+            item_store = self._storable(i, others)
+        task_inputs = self._task_inputs(i)
         for index, item in enumerate(items):
             prior = previous[index] if previous is not None else None
             if prior is not None and prior.state is SUCCEEDED:
@@ -709,16 +749,21 @@ class Scheduler:
                 fan.remaining -= 1
                 continue
             key = None
-            if task_key is not None:
-                key = self.item_key(task_key, index, item)
-                found, value = self.journal.lookup(key)
-                if found:
-                    fan.items[index] = ItemResult(index, SUCCEEDED, value, cached=True)
-                    fan.remaining -= 1
-                    continue
+            if plan is not None and plan.cacheable[i]:
+                key = plan.keyer.item_key(plan.keys[i], item)
+                if key is not None and self._usable(i, key, others):
+                    assert self.journal is not None
+                    hit = self.journal.get(key)
+                    if hit is not None:
+                        fan.items[index] = ItemResult(index, SUCCEEDED, hit.value, cached=True,
+                                                      item=item)
+                        fan.remaining -= 1
+                        continue
             item_kwargs = dict(kwargs)
             item_kwargs[source_name] = item
-            self._queue(Job(i, td, item_kwargs, mode=A.ITEM, item=index, gates=False, key=key))
+            self._queue(Job(i, td, item_kwargs, mode=A.ITEM, item=index, gates=False, key=key,
+                            signals=self.shared, inputs=task_inputs, item_value=item,
+                            in_digest=others, store=item_store and key is not None))
         if not fan.remaining:
             self._complete_fan(i)
 
@@ -727,10 +772,11 @@ class Scheduler:
         i = job.task
         fan = self.fanouts[i]
         if o.kind is A.SUCCEEDED:
-            self.shared.record(o)
+            self._record(o)
+        assert job.item is not None
         fan.items[job.item] = ItemResult(job.item, _STATE_OF[o.kind], o.value, o.error,
                                          o.attempts, False, o.traceback,
-                                         job.first_started, o.finished_at)
+                                         job.first_started, o.finished_at, job.item_value)
         if fan.started_at is None or (job.first_started and job.first_started < fan.started_at):
             fan.started_at = job.first_started
         fan.remaining -= 1
@@ -740,7 +786,7 @@ class Scheduler:
     def _complete_fan(self, i: int) -> None:
         fan = self.fanouts.pop(i)
         td = self.graph.tasks[i]
-        items = fan.items
+        items: list[ItemResult] = [r for r in fan.items if r is not None]
         now = time.time()
         ends = [r.finished_at for r in items if r.finished_at]
         finished = max(ends) if ends else now
@@ -749,20 +795,32 @@ class Scheduler:
         values = [r.value for r in items]
         attempts = max((r.attempts for r in items), default=0)
         key = None if self.keys is None else self.keys[i]
+        detached = bool(self.graph.detached[i])
         if not failures:
             result = StepResult(td.name, SUCCEEDED, values, None, (finished - started) * 1000,
                                 attempts, key, all(r.cached for r in items) and bool(items),
-                                None, None, started, finished, items)
+                                None, None, started, finished, items, detached)
             if self.journal is not None and key is not None:
-                self.journal.record(key, td.name, self.shared.dep_keys[i], values, "task")
+                in_digest = self._in_digest(i)
+                from .digest import value_digest
+
+                digest = value_digest(values)
+                self.digests[i] = digest
+                try:
+                    self.journal.record(key, td.name, self.shared.dep_keys[i]  # type: ignore[index]
+                                        if self.shared.dep_keys is not None else [], values,
+                                        "task", digest=digest, inputs=in_digest,
+                                        store=self._storable(i, in_digest))
+                except Exception as exc:
+                    self._warn(f"task '{td.name}': could not journal its result ({safe_str(exc)})")
         else:
             first = failures[0]
             error = ItemsFailed(
                 f"task '{td.name}': {len(failures)} of {len(items)} items failed; first: "
-                f"item {first.index}: {type(first.error).__name__}: {first.error}", failures)
+                f"{item_failure(first.index, first.item, first.error)}", failures)
             result = StepResult(td.name, FAILED, values, error, (finished - started) * 1000,
                                 attempts, key, False, f"{len(failures)} item(s) failed",
-                                first.traceback, started, finished, items)
+                                first.traceback, started, finished, items, detached)
         self._finish(i, result)
 
     # ----- finishing ----------------------------------------------------------
@@ -771,16 +829,17 @@ class Scheduler:
         now = time.time()
         return StepResult(self.graph.tasks[i].name, SKIPPED, reason=reason,
                           step_key=None if self.keys is None else self.keys[i],
-                          started_at=now, finished_at=now)
+                          started_at=now, finished_at=now,
+                          detached=bool(self.graph.detached[i]))
 
-    def _failed(self, i: int, error: BaseException, started) -> StepResult:
+    def _failed(self, i: int, error: BaseException, started: float | None) -> StepResult:
         now = time.time()
         started = started or now
         return StepResult(self.graph.tasks[i].name, FAILED, error=error,
                           duration_ms=(now - started) * 1000,
                           step_key=None if self.keys is None else self.keys[i],
                           traceback=A.format_traceback(error), started_at=started,
-                          finished_at=now)
+                          finished_at=now, detached=bool(self.graph.detached[i]))
 
     def _finish(self, i: int, result: StepResult) -> None:
         """Record a final result and propagate it. Re-entrant calls are queued,
@@ -841,12 +900,13 @@ class Scheduler:
                 self._enqueue_task(j)
 
     def _result_event(self, r: StepResult, detached: bool) -> None:
+        assert self.emit is not None
         now = time.time()
         if r.state is SUCCEEDED:
-            self.emit(TaskSucceeded(now, r.name, r.attempts, r.duration_ms, detached))
+            self.emit(TaskSucceeded(now, r.name, r.attempts, r.duration_ms, detached, r.items))
         elif r.state is FAILED:
             self.emit(TaskFailed(now, r.name, r.attempts, r.duration_ms, r.error, r.reason,
-                                 detached))
+                                 detached, r.items))
         else:
             self.emit(TaskSkipped(now, r.name, r.reason or "", detached))
 
@@ -861,30 +921,32 @@ class Scheduler:
         inbox = self.shared.inbox
         while not inbox.empty():
             o = inbox.get_nowait()
-            if o is _INTERRUPT or o.kind not in _STATE_OF:
+            if o is _INTERRUPT or o is WAKE or o.kind not in _STATE_OF or o.job.settled:
                 continue
             job = o.job
+            job.settled = True
             if o.kind is A.SUCCEEDED:
-                self.shared.record(o)
+                self._record(o)
             if job.mode == A.ITEM:
                 fan = self.fanouts.get(job.task)
-                if fan is not None and fan.items[job.item] is None:
+                if fan is not None and job.item is not None and fan.items[job.item] is None:
                     fan.items[job.item] = ItemResult(
                         job.item, _STATE_OF[o.kind], o.value, o.error, o.attempts, False,
-                        o.traceback, job.first_started, o.finished_at)
+                        o.traceback, job.first_started, o.finished_at, job.item_value)
                 continue
             if self.results[job.task] is None:
                 started = job.first_started or o.started_at
                 self.results[job.task] = StepResult(
                     job.td.name, _STATE_OF[o.kind], o.value, o.error,
-                    (o.finished_at - started) * 1000 if started else 0.0, o.attempts,
-                    job.key, False, o.reason, o.traceback, started, o.finished_at)
+                    (o.finished_at - started) * 1000 if started and o.finished_at else 0.0,
+                    o.attempts, job.key, False, o.reason, o.traceback, started, o.finished_at,
+                    None, bool(self.graph.detached[job.task]))
 
-    def unfinished_items(self) -> dict[int, list]:
+    def unfinished_items(self) -> dict[int, list[ItemResult | None]]:
         """index -> ItemResults so far (None: not finished) of for_each tasks cut short."""
         return {i: list(fan.items) for i, fan in self.fanouts.items()}
 
     def _close(self) -> None:
-        self.pool.shutdown()
-        if self.async_runner is not None:
-            self.async_runner.close()
+        for limit in self.parked:
+            limit.remove_waiter(self._wake)
+        self.runner.close()

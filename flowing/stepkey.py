@@ -3,9 +3,9 @@
 A step key is a hex SHA-256 digest (64 characters). A task's key chains the
 keys of its dependencies with a fingerprint of the task's behaviour, so editing
 a task re-runs it and, through the chain, everything downstream of it. For
-unchanged source the key is the same in every process: it never contains a
-memory address, an ``id()``, a hash-seed dependent order, a file path, a module
-name or a line number.
+unchanged source and values the key is the same in every process: it never
+contains a memory address, an ``id()``, a hash-seed dependent order, a file
+path, a module name or a line number.
 
 What is in a task's key
 -----------------------
@@ -14,41 +14,67 @@ What is in a task's key
   Python, or this fingerprint scheme, re-runs every task.
 * The keys of its dependencies, sorted (their order in ``depends_on`` does not
   matter).
-* The code of its function: bytecode, constants, the names it references
-  (globals, attributes, locals, free and cell variables), argument counts and
-  code flags (so ``async def`` differs from ``def``). Nested functions, lambdas,
-  comprehensions and generator expressions are part of that code.
-* The same for its ``when``, ``validate`` and ``retry_until`` callables (an
-  absent one counts as a fixed marker), and the name given to ``for_each``.
-* Every module-level name the code references, looked up in the function's
-  module:
+* The fingerprint of its body, unless ``@task(version=...)`` is set:
+  then the version string stands in for the body and its gates, and nothing
+  of their code or of the values they read is looked at (you decide when the
+  results go stale, like Dagster's ``code_version``).
+* The fingerprint of its ``when``, ``validate`` and ``retry_until`` callables
+  (an absent one counts as a fixed marker), unless ``version`` is set; the name
+  given to ``for_each``.
+* The inputs the body receives from ``Flow(inputs=...)``: each name with the
+  content of its value.
 
-  - user-defined functions (defined outside the standard library and outside
-    site-packages/dist-packages): their fingerprint, recursively, by these
-    same rules. Mutual recursion is fine.
-  - user-defined classes: their name, their bases, their methods (by these same
-    rules) and their plain class attributes (see constants).
-  - constants: numbers, strings, bytes, None, and tuples, lists, dicts, sets and
-    frozensets of them, by value (sets and dicts in sorted order, so hash
-    seeds and insertion order do not matter). Enum members count as
-    constants (their class name, member name and value).
-  - modules: their name only. For a user module (``helpers.compute()``), the
-    module's attributes whose names the code also references are included by
-    these same rules (best effort: ``helpers.compute`` is found because
-    ``compute`` appears in the code's names).
-  - library functions and classes (``json.dumps``, ``os.path.join``): their
-    module and qualified name only, never their code.
-  - ``functools.partial`` objects: the wrapped function and the arguments;
-    bound methods: the function and the class; objects with ``__wrapped__``
-    (``functools.wraps``, ``lru_cache``): the wrapped function.
-  - any other object (a compiled regex, a logger, an instance of your class):
-    its type only (for your own classes, that type's fingerprint).
+A fingerprint covers, for a function of the user (defined outside the
+standard library and outside site-packages/dist-packages):
 
-  Builtins (``len``, ``print``) are not included.
-* Its closure variables and argument defaults, by the same rules.
-* A task function that is not a plain function: a ``functools.partial``, a
-  bound method or a builtin is described as above; a callable object by its
-  class and by those of its attributes that are constants.
+* its code: bytecode, constants, the names it references (globals,
+  attributes, locals, free and cell variables), argument counts and code flags
+  (so ``async def`` differs from ``def``). Nested functions, lambdas,
+  comprehensions and generator expressions are part of that code. A docstring
+  is a constant of its code.
+* every module-level name the code reads (``LOAD_GLOBAL``), looked up in the
+  function's module, by the value it holds now:
+
+  - a function of the user: its fingerprint, recursively, by these same
+    rules. Mutual recursion is fine.
+  - a class of the user: its name, metaclass, bases, and every attribute in
+    its namespace (methods and nested classes by these same rules, other
+    attributes by content).
+  - a user module (``helpers.compute()``): the attributes the code reads from
+    it (``helpers.compute`` and ``pkg.sub.name`` chains), by these same rules.
+  - a library module, function or class (``os``, ``json.dumps``,
+    ``pathlib.Path``): its module and qualified name only, never its code.
+  - any other value: its content (``flowing.digest``): numbers, strings,
+    containers, paths, dates, decimals, enums, compiled patterns, dataclasses
+    and the state of any object, recursively; the user's functions and
+    classes met inside a value count by fingerprint.
+
+* its closure variables, argument defaults and keyword-only defaults, by the
+  same rules.
+
+A body that is not a plain function is fingerprinted by what it is made of:
+a bound method by its function and its bound object (the instance's state by
+content, its class by fingerprint); a classmethod by its function and class;
+a ``functools.partial`` by the function, arguments and keywords; an object
+with ``__call__`` by its class (methods by code) and its state (by content);
+a library callable with ``__wrapped__`` (``functools.lru_cache``) by what it
+wraps.
+
+What makes a task uncacheable
+-----------------------------
+A value that the body (or a gate, or a helper they call) reads and that has no
+stable content: a generator, a lock, a socket, an open file, a connection, an
+object whose state holds one of these, an object whose ``__reduce_ex__``
+raises. There is then no honest key, so the task is not
+replayed and not journaled for that run; ``Keyer.task_key`` returns an
+``Uncacheable`` whose one-line message names the task, the variable holding
+the value (``closure variable 'conn'``, ``global 'client'`` and the helper
+reading it, ``default of 'x'``, ``class attribute 'Client._lock'``,
+``input 'db'``), its type and where inside the value it sits, and the fix:
+pass the value through ``Flow(inputs=...)`` (data such as a path or a URL),
+make it a dependency, or set ``@task(version=...)``. A dunder attribute of a
+class (``__pydantic_validator__``, ``__signature__``...) without stable
+content is left out instead: it is machinery derived from the class.
 
 What is not in it
 -----------------
@@ -56,318 +82,133 @@ What is not in it
   its function keeps its key. (Renaming a task still changes the key of the
   tasks that depend on it, because their parameter is named after it.)
 * ``retry``, ``retry_backoff_base_ms``, ``retry_max_backoff_ms``, ``retry_on``,
-  ``timeout_s``, ``limit`` and ``detached``.
+  ``timeout_s``, ``limit``, ``detached``, ``cache`` and ``cache_ttl_s``.
 * Comments, blank lines, line numbers, file paths, and the module a function
   lives in (running a file as a script or importing it gives the same key).
 * The code of the standard library and of installed packages: upgrading a
   library does not re-run tasks. A project installed non-editably into
   site-packages counts as a library too.
-* The state of objects other than the constants listed above (what a logger,
-  a connection or an instance of your class holds).
-* Module-level names the code does not reference, and builtins.
+* Module-level names the code does not read, attribute names read from
+  objects other than modules, and builtins.
 
 Good to know
 ------------
-* A docstring is a constant of its function's code: editing the docstring of a
-  task or of a helper it calls changes the key.
-* A module-level value is read when the key is first computed in a process. A
-  value computed at import time (a timestamp, a random id) that a task reads
-  therefore gives that task a new key in every process.
-* Fingerprints are cached per function and class object for the life of the
-  process; call ``clear_cache()`` after rebinding module globals at run time.
-* Something that cannot be fingerprinted falls back to a coarser but stable
-  description (its type): computing a key never raises.
+* Values are read when the run's keys are computed. A module-level value
+  computed at import time (a timestamp, a random id) that a task reads gives
+  that task a new key in every process.
+* ``Keyer`` (one per run) fingerprints each function, class and value once
+  for the whole run, however many tasks read it. ``compute_step_key`` and
+  ``fingerprint`` share one process-wide ``Keyer``: call ``clear_cache()``
+  after changing module globals at run time.
 
-A ``for_each`` item's key (``item_step_key``) chains the task's key, the item's
-index and, when the item is a constant as defined above (JSON-like data), its
-value; otherwise the index only.
+A ``for_each`` item's key (``Keyer.item_key``) chains the task's key with the
+item's content (by the same rules), never its position: inserting, removing
+or reordering items keeps the keys of the others. An item without stable
+content has no key and is never replayed.
 """
 
 from __future__ import annotations
 
-import enum
-import functools
+import dis
 import hashlib
 import os
-import site
 import sys
-import sysconfig
+import threading
 import types
 import weakref
+from collections.abc import Mapping, Sequence
+from typing import cast
 
+from . import digest
+from .digest import Canonical, Memo, Unstable, is_user_class, is_user_function, is_user_module
 from .tasks import TaskDef
 
-__all__ = ["STEP_KEY_VERSION", "compute_step_key", "item_step_key", "fingerprint",
-           "clear_cache"]
+__all__ = ["STEP_KEY_VERSION", "Keyer", "Uncacheable", "compute_step_key", "item_step_key",
+           "fingerprint", "clear_cache"]
 
-STEP_KEY_VERSION = 1
+STEP_KEY_VERSION = 2
 
 # Bytecode is only comparable within one implementation and minor version.
 _PYTHON_TAG = f"{sys.implementation.name}-{sys.version_info[0]}{sys.version_info[1]}"
-_STEP_PREFIX = f"flowing-step/{STEP_KEY_VERSION}/{_PYTHON_TAG}".encode()
-_ITEM_PREFIX = f"flowing-item/{STEP_KEY_VERSION}/{_PYTHON_TAG}".encode()
-_OWN_PACKAGE = __name__.partition(".")[0]
+_STEP_PREFIX = f"flowing-step/{STEP_KEY_VERSION}/{_PYTHON_TAG}\n".encode()
+_ITEM_PREFIX = f"flowing-item/{STEP_KEY_VERSION}/{_PYTHON_TAG}\n".encode()
+_FP_PREFIX = f"flowing-fingerprint/{STEP_KEY_VERSION}/{_PYTHON_TAG}\n".encode()
 
-# Containers nested deeper than this are not "plain": it keeps the encoders
-# far from the recursion limit on pathological data.
-_MAX_DEPTH = 64
-
-
-def compute_step_key(td, dep_keys) -> str:
-    """The step key of task ``td`` given its dependencies' step keys (any order)."""
-    chunks = [_STEP_PREFIX]
-    if dep_keys:
-        for key in sorted(k if type(k) is str else str(k) for k in dep_keys):
-            chunks.append(_frame(b"dep", key.encode("utf-8", "surrogatepass")))
-    chunks.append(_frame(b"behaviour", _behaviour(td)))
-    return hashlib.sha256(b"".join(chunks)).hexdigest()
+_FIX = "pass it through Flow(inputs=...), make it a dependency, or set @task(version=...)"
+_INPUT_FIX = ("pass plain data instead (a path, a URL, settings) and open the resource "
+              "inside the task")
+_GATES = ("when", "validate", "retry_until")
 
 
-def item_step_key(task_key: str, index: int, item) -> str:
-    """The step key of item number ``index`` of a ``for_each`` task."""
-    h = hashlib.sha256(_ITEM_PREFIX)
-    h.update(_frame(b"task", str(task_key).encode("utf-8", "surrogatepass")))
-    h.update(_frame(b"index", str(index).encode()))
-    value = _plain(item)
-    # An item without a stable value is identified by its position alone.
-    h.update(b"-" if value is None else _frame(b"item", value))
-    return h.hexdigest()
+class Uncacheable:
+    """Why a task has no step key this run (returned, never raised).
 
+    ``message`` is the full one-line warning: the task, the value, its type,
+    and the fix.
+    """
 
-def fingerprint(obj) -> str:
-    """A hex digest of what ``obj`` (usually a callable) does; see the module docs."""
-    if type(obj) is types.FunctionType:
-        cached = _cache_get(obj)
-        if cached is not None:  # the common case: one lookup
-            return cached
-    try:
-        return _Graph().fingerprint(obj)
-    except Exception:  # includes RecursionError on absurdly deep call chains
-        return _coarse(obj)
+    __slots__ = ("task", "what", "message")
 
+    def __init__(self, task: str, what: str, fix: str = _FIX) -> None:
+        self.task = task
+        self.what = what
+        self.message = f"task '{task}': not cached this run: {what}; {fix}"
 
-def clear_cache() -> None:
-    """Forget every cached fingerprint (after rebinding module globals at run time)."""
-    _node_cache.clear()
-    _code_cache.clear()
-    _module_kind_cache.clear()
+    def __repr__(self) -> str:
+        return f"Uncacheable({self.message!r})"
 
+    def __str__(self) -> str:
+        return self.message
 
-def _behaviour(td) -> bytes:
-    # Four fixed-format fields (hex digest or "-") then the for_each name, so
-    # joining with "|" is unambiguous. Kept cheap: it runs once per task.
-    fields = [fingerprint(getattr(td, "fn", None))]
-    for attr in ("when", "validate", "retry_until"):
-        hook = getattr(td, attr, None)
-        fields.append("-" if hook is None else fingerprint(hook))
-    for_each = getattr(td, "for_each", None)
-    fields.append("-" if for_each is None else "each:" + str(for_each))
-    return "|".join(fields).encode("utf-8", "surrogatepass")
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Uncacheable) and other.message == self.message
 
+    def __hash__(self) -> int:
+        return hash(self.message)
 
-def _coarse(obj) -> str:
-    """Last resort: the object's type and qualified name, which never change by accident."""
-    try:
-        text = f"{_type_name(type(obj))}/{getattr(obj, '__qualname__', '')}"
-    except Exception:
-        text = type(obj).__name__
-    return hashlib.sha256(b"coarse/" + text.encode("utf-8", "surrogatepass")).hexdigest()
-
-
-# --- canonical encoding of plain values ----------------------------------------------
-#
-# Every encoding is self-delimiting (tag, payload length, payload), so distinct
-# values never concatenate into the same bytes.
 
 def _frame(tag: bytes, payload: bytes) -> bytes:
-    return tag + str(len(payload)).encode() + b":" + payload
+    return b"%s%d:%s" % (tag, len(payload), payload)
 
 
 def _text(s: str) -> bytes:
     return s.encode("utf-8", "surrogatepass")
 
 
-class _NotPlain(Exception):
-    """Raised inside the encoder when a value has no stable representation."""
+# --- code objects -------------------------------------------------------------------------
+
+_GLOBAL_OPS = frozenset({"LOAD_GLOBAL", "LOAD_NAME", "LOAD_FROM_DICT_OR_GLOBALS"})
+_ATTR_OPS = frozenset({"LOAD_ATTR", "LOAD_METHOD"})
 
 
-def _plain(obj) -> bytes | None:
-    """Canonical bytes of a plain value, or None if it (or anything inside) is not plain."""
-    try:
-        return _encode(obj, set(), 0)
-    except (_NotPlain, RecursionError):
-        return None
-    except Exception:  # a hostile __eq__ or __iter__: treat as not plain
-        return None
+class _CodeInfo:
+    """What a code object (with its nested code) contributes to a fingerprint."""
+
+    __slots__ = ("digest", "globals", "chains")
+
+    def __init__(self, digest_: bytes, globals_: tuple[str, ...],
+                 chains: frozenset[tuple[str, ...]]) -> None:
+        self.digest = digest_
+        self.globals = globals_    # module-level names read, sorted
+        self.chains = chains       # global.attr.attr... chains read (for user modules)
 
 
-_SCALARS = {
-    type(None): lambda x: b"N",
-    type(...): lambda x: b"E",
-    bool: lambda x: b"T" if x else b"F",
-    int: lambda x: _frame(b"i", hex(x).encode()),  # hex: no digit limit on huge ints
-    float: lambda x: _frame(b"f", float.__repr__(x).encode()),
-    complex: lambda x: _frame(b"c", complex.__repr__(x).encode()),
-    str: lambda x: _frame(b"s", _text(x)),
-    bytes: lambda x: _frame(b"b", x),
-    bytearray: lambda x: _frame(b"y", bytes(x)),
-}
-
-_SEQUENCES = {tuple: b"t", list: b"l"}
-_SETS = {frozenset: b"z", set: b"S"}
-
-
-def _encode(obj, active: set, depth: int) -> bytes:
-    t = type(obj)
-    scalar = _SCALARS.get(t)
-    if scalar is not None:
-        return scalar(obj)
-    if depth > _MAX_DEPTH:
-        raise _NotPlain
-    if isinstance(obj, enum.Enum):
-        return _frame(b"e", _text(t.__name__) + _frame(b"n", _text(obj.name))
-                      + _encode(obj.value, active, depth + 1))
-    # id() only guards against self-containing containers; it never reaches the output.
-    if id(obj) in active:
-        raise _NotPlain
-    active.add(id(obj))
-    try:
-        body = _encode_container(obj, t, active, depth)
-    finally:
-        active.discard(id(obj))
-    return body
-
-
-def _encode_container(obj, t, active: set, depth: int) -> bytes:
-    if t in _SEQUENCES:
-        return _frame(_SEQUENCES[t], b"".join(_encode(x, active, depth + 1) for x in obj))
-    if t in _SETS:
-        items = sorted(_encode(x, active, depth + 1) for x in obj)
-        return _frame(_SETS[t], b"".join(items))
-    if t is dict:
-        pairs = sorted(_encode(k, active, depth + 1) + _encode(v, active, depth + 1)
-                       for k, v in obj.items())
-        return _frame(b"d", b"".join(pairs))
-    if t is slice:
-        return _frame(b"sl", b"".join(_encode(x, active, depth + 1)
-                                      for x in (obj.start, obj.stop, obj.step)))
-    return _encode_subclass(obj, active, depth)
-
-
-def _encode_subclass(obj, active: set, depth: int) -> bytes:
-    """A subclass of a plain type (namedtuple, OrderedDict, numpy.float64): its
-    type's name plus the value as its plain base type."""
-    for base in (int, float, complex, str, bytes, tuple, list, dict, frozenset, set):
-        if isinstance(obj, base):
-            value = base(obj) if base is not dict else dict(obj.items())
-            return _frame(b"u", _text(type(obj).__name__) + _encode(value, active, depth + 1))
-    raise _NotPlain
-
-
-# --- which code belongs to the user -------------------------------------------------
-
-_module_kind_cache: dict[str, bool] = {}
-
-
-@functools.lru_cache(maxsize=1)
-def _library_dirs() -> tuple[str, ...]:
-    """Directories holding the standard library and installed packages."""
-    paths = sysconfig.get_paths()
-    dirs = {paths.get(k) for k in ("stdlib", "platstdlib", "purelib", "platlib")}
-    try:
-        dirs.update(site.getsitepackages())
-        dirs.add(site.getusersitepackages())
-    except Exception:  # some embedded or virtualenv setups lack these
-        pass
-    found = set()
-    for d in dirs:
-        if d:
-            found.add(_norm(d))
-            found.add(_norm(os.path.realpath(d)))
-    return tuple(sorted(found))
-
-
-def _norm(path: str) -> str:
-    return os.path.normcase(os.path.abspath(path)).rstrip(os.sep) + os.sep
-
-
-def _in_library_dir(path: str) -> bool:
-    parts = path.replace("\\", "/").split("/")
-    if "site-packages" in parts or "dist-packages" in parts:
-        return True
-    candidates = {_norm(path), _norm(os.path.realpath(path))}
-    return any(c.startswith(d) for c in candidates for d in _library_dirs())
-
-
-def _is_user_module_name(modname, filename=None) -> bool:
-    """True for modules written by the user, whose code goes into fingerprints."""
-    if not isinstance(modname, str):
-        return filename is None or not _in_library_dir(filename)
-    cached = _module_kind_cache.get(modname)
-    if cached is not None:
-        return cached
-    top = modname.partition(".")[0]
-    module = sys.modules.get(modname)
-    file = getattr(module, "__file__", None) if module is not None else None
-    if top == _OWN_PACKAGE:
-        is_user = False
-    elif isinstance(file, str) and file:
-        # The file decides, so a project module that happens to share a name
-        # with a stdlib module is still the user's.
-        is_user = not _in_library_dir(file)
-    elif module is None and isinstance(filename, str) and os.path.isabs(filename):
-        is_user = not _in_library_dir(filename)
-    else:  # builtin or frozen modules, or code made by exec()
-        is_user = top not in sys.stdlib_module_names and top not in sys.builtin_module_names
-    if module is not None:
-        _module_kind_cache[modname] = is_user
-    return is_user
-
-
-def _is_user_function(fn) -> bool:
-    code = getattr(fn, "__code__", None)
-    filename = getattr(code, "co_filename", None)
-    return _is_user_module_name(getattr(fn, "__module__", None), filename)
-
-
-def _is_user_class(cls) -> bool:
-    return _is_user_module_name(getattr(cls, "__module__", None))
-
-
-def _is_node(obj) -> bool:
-    """User functions and classes are the nodes of the fingerprint graph."""
-    if type(obj) is types.FunctionType:
-        return _is_user_function(obj)
-    return isinstance(obj, type) and _is_user_class(obj)
-
-
-def _type_name(cls) -> str:
-    """``module.qualname`` for library types; the bare name for the user's own,
-    whose module name depends on how the program was started."""
-    module = getattr(cls, "__module__", None)
-    qualname = getattr(cls, "__qualname__", None)
-    if not isinstance(qualname, str):
-        qualname = str(getattr(cls, "__name__", "?"))
-    if not isinstance(module, str) or _is_user_module_name(module):
-        return qualname
-    return f"{module}.{qualname}"
-
-
-# --- code objects -------------------------------------------------------------------
-
-# code object -> (digest, every name referenced by it or its nested code).
 # Code objects compare by content, so equal code shares one entry, which is
 # correct: equal code has an equal digest.
-_code_cache: weakref.WeakKeyDictionary[types.CodeType, tuple[bytes, tuple[str, ...]]] = \
-    weakref.WeakKeyDictionary()
+_code_cache: weakref.WeakKeyDictionary[types.CodeType, _CodeInfo] = weakref.WeakKeyDictionary()
+_code_lock = threading.Lock()
 
 
-def _code_info(code: types.CodeType) -> tuple[bytes, tuple[str, ...]]:
-    cached = _code_cache.get(code)
+def _code_info(code: types.CodeType) -> _CodeInfo:
+    with _code_lock:
+        cached = _code_cache.get(code)
     if cached is not None:
         return cached
     h = hashlib.sha256()
-    names = set(code.co_names)
+    globals_: set[str] = set()
+    chains: set[tuple[str, ...]] = set()
+    _scan(code, globals_, chains)
+    constants = Canonical()  # code constants are plain literals: no hook, no memo needed
     # Not hashed on purpose: co_name/co_qualname (renaming keeps the key),
     # co_filename, co_firstlineno and the line tables (moving code keeps it).
     h.update(_frame(b"sig", f"{code.co_argcount},{code.co_posonlyargcount},"
@@ -376,300 +217,443 @@ def _code_info(code: types.CodeType) -> tuple[bytes, tuple[str, ...]]:
     h.update(_frame(b"exc", getattr(code, "co_exceptiontable", b"")))
     for label, group in ((b"names", code.co_names), (b"vars", code.co_varnames),
                          (b"free", code.co_freevars), (b"cell", code.co_cellvars)):
-        h.update(_frame(label, _plain(group) or b"?"))
+        h.update(_frame(label, constants.chunk(group)))
     for const in code.co_consts:
         if isinstance(const, types.CodeType):
             # By content, never by repr: the repr of a code object holds an address.
-            digest, nested_names = _code_info(const)
-            h.update(_frame(b"code", digest))
-            names.update(nested_names)
+            nested = _code_info(const)
+            h.update(_frame(b"code", nested.digest))
+            globals_.update(nested.globals)
+            chains.update(nested.chains)
         else:
-            value = _plain(const)
-            h.update(_frame(b"k", value) if value is not None else
-                     _frame(b"k?", _text(_type_name(type(const)))))
-    info = (h.digest(), tuple(sorted(names)))
-    try:
+            h.update(_frame(b"k", constants.chunk(const)))
+    info = _CodeInfo(h.digest(), tuple(sorted(globals_)), frozenset(chains))
+    with _code_lock:
         _code_cache[code] = info
-    except TypeError:
-        pass
     return info
 
 
-# --- describing values --------------------------------------------------------------
-#
-# A description is a list of parts: bytes, or a node (user function or class)
-# standing for that node's fingerprint, filled in once the graph is solved.
-
-_CLASS_SKIP = frozenset({"__module__", "__qualname__", "__dict__", "__weakref__",
-                         "__firstlineno__", "__static_attributes__"})
-_CALLABLE_TYPES = (types.BuiltinFunctionType, types.BuiltinMethodType,
-                   types.WrapperDescriptorType, types.MethodWrapperType,
-                   types.MethodDescriptorType, types.ClassMethodDescriptorType)
-
-
-def _describe(value, out: list, names=(), depth: int = 0, modules=None) -> None:
-    """Append a stable description of ``value`` to ``out``.
-
-    ``names`` are the names the referencing code uses; they pick the
-    attributes of a user module that matter.
-    """
-    try:
-        _describe_kind(value, out, names, depth, modules if modules is not None else set())
-    except Exception:  # an object that resists inspection: fall back to its type
-        out.append(_frame(b"obj?", _text(_type_name(type(value)))))
-
-
-def _describe_kind(value, out: list, names, depth: int, modules: set) -> None:
-    if depth > _MAX_DEPTH:
-        out.append(_frame(b"deep", _text(_type_name(type(value)))))
-        return
-    plain = _plain(value)
-    if plain is not None:
-        out.append(_frame(b"v", plain))
-    elif type(value) is types.FunctionType:
-        out.append(value if _is_user_function(value) else
-                   _frame(b"libfn", _text(_callable_name(value))))
-    elif isinstance(value, type):
-        out.append(value if _is_user_class(value) else _frame(b"libcls", _text(_type_name(value))))
-    elif isinstance(value, TaskDef):
-        out.append(b"task")
-        _describe(value.fn, out, names, depth + 1, modules)
-    elif isinstance(value, types.ModuleType):
-        _describe_module(value, out, names, depth, modules)
-    elif isinstance(value, (functools.partial, functools.partialmethod)):
-        _describe_partial(value, out, depth, modules)
-    elif isinstance(value, types.MethodType):
-        out.append(b"method")
-        _describe(value.__func__, out, names, depth + 1, modules)
-        owner = value.__self__
-        _describe(owner if isinstance(owner, type) else type(owner), out, (), depth + 1, modules)
-    elif isinstance(value, (staticmethod, classmethod)):
-        out.append(b"static" if isinstance(value, staticmethod) else b"classmethod")
-        _describe(value.__func__, out, names, depth + 1, modules)
-    elif isinstance(value, property):
-        out.append(b"property")
-        for accessor in (value.fget, value.fset, value.fdel):
-            _describe(accessor, out, names, depth + 1, modules)
-    elif isinstance(value, _CALLABLE_TYPES):
-        out.append(_frame(b"builtin", _text(_callable_name(value))))
-    else:
-        _describe_object(value, out, depth, modules)
-
-
-def _callable_name(fn) -> str:
-    module = getattr(fn, "__module__", None)
-    if not isinstance(module, str):
-        module = getattr(getattr(fn, "__objclass__", None), "__module__", None)
-    qualname = getattr(fn, "__qualname__", None) or getattr(fn, "__name__", "?")
-    return f"{module}.{qualname}"
-
-
-def _describe_module(module, out: list, names, depth: int, modules: set) -> None:
-    name = getattr(module, "__name__", "?")
-    if not _is_user_module_name(name) or id(module) in modules:
-        out.append(_frame(b"mod", _text(str(name))))
-        return
-    # The module's own name is left out: it differs between running a file as
-    # a script and importing it.
-    modules.add(id(module))
-    out.append(b"usermod")
-    namespace = vars(module)
-    for attr in names:
-        if attr in namespace:
-            out.append(_frame(b"attr", _text(attr)))
-            _describe(namespace[attr], out, names, depth + 1, modules)
-
-
-def _describe_partial(value, out: list, depth: int, modules: set) -> None:
-    out.append(b"partial")
-    _describe(value.func, out, (), depth + 1, modules)
-    for arg in value.args:
-        out.append(b"arg")
-        _describe(arg, out, (), depth + 1, modules)
-    for key in sorted(value.keywords or {}):
-        out.append(_frame(b"kw", _text(key)))
-        _describe(value.keywords[key], out, (), depth + 1, modules)
-
-
-def _describe_object(value, out: list, depth: int, modules: set, state: bool = False) -> None:
-    """Any other object: its type, what it wraps, and (if ``state``) its plain attributes."""
-    out.append(b"obj")
-    _describe(type(value), out, (), depth + 1, modules)
-    wrapped = getattr(value, "__wrapped__", None) if callable(value) else None
-    if wrapped is not None and wrapped is not value:
-        out.append(b"wraps")
-        _describe(wrapped, out, (), depth + 1, modules)
-    if not state:
-        return
-    attrs = getattr(value, "__dict__", None)
-    if isinstance(attrs, dict):
-        for key in sorted(k for k in attrs if isinstance(k, str) and not k.startswith("__")):
-            plain = _plain(attrs[key])
-            out.append(_frame(b"state", _text(key) + (plain if plain is not None else b"?")))
-
-
-# --- graph nodes: user functions and classes --------------------------------------
-
-def _function_parts(fn) -> list:
-    digest, names = _code_info(fn.__code__)
-    out: list = [_frame(b"code", digest)]
-    namespace = fn.__globals__
-    modules: set = set()
-    for name in names:
-        # Names missing from the module are builtins or attribute names: the
-        # code digest already holds them.
-        if name in namespace:
-            out.append(_frame(b"global", _text(name)))
-            _describe(namespace[name], out, names, 0, modules)
-    for var, cell in zip(fn.__code__.co_freevars, fn.__closure__ or ()):
-        out.append(_frame(b"closure", _text(var)))
-        try:
-            content = cell.cell_contents
-        except ValueError:  # a cell not assigned yet
-            out.append(b"empty")
+def _scan(code: types.CodeType, globals_: set[str], chains: set[tuple[str, ...]]) -> None:
+    """The module-level names this code reads, and the attribute chains it reads
+    from them (``helpers.compute`` -> ("helpers", "compute"))."""
+    chain: list[str] = []
+    for ins in dis.get_instructions(code):
+        op = ins.opname
+        if op in _ATTR_OPS and chain:
+            chain.append(str(ins.argval))
             continue
-        _describe(content, out, names, 0, modules)
-    for default in fn.__defaults__ or ():
-        out.append(b"default")
-        _describe(default, out, names, 0, modules)
-    kwdefaults = fn.__kwdefaults__ or {}
-    for key in sorted(kwdefaults):
-        out.append(_frame(b"kwdefault", _text(key)))
-        _describe(kwdefaults[key], out, names, 0, modules)
-    return out
+        if len(chain) > 1:
+            chains.add(tuple(chain))
+        chain = []
+        if op in _GLOBAL_OPS and isinstance(ins.argval, str):
+            globals_.add(ins.argval)
+            chain = [ins.argval]
+    if len(chain) > 1:
+        chains.add(tuple(chain))
 
 
-def _class_parts(cls) -> list:
-    # __name__, not __qualname__: the latter names the enclosing function.
-    out: list = [_frame(b"class", _text(str(cls.__name__)))]
-    for base in cls.__bases__:
-        out.append(b"base")
-        _describe(base, out)
-    namespace = vars(cls)
-    for key in sorted((k for k in namespace if k not in _CLASS_SKIP), key=str):
-        out.append(_frame(b"attr", _text(str(key))))
-        _describe(namespace[key], out)
-    return out
+# --- the keyer ------------------------------------------------------------------------------
+
+# Class attributes that are bookkeeping, not behaviour: descriptors for the
+# instance dict, caches that pickling or abc add on their own, line numbers.
+_CLASS_SKIP = frozenset({"__module__", "__qualname__", "__dict__", "__weakref__",
+                         "__firstlineno__", "__static_attributes__", "__slotnames__",
+                         "_abc_impl"})
 
 
-def _node_parts(node) -> list:
-    try:
-        return _class_parts(node) if isinstance(node, type) else _function_parts(node)
-    except Exception:
-        return [_frame(b"unreadable", _text(_type_name(type(node))))]
+class _Failed(Exception):
+    """A task has no key: carries its Uncacheable."""
+
+    def __init__(self, result: Uncacheable) -> None:
+        super().__init__(result.message)
+        self.result = result
 
 
-# Finished fingerprints (hex) of user functions and classes.
-_node_cache: weakref.WeakKeyDictionary[object, str] = weakref.WeakKeyDictionary()
+class Keyer:
+    """Step keys for one run. Every fingerprint (function, class, value) is
+    computed once per Keyer, however many tasks read it; make a new Keyer for
+    each run so that changed module values are seen. Thread-safe.
 
+    The user's functions and classes form a graph (helpers, methods,
+    recursion), possibly with cycles. Each strongly connected component
+    (Tarjan) is hashed as a whole from its members' content, so a fingerprint
+    does not depend on which member was reached first.
+    """
 
-def _cache_get(node) -> str | None:
-    try:
-        return _node_cache.get(node)
-    except TypeError:  # unhashable or not weak-referenceable
+    def __init__(self) -> None:
+        self._lock = threading.RLock()
+        self._values = Memo()  # value_digest
+        self._canon = Canonical(Memo(), self._hook,
+                                (types.FunctionType, type, types.ModuleType, TaskDef))
+        self._codes: dict[int, tuple[types.CodeType, _CodeInfo]] = {}
+        self._fps: dict[int, bytes] = {}          # finished nodes
+        self._failed: dict[int, Unstable] = {}    # nodes without stable content
+        self._keep: list[object] = []             # keeps nodes alive: ids stay unique
+        # Tarjan state of the pass in progress.
+        self._counter = 0
+        self._index: dict[int, int] = {}
+        self._low: dict[int, int] = {}
+        self._digests: dict[int, bytes] = {}
+        self._stack: list[object] = []
+        self._path: list[int] = []
+
+    # --- public -------------------------------------------------------------------------
+
+    def task_key(self, td: TaskDef, dep_keys: Sequence[str],
+                 inputs: Mapping[str, object]) -> str | Uncacheable:
+        """The step key of ``td``, or why it has none this run. Never raises."""
+        with self._lock:
+            name = _task_name(td)
+            try:
+                return self._task_key(td, name, dep_keys, inputs)
+            except _Failed as failed:
+                return failed.result
+            except Exception as exc:  # a hostile object this module did not foresee
+                return Uncacheable(name, f"its key could not be computed "
+                                         f"({digest.type_label(type(exc))})")
+
+    def value_digest(self, value: object) -> str | None:
+        """``digest.value_digest`` with this run's memo."""
+        with self._lock:
+            return digest.value_digest(value, self._values)
+
+    def item_key(self, task_key: str, item: object) -> str | None:
+        """The key of one ``for_each`` item: the task's key and the item's content
+        (never its position); None when the item has no stable content."""
+        with self._lock:
+            try:
+                chunk = self._chunk(item)
+            except Exception:
+                return None
+        h = hashlib.sha256(_ITEM_PREFIX)
+        h.update(_frame(b"task", _text(str(task_key))))
+        h.update(_frame(b"item", chunk))
+        return h.hexdigest()
+
+    def fingerprint(self, obj: object) -> str | None:
+        """Hex digest of what ``obj`` (usually a callable) does and holds; None
+        when it has no stable content."""
+        with self._lock:
+            try:
+                chunk = self._chunk(obj)
+            except Exception:
+                return None
+        return hashlib.sha256(_FP_PREFIX + chunk).hexdigest()
+
+    def explain(self, obj: object) -> str | None:
+        """Why ``obj`` has no fingerprint ("closure variable 'conn' holds a
+        socket.socket with no stable content"), or None if it has one."""
+        with self._lock:
+            try:
+                self._chunk(obj)
+            except Unstable as e:
+                return _describe(e, obj, "the value")
+            except Exception as exc:
+                return f"the value could not be read ({digest.type_label(type(exc))})"
         return None
 
+    # --- keys -----------------------------------------------------------------------------
 
-class _Graph:
-    """One fingerprinting pass over the user functions and classes reachable
-    from an object.
-
-    Nodes reference each other (helpers, methods, recursion), possibly in
-    cycles. Each strongly connected component (Tarjan) is hashed as a whole
-    from its members' content, so a fingerprint does not depend on which
-    member was reached first, and only complete components are cached.
-    """
-
-    def __init__(self):
-        self.index: dict[int, int] = {}
-        self.low: dict[int, int] = {}
-        self.parts: dict[int, list] = {}
-        self.stack: list = []
-        self.on_stack: set[int] = set()
-        self.done: dict[int, str] = {}  # for nodes the shared cache cannot hold
-        self.keep: list = []  # keeps visited objects alive, so their id()s stay unique
-
-    def fingerprint(self, obj) -> str:
-        if _is_node(obj):
-            return self.node_fingerprint(obj)
-        parts: list = []
-        if _is_plain_callable_object(obj):
-            _describe_object(obj, parts, 0, set(), state=True)
+    def _task_key(self, td: TaskDef, name: str, dep_keys: Sequence[str],
+                  inputs: Mapping[str, object]) -> str:
+        h = hashlib.sha256(_STEP_PREFIX)
+        for key in sorted(k if type(k) is str else str(k) for k in dep_keys):
+            h.update(_frame(b"dep", _text(key)))
+        version = getattr(td, "version", None)
+        if version is not None:
+            if type(version) is not str:
+                raise _Failed(Uncacheable(name, f"version= must be a string, got a "
+                                                f"{digest.type_label(type(version))}",
+                                          "write @task(version=\"2\")"))
+            h.update(_frame(b"version", _text(version)))
         else:
-            _describe(obj, parts)
-        return hashlib.sha256(b"root" + self.serialize(parts)).hexdigest()
+            h.update(_frame(b"body", self._part(td.fn, name, "its body")))
+            for gate in _GATES:
+                fn = getattr(td, gate, None)
+                h.update(_frame(_text(gate), b"-" if fn is None else
+                                self._part(fn, name, f"its {gate}= callable")))
+        for_each = getattr(td, "for_each", None)
+        h.update(_frame(b"each", b"-" if for_each is None else _text(str(for_each))))
+        given = []
+        for input_name, value in sorted(((str(n), v) for n, v in inputs.items()),
+                                        key=lambda nv: nv[0]):
+            try:
+                chunk = self._chunk(value)
+            except Unstable as e:
+                e.name = input_name
+                raise _Failed(Uncacheable(name, _describe(e, value, f"input '{input_name}'"),
+                                          _INPUT_FIX)) from None
+            given.append(_frame(b"input", _text(input_name)) + chunk)
+        h.update(_frame(b"inputs", b"".join(given)))
+        return h.hexdigest()
 
-    def node_fingerprint(self, node) -> str:
-        known = self.known(node)
-        if known is None:
-            self.visit(node)
-            known = self.known(node)
-        return known
+    def _part(self, fn: object, task: str, where: str) -> bytes:
+        try:
+            return self._chunk(fn)
+        except Unstable as e:
+            raise _Failed(Uncacheable(task, _describe(e, fn, where))) from None
 
-    def known(self, node) -> str | None:
-        found = self.done.get(id(node))
-        return found if found is not None else _cache_get(node)
+    def _chunk(self, value: object) -> bytes:
+        try:
+            return self._canon.chunk(value)
+        finally:
+            if not self._path:  # an aborted pass leaves nothing half-done behind
+                self._reset()
 
-    def serialize(self, parts: list, inside: dict | None = None) -> bytes:
-        """Parts as bytes; a node becomes its fingerprint, or, within the
-        component being solved (``inside``), its content digest."""
-        chunks = []
-        for part in parts:
-            if isinstance(part, bytes):
-                chunks.append(part)
-            elif inside is not None and id(part) in inside:
-                chunks.append(_frame(b"in", inside[id(part)]))
-            else:
-                chunks.append(_frame(b"node", self.node_fingerprint(part).encode()))
-        return b"".join(chunks)
+    def _reset(self) -> None:
+        self._index.clear()
+        self._low.clear()
+        self._digests.clear()
+        self._stack.clear()
 
-    def visit(self, node) -> None:
+    # --- the hook: the user's code, by content ----------------------------------------------
+
+    def _hook(self, obj: object) -> bytes | None:
+        t = type(obj)
+        if t is types.FunctionType:
+            return self._node(obj) if is_user_function(obj) else None  # type: ignore[arg-type]
+        if issubclass(t, type):
+            return self._node(obj) if is_user_class(obj) else None  # type: ignore[arg-type]
+        if issubclass(t, types.ModuleType):
+            name = str(getattr(obj, "__name__", "?"))
+            return _frame(b"!u", _text(name)) if is_user_module(name) else None
+        if issubclass(t, TaskDef):
+            return _frame(b"!t", self._canon.chunk(cast(TaskDef, obj).fn))
+        return None
+
+    def _node(self, node: object) -> bytes:
+        """A function or class of the user: its fingerprint, or, inside the
+        component being solved, a stand-in that depends only on its code."""
         k = id(node)
-        self.index[k] = self.low[k] = len(self.index)
-        self.stack.append(node)
-        self.on_stack.add(k)
-        self.keep.append(node)
-        self.parts[k] = parts = _node_parts(node)
-        for child in parts:
-            if isinstance(child, bytes) or self.known(child) is not None:
-                continue
-            c = id(child)
-            if c not in self.index:
-                self.visit(child)
-                self.low[k] = min(self.low[k], self.low[c])
-            elif c in self.on_stack:
-                self.low[k] = min(self.low[k], self.index[c])
-        if self.low[k] == self.index[k]:
-            self.close_component(node)
+        fp = self._fps.get(k)
+        if fp is not None:
+            return _frame(b"!n", fp)
+        failed = self._failed.get(k)
+        if failed is not None:
+            raise failed.copy()
+        parent = self._path[-1] if self._path else None
+        if k not in self._index:
+            self._visit(node)
+            fp = self._fps.get(k)
+            if fp is not None:
+                return _frame(b"!n", fp)
+            if parent is not None:
+                self._low[parent] = min(self._low[parent], self._low[k])
+        elif parent is not None:  # on the stack: a cycle back to it
+            self._low[parent] = min(self._low[parent], self._index[k])
+        self._canon.taint += 1  # a stand-in is only valid inside this component
+        if isinstance(node, type):
+            return _frame(b"!k", _text(str(node.__name__)))
+        return _frame(b"!c", self._code(node.__code__).digest)  # type: ignore[attr-defined]
 
-    def close_component(self, root) -> None:
+    def _visit(self, node: object) -> None:
+        k = id(node)
+        self._keep.append(node)
+        self._index[k] = self._low[k] = self._counter
+        self._counter += 1
+        self._stack.append(node)
+        self._path.append(k)
+        try:
+            if isinstance(node, type):
+                parts = self._class_parts(node)
+            else:
+                parts = self._function_parts(node)  # type: ignore[arg-type]
+        except Unstable as e:
+            if e.origin is None:
+                e.origin = node
+            self._failed[k] = e.copy()
+            raise
+        except RecursionError:
+            deep = Unstable(_node_label(node), "(calling helpers nested too deeply) with no "
+                            "fingerprint", transient=True)
+            deep.origin = node
+            raise deep from None
+        finally:
+            self._path.pop()
+        self._digests[k] = hashlib.sha256(parts).digest()
+        if self._low[k] == self._index[k]:
+            self._close(node)
+
+    def _close(self, root: object) -> None:
         members = []
         while True:
-            member = self.stack.pop()
-            self.on_stack.discard(id(member))
+            member = self._stack.pop()
             members.append(member)
             if member is root:
                 break
-        # A member's content digest stands in for references inside the
-        # component; it depends only on source, not on the visiting order.
-        ids = {id(m) for m in members}
-        content = {id(m): hashlib.sha256(self.serialize(
-            [p if isinstance(p, bytes) or id(p) not in ids else b"member" for p in self.parts[id(m)]]
-        )).digest() for m in members}
-        full = {id(m): hashlib.sha256(self.serialize(self.parts[id(m)], content)).digest()
-                for m in members}
-        component = hashlib.sha256(b"".join(sorted(full.values()))).digest()
-        for m in members:
-            fp = hashlib.sha256(component + full[id(m)]).hexdigest()
-            self.done[id(m)] = fp
+        own = [self._digests[id(m)] for m in members]
+        component = hashlib.sha256(b"".join(sorted(own))).digest()
+        for m, d in zip(members, own):
+            self._fps[id(m)] = hashlib.sha256(component + d).digest()
+
+    def _code(self, code: types.CodeType) -> _CodeInfo:
+        found = self._codes.get(id(code))
+        if found is not None:
+            return found[1]
+        info = _code_info(code)
+        self._codes[id(code)] = (code, info)
+        return info
+
+    def _function_parts(self, fn: types.FunctionType) -> bytes:
+        code = fn.__code__
+        info = self._code(code)
+        out = [_frame(b"code", info.digest)]
+        namespace = fn.__globals__
+        for name in info.globals:
+            # Names missing from the module are builtins: the code digest holds them.
+            if name in namespace:
+                chains = {c[1:] for c in info.chains if c[0] == name}
+                out.append(_frame(b"global", _text(name))
+                           + self._global(namespace[name], chains, name, "global", set()))
+        for var, cell in zip(code.co_freevars, fn.__closure__ or ()):
             try:
-                _node_cache[m] = fp
-            except TypeError:
-                pass
+                content = cell.cell_contents
+            except ValueError:  # a cell not assigned yet
+                out.append(_frame(b"closure", _text(var)) + b"-")
+                continue
+            out.append(_frame(b"closure", _text(var))
+                       + self._value(content, "closure variable", var))
+        defaults = fn.__defaults__ or ()
+        params = code.co_varnames[:code.co_argcount][-len(defaults):] if defaults else ()
+        for param, default in zip(params, defaults):
+            out.append(b"default" + self._value(default, "default of", param))
+        kwdefaults = fn.__kwdefaults__ or {}
+        for key in sorted(kwdefaults):
+            out.append(_frame(b"kwdefault", _text(key))
+                       + self._value(kwdefaults[key], "default of", key))
+        return b"".join(out)
+
+    def _value(self, value: object, kind: str, name: str) -> bytes:
+        """The encoding of a value read by a node: ``kind`` and ``name`` say
+        where it was read ("global", "client"), for the message."""
+        try:
+            return self._canon.chunk(value)
+        except Unstable as e:
+            if e.place is None:
+                e.place = f"{kind} '{name}'"
+                e.name = name
+            raise
+
+    def _global(self, value: object, chains: set[tuple[str, ...]], name: str, kind: str,
+                seen: set[int]) -> bytes:
+        if not issubclass(type(value), types.ModuleType):
+            return self._value(value, kind, name)
+        name = str(getattr(value, "__name__", "?"))
+        if not is_user_module(name):
+            return _frame(b"mod", _text(name))
+        if id(value) in seen:
+            return b"usermod-again"
+        # The module's own name is left out: it differs between running a
+        # file as a script and importing it.
+        seen.add(id(value))
+        namespace = vars(value)
+        out = [b"usermod"]
+        for attr in sorted({c[0] for c in chains if c}):
+            if attr in namespace:
+                rest = {c[1:] for c in chains if c and c[0] == attr}
+                out.append(_frame(b"attr", _text(attr)) + self._global(
+                    namespace[attr], rest, f"{name}.{attr}", kind, seen))
+        return _frame(b"U", b"".join(out))
+
+    def _class_parts(self, cls: type) -> bytes:
+        # __name__, not __qualname__: the latter names the enclosing function.
+        out = [_frame(b"class", _text(str(cls.__name__)))]
+        meta = type(cls)
+        if meta is not type:
+            out.append(_frame(b"meta", self._value(meta, "metaclass of", cls.__name__)))
+        for base in cls.__bases__:
+            out.append(_frame(b"base", self._value(base, "a base class of", cls.__name__)))
+        namespace = cls.__dict__
+        for key in sorted(k for k in namespace if type(k) is str and k not in _CLASS_SKIP):
+            try:
+                chunk = self._canon.chunk(namespace[key])
+            except Unstable as e:
+                if e.origin is None and key[:2] == "__" == key[-2:]:
+                    out.append(_frame(b"attr?", _text(key)))  # machinery: see the docs
+                    continue
+                if e.place is None:
+                    e.name = f"{cls.__name__}.{key}"
+                    e.place = f"class attribute '{e.name}'"
+                raise
+            out.append(_frame(b"attr", _text(key)) + chunk)
+        return b"".join(out)
 
 
-def _is_plain_callable_object(obj) -> bool:
-    """A callable instance of some class (not a function, method, partial...)."""
-    return (callable(obj) and not isinstance(obj, type) and _plain(obj) is None
-            and not isinstance(obj, (types.FunctionType, types.MethodType, TaskDef,
-                                     functools.partial, *_CALLABLE_TYPES)))
+def _task_name(td: object) -> str:
+    name = getattr(td, "name", None)
+    return name if type(name) is str else "?"
+
+
+def _node_label(node: object) -> str:
+    name = getattr(node, "__qualname__", None)
+    return str(name) if type(name) is str else digest.type_label(type(node))
+
+
+def _describe(e: Unstable, root: object, where: str) -> str:
+    """'closure variable 'conn' holds a socket.socket with no stable content'."""
+    if e.place is None:
+        place = where
+    else:
+        place = e.place
+        origin = e.origin
+        if origin is not None and origin is not root and not isinstance(origin, type):
+            place += f" (in '{_node_label(origin)}')"
+        if where != "its body":
+            place = f"{where}: {place}"
+    return f"{place} holds {e.what} {e.reason}"
+
+
+# --- the process-wide keyer behind the functions of the 0.1 API -------------------------------
+
+_shared: Keyer | None = None
+_shared_lock = threading.Lock()
+
+
+def _shared_keyer() -> Keyer:
+    global _shared
+    with _shared_lock:
+        if _shared is None:
+            _shared = Keyer()
+        return _shared
+
+
+def compute_step_key(td: TaskDef, dep_keys: Sequence[str]) -> str:
+    """The step key of task ``td`` given its dependencies' step keys (any order).
+
+    Raises ValueError (with the ``Uncacheable`` message) when the task has no
+    stable key. Uses the process-wide Keyer: see ``clear_cache``.
+    """
+    key = _shared_keyer().task_key(td, dep_keys, {})
+    if isinstance(key, Uncacheable):
+        raise ValueError(key.message)
+    return key
+
+
+def item_step_key(task_key: str, index: int, item: object) -> str:
+    """The key of a ``for_each`` item: its content, not its position (``index``
+    is ignored). An item without stable content gets a key that never repeats,
+    so it is never replayed."""
+    key = _shared_keyer().item_key(task_key, item)
+    if key is None:
+        return hashlib.sha256(_ITEM_PREFIX + b"unstable/" + os.urandom(16)).hexdigest()
+    return key
+
+
+def fingerprint(obj: object) -> str:
+    """A hex digest of what ``obj`` (usually a callable) does and holds; see the
+    module docs. Raises ValueError when it has no stable content."""
+    keyer = _shared_keyer()
+    found = keyer.fingerprint(obj)
+    if found is None:
+        raise ValueError(f"no stable fingerprint: {keyer.explain(obj)}")
+    return found
+
+
+def clear_cache() -> None:
+    """Forget every cached fingerprint (after rebinding module globals at run time)."""
+    global _shared
+    with _shared_lock:
+        _shared = None
+    with _code_lock:
+        _code_cache.clear()
+    digest.clear_cache()

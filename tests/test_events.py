@@ -220,3 +220,349 @@ def test_log_false_subprocess_is_silent(repo_env):
     """, repo_env)
     assert proc.stderr == ""
     assert proc.stdout == ""
+
+
+# ----- text that never raises (SPEC 8: run() always returns) ---------------------
+
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+from flowing import events as ev  # noqa: E402
+from flowing.records import Record  # noqa: E402
+from flowing.results import ItemResult, StepResult  # noqa: E402
+
+
+class RaisingRepr:
+    def __repr__(self):
+        raise RuntimeError("no repr")
+
+
+class NonStrRepr:
+    def __repr__(self):
+        return 42
+
+
+class RaisingStr:
+    def __str__(self):
+        raise RuntimeError("no str")
+
+
+class EvilStr(str):
+    """A str subclass whose methods all misbehave."""
+
+    def strip(self, *a):
+        raise RuntimeError("strip")
+
+    def splitlines(self, *a):
+        raise RuntimeError("splitlines")
+
+    def __len__(self):
+        raise RuntimeError("len")
+
+    def translate(self, *a):
+        raise RuntimeError("translate")
+
+
+class EvilStrRepr:
+    def __repr__(self):
+        return EvilStr("looks fine\nbut is not")
+
+
+class NoBool:
+    def __bool__(self):
+        raise ValueError("no truth value")
+
+    def __repr__(self):
+        return "NoBool()"
+
+
+class NoEq:
+    def __eq__(self, other):
+        raise TypeError("no eq")
+
+    __hash__ = object.__hash__
+
+
+class BaseRaiser:
+    def __repr__(self):
+        raise SystemExit("repr ends the process?")
+
+    __str__ = __repr__
+
+
+class StrRaises(Exception):
+    def __str__(self):
+        raise RuntimeError("cannot")
+
+
+class StrNonStr(Exception):
+    def __str__(self):
+        return 7
+
+
+class StrEvil(Exception):
+    def __str__(self):
+        return EvilStr("evil\nmessage")
+
+
+class Meta(type):
+    @property
+    def __name__(cls):
+        raise RuntimeError("no name")
+
+
+class Nameless(metaclass=Meta):
+    def __repr__(self):
+        raise RuntimeError("no repr either")
+
+
+# (BaseRaiser stays out of parametrize ids and reprs: pytest itself would choke on it)
+HOSTILE = [RaisingRepr(), NonStrRepr(), RaisingStr(), EvilStrRepr(), NoBool(), NoEq(),
+           StrRaises(), StrNonStr(), StrEvil(), Nameless(), EvilStr("x\ny"),
+           "x" * 1_000_000, 10 ** 5000, [RaisingRepr()] * 3, {NoEq(): RaisingRepr()},
+           "line\nbreak\r\x1b[31mred\u2028sep\ud800", float("nan"), None]
+
+
+def _one_line(text, width):
+    assert type(text) is str
+    assert len(text) <= width
+    assert not any(c < " " or "\x7f" <= c <= "\x9f" or c in "\u2028\u2029" for c in text)
+    assert not any("\ud800" <= c <= "\udfff" for c in text)
+    text.encode("utf-8")  # printable anywhere
+
+
+@pytest.mark.parametrize("k", range(len(HOSTILE)))
+def test_safe_str_and_repr_never_raise(k):
+    value = HOSTILE[k]
+    for width in (1, 10, 60, 200):
+        _one_line(ev.safe_repr(value, width), max(width, 8))
+        _one_line(ev.safe_str(value, width), width)
+        _one_line(ev.clip(value, width), width)
+    multi = ev.safe_str(value, 100, one_line=False)
+    assert type(multi) is str and len(multi) <= 100
+
+
+def test_unprintable_values_say_so():
+    assert ev.safe_repr(RaisingRepr()) == "<unprintable RaisingRepr>"
+    assert ev.safe_repr(NonStrRepr()) == "<unprintable NonStrRepr>"
+    assert ev.safe_repr(BaseRaiser()) == "<unprintable BaseRaiser>"
+    assert ev.safe_str(BaseRaiser()) == "<unprintable BaseRaiser>"
+    assert ev.safe_str(RaisingStr()) == "<unprintable RaisingStr>"
+    assert ev.safe_str(StrNonStr()) == "<unprintable StrNonStr>"
+    assert ev.safe_repr(Nameless()) == "<unprintable object>"
+    # inside a container, only the bad element is replaced
+    assert ev.safe_repr([1, RaisingRepr()]) == "[1, <unprintable RaisingRepr>]"
+    # a str subclass is read as the plain string it holds
+    assert ev.safe_repr(EvilStrRepr()) == "looks fine but is not"
+    assert ev.safe_str(StrEvil()) == "evil message"
+    assert ev.safe_repr(NoBool()) == "NoBool()"
+
+
+def test_safe_repr_of_big_values_is_short_and_cheap():
+    assert ev.safe_repr("x" * 10_000_000, 20).startswith("'xxxxxx")
+    assert len(ev.safe_repr(list(range(1_000_000)), 60)) <= 60
+    assert ev.safe_repr(10 ** 100_000) == "<int of 332193 bits>"
+    deep = []
+    for _ in range(10_000):
+        deep = [deep]
+    assert ev.safe_repr(deep).startswith("[[[")
+    loop = []
+    loop.append(loop)
+    assert ev.safe_repr(loop) in ("[[...]]", "[[[[...]]]]")
+
+
+def test_error_line_survives_hostile_exceptions():
+    assert ev.error_line(StrRaises()) == "StrRaises: <unprintable message>"
+    assert ev.error_line(StrNonStr()) == "StrNonStr: <unprintable message>"
+    assert ev.error_line(StrEvil()) == "StrEvil: evil"
+    assert ev.error_line(ValueError("\n\n  second\nthird")) == "ValueError: second"
+    huge = ValueError("y" * 50_000_000)
+    assert len(ev.error_line(huge, 80)) == 80
+
+    class Boom(Exception):
+        def __str__(self):
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):  # Ctrl-C is never swallowed
+        ev.error_line(Boom())
+
+
+def test_format_duration_of_odd_numbers():
+    for odd in (None, float("nan"), float("inf"), -5.0, "soon", 1e300):
+        assert isinstance(ev.format_duration(odd), str)
+    assert ev.format_duration(-5.0) == "0ms"
+    assert ev.format_duration(float("nan")) == "?"
+    assert len(ev.format_duration(1e300)) < 20
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats() | st.text() | st.binary(),
+    lambda inner: st.lists(inner, max_size=5) | st.tuples(inner, inner)
+    | st.dictionaries(st.text(max_size=5), inner, max_size=5)
+    | st.frozensets(st.integers(), max_size=5),
+    max_leaves=30), st.integers(min_value=1, max_value=300))
+def test_safe_text_is_always_one_bounded_line(value, width):
+    _one_line(ev.safe_repr(value, width), max(width, 8))
+    _one_line(ev.safe_str(value, width), width)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.text(), st.integers(min_value=0, max_value=200))
+def test_clip_bounds_any_text(text, width):
+    out = ev.clip(text, width)
+    _one_line(out, width)
+    if len(text) <= width and text.isprintable():
+        assert out == text
+
+
+def test_record_repr_never_raises():
+    class R(Record):
+        __slots__ = ("a", "b")
+
+    text = repr(R(RaisingRepr(), "x" * 10_000))
+    assert text.startswith("R(a=<unprintable RaisingRepr>, b='xxx") and len(text) < 500
+    e = ev.TaskFailed(1.0, "t", 1, 2.0, StrRaises())
+    assert "TaskFailed(" in repr(e)
+
+
+# ----- items: every message names the index and the item itself ---------------------
+
+def _item(index, state, item, error=None, cached=False, attempts=1):
+    return ItemResult(index, state, None, error, attempts, cached, item=item)
+
+
+def test_item_label_and_failure():
+    assert ev.item_label(16, 17) == "item 16 (17)"
+    assert ev.item_label(0, "a.csv") == "item 0 ('a.csv')"
+    assert ev.item_label(3) == "item 3"  # item unknown
+    assert ev.item_label(2, None) == "item 2 (None)"  # None is an item like any other
+    assert ev.item_label(1, RaisingRepr()) == "item 1 (<unprintable RaisingRepr>)"
+    assert len(ev.item_label(1, "z" * 5000)) < 60
+    assert (ev.item_failure(16, 17, ConnectionError("HTTP 500\ndetails"))
+            == "item 16 (17): ConnectionError: HTTP 500")
+    assert ev.item_failure(4, "x", None, "retry_until rejected 3") == (
+        "item 4 ('x'): retry_until rejected 3")
+    assert ev.item_failure(5, NoEq(), StrRaises()).endswith("StrRaises: <unprintable message>")
+
+
+def test_items_line():
+    S, F, K = StepState.SUCCEEDED, StepState.FAILED, StepState.SKIPPED
+    items = [_item(k, S, k + 1, cached=k < 30) for k in range(40)]
+    items[16] = _item(16, F, 17, ConnectionError("500"))
+    items[28] = _item(28, F, 29, StrRaises())
+    line = ev.items_line(items)
+    assert line.startswith("40 items: 38 ok (28 cached), 2 failed: ")
+    assert "item 16 (17): ConnectionError: 500" in line
+    assert "item 28 (29): StrRaises: <unprintable message>" in line
+    assert ev.items_line([]) == "0 items"
+    assert ev.items_line(None) == "0 items"
+    many = [_item(k, F, f"id-{k}", ValueError(k)) for k in range(10)] + [None, _item(11, K, 1)]
+    line = ev.items_line(many, width=150)
+    assert len(line) <= 150
+    assert line.startswith("12 items: 0 ok, 10 failed, 1 skipped, 1 not run: item 0 ('id-0')")
+    assert ev.items_line([object(), RaisingRepr()]) == "2 items: 0 ok, 2 not run"
+
+
+# ----- log lines built from events, whatever they hold ----------------------------
+
+def test_log_lines_from_hostile_events():
+    lines = [
+        ev.log_line(ev.TaskFailed(1.0, "t", 1, 5.0, StrRaises())),
+        ev.log_line(ev.TaskFailed(1.0, "t", 1, float("nan"), None, RaisingStr())),
+        ev.log_line(ev.TaskRetrying(1.0, "t", 1, 3, float("inf"), StrEvil(), None, 4,
+                                    item_repr="'a.csv'")),
+        ev.log_line(ev.TaskRetrying(1.0, "t", 1, 3, "soon", None, NoBool())),
+        ev.log_line(ev.TaskSkipped(1.0, "t\nx", "reason\x1b[2J")),
+        ev.log_line(ev.TaskSkipped(1.0, "t", NoBool())),
+        ev.log_line(ev.TaskCached(1.0, "t", None, NoBool())),
+        ev.log_line(ev.TaskStarted(1.0, "t", 1, False, RaisingStr())),
+        ev.log_line(ev.TaskCached(1.0, "t", EvilStr("abcdefghij"), NoEq())),
+        ev.log_line(ev.TaskSucceeded(1.0, "t", 1, 3.0, False, [None, RaisingRepr()])),
+        ev.log_line(ev.FlowStarted(1.0, 1, 1, 5, RaisingStr())),
+    ]
+    for line in lines:
+        _one_line(line, ev.MAX_LINE)
+    assert lines[0].endswith("StrRaises: <unprintable message>")
+    assert lines[2].startswith("retry   t[4] ('a.csv') attempt=1/3 failed")
+    assert lines[7].endswith("(<unprintable RaisingStr>)")
+    assert lines[5] == "skipped t: NoBool()" and lines[6] == "cached  t (NoBool())"
+
+
+def test_start_line_says_why_a_journaled_task_ran():
+    assert ev.log_line(ev.TaskStarted(1.0, "names", 1)) == "start   names attempt=1"
+    line = ev.log_line(ev.TaskStarted(1.0, "names", 1, False, "dependency 'files' changed"))
+    assert line == "start   names attempt=1 (dependency 'files' changed)"
+    line = ev.log_line(ev.TaskStarted(1.0, "side", 1, True, "expired" + "!" * 500))
+    assert line.startswith("start   side attempt=1 [detached] (expired!!!")
+    assert len(line) < 120
+
+
+def test_item_and_items_lines():
+    S, F = StepState.SUCCEEDED, StepState.FAILED
+    items = [_item(0, S, "a.csv", cached=True), _item(1, F, "b.csv", KeyError("col"), attempts=3)]
+    failed = ev.log_line(ev.TaskFailed(1.0, "load", 3, 40.0, ValueError("x"), None, False, items))
+    assert failed == ("FAILED  load 40ms attempts=3: 2 items: 1 ok (1 cached), 1 failed: "
+                      "item 1 ('b.csv'): KeyError: 'col'")
+    ok = ev.log_line(ev.TaskSucceeded(1.0, "load", 1, 40.0, False, items[:1]))
+    assert ok == "ok      load 40ms attempts=1: 1 item: 1 ok (1 cached)"
+    retry = ev.log_line(ev.TaskRetrying(1.0, "load", 1, 3, 0.5, KeyError("col"), None, 1,
+                                        item_repr=ev.safe_repr("b.csv")))
+    assert retry.startswith("retry   load[1] ('b.csv') attempt=1/3 failed, next in 0.5s")
+
+
+def test_events_keep_their_positional_order():
+    """New fields come last, with defaults: events built the 0.1 way still work."""
+    e = ev.TaskStarted(1.0, "t", 2, True)
+    assert (e.at, e.task, e.attempt, e.detached, e.why) == (1.0, "t", 2, True, None)
+    r = ev.TaskRetrying(1.0, "t", 1, 3, 0.5, None, "rejected", 4, 12.0)
+    assert (r.item, r.duration_ms, r.item_repr) == (4, 12.0, None)
+    s = ev.TaskSucceeded(1.0, "t", 1, 3.0, True)
+    assert s.items is None and s.detached
+    f = ev.TaskFailed(1.0, "t", 1, 3.0, None, "why", True)
+    assert f.items is None and f.reason == "why"
+    assert list(ev.TaskStarted.__slots__) == ["at", "task", "attempt", "detached", "why"]
+    assert ev.TaskCached(1.0, "t").reason == "journal"
+    assert ev.FlowFinished(1.0, True, 2.0).interrupted is False
+    assert e._asdict() == {"at": 1.0, "task": "t", "attempt": 2, "detached": True, "why": None}
+
+
+# ----- the reporter never raises into the run --------------------------------------
+
+class BrokenHandler(logging.Handler):
+    def emit(self, record):
+        raise RuntimeError("disk full")
+
+    def handleError(self, record):  # noqa: N802  (what logging calls when emit fails)
+        raise RuntimeError("and handleError too")
+
+
+def test_a_broken_log_handler_never_breaks_the_run():
+    log = logging.getLogger("tests.flowing.broken_handler")
+    log.propagate = False
+    log.setLevel(logging.DEBUG)
+    handler = BrokenHandler()
+    log.addHandler(handler)
+    try:
+        reporter = ev.Reporter(log, on_event=lambda e: 1 / 0)
+        reporter.emit(ev.FlowStarted(1.0, 1, 1, 5, "eager"))
+        reporter.emit(ev.TaskFailed(2.0, "t", 1, 3.0, StrRaises()))
+        reporter.warning(RaisingStr())
+        reporter.tick(0, 1, {"t": 1.0})
+        reporter.emit(ev.FlowFinished(3.0, False, 2000.0, {"failed": 1}))
+
+        @task
+        def boom():
+            raise StrRaises()
+
+        flow = Flow(boom, log=log)
+        assert flow.run()["boom"].state is StepState.FAILED
+    finally:
+        log.removeHandler(handler)
+
+
+def test_result_reprs_never_raise():
+    r = StepResult("t", StepState.FAILED, RaisingRepr(), StrRaises(), reason="x")
+    assert "StrRaises" in repr(r)
+    it = ItemResult(0, StepState.FAILED, RaisingRepr(), StrRaises())
+    assert "ItemResult(0" in repr(it)

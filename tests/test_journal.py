@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import binascii
 import collections
 import datetime
 import errno
@@ -24,7 +25,7 @@ if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
 from flowing import journal as journal_mod  # noqa: E402
-from flowing.journal import Journal, JournalError  # noqa: E402
+from flowing.journal import HEADER, Hit, Journal, JournalError  # noqa: E402
 
 WRITER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "journal_fixtures", "writer.py")
 LOG = logging.getLogger("test_journal")
@@ -57,8 +58,28 @@ def _explode():
 
 
 def lines(path) -> list[dict]:
+    """The entries of the file as JSON (after its header line, which must be there)."""
     with open(path, "rb") as f:
+        assert f.readline() == HEADER
         return [json.loads(line) for line in f]
+
+
+def make_line(key: str, name: str, value_text: str, *, kind: str = "task", deps: str = "[]",
+              t: str = "1763850000.000", digest: str = "null", inputs: str = "null",
+              enc: str = "json", version: int = 2, fields: str | None = None) -> bytes:
+    """An entry line as the module docstring specifies it, with a valid checksum.
+
+    ``fields`` replaces everything between the checksum and the value, to write
+    lines whose checksum is right but whose fields are not.
+    """
+    if fields is None:
+        fields = (f'"key":{json.dumps(key)},"kind":{json.dumps(kind)},"name":{json.dumps(name)},'
+                  f'"deps":{deps},"t":{t}')
+        if version == 2:
+            fields += f',"digest":{digest},"inputs":{inputs}'
+        fields += f',"enc":"{enc}"'
+    rest = (fields + ',"value":' + value_text + "}").encode()
+    return b'{"v":%d,"crc":"%08x",%s\n' % (version, binascii.crc32(rest), rest)
 
 
 def warnings_of(caplog) -> list[str]:
@@ -155,13 +176,16 @@ def test_entry_fields_and_lookup_of_unknown_key(jpath):
         assert K("a") in j and K("nope") not in j
         got = list(j.entries())
     first = lines(jpath)[0]
-    assert list(first)[:2] == ["v", "crc"] and list(first)[-1] == "value"
-    assert first["v"] == 1 and first["key"] == K("a") and first["name"] == "a"
+    assert list(first) == ["v", "crc", "key", "kind", "name", "deps", "t", "digest", "inputs",
+                           "enc", "value"]
+    assert first["v"] == 2 and first["key"] == K("a") and first["name"] == "a"
+    assert first["digest"] is None and first["inputs"] is None
     assert abs(first["t"] - time.time()) < 60
     assert [(e.name, e.kind, e.dep_keys) for e in got] == [
         ("a", "task", ()), ("b[0]", "item", (K("a"),)), ("c", "override", (K("a"), K("b")))]
     assert got[1].task == "b" and got[2].preview == "3"
-    assert got[0].offset == 0 and got[1].offset == got[0].size
+    assert got[0].offset == len(HEADER) and got[1].offset == got[0].offset + got[0].size
+    assert got[0].line == 2 and got[0].version == 2
 
 
 def test_record_rejects_unknown_kind(jpath):
@@ -210,7 +234,7 @@ def test_large_values_longer_than_the_read_buffers(jpath, caplog_w):
         assert K("big") not in j
         assert j.lookup(K("small")) == (True, 1)
     (w,) = warnings_of(caplog_w)
-    assert "line 1" in w and "checksum" in w
+    assert "line 2" in w and "checksum" in w
 
 
 # ---------------------------------------------------------- pickle trust
@@ -269,7 +293,7 @@ def test_unpicklable_value_warns_returns_false_and_writes_only_a_marker(jpath, c
         assert j.lookup(K("x")) == (False, None)
         assert j.record(K("y"), "y", [], 1) is True  # the journal still works
     # the marker keeps the dependency chain for `journal forget`, but never replays
-    marker = json.loads(open(jpath, encoding="utf-8").readline())
+    marker = lines(jpath)[0]
     assert (marker["name"], marker["enc"], marker["value"], marker["deps"]) == (
         "x", "none", None, [K("dep")])
     with Journal.open(jpath, LOG) as j:
@@ -285,15 +309,15 @@ def test_torn_garbage_unknown_version_and_kind_are_skipped_with_one_warning_each
     with Journal.open(jpath, LOG) as j:
         j.record(K("a"), "a", [], 1)
         j.record(K("b"), "b", [], (2,))
-    unknown_kind = journal_mod._make_line(K("k"), "sometask", "k", [], 1.0, "json", "1")
-    future = b'{"v":2,"crc":"00000000","key":"%s","kind":"task","value":1}\n' % K("f").encode()
+    unknown_kind = make_line(K("k"), "k", "1", kind="sometask")
+    future = b'{"v":3,"crc":"00000000","key":"%s","kind":"task","value":1}\n' % K("f").encode()
     with open(jpath, "ab") as f:
         f.write(b"this is not json\n")
         f.write(future)
         f.write(b"\n")  # blank lines are ignored silently
         f.write(unknown_kind)
-        f.write(journal_mod._make_line(K("c"), "task", "c", [], 1.0, "json", "3"))
-        f.write(journal_mod._make_line(K("d"), "task", "d", [], 1.0, "json", "4")[:50])  # torn
+        f.write(make_line(K("c"), "c", "3"))
+        f.write(make_line(K("d"), "d", "4")[:50])  # torn
     with Journal.open(jpath, LOG) as j:
         assert j.lookup(K("a")) == (True, 1)
         assert j.lookup(K("b")) == (True, (2,))
@@ -302,10 +326,10 @@ def test_torn_garbage_unknown_version_and_kind_are_skipped_with_one_warning_each
             assert K(k) not in j
     ws = warnings_of(caplog_w)
     assert len(ws) == 4
-    assert "line 3" in ws[0] and "corrupt" in ws[0]
-    assert "line 4" in ws[1] and "version 2" in ws[1]
-    assert "line 6" in ws[2] and "unknown entry kind 'sometask'" in ws[2]
-    assert "line 8" in ws[3] and "torn" in ws[3]
+    assert "line 4" in ws[0] and "corrupt" in ws[0]
+    assert "line 5" in ws[1] and "version 3" in ws[1]
+    assert "line 7" in ws[2] and "unknown entry kind 'sometask'" in ws[2]
+    assert "line 9" in ws[3] and "torn" in ws[3]
 
 
 def test_corrupt_latest_entry_falls_back_to_the_previous_one(jpath, caplog_w):
@@ -338,11 +362,11 @@ def test_torn_tail_is_cut_before_the_next_append(jpath, caplog_w):
 
 def test_many_bad_lines_are_summarised(jpath, caplog_w):
     with open(jpath, "wb") as f:
-        f.write(b"junk\n" * 100)
+        f.write(HEADER + b"junk\n" * 100)
     with Journal.open(jpath, LOG) as j:
         assert len(j) == 0
     ws = warnings_of(caplog_w)
-    assert len(ws) == journal_mod._MAX_LINE_WARNINGS + 1
+    assert len(ws) == 20 + 1  # 20 warnings, then one summary
     assert "80 more unreadable lines" in ws[-1]
 
 
@@ -539,11 +563,11 @@ def test_kill_9_loses_at_most_the_torn_last_line(jpath, caplog_w):
     p.wait()
     p.stdout.close()
     data = open(jpath, "rb").read()
-    complete = data.count(b"\n")
+    complete = data.count(b"\n")  # the header and the finished entries
     torn = not data.endswith(b"\n")
-    assert complete >= 2
+    assert complete >= 3
     with Journal.open(jpath, LOG) as j:
-        assert len(j) == complete  # every finished line is there
+        assert len(j) == complete - 1  # every finished entry is there
         ws = warnings_of(caplog_w)
         assert len(ws) == (1 if torn else 0)
         if torn:
@@ -552,5 +576,430 @@ def test_kill_9_loses_at_most_the_torn_last_line(jpath, caplog_w):
         assert j.record(K("after"), "after", [], 1)
     caplog_w.clear()
     with Journal.open(jpath, LOG) as j:
-        assert len(j) == complete + 1
+        assert len(j) == complete
     assert warnings_of(caplog_w) == []
+
+
+# ------------------------------------------------- entry format 2: digests
+
+def test_record_with_digests_then_peek_and_get(jpath):
+    with Journal.open(jpath, LOG) as j:
+        t0 = time.time()
+        assert j.record(K("a"), "a", [], {"v": 1}, digest="d" * 64, inputs="i" * 64) is True
+        assert j.record(K("b"), "b", [K("a")], (1, 2), digest="e" * 64) is True
+        t, digest, inputs = j.peek(K("a"))
+        assert abs(t - t0) < 60 and (digest, inputs) == ("d" * 64, "i" * 64)
+        assert j.get(K("a")) == Hit({"v": 1}, "d" * 64, "i" * 64, t)
+        assert j.peek(K("nope")) is None and j.get(K("nope")) is None
+    with Journal.open(jpath, LOG) as j:  # the same from the file
+        assert j.get(K("a")) == Hit({"v": 1}, "d" * 64, "i" * 64, t)
+        hit = j.get(K("b"))
+        assert hit is not None and (hit.value, hit.digest, hit.inputs) == ((1, 2), "e" * 64, None)
+        assert j.peek(K("b"))[1:] == ("e" * 64, None)
+        assert j.lookup(K("b")) == (True, (1, 2))  # the 0.1 API still answers
+        (ea, eb) = j.entries()
+        assert (ea.digest, ea.inputs, ea.version, eb.digest, eb.inputs) == (
+            "d" * 64, "i" * 64, 2, "e" * 64, None)
+    assert [(e["digest"], e["inputs"]) for e in lines(jpath)] == [("d" * 64, "i" * 64), ("e" * 64, None)]
+
+
+def test_store_false_writes_a_marker_that_never_replays(jpath):
+    with Journal.open(jpath, LOG) as j:
+        assert j.record(K("m"), "m", [K("dep")], "ignored", store=False, inputs="i" * 64) is True
+        assert K("m") not in j and j.peek(K("m")) is None and j.get(K("m")) is None
+        # a marker after a stored value leaves that value as the latest one *with* a value
+        assert j.record(K("v"), "v", [], 1, digest="a" * 64)
+        assert j.record(K("v"), "v", [], 2, store=False)
+        assert j.get(K("v")).value == 1  # type: ignore[union-attr]
+    (m, v1, v2) = lines(jpath)
+    assert (m["enc"], m["value"], m["deps"], m["inputs"]) == ("none", None, [K("dep")], "i" * 64)
+    assert (v2["enc"], v2["value"]) == ("none", None)
+    with Journal.open(jpath, LOG) as j:
+        assert K("m") not in j and j.get(K("v")).value == 1  # type: ignore[union-attr]
+        assert [e.preview for e in j.entries()] == ["<value not stored>", "1", "<value not stored>"]
+
+
+@pytest.mark.parametrize("bad", [b"x", 1, ["a"]])
+def test_record_rejects_digests_that_are_not_str(jpath, bad):
+    with Journal.open(jpath, LOG) as j:
+        with pytest.raises(TypeError, match="digest"):
+            j.record(K("a"), "a", [], 1, digest=bad)
+        with pytest.raises(TypeError, match="inputs"):
+            j.record(K("a"), "a", [], 1, inputs=bad)
+        assert len(j) == 0
+    assert lines(jpath) == []
+
+
+def test_peek_hides_pickles_the_file_may_not_load(jpath, caplog_w):
+    _mixed_journal(jpath)
+    os.chmod(jpath, 0o644 | 0o020)
+    with Journal.open(jpath, LOG) as j:
+        assert j.peek(K("p1")) is None and j.get(K("p1")) is None
+        assert j.peek(K("json")) is not None
+    assert len(warnings_of(caplog_w)) == 1
+
+
+# -------------------------------------------------------- 0.1.0 journals
+
+def v1_line(key: str, name: str, value_text: str, deps: str = "[]") -> bytes:
+    return make_line(key, name, value_text, deps=deps, version=1)
+
+
+def test_a_0_1_journal_opens_reads_appends_and_compact_upgrades_it(jpath, caplog_w):
+    old = v1_line(K("a"), "a", '{"x":1}') + v1_line(K("b"), "b", "[1,2]", deps=json.dumps([K("a")]))
+    with open(jpath, "wb") as f:
+        f.write(old)
+    os.chmod(jpath, 0o600)
+    with Journal.open(jpath, LOG) as j:
+        assert j.get(K("a")) == Hit({"x": 1}, None, None, 1763850000.0)
+        assert j.peek(K("b")) == (1763850000.0, None, None)
+        assert j.record(K("c"), "c", [K("b")], 3, digest="c" * 64)
+        assert [e.version for e in j.entries()] == [1, 1, 2]
+    data = open(jpath, "rb").read()
+    assert data.startswith(old) and HEADER not in data  # appended as it was
+    with Journal.open(jpath, LOG) as j:
+        assert j.get(K("b")).value == [1, 2] and j.get(K("c")).digest == "c" * 64  # type: ignore[union-attr]
+    r = journal_mod.compact(jpath, LOG)
+    assert (r.lines_before, r.entries_after) == (3, 3)
+    data = open(jpath, "rb").read()
+    assert data.startswith(HEADER + old)  # upgraded: the header, then the same lines
+    with Journal.open(jpath, LOG) as j:
+        assert len(j) == 3 and j.get(K("a")).value == {"x": 1}  # type: ignore[union-attr]
+    assert warnings_of(caplog_w) == []
+
+
+# ----------------------------------------------------------------- header
+
+def test_a_new_journal_is_its_header_alone_until_something_is_recorded(jpath):
+    Journal.open(jpath, LOG).close()
+    assert open(jpath, "rb").read() == HEADER == b'{"format":"flowing-journal","version":2}\n'
+    Journal.open(jpath, LOG).close()
+    assert open(jpath, "rb").read() == HEADER
+
+
+def test_a_journal_emptied_behind_our_back_gets_its_header_again(jpath):
+    with Journal.open(jpath, LOG) as j:
+        j.record(K("a"), "a", [], 1)
+        os.truncate(jpath, 0)
+        assert j.record(K("b"), "b", [], 2)
+    assert [e["name"] for e in lines(jpath)] == ["b"]
+
+
+_OPEN_AND_RECORD = """
+import logging, sys, time
+from flowing.journal import Journal
+while time.time() < float(sys.argv[2]):
+    pass
+with Journal.open(sys.argv[1], logging.getLogger()) as j:
+    assert j.record(sys.argv[3] * 64, sys.argv[3], [], 1)
+"""
+
+
+def test_concurrent_creators_write_one_header(tmp_path):
+    for attempt in range(2):
+        path = str(tmp_path / f"run{attempt}.jsonl")
+        go = str(time.time() + 1.0)
+        procs = [subprocess.Popen([sys.executable, "-c", _OPEN_AND_RECORD, path, go, c],
+                                  env=writer_env()) for c in "abcdef"]
+        for p in procs:
+            assert p.wait(timeout=60) == 0
+        data = open(path, "rb").read()
+        assert data.startswith(HEADER) and data.count(HEADER) == 1
+        assert sorted(e["name"] for e in lines(path)) == list("abcdef")
+
+
+# ------------------------------------------------ files that are not journals
+
+NOT_JOURNALS = {
+    "notes": b"my notes\nsecond line\n",
+    "one-line config, no newline": b'{"debug": true, "level": 3}',
+    "one-line config": b'{"debug": true}\n',
+    "binary": bytes(range(256)) * 4,
+    "blank lines": b"\n\n\n",
+    "spaces": b"   ",
+    "a header of another format": b'{"format":"other","version":2}\n',
+    "a header without a version": b'{"format":"flowing-journal"}\n',
+    "an entry with a bad checksum first": make_line(K("a"), "a", "1").replace(b'"value":1', b'"value":2'),
+    "text, then a journal": b"notes\n" + HEADER + make_line(K("a"), "a", "1"),
+    "a blank line, then a journal": b"\n" + HEADER,
+}
+
+
+def _frozen(path) -> tuple[bytes, int]:
+    os.utime(path, ns=(1_000_000_000_000_000_000, 1_000_000_000_000_000_000))
+    return open(path, "rb").read(), os.stat(path).st_mtime_ns
+
+
+@pytest.mark.parametrize("content", NOT_JOURNALS.values(), ids=NOT_JOURNALS.keys())
+def test_a_file_that_is_not_a_journal_is_refused_and_left_untouched(tmp_path, content):
+    path = str(tmp_path / "config.json")
+    with open(path, "wb") as f:
+        f.write(content)
+    before = _frozen(path)
+    attempts = [lambda: Journal.open(path, LOG), lambda: journal_mod.compact(path, LOG),
+                lambda: journal_mod.forget(path, ["a"], LOG)]
+    if b'"v":2' not in content:  # show lists what valid entries a damaged journal still holds
+        attempts.append(lambda: list(journal_mod.iter_entries(path, LOG)))
+    for attempt in attempts:
+        with pytest.raises(JournalError) as e:
+            attempt()
+        msg = str(e.value)
+        assert repr(path) in msg and "is not a flowing journal" in msg and "\n" not in msg
+        assert "untouched" in msg
+        assert (open(path, "rb").read(), os.stat(path).st_mtime_ns) == before
+    assert sorted(os.listdir(tmp_path)) == ["config.json"]
+
+
+def test_refusal_messages_say_what_to_do(tmp_path):
+    path = str(tmp_path / "notes.txt")
+    with open(path, "wb") as f:
+        f.write(b"notes\n")
+    with pytest.raises(JournalError, match="will not write to it .*choose another journal_path"):
+        Journal.open(path, LOG)
+    with pytest.raises(JournalError, match="will not compact it .*check the path"):
+        journal_mod.compact(path, LOG)
+
+
+def test_show_lists_a_journal_with_a_damaged_header_but_writers_refuse_it(jpath, caplog_w):
+    with Journal.open(jpath, LOG) as j:
+        j.record(K("a"), "a", [], 1)
+    data = open(jpath, "rb").read().replace(b"flowing-journal", b"flowing-journaL", 1)
+    with open(jpath, "wb") as f:
+        f.write(data)
+    assert [e.name for e in journal_mod.iter_entries(jpath, LOG)] == ["a"]  # read-only: lenient
+    assert "line 1" in warnings_of(caplog_w)[0]
+    with pytest.raises(JournalError, match="not a flowing journal"):
+        Journal.open(jpath, LOG)
+    assert open(jpath, "rb").read() == data
+
+
+def test_a_journal_of_a_newer_format_is_refused_untouched(jpath):
+    with open(jpath, "wb") as f:
+        f.write(b'{"format":"flowing-journal","version":3}\n' + b'{"v":3,"anything":1}\n')
+    before = _frozen(jpath)
+    for attempt in (lambda: Journal.open(jpath, LOG), lambda: journal_mod.compact(jpath, LOG),
+                    lambda: list(journal_mod.iter_entries(jpath, LOG))):
+        with pytest.raises(JournalError, match="newer flowing .*version 3.*upgrade flowing"):
+            attempt()
+    assert (open(jpath, "rb").read(), os.stat(jpath).st_mtime_ns) == before
+
+
+# --------------------------------------------------------------- symlinks
+
+def test_a_symlink_at_the_journal_path_is_never_followed(tmp_path):
+    real = str(tmp_path / "real.jsonl")
+    with Journal.open(real, LOG) as j:
+        j.record(K("a"), "a", [], 1)
+    link = str(tmp_path / "run.jsonl")
+    os.symlink(real, link)
+    before = _frozen(real)
+    for attempt in (lambda: Journal.open(link, LOG), lambda: journal_mod.compact(link, LOG),
+                    lambda: journal_mod.forget(link, ["a"], LOG),
+                    lambda: list(journal_mod.iter_entries(link, LOG))):
+        with pytest.raises(JournalError, match="is a symbolic link; flowing does not follow"):
+            attempt()
+    assert (open(real, "rb").read(), os.stat(real).st_mtime_ns) == before
+    assert os.path.islink(link)
+
+
+def test_a_dangling_symlink_is_refused_and_nothing_is_created(tmp_path):
+    target = tmp_path / "elsewhere" / "planted.jsonl"
+    target.parent.mkdir()
+    link = str(tmp_path / "run.jsonl")
+    os.symlink(str(target), link)
+    with pytest.raises(JournalError, match="symbolic link"):
+        Journal.open(link, LOG)
+    assert not target.exists() and os.listdir(target.parent) == []
+
+
+def test_a_symlinked_directory_above_the_journal_is_fine(tmp_path):
+    (tmp_path / "data").mkdir()
+    os.symlink(str(tmp_path / "data"), str(tmp_path / "via"))
+    with Journal.open(str(tmp_path / "via" / "run.jsonl"), LOG) as j:
+        assert j.record(K("a"), "a", [], 1)
+    assert (tmp_path / "data" / "run.jsonl").read_bytes().startswith(HEADER)
+
+
+def test_a_symlink_swapped_in_while_open_is_not_written_through(tmp_path, caplog_w):
+    path, other = str(tmp_path / "run.jsonl"), str(tmp_path / "victim.txt")
+    with open(other, "wb") as f:
+        f.write(b"precious\n")
+    j = Journal.open(path, LOG)
+    assert j.record(K("a"), "a", [], 1)
+    os.rename(path, str(tmp_path / "moved.jsonl"))
+    os.symlink(other, path)
+    assert j.record(K("b"), "b", [], 2) is False
+    j.close()
+    assert open(other, "rb").read() == b"precious\n"
+    (w,) = warnings_of(caplog_w)
+    assert "symbolic link" in w and "disabled" in w
+
+
+# ------------------------------------------------------ non-regular files
+
+def _bounded(fn, seconds: float = 10):
+    """Run fn in a thread; fail (instead of hanging) if it does not return in time."""
+    out: list = []
+
+    def run():
+        try:
+            out.append(fn())
+        except BaseException as e:  # noqa: BLE001 - handed to the test
+            out.append(e)
+
+    t = threading.Thread(target=run, daemon=True)
+    t.start()
+    t.join(seconds)
+    assert not t.is_alive(), f"{fn} blocked"
+    return out[0]
+
+
+def test_a_fifo_is_refused_without_blocking(tmp_path):
+    fifo = str(tmp_path / "run.jsonl")
+    os.mkfifo(fifo)
+    for fn in (lambda: Journal.open(fifo, LOG), lambda: list(journal_mod.iter_entries(fifo, LOG)),
+               lambda: journal_mod.compact(fifo, LOG), lambda: journal_mod.forget(fifo, ["a"], LOG)):
+        e = _bounded(fn)
+        assert isinstance(e, JournalError) and "is a FIFO" in str(e), e
+
+
+def test_a_device_is_refused(tmp_path):
+    e = _bounded(lambda: Journal.open(os.devnull, LOG))
+    assert isinstance(e, JournalError) and "character device" in str(e)
+
+
+# -------------------------------------------- rewrites: mode, owner, temp files
+
+@pytest.mark.parametrize("mode", [0o600, 0o640, 0o644, 0o660, 0o400])
+def test_compact_and_forget_keep_the_file_mode(jpath, mode):
+    with Journal.open(jpath, LOG) as j:
+        j.record(K("a"), "a", [], 1)
+        j.record(K("a"), "a", [], 2)
+        j.record(K("b"), "b", [], 3)
+    os.chmod(jpath, mode)
+    journal_mod.compact(jpath, LOG)
+    assert stat.S_IMODE(os.stat(jpath).st_mode) == mode
+    journal_mod.forget(jpath, ["b"], LOG)
+    assert stat.S_IMODE(os.stat(jpath).st_mode) == mode
+    assert os.stat(jpath).st_uid == os.geteuid()
+    assert [e["name"] for e in lines(jpath)] == ["a"]
+
+
+LEFTOVER = ".run.jsonl.0123456789abcdef.tmp"
+NOT_OURS = [".run.jsonl.notes.tmp", ".run.jsonl.0123456789ABCDEF.tmp", ".run.jsonl.0123456789abcdef.tmp.bak",
+            ".other.jsonl.0123456789abcdef.tmp", "run.jsonl.0123456789abcdef.tmp",
+            ".run.jsonl.0123456789abcde.tmp", ".run.jsonl.x.0123456789abcdef.tmp"]
+
+
+def _plant(tmp_path) -> None:
+    for name in [LEFTOVER, *NOT_OURS]:
+        (tmp_path / name).write_bytes(b"partial rewrite")
+    (tmp_path / "target").write_bytes(b"keep")
+    os.symlink(str(tmp_path / "target"), str(tmp_path / ".run.jsonl.fedcba9876543210.tmp"))
+
+
+def _remaining(tmp_path) -> list[str]:
+    return sorted(n for n in os.listdir(tmp_path) if n not in ("run.jsonl", "target"))
+
+
+def test_open_removes_a_leftover_temp_file_and_nothing_else(tmp_path):
+    path = str(tmp_path / "run.jsonl")
+    Journal.open(path, LOG).close()
+    _plant(tmp_path)
+    Journal.open(path, LOG).close()
+    assert _remaining(tmp_path) == sorted([*NOT_OURS, ".run.jsonl.fedcba9876543210.tmp"])
+    assert (tmp_path / "target").read_bytes() == b"keep"
+
+
+def test_compact_removes_a_leftover_temp_file_and_leaves_none_of_its_own(tmp_path):
+    path = str(tmp_path / "run.jsonl")
+    with Journal.open(path, LOG) as j:
+        j.record(K("a"), "a", [], 1)
+    _plant(tmp_path)
+    journal_mod.compact(path, LOG)
+    assert _remaining(tmp_path) == sorted([*NOT_OURS, ".run.jsonl.fedcba9876543210.tmp"])
+
+
+def test_a_refused_file_keeps_its_neighbours(tmp_path):
+    path = str(tmp_path / "run.jsonl")
+    (tmp_path / "run.jsonl").write_bytes(b"not a journal\n")
+    _plant(tmp_path)
+    with pytest.raises(JournalError):
+        Journal.open(path, LOG)
+    assert LEFTOVER in os.listdir(tmp_path)
+
+
+def test_a_failed_rewrite_removes_its_temp_file(jpath, monkeypatch, tmp_path):
+    with Journal.open(jpath, LOG) as j:
+        j.record(K("a"), "a", [], 1)
+    before = open(jpath, "rb").read()
+
+    def fail(fd):
+        raise OSError(errno.EIO, "Input/output error")
+
+    monkeypatch.setattr(os, "fsync", fail)
+    with pytest.raises(OSError):
+        journal_mod.compact(jpath, LOG)
+    monkeypatch.undo()
+    assert os.listdir(tmp_path) == ["run.jsonl"] and open(jpath, "rb").read() == before
+
+
+# --------------------------------------- lines with a valid checksum but odd fields
+
+def _fields(**over: str) -> str:
+    f = {"key": json.dumps(K("x")), "kind": '"task"', "name": '"x"', "deps": "[]",
+         "t": "1763850000.0", "digest": "null", "inputs": "null", "enc": '"json"'}
+    f.update(over)
+    return ",".join(f'"{k}":{v}' for k, v in f.items() if v is not None)
+
+
+ODD_LINES = {
+    "t NaN": _fields(t="NaN"),
+    "t Infinity": _fields(t="Infinity"),
+    "t 1e999": _fields(t="1e999"),
+    "t huge int": _fields(t="9" * 400),
+    "t 1e300": _fields(t="1e300"),
+    "t string": _fields(t='"yesterday"'),
+    "t true": _fields(t="true"),
+    "deps not a list": _fields(deps='"abc"'),
+    "deps of ints": _fields(deps="[1,2]"),
+    "name not a str": _fields(name="12"),
+    "empty key": _fields(key='""'),
+    "key not a str": _fields(key="[1]"),
+    "digest a number": _fields(digest="5"),
+    "inputs a list": _fields(inputs='["a"]'),
+    "no digest field": _fields(digest=None),
+    "unknown enc": _fields(enc='"zip"'),
+    "unknown kind": _fields(kind='"' + "k" * 1000 + '"'),
+    "deeply nested name": _fields(name="[" * 100_000 + "]" * 100_000),
+    "duplicate fields": _fields() + ',"kind":"task"',
+}
+
+
+@pytest.mark.parametrize("fields", ODD_LINES.values(), ids=ODD_LINES.keys())
+def test_lines_with_a_valid_checksum_but_odd_fields_are_skipped(jpath, caplog_w, fields):
+    with Journal.open(jpath, LOG) as j:
+        j.record(K("a"), "a", [], 1)
+    with open(jpath, "ab") as f:
+        f.write(make_line("", "", "1", fields=fields))
+    with Journal.open(jpath, LOG) as j:
+        if fields.endswith(',"kind":"task"'):  # JSON keeps the last of duplicate fields: valid
+            assert j.get(K("x")).value == 1  # type: ignore[union-attr]
+        else:
+            assert K("x") not in j
+            (w,) = warnings_of(caplog_w)
+            assert "line 3" in w and len(w) < 400
+        assert j.record(K("b"), "b", [], 2) and j.get(K("a")).value == 1  # type: ignore[union-attr]
+
+
+def test_odd_but_valid_fields_are_read(jpath):
+    with Journal.open(jpath, LOG) as j:
+        j.record(K("a"), "a", [], 1)
+    with open(jpath, "ab") as f:
+        f.write(make_line("", "", "1", fields=_fields(t="-86400.5", key='"not hex \\u001b[31m"',
+                                                      name='"\\u202eevil\\n"')))
+    with Journal.open(jpath, LOG) as j:
+        hit = j.get("not hex \x1b[31m")
+        assert hit is not None and hit.t == -86400.5
+        e = list(j.entries())[-1]
+        assert e.name == "\u202eevil\n" and e.time == -86400.5

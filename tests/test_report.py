@@ -525,3 +525,218 @@ def test_timeline_renders_in_chromium(tmp_path):
     # the bars are really painted, in their colours
     for kind in ("succeeded", "failed", "retried"):
         assert count_color(image, rp.COLORS[kind]) > 20, kind
+
+
+# ----- hostile values and errors: report, flowchart and timeline never raise -----------
+
+from flowing.results import ItemResult, StepResult, StepState  # noqa: E402
+
+
+class RaisingRepr:
+    def __repr__(self):
+        raise RuntimeError("no repr")
+
+    __str__ = __repr__
+
+
+class NonStrRepr:
+    def __repr__(self):
+        return 42
+
+
+class NoBoolNoEq:
+    def __bool__(self):
+        raise ValueError("no truth value")
+
+    def __eq__(self, other):
+        raise TypeError("no eq")
+
+    __hash__ = object.__hash__
+
+    def __repr__(self):
+        return "NoBoolNoEq()"
+
+
+class StrRaises(Exception):
+    def __str__(self):
+        raise RuntimeError("cannot")
+
+
+class StrNonStr(Exception):
+    def __str__(self):
+        return 7
+
+
+class HostileError(Exception):
+    def __bool__(self):
+        raise ValueError("no truth value")
+
+    def __eq__(self, other):
+        raise TypeError("no eq")
+
+    __hash__ = Exception.__hash__
+
+    def __str__(self):
+        return "hostile\n" + "h" * 100_000
+
+
+def _hostile_flow():
+    """Tasks, then results built by hand holding every hostile thing at once."""
+    names = ["plain", "bad_value", "bad_error", "odd_error", "items", "side"]
+    made = {n: task(name=n)(lambda: 1) for n in names[:-1]}
+    task(name="side", depends_on=[made["plain"]], detached=True)(lambda plain: 1)
+    flow = Flow(*made.values(), log=False)
+    t = 1_700_000_000.0
+    S, F = StepState.SUCCEEDED, StepState.FAILED
+    items = [ItemResult(0, S, RaisingRepr(), None, 1, True, item=RaisingRepr()),
+             ItemResult(1, F, None, StrRaises(), 3, False, "tb", t + 0.1, t + 0.2,
+                        item=NoBoolNoEq()),
+             ItemResult(2, F, None, HostileError(), 1, False, None, t + 0.1, t + 0.3,
+                        item="x" * 100_000),
+             None]
+    flow.results = {
+        "plain": StepResult("plain", S, {"ok": 1}, started_at=t, finished_at=t + 0.1),
+        "bad_value": StepResult("bad_value", S, NonStrRepr(), started_at=t,
+                                finished_at=t + 0.2, reason=NoBoolNoEq()),
+        "bad_error": StepResult("bad_error", F, RaisingRepr(), StrRaises(), attempts=2,
+                                traceback=RaisingRepr(), started_at=t, finished_at=t + 0.3,
+                                step_key=NonStrRepr()),
+        "odd_error": StepResult("odd_error", F, None, HostileError(), attempts=1,
+                                reason=NoBoolNoEq(), started_at=t, finished_at=float("nan")),
+        "items": StepResult("items", F, [RaisingRepr()], StrNonStr(), attempts=3,
+                            started_at=t + 0.05, finished_at=t + 0.35, items=items),
+        "side": StepResult("side", F, None, StrNonStr(), attempts=1, started_at=t + 0.4,
+                           finished_at=t + 0.5),
+    }
+    flow.retries = [(flow.graph.index_of("items"), 1, 1, t + 0.1, t + 0.15, StrRaises()),
+                    (flow.graph.index_of("bad_error"), None, 1, t, t + 0.1, HostileError()),
+                    ("junk",)]
+    flow.started_at, flow.finished_at = t, t + 0.5
+    return flow
+
+
+def test_report_survives_hostile_values_and_errors(tmp_path):
+    flow = _hostile_flow()
+    rep = flow.report()
+    text = json.dumps(rep, allow_nan=False)
+    assert "\\ud800" not in text
+    tasks = rep["tasks"]
+    assert tasks["bad_value"]["value_preview"] == "<unprintable NonStrRepr>"
+    assert tasks["bad_value"]["reason"] == "NoBoolNoEq()"
+    assert tasks["bad_error"]["error"] == {"type": "StrRaises",
+                                           "message": "<unprintable StrRaises>"}
+    assert tasks["bad_error"]["step_key"] == "<unprintable NonStrRepr>"
+    assert len(tasks["odd_error"]["error"]["message"]) <= rp.MESSAGE_MAX_CHARS
+    assert tasks["odd_error"]["finished_at"] is None  # NaN is no JSON
+    items = tasks["items"]["items"]
+    assert (items["total"], items["succeeded"], items["failed"], items["not_run"],
+            items["cached"]) == (4, 1, 2, 1, 1)
+    assert items["failed_indices"] == [1, 2]
+    first, second = items["failed_items"]
+    assert first["index"] == 1 and first["item"] == "NoBoolNoEq()"
+    assert first["label"] == "item 1 (NoBoolNoEq())" and first["attempts"] == 3
+    assert first["error"] == {"type": "StrRaises", "message": "<unprintable StrRaises>"}
+    assert second["item"].startswith("'xxx") and len(second["item"]) <= rp.ITEM_REPR_CHARS
+    assert items["first_failure"] == first
+    assert items["line"].startswith("4 items: 1 ok (1 cached), 2 failed, 1 not run: item 1")
+    retries = tasks["bad_error"]["retries"]
+    assert retries[0]["error"]["type"] == "HostileError"
+
+    # the flowchart and the timeline too
+    head, nodes, edges, classes, defs = parse_mermaid(flow.to_mermaid())
+    assert "2 of 4 items" in nodes["t4"]
+    root = ET.parse(flow.timeline_svg(tmp_path / "hostile.svg")).getroot()
+    titles = [t.text or "" for t in root.iter(SVG + "title")]
+    assert any(t.startswith("items[1] (NoBoolNoEq()): failed, attempts=3") for t in titles)
+    assert any(t.startswith("items[1] (NoBoolNoEq()) attempt 1 failed, retried")
+               for t in titles)
+
+
+def test_report_settings_are_plain_json(tmp_path):
+    @task
+    def one():
+        return 1
+
+    flow = Flow(one, log=False)
+    flow.journal_path = tmp_path / "as_a_path.jsonl"  # whatever a caller may have set
+    flow.schedule = RaisingRepr()
+    rep = flow.report()
+    json.dumps(rep, allow_nan=False)
+    assert rep["settings"]["journal_path"] == str(tmp_path / "as_a_path.jsonl")
+    assert rep["settings"]["schedule"] == "<unprintable RaisingRepr>"
+
+
+def test_report_for_each_names_failed_items():
+    @task
+    def files():
+        return ["a.csv", "b.csv", "c.csv", "d.csv"]
+
+    @task(depends_on=[files], for_each="files")
+    def load(files):
+        if files in ("b.csv", "d.csv"):
+            raise KeyError(files)
+        return len(files)
+
+    flow = Flow(load, log=False)
+    flow.run()
+    items = flow.report()["tasks"]["load"]["items"]
+    assert (items["total"], items["succeeded"], items["failed"]) == (4, 2, 2)
+    assert items["failed_indices"] == [1, 3]
+    assert [(f["index"], f["item"], f["label"]) for f in items["failed_items"]] == [
+        (1, "'b.csv'", "item 1 ('b.csv')"), (3, "'d.csv'", "item 3 ('d.csv')")]
+    assert items["failed_items"][0]["error"] == {"type": "KeyError", "message": "'b.csv'"}
+    assert items["line"] == ("4 items: 2 ok, 2 failed: item 1 ('b.csv'): KeyError: 'b.csv'; "
+                             "item 3 ('d.csv'): KeyError: 'd.csv'")
+
+
+def test_report_says_why_a_journaled_task_ran(tmp_path):
+    try:
+        listing = task(name="listing", cache=False)(lambda: ["a"])
+    except TypeError:
+        pytest.skip("@task(cache=...) is not there yet")
+
+    @task(depends_on=[listing])
+    def count(listing):
+        return len(listing)
+
+    path = tmp_path / "j.jsonl"
+    Flow(count, journal_path=path, log=False).run()
+    flow = Flow(count, journal_path=path, log=False)
+    flow.run()
+    tasks = flow.report()["tasks"]
+    assert tasks["listing"]["cached"] is False and "cache=False" in tasks["listing"]["why"]
+    assert tasks["count"]["cached"] is True and "why" not in tasks["count"]
+
+
+# ----- the timeline is layout (plain data) + drawing ---------------------------------
+
+def test_timeline_layout_is_plain_data():
+    flow = Flow(*mixed_flow(), fail_fast=False, log=False)
+    flow.run()
+    layout = rp.layout_timeline(flow)
+    assert rp.draw_timeline(layout) == rp.render_timeline(flow)
+    names = [td.name for td in flow.graph.tasks]
+    assert [row.name for row in layout.rows] == names
+    assert [row.y for row in layout.rows] == sorted(row.y for row in layout.rows)
+    assert layout.separator is not None and layout.separator.y < layout.rows[-1].y
+    bars = [m for m in layout.marks if isinstance(m, rp.Bar)]
+    flaky = [b for b in bars if b.task == "flaky"]
+    assert [b.kind for b in flaky] == ["retried", "succeeded"]
+    assert [b.attempt for b in flaky] == [1, 2]
+    assert all(layout.gutter <= b.x1 <= b.x2 <= layout.width for b in bars)
+    ticks = [m for m in layout.marks if isinstance(m, rp.Tick)]
+    assert sorted(t.kind for t in ticks) == ["failed", "succeeded", "succeeded"]
+    assert any(t.title.startswith("per_item[2] (2): failed") for t in ticks)
+    assert [t.x for t in layout.ticks] == sorted(t.x for t in layout.ticks)
+    assert layout.ticks[0].label == "0" and layout.ran
+
+
+def test_timeline_layout_before_a_run():
+    @task
+    def one():
+        return 1
+
+    layout = rp.layout_timeline(Flow(one, log=False))
+    assert not layout.ran and layout.marks == [] and layout.ticks == []
+    assert [row.name for row in layout.rows] == ["one"]
+    assert layout.title == "flowing run: NOT RUN"

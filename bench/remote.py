@@ -1,0 +1,285 @@
+#!/usr/bin/env python3
+"""Bodies on other processes: what a process pool or a Dask cluster buys, and costs.
+
+    python3 bench/remote.py            # full run, about a minute on 2 cores
+    python3 bench/remote.py --quick    # fewer repeats
+
+Rows (each figure the median of several runs, flowing beside a raw baseline
+measured in the same run; engines are started and warmed up before timing):
+
+  cpu       for_each of 8 items of pure-Python work (~0.3 s each): wall time
+            on threads over wall time on ProcessPoolExecutor(2) (target >= 1.7)
+            and on a Dask LocalCluster of 2 workers x 1 thread (target >= 1.6).
+  dask      no-op tasks through flowing on Dask, per task, over raw
+            ``client.submit`` of the same graph with futures as arguments:
+            wide root -> 400 -> sink (target <= 1.5); a chain of 100 beside the
+            raw hand-off (submit, wait, submit the next).
+  process   no-op tasks through flowing on ProcessPoolExecutor(2), per task,
+            over raw ``submit`` + ``result`` (target <= 1.3): wide (all
+            submitted, then all waited for) and a chain (hand-off).
+
+A MISS is reported, never fatal. Needs ``distributed`` for the Dask rows
+(skipped without it).
+"""
+
+import multiprocessing
+import os
+import sys
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+REPO = os.path.dirname(HERE)
+if REPO not in sys.path:
+    sys.path.insert(0, REPO)
+
+from flowing import Flow, task  # noqa: E402
+
+
+def spin(n):
+    """Pure-Python CPU work: holds the GIL throughout."""
+    total = 0
+    for i in range(n):
+        total += i * i % 7
+    return total
+
+
+def calibrate(seconds=0.3):
+    """n for which spin(n) takes ``seconds`` on one free core (the fastest of 3 tries)."""
+    n = 200_000
+    while True:
+        took = min(timed(lambda n=n: spin(n)) for _ in range(3))
+        if took > 0.05:
+            return int(n * seconds / took)
+        n *= 4
+
+
+def noop(*args, **kwargs):
+    return None
+
+
+def median(xs):
+    xs = sorted(xs)
+    n = len(xs)
+    return xs[n // 2] if n % 2 else (xs[n // 2 - 1] + xs[n // 2]) / 2
+
+
+def timed(fn):
+    t0 = time.perf_counter()
+    fn()
+    return time.perf_counter() - t0
+
+
+def interleaved(runs, cases):
+    """Run every case ``runs`` times, alternating, -> median seconds per case."""
+    times = {name: [] for name in cases}
+    for _ in range(runs):
+        for name, fn in cases.items():
+            times[name].append(timed(fn))
+    return {name: median(ts) for name, ts in times.items()}
+
+
+# ----- graphs ---------------------------------------------------------------------------
+
+
+def cpu_flow(n_items, work_n, **flow_kw):
+    items = task(make_items, name="items")
+    spun = task(spin_item, name="spun", depends_on=[items], for_each=items)
+    return Flow(spun, log=False, inputs={"n_items": n_items, "work_n": work_n}, **flow_kw)
+
+
+def make_items(n_items, work_n):
+    return [work_n] * n_items
+
+
+def spin_item(items):
+    return spin(items)
+
+
+def wide_flow(width, **flow_kw):
+    root = task(noop, name="root")
+    mids = [task(noop_dep, name=f"m{i}", depends_on=[root]) for i in range(width)]
+    sink = task(noop, name="sink", depends_on=mids)
+    return Flow(sink, log=False, **flow_kw)
+
+
+def chain_flow(length, **flow_kw):
+    t = task(noop, name="c0")
+    for i in range(1, length):
+        t = task(noop_dep_c, name=f"c{i}", depends_on=[t])
+    return Flow(t, log=False, **flow_kw)
+
+
+def noop_dep(root):
+    return None
+
+
+def noop_dep_c(**kwargs):
+    return None
+
+
+def checked(flow):
+    res = flow.run()
+    bad = [r for r in res.values() if not r.ok]
+    if bad:
+        raise RuntimeError(f"{bad[0].name}: {bad[0].error}")
+
+
+# ----- sections -------------------------------------------------------------------------
+
+
+def bench_cpu(rows, runs, work_n, client):
+    from concurrent.futures import ProcessPoolExecutor
+
+    threads = cpu_flow(8, work_n, max_workers=2)
+    with ProcessPoolExecutor(2) as pool:
+        list(pool.map(spin, [1000, 1000]))  # workers up
+        procs = cpu_flow(8, work_n, max_workers=2, executor=pool)
+        checked(procs)
+        cases = {"threads": lambda: checked(threads), "process": lambda: checked(procs),
+                 "raw": lambda: list(pool.map(spin, [work_n] * 8))}
+        if client is not None:
+            dask = cpu_flow(8, work_n, max_workers=2, executor=client)
+            checked(dask)
+            cases["dask"] = lambda: checked(dask)
+        t = interleaved(runs, cases)
+    rows.append(("cpu for_each 8 x 0.3 s: threads / ProcessPoolExecutor(2) (speedup)",
+                 t["threads"], t["process"], t["threads"] / t["process"], ">= 1.7",
+                 t["threads"] / t["process"] >= 1.7))
+    rows.append(("cpu for_each 8 x 0.3 s on ProcessPoolExecutor(2) / raw pool.map",
+                 t["process"], t["raw"], t["process"] / t["raw"], "", None))
+    if client is not None:
+        rows.append(("cpu for_each 8 x 0.3 s: threads / Dask 2 workers x 1 thread (speedup)",
+                     t["threads"], t["dask"], t["threads"] / t["dask"], ">= 1.6",
+                     t["threads"] / t["dask"] >= 1.6))
+
+
+def bench_dask(rows, runs, client):
+    width, length = 400, 100
+
+    def raw_wide():
+        root = client.submit(noop, pure=False)
+        mids = [client.submit(noop, root, pure=False) for _ in range(width)]
+        client.submit(noop, *mids, pure=False).result()
+
+    def raw_wide_gathered():
+        # the same graph, every value brought back to the client as flowing does
+        root = client.submit(noop, pure=False).result()
+        mids = client.gather([client.submit(noop, root, pure=False) for _ in range(width)])
+        client.submit(noop, *mids, pure=False).result()
+
+    def raw_chain_handoff():
+        value = None
+        for _ in range(length):
+            value = client.submit(noop, value, pure=False).result()
+
+    def raw_chain_futures():
+        f = client.submit(noop, pure=False)
+        for _ in range(length - 1):
+            f = client.submit(noop, f, pure=False)
+        f.result()
+
+    for mw in (64, 400):
+        wide = wide_flow(width, executor=client, max_workers=mw)
+        checked(wide)
+        raw_wide()
+        raw_wide_gathered()
+        t = interleaved(runs, {"flowing": lambda wide=wide: checked(wide), "raw": raw_wide,
+                               "gathered": raw_wide_gathered})
+        n = width + 2
+        ratio = t["flowing"] / t["raw"]
+        rows.append((f"dask wide root->{width}->sink, per task (max_workers={mw}) / raw "
+                     f"futures as arguments", t["flowing"] / n, t["raw"] / n, ratio, "<= 1.5",
+                     ratio <= 1.5))
+        rows.append((f"dask wide root->{width}->sink, per task (max_workers={mw}) / raw, "
+                     f"values gathered to the client", t["flowing"] / n, t["gathered"] / n,
+                     t["flowing"] / t["gathered"], "", None))
+    chain = chain_flow(length, executor=client)
+    checked(chain)
+    t = interleaved(runs, {"flowing": lambda: checked(chain), "handoff": raw_chain_handoff,
+                           "futures": raw_chain_futures})
+    rows.append((f"dask chain of {length}, per task / raw hand-off (submit, wait, next)",
+                 t["flowing"] / length, t["handoff"] / length, t["flowing"] / t["handoff"],
+                 "", None))
+    rows.append((f"dask chain of {length}, per task / raw chained futures (one submit each)",
+                 t["flowing"] / length, t["futures"] / length, t["flowing"] / t["futures"],
+                 "", None))
+
+
+def bench_process(rows, runs):
+    from concurrent.futures import ProcessPoolExecutor
+
+    width, length = 400, 100
+    with ProcessPoolExecutor(2) as pool:
+        list(pool.map(noop, range(4)))
+
+        def raw_wide():
+            futures = [pool.submit(noop) for _ in range(width + 2)]
+            for f in futures:
+                f.result()
+
+        def raw_handoff():
+            value = None
+            for _ in range(length):
+                value = pool.submit(noop, value).result()
+
+        for mw in (2, 8):
+            wide = wide_flow(width, executor=pool, max_workers=mw)
+            checked(wide)
+            t = interleaved(runs, {"flowing": lambda wide=wide: checked(wide), "raw": raw_wide})
+            n = width + 2
+            ratio = t["flowing"] / t["raw"]
+            rows.append((f"process pool wide root->{width}->sink, per task (max_workers={mw}) "
+                         f"/ raw submit all + result", t["flowing"] / n, t["raw"] / n, ratio,
+                         "<= 1.3", ratio <= 1.3))
+        chain = chain_flow(length, executor=pool)
+        checked(chain)
+        t = interleaved(runs, {"flowing": lambda: checked(chain), "raw": raw_handoff})
+        ratio = t["flowing"] / t["raw"]
+        rows.append((f"process pool chain of {length}, per task / raw submit + result",
+                     t["flowing"] / length, t["raw"] / length, ratio, "<= 1.3", ratio <= 1.3))
+
+
+def fmt(seconds):
+    if seconds >= 1:
+        return f"{seconds:.2f} s"
+    if seconds >= 1e-3:
+        return f"{seconds * 1e3:.1f} ms"
+    return f"{seconds * 1e6:.0f} us"
+
+
+def main():
+    quick = "--quick" in sys.argv
+    runs = 3 if quick else 5
+    work_n = calibrate()
+    rows = []
+    client = cluster = None
+    try:
+        import distributed
+
+        cluster = distributed.LocalCluster(processes=True, n_workers=2, threads_per_worker=1,
+                                           dashboard_address=":0")
+        client = distributed.Client(cluster)
+        client.wait_for_workers(2, timeout=60)
+    except ImportError:
+        print("distributed is not installed: the Dask rows are skipped", file=sys.stderr)
+    try:
+        bench_cpu(rows, runs, work_n, client)
+        if client is not None:
+            bench_dask(rows, runs, client)
+        bench_process(rows, runs)
+    finally:
+        if client is not None:
+            client.close()
+            cluster.close()
+    print(f"\n`python3 bench/remote.py{' --quick' if quick else ''}` (medians of {runs} runs; "
+          f"{os.cpu_count()} cores; Python {sys.version.split()[0]}; "
+          f"start method {multiprocessing.get_start_method()})\n")
+    print("| case | flowing | raw / baseline | ratio | target | |")
+    print("|---|---|---|---|---|---|")
+    for name, a, b, ratio, target, ok in rows:
+        verdict = "" if ok is None else ("PASS" if ok else "MISS")
+        print(f"| {name} | {fmt(a)} | {fmt(b)} | {ratio:.2f} | {target} | {verdict} |")
+
+
+if __name__ == "__main__":
+    main()
