@@ -14,6 +14,8 @@ Sections (``--only`` takes a comma-separated list of these names):
   import    ``python3 -X importtime -c "import flowing"``
   batch     for_each: async items, sync no-op items, a rate Limit
   journal   durable journal: write cost, fsync, replay, opening a large file
+  incremental  a folder of small files, one item each: re-run with nothing changed,
+            and with one file changed, against the first run
 
 Every figure is the median of several runs. Each measurement runs in a fresh
 subprocess (this script re-invoked with ``--child``), so imports, memory and
@@ -491,6 +493,75 @@ def child_journal_open(path, keys):
             "rss_import_mb": rss_import}
 
 
+def child_incremental(n, reps, by_content):
+    """examples/incremental.py's pattern over n small files, in one process: the first
+    run, a re-run with nothing changed, a re-run after one file changed (fresh Flow
+    objects each time, so each opens the journal as a new process would)."""
+    import hashlib
+    import pathlib
+    import shutil
+    import tempfile
+
+    fl = _flowing()
+    task, Flow = fl.task, fl.Flow
+    runs = {"first_s": [], "same_s": [], "changed_s": [], "changed_items": [],
+            "same_items": []}
+    for rep in range(reps):
+        d = pathlib.Path(tempfile.mkdtemp(prefix="flowing-bench-inc-"))
+        try:
+            folder = d / "in"
+            folder.mkdir()
+            for i in range(n):
+                (folder / f"f{i:05d}.csv").write_text("id,amount\n" + "".join(
+                    f"{k},{(i * 7 + k) % 13}\n" for k in range(5)))
+            fl.clear_registry()
+
+            if by_content:
+                @task(cache=False)
+                def listing(folder):
+                    return [(p.name, hashlib.sha256(p.read_bytes()).hexdigest())
+                            for p in sorted(pathlib.Path(folder).glob("*.csv"))]
+            else:
+                @task(cache=False)
+                def listing(folder):  # what make and rsync compare: size and mtime
+                    return [(p.name, st.st_size, st.st_mtime_ns)
+                            for p in sorted(pathlib.Path(folder).glob("*.csv"))
+                            for st in [p.stat()]]
+
+            @task(depends_on=[listing], for_each="listing")
+            def parse(listing, folder):
+                lines = (pathlib.Path(folder) / listing[0]).read_text().splitlines()[1:]
+                return sum(int(line.split(",")[1]) for line in lines)
+
+            @task(depends_on=[parse])
+            def report(parse):
+                return sum(parse)
+
+            def run():
+                t0 = time.perf_counter()  # opening the journal is part of a re-run
+                flow = Flow(report, inputs={"folder": str(folder)}, log=False,
+                            journal_path=str(d / "run.jsonl"))
+                flow.run()
+                elapsed = time.perf_counter() - t0
+                assert flow.ok
+                fresh = sum(1 for it in flow.results["parse"].items if not it.cached)
+                return elapsed, fresh
+
+            t, _ = run()
+            runs["first_s"].append(t)
+            t, fresh = run()
+            runs["same_s"].append(t)
+            runs["same_items"].append(fresh)
+            time.sleep(0.01)  # a later mtime, whatever the filesystem's resolution
+            (folder / "f00042.csv").write_text("id,amount\n0,1000\n")
+            t, fresh = run()
+            runs["changed_s"].append(t)
+            runs["changed_items"].append(fresh)
+        finally:
+            shutil.rmtree(d, ignore_errors=True)
+    return runs
+
+
 CHILDREN = {name[len("child_"):]: fn for name, fn in globals().items()
             if name.startswith("child_")}
 
@@ -826,8 +897,29 @@ def section_journal(rep, quick):
         shutil.rmtree(d, ignore_errors=True)
 
 
+def section_incremental(rep, quick):
+    n = 200 if quick else 1000
+    for by_content in (False, True):
+        res = run_child("incremental", n=n, reps=1 if quick else 5, by_content=by_content)
+        first, same, changed = (median(res[x]) for x in ("first_s", "same_s", "changed_s"))
+        how = ("listing hashes every file (sha256)" if by_content
+               else "listing stats every file (size, mtime)")
+        rep.row("incremental", f"{n} small files, one item each, {how}: first run (Flow() "
+                f"and run(), journal, fsync per item)", ms(first))
+        gate = {} if by_content else {"target": "≤ 0.05", "ok": same / first <= 0.05}
+        rep.row("incremental", f"  re-run, nothing changed: wall / first run's (items run: "
+                f"{max(res['same_items'])})", ms(same), ms(first), f"{same / first:.3f}", **gate)
+        gate = {} if by_content else {"target": "≤ 0.1, 1 item",
+                                      "ok": changed / first <= 0.1
+                                      and max(res["changed_items"]) == 1}
+        rep.row("incremental", f"  re-run, one file changed: wall / first run's (items run: "
+                f"{max(res['changed_items'])})", ms(changed), ms(first),
+                f"{changed / first:.3f}", **gate)
+
+
 SECTIONS = {"sched": section_sched, "makespan": section_makespan, "memory": section_memory,
-            "import": section_import, "batch": section_batch, "journal": section_journal}
+            "import": section_import, "batch": section_batch, "journal": section_journal,
+            "incremental": section_incremental}
 
 
 def machine_line():

@@ -8,10 +8,10 @@ from .retry import RetryUntilRejected
 from .scheduler import ItemsFailed
 from .tasks import TaskDef, clear_registry, task
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 
-def __getattr__(name):
+def __getattr__(name: str) -> object:
     # The journal's step keys are only needed by runs that journal: import on demand.
     if name in ("compute_step_key", "STEP_KEY_VERSION", "item_step_key"):
         from . import stepkey

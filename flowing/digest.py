@@ -854,7 +854,8 @@ def _enc_uuid(c: Canonical, x: Any, depth: int) -> bytes:
 
 
 def _enc_path(c: Canonical, x: Any, depth: int) -> bytes:
-    return _frame(b"/", _enc_str(type_name(type(x))) + _enc_str(str(x)))
+    # The public name (pathlib.PosixPath): the module holding it moved in 3.13.
+    return _frame(b"/", _enc_str("pathlib." + type(x).__name__) + _enc_str(str(x)))
 
 
 def _enc_pattern(c: Canonical, x: Any, depth: int) -> bytes:

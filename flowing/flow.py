@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import hashlib
+import os
 import threading
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from . import attempt as A
-from .events import (LOGGER_NAME, Reporter, error_line, format_duration, items_line,
-                     resolve_logger, safe_str)
+from .events import LOGGER_NAME, Reporter, error_line, format_duration, items_line, resolve_logger, safe_str
 from .graph import Graph
 from .results import ItemResult, StepResult, StepState
 from .scheduler import JournalPlan, Scheduler
@@ -20,7 +20,6 @@ if TYPE_CHECKING:
     import logging
     from concurrent.futures import Executor
 
-    from .events import Event
     from .journal import Journal
 
 SCHEDULES = ("eager", "layers")
@@ -99,7 +98,7 @@ class Flow:
             import logging
 
             from .journal import Journal  # only runs with a journal pay for it
-            self._journal = Journal.open(self.journal_path,
+            self._journal = Journal.open(str(journal_path),
                                          self.logger or logging.getLogger(LOGGER_NAME))
         self.results: dict[str, StepResult] = {}
         self._overrides: dict[int, StepResult] = {}
@@ -235,7 +234,7 @@ class Flow:
 
     # ----- reading -------------------------------------------------------------
 
-    def value(self, task_or_name):
+    def value(self, task_or_name: TaskDef | str) -> Any:
         """The value of a SUCCEEDED task; KeyError without a result, RuntimeError otherwise."""
         name = task_or_name.name if isinstance(task_or_name, TaskDef) else task_or_name
         r = self.results.get(name)
@@ -320,7 +319,7 @@ class Flow:
         lines.append(total)
         return "\n".join(lines)
 
-    def report(self) -> dict:
+    def report(self) -> dict[str, Any]:
         """A JSON-serialisable dict of the last run (``json.dumps`` always works)."""
         from .report import build_report
         return build_report(self)
@@ -330,7 +329,7 @@ class Flow:
         from .report import to_mermaid
         return to_mermaid(self, direction)
 
-    def timeline_svg(self, path) -> str:
+    def timeline_svg(self, path: str | os.PathLike[str]) -> str:
         """Write an SVG Gantt chart of the last run to ``path``; returns the path."""
         from .report import timeline_svg
         return timeline_svg(self, path)

@@ -90,18 +90,22 @@ class ItemResult(Record):
 
     __slots__ = ("index", "state", "value", "error", "attempts", "cached", "traceback",
                  "started_at", "finished_at", "item")
-    _defaults = dict(value=None, error=None, attempts=0, cached=False, traceback=None,
-                     started_at=None, finished_at=None, item=None)
-    index: int
-    state: StepState
-    value: Any
-    error: BaseException | None
-    attempts: int
-    cached: bool
-    traceback: str | None
-    started_at: float | None
-    finished_at: float | None
-    item: Any  # the input item itself
+
+    # Spelled out rather than inherited: a replayed for_each task builds one per item.
+    def __init__(self, index: int, state: StepState, value: Any = None,
+                 error: BaseException | None = None, attempts: int = 0, cached: bool = False,
+                 traceback: str | None = None, started_at: float | None = None,
+                 finished_at: float | None = None, item: Any = None) -> None:
+        self.index = index
+        self.state = state
+        self.value = value
+        self.error = error
+        self.attempts = attempts
+        self.cached = cached
+        self.traceback = traceback
+        self.started_at = started_at
+        self.finished_at = finished_at
+        self.item = item  # the input item itself
 
     @property
     def ok(self) -> bool:

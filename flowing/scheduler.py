@@ -73,9 +73,19 @@ from typing import TYPE_CHECKING, Any
 
 from . import attempt as A
 from .attempt import Job, Outcome
-from .events import (FlowFinished, FlowStarted, TaskCached, TaskFailed, TaskRetrying,
-                     TaskSkipped, TaskStarted, TaskSucceeded, item_failure, safe_repr,
-                     safe_str)
+from .events import (
+    FlowFinished,
+    FlowStarted,
+    TaskCached,
+    TaskFailed,
+    TaskRetrying,
+    TaskSkipped,
+    TaskStarted,
+    TaskSucceeded,
+    item_failure,
+    safe_repr,
+    safe_str,
+)
 from .results import ItemResult, StepResult, StepState
 from .runners import WAKE, Runner, Shared, open_runner
 
@@ -807,7 +817,7 @@ class Scheduler:
                 digest = value_digest(values)
                 self.digests[i] = digest
                 try:
-                    self.journal.record(key, td.name, self.shared.dep_keys[i]  # type: ignore[index]
+                    self.journal.record(key, td.name, self.shared.dep_keys[i]
                                         if self.shared.dep_keys is not None else [], values,
                                         "task", digest=digest, inputs=in_digest,
                                         store=self._storable(i, in_digest))

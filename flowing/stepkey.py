@@ -38,16 +38,23 @@ standard library and outside site-packages/dist-packages):
   - a function of the user: its fingerprint, recursively, by these same
     rules. Mutual recursion is fine.
   - a class of the user: its name, metaclass, bases, and every attribute in
-    its namespace (methods and nested classes by these same rules, other
-    attributes by content).
+    its namespace (methods, properties and nested classes by these same
+    rules, other attributes by content), except bookkeeping that Python or
+    the standard library adds on its own (``__module__``, ``__qualname__``,
+    ``__dict__``, ``__weakref__``, ``__firstlineno__``,
+    ``__static_attributes__``, ``__slotnames__``, ``_abc_impl``).
   - a user module (``helpers.compute()``): the attributes the code reads from
     it (``helpers.compute`` and ``pkg.sub.name`` chains), by these same rules.
   - a library module, function or class (``os``, ``json.dumps``,
-    ``pathlib.Path``): its module and qualified name only, never its code.
+    ``pathlib.Path``): its module and qualified name only, never its code. A
+    library function made inside another function (a decorator's wrapper):
+    its name and the values it closes over, by these same rules.
+  - a task (a ``TaskDef``): the fingerprint of its body.
   - any other value: its content (``flowing.digest``): numbers, strings,
     containers, paths, dates, decimals, enums, compiled patterns, dataclasses
-    and the state of any object, recursively; the user's functions and
-    classes met inside a value count by fingerprint.
+    and the state of any object, recursively (a value that contains itself
+    is fine); the user's functions and classes met inside a value count by
+    fingerprint, a user module met inside a value by its name.
 
 * its closure variables, argument defaults and keyword-only defaults, by the
   same rules.
@@ -62,19 +69,23 @@ wraps.
 
 What makes a task uncacheable
 -----------------------------
-A value that the body (or a gate, or a helper they call) reads and that has no
-stable content: a generator, a lock, a socket, an open file, a connection, an
-object whose state holds one of these, an object whose ``__reduce_ex__``
-raises. There is then no honest key, so the task is not
-replayed and not journaled for that run; ``Keyer.task_key`` returns an
-``Uncacheable`` whose one-line message names the task, the variable holding
-the value (``closure variable 'conn'``, ``global 'client'`` and the helper
-reading it, ``default of 'x'``, ``class attribute 'Client._lock'``,
-``input 'db'``), its type and where inside the value it sits, and the fix:
-pass the value through ``Flow(inputs=...)`` (data such as a path or a URL),
-make it a dependency, or set ``@task(version=...)``. A dunder attribute of a
-class (``__pydantic_validator__``, ``__signature__``...) without stable
-content is left out instead: it is machinery derived from the class.
+A value that the body (or a gate, or a helper they call), or an input, holds
+and that has no stable content: a generator, a lock, a socket, an open file, a
+connection, an object whose state holds one of these, an object whose
+``__reduce_ex__`` raises; also a value nested more than 100 levels deep or made
+of more than 20 million pieces, and a ``version`` that is not a string. There
+is then no honest key, so the task is not replayed and not journaled for that
+run; ``Keyer.task_key`` returns an ``Uncacheable`` whose one-line message names
+the task, the variable holding the value (``closure variable 'conn'``,
+``global 'client'`` and the helper reading it, ``default of 'x'``,
+``class attribute 'Client._lock'``, ``input 'db'``, or ``its body`` for a
+bound method's object), its type and where inside the value it sits
+(``client.session.sock``), and the fix: pass the value through
+``Flow(inputs=...)`` (data such as a path or a URL), make it a dependency, or
+set ``@task(version=...)``; for an input, pass plain data instead and open the
+resource inside the task. A dunder attribute of a class
+(``__pydantic_validator__``, ``__signature__``...) without stable content is
+left out instead: it is machinery derived from the class.
 
 What is not in it
 -----------------
@@ -88,8 +99,8 @@ What is not in it
 * The code of the standard library and of installed packages: upgrading a
   library does not re-run tasks. A project installed non-editably into
   site-packages counts as a library too.
-* Module-level names the code does not read, attribute names read from
-  objects other than modules, and builtins.
+* Module-level names the code does not read, and builtins (``len``,
+  ``print``).
 
 Good to know
 ------------
@@ -277,7 +288,15 @@ class Keyer:
     The user's functions and classes form a graph (helpers, methods,
     recursion), possibly with cycles. Each strongly connected component
     (Tarjan) is hashed as a whole from its members' content, so a fingerprint
-    does not depend on which member was reached first.
+    does not depend on which member was reached first. The walk is iterative
+    (no recursion from one function to the next), in two passes per node:
+    the first encodes its parts with stand-ins to find the functions and
+    classes it refers to; once its component is complete, the second encodes
+    them with their fingerprints (a stand-in remains only for a member of the
+    same component, and depends only on that member's code). So a value that
+    holds the user's functions or classes (an instance of a dataclass of
+    yours) is read twice the first time it is met, and never again in the
+    run; plain data is read once.
     """
 
     def __init__(self) -> None:
@@ -289,13 +308,10 @@ class Keyer:
         self._fps: dict[int, bytes] = {}          # finished nodes
         self._failed: dict[int, Unstable] = {}    # nodes without stable content
         self._keep: list[object] = []             # keeps nodes alive: ids stay unique
-        # Tarjan state of the pass in progress.
-        self._counter = 0
-        self._index: dict[int, int] = {}
-        self._low: dict[int, int] = {}
-        self._digests: dict[int, bytes] = {}
-        self._stack: list[object] = []
-        self._path: list[int] = []
+        # While a walk is solving: 1 = finding references, 2 = final encoding.
+        self._pass = 0
+        self._found: list[object] = []            # pass 1: references met
+        self._members: set[int] = set()           # pass 2: the component being finished
 
     # --- public -------------------------------------------------------------------------
 
@@ -394,17 +410,7 @@ class Keyer:
             raise _Failed(Uncacheable(task, _describe(e, fn, where))) from None
 
     def _chunk(self, value: object) -> bytes:
-        try:
-            return self._canon.chunk(value)
-        finally:
-            if not self._path:  # an aborted pass leaves nothing half-done behind
-                self._reset()
-
-    def _reset(self) -> None:
-        self._index.clear()
-        self._low.clear()
-        self._digests.clear()
-        self._stack.clear()
+        return self._canon.chunk(value)
 
     # --- the hook: the user's code, by content ----------------------------------------------
 
@@ -422,8 +428,8 @@ class Keyer:
         return None
 
     def _node(self, node: object) -> bytes:
-        """A function or class of the user: its fingerprint, or, inside the
-        component being solved, a stand-in that depends only on its code."""
+        """A function or class of the user: its fingerprint, or, inside a walk,
+        a stand-in (noted as a reference in the first pass)."""
         k = id(node)
         fp = self._fps.get(k)
         if fp is not None:
@@ -431,60 +437,118 @@ class Keyer:
         failed = self._failed.get(k)
         if failed is not None:
             raise failed.copy()
-        parent = self._path[-1] if self._path else None
-        if k not in self._index:
-            self._visit(node)
-            fp = self._fps.get(k)
-            if fp is not None:
-                return _frame(b"!n", fp)
-            if parent is not None:
-                self._low[parent] = min(self._low[parent], self._low[k])
-        elif parent is not None:  # on the stack: a cycle back to it
-            self._low[parent] = min(self._low[parent], self._index[k])
-        self._canon.taint += 1  # a stand-in is only valid inside this component
+        if self._pass == 0:
+            self._walk(node)
+            return _frame(b"!n", self._fps[k])
+        if self._pass == 1:
+            self._found.append(node)
+        elif k not in self._members:  # not met in the first pass: the value changed meanwhile
+            raise Unstable(_node_label(node), "(changed while being read) with no fingerprint",
+                           transient=True)
+        self._canon.taint += 1  # a stand-in is only valid inside its component
+        return self._stand_in(node)
+
+    def _stand_in(self, node: object) -> bytes:
         if isinstance(node, type):
             return _frame(b"!k", _text(str(node.__name__)))
         return _frame(b"!c", self._code(node.__code__).digest)  # type: ignore[attr-defined]
 
-    def _visit(self, node: object) -> None:
-        k = id(node)
-        self._keep.append(node)
-        self._index[k] = self._low[k] = self._counter
-        self._counter += 1
-        self._stack.append(node)
-        self._path.append(k)
+    def _walk(self, root: object) -> None:
+        """Fingerprint ``root`` and every node it reaches (iterative Tarjan)."""
+        index: dict[int, int] = {}
+        low: dict[int, int] = {}
+        stack: list[object] = []
+        on_stack: set[int] = set()
+        path: list[tuple[object, list[object], int]] = []  # DFS: node, references, next
+
+        def enter(node: object) -> None:
+            k = id(node)
+            self._keep.append(node)
+            index[k] = low[k] = len(index)
+            stack.append(node)
+            on_stack.add(k)
+            path.append((node, self._references(node, [p[0] for p in path]), 0))
+
         try:
-            if isinstance(node, type):
-                parts = self._class_parts(node)
-            else:
-                parts = self._function_parts(node)  # type: ignore[arg-type]
+            enter(root)
+            while path:
+                node, refs, at = path[-1]
+                k = id(node)
+                while at < len(refs):
+                    child = refs[at]
+                    at += 1
+                    c = id(child)
+                    if c in self._fps:
+                        continue
+                    failed = self._failed.get(c)
+                    if failed is not None:
+                        self._fail([p[0] for p in path], failed.copy())
+                    if c not in index:
+                        path[-1] = (node, refs, at)
+                        enter(child)
+                        break
+                    if c in on_stack:
+                        low[k] = min(low[k], index[c])
+                else:
+                    path.pop()
+                    if path:
+                        parent = id(path[-1][0])
+                        low[parent] = min(low[parent], low[k])
+                    if low[k] == index[k]:
+                        members = []
+                        while True:
+                            member = stack.pop()
+                            on_stack.discard(id(member))
+                            members.append(member)
+                            if member is node:
+                                break
+                        self._finish(members)
+        finally:
+            self._pass = 0
+
+    def _references(self, node: object, ancestors: list[object]) -> list[object]:
+        """Pass 1: the user's functions and classes ``node`` refers to."""
+        self._pass = 1
+        self._found = []
+        try:
+            self._parts(node)
         except Unstable as e:
             if e.origin is None:
                 e.origin = node
-            self._failed[k] = e.copy()
-            raise
-        except RecursionError:
-            deep = Unstable(_node_label(node), "(calling helpers nested too deeply) with no "
-                            "fingerprint", transient=True)
-            deep.origin = node
-            raise deep from None
-        finally:
-            self._path.pop()
-        self._digests[k] = hashlib.sha256(parts).digest()
-        if self._low[k] == self._index[k]:
-            self._close(node)
+            self._fail(ancestors + [node], e)
+        refs: dict[int, object] = {}
+        for ref in self._found:
+            refs.setdefault(id(ref), ref)
+        return list(refs.values())
 
-    def _close(self, root: object) -> None:
-        members = []
-        while True:
-            member = self._stack.pop()
-            members.append(member)
-            if member is root:
-                break
-        own = [self._digests[id(m)] for m in members]
+    def _fail(self, chain: list[object], e: Unstable) -> None:
+        """``chain[-1]`` has no fingerprint, nor has anything reaching it."""
+        if not e.transient:
+            for node in chain:
+                self._keep.append(node)
+                self._failed[id(node)] = e.copy()
+        raise e
+
+    def _finish(self, members: list[object]) -> None:
+        """Pass 2: encode a complete component and give each member its fingerprint."""
+        self._pass = 2
+        self._members = {id(m) for m in members}
+        try:
+            own = [hashlib.sha256(self._parts(m)).digest() for m in members]
+        except Unstable as e:
+            if e.origin is None:
+                e.origin = members[0]
+            raise
+        finally:
+            self._members = set()
         component = hashlib.sha256(b"".join(sorted(own))).digest()
         for m, d in zip(members, own):
             self._fps[id(m)] = hashlib.sha256(component + d).digest()
+
+    def _parts(self, node: object) -> bytes:
+        if isinstance(node, type):
+            return self._class_parts(node)
+        return self._function_parts(node)  # type: ignore[arg-type]
 
     def _code(self, code: types.CodeType) -> _CodeInfo:
         found = self._codes.get(id(code))

@@ -692,7 +692,8 @@ def test_batch_http_example_runs_and_resume_refetches_only_the_broken_item(repo_
     run, _, resumed = out.partition("== service fixed; resume() ==")
     assert resumed, out
     # first run: fetch failed on one item, summarise skipped
-    assert re.search(r"^failed\s+fetch\b.*12 items: 11 ok, 1 failed: item 7 \(7\): HTTPStatusError", run, re.M), run
+    assert re.search(r"^failed\s+fetch\b.*12 items: 11 ok, 1 failed: item 7 \(7\): HTTPStatusError",
+                     run, re.M), run
     assert re.search(r"^skipped\s+summarise\b", run, re.M), run
     failed_lines = re.findall(r"^failed item: index=(\d+) id=(\d+) attempts=(\d+) "
                               r"error=HTTPStatusError: HTTP 500", run, re.M)

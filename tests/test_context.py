@@ -7,11 +7,10 @@ import threading
 import time
 
 import pytest
+from helpers import Gauge
 
 import flowing
 from flowing import Cancelled, Flow, Limit, StepState, current, task
-
-from helpers import Gauge
 
 S, F, K = StepState.SUCCEEDED, StepState.FAILED, StepState.SKIPPED
 

@@ -23,7 +23,7 @@ def _blocks():
         if not os.path.exists(path):
             continue
         text = open(path, encoding="utf-8").read()
-        for n, match in enumerate(FENCE.finditer(text), 1):
+        for match in FENCE.finditer(text):
             line = text[:match.start()].count("\n") + 2
             yield pytest.param(match.group(1), id=f"{doc}:{line}")
 

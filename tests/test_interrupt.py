@@ -29,13 +29,13 @@ SCRIPT = textwrap.dedent("""
     @task(depends_on=[fast])
     def after_fast(fast):
         calls["after_fast"] += 1
-        sys.stdout.write("after_fast done\\n"); sys.stdout.flush()  # one write: threads must not interleave lines
+        sys.stdout.write("after_fast done\\n"); sys.stdout.flush()  # one write: no interleaving
         return fast + 1
 
     @task
     def slow():
         calls["slow"] += 1
-        sys.stdout.write("slow started\\n"); sys.stdout.flush()  # one write: threads must not interleave lines
+        sys.stdout.write("slow started\\n"); sys.stdout.flush()  # one write: no interleaving
         while not release.is_set():
             time.sleep(0.02)
         return "slow"
@@ -179,7 +179,7 @@ RESUME_SCRIPT = textwrap.dedent("""
         calls["second"] += 1
         if broken[0]:
             raise ValueError("not yet")
-        sys.stdout.write("second running\\n"); sys.stdout.flush()  # one write: threads must not interleave lines
+        sys.stdout.write("second running\\n"); sys.stdout.flush()  # one write: no interleaving
         while not release.is_set():
             time.sleep(0.02)
         return first + 1

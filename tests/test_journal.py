@@ -1003,3 +1003,34 @@ def test_odd_but_valid_fields_are_read(jpath):
         assert hit is not None and hit.t == -86400.5
         e = list(j.entries())[-1]
         assert e.name == "\u202eevil\n" and e.time == -86400.5
+
+
+# ----- the fast header path reads exactly what the general JSON path reads ---------
+
+from hypothesis import given as _given  # noqa: E402
+from hypothesis import settings as _settings  # noqa: E402
+from hypothesis import strategies as _st  # noqa: E402
+
+_hex64 = _st.text("0123456789abcdef", min_size=64, max_size=64)
+
+
+@_settings(max_examples=300, deadline=None)
+@_given(key=_hex64, kind=_st.sampled_from(["task", "item", "override"]), name=_st.text(),
+        deps=_st.lists(_hex64, max_size=3), t=_st.floats(0, 2e9),
+        digest=_st.none() | _hex64, inputs=_st.none() | _hex64 | _st.just("*"),
+        enc=_st.sampled_from(["json", "pickle", "none"]))
+def test_fast_header_parse_equals_the_json_parse(key, kind, name, deps, t, digest, inputs, enc):
+    import json as _json
+
+    from flowing import journal as J
+
+    line = J._make_line(key, kind, name, deps, t, enc, "null", digest, inputs)[:-1]
+    i = line.find(J._VALUE_TAG)
+    general = _json.loads(b"{" + line[J._HEAD:i] + b"}")
+    general["t"] = float(general["t"])
+    general["v"] = 2
+    hdr, vstart, problem = J._check(line, None, None)
+    assert problem is None and vstart == i + len(J._VALUE_TAG)
+    assert hdr == general
+    fast = J._fast_header(line, i)
+    assert fast is None or fast == general

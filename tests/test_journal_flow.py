@@ -393,7 +393,8 @@ def test_edits_rerun_exactly_the_affected_tasks(proj):
     step("\ndef inner():", "\n# a comment\n\n\n# and blank lines\n\ndef inner():", [])
     step("@task\ndef a():", "# about a\n\n@task  # the root\ndef a():  # really\n", [])
     # the same edits as above, undone: the first keys are still in the journal
-    for new, old in [('"epsilon"}', '"epsilon", "iota"}'), ("return 100", "return 101"), ("return FACTOR * 2", "return FACTOR * 4"),
+    for new, old in [('"epsilon"}', '"epsilon", "iota"}'), ("return 100", "return 101"),
+                     ("return FACTOR * 2", "return FACTOR * 4"),
                      ("FACTOR = 3", "FACTOR = 5")]:
         proj.edit(old, new)
     again = proj.run()

@@ -5,7 +5,6 @@ import dataclasses
 import datetime
 import decimal
 import json
-import os
 import pathlib
 import subprocess
 import sys

@@ -334,7 +334,6 @@ def test_eager_and_layers_give_the_same_results(fail_fast):
 def test_long_chain_does_not_hit_the_recursion_limit():
     n = 3000
     prev = task(lambda: 0, name="t0")
-    first = prev
     for i in range(1, n):
         prev = task(lambda **kw: next(iter(kw.values())) + 1, name=f"t{i}", depends_on=[prev])
     flow = Flow(prev, log=False)
@@ -450,7 +449,7 @@ def test_summary():
     text = flow.summary()
     lines = text.splitlines()
     assert len(lines) == 6  # one per task and the totals line
-    by_name = {n: next(l for l in lines if f" {n} " in l or l.split()[1] == n)
+    by_name = {n: next(line for line in lines if f" {n} " in line or line.split()[1] == n)
                for n in ["good", "flaky", "bad", "after", "notify"]}
     assert by_name["good"].startswith("succeeded")
     assert "attempts=2" in by_name["flaky"]

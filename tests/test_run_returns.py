@@ -8,12 +8,11 @@ import threading
 import time
 
 import pytest
+from helpers import ListHandler
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from flowing import Flow, Limit, StepState, task
-
-from helpers import ListHandler
 
 F, S, K = StepState.FAILED, StepState.SUCCEEDED, StepState.SKIPPED
 
