@@ -3,7 +3,7 @@
 
     python3 bench/keys.py            # every case, median of 5 runs (about 30 s)
     python3 bench/keys.py --runs 3
-    python3 bench/keys.py --before   # also the 0.1 keyer (git HEAD~ version) on 100 tasks
+    python3 bench/keys.py --before   # also the 0.1 keyer (from git, commit ac647f5), 100 tasks
 
 Cases (each run in a fresh subprocess, so no cache survives from one run to
 the next; only the keying is timed, not declaring the tasks):
@@ -152,12 +152,12 @@ def _before(make_shared, n):
 # --- the driver --------------------------------------------------------------------------------
 
 CASES = [
-    # label, case, n, figure, target (seconds or µs), unit
-    ("10k loop-built tasks reading one 200k-element list", "shared", 10_000, "total", 1.0, "s"),
-    ("typical body, 2,000 loop-built tasks", "typical", 2_000, "per", None, "µs/task"),
-    ("one body shared by 2,000 tasks", "same", 2_000, "per", None, "µs/task"),
-    ("item_key, 10,000 dict items", "items", 10_000, "per", None, "µs/item"),
-    ("value_digest of the 200k-element list", "digest", 1, "total", None, "s"),
+    # label, case, n, target (in unit), unit: "s" for the total, else per task or item
+    ("10k loop-built tasks reading one 200k-element list", "shared", 10_000, 1.0, "s"),
+    ("typical body, 2,000 loop-built tasks", "typical", 2_000, None, "µs/task"),
+    ("one body shared by 2,000 tasks", "same", 2_000, None, "µs/task"),
+    ("item_key, 10,000 dict items", "items", 10_000, None, "µs/item"),
+    ("value_digest of the 200k-element list", "digest", 1, None, "s"),
 ]
 
 
@@ -182,12 +182,12 @@ def main(argv):
         runs = int(argv[argv.index("--runs") + 1])
     cases = list(CASES)
     if "--before" in argv:
-        cases.append(("0.1 keyer: 100 tasks reading the 200k list", "before", 100, "per", None,
-                      "ms/task"))
+        cases.append(("0.1 keyer (commit ac647f5): 100 tasks reading the 200k list", "before",
+                      100, None, "ms/task"))
     print(f"python {sys.version.split()[0]}, median of {runs} runs, each in a fresh process\n")
     print("| case | median | spread | target | |")
     print("|---|---|---|---|---|")
-    for label, case, n, figure, target, unit in cases:
+    for label, case, n, target, unit in cases:
         times = [run_child(case, n)["seconds"] for _ in range(runs if case != "before" else 1)]
         scale = {"s": 1.0, "µs/task": 1e6 / n, "µs/item": 1e6 / n, "ms/task": 1e3 / n}[unit]
         values = [t * scale for t in times]

@@ -1,8 +1,9 @@
 #!/usr/bin/env python3
 """Bodies on other processes: what a process pool or a Dask cluster buys, and costs.
 
-    python3 bench/remote.py            # full run, about a minute on 2 cores
-    python3 bench/remote.py --quick    # fewer repeats
+    python3 bench/remote.py                  # full run, about two minutes on 2 cores
+    python3 bench/remote.py --quick          # fewer repeats
+    python3 bench/remote.py --only cpu,dask  # some sections (cpu, dask, process)
 
 Rows (each figure the median of several runs, flowing beside a raw baseline
 measured in the same run; engines are started and warmed up before timing):
@@ -250,10 +251,15 @@ def fmt(seconds):
 def main():
     quick = "--quick" in sys.argv
     runs = 3 if quick else 5
+    only = {"cpu", "dask", "process"}
+    if "--only" in sys.argv:
+        only = set(sys.argv[sys.argv.index("--only") + 1].split(","))
     work_n = calibrate()
     rows = []
     client = cluster = None
     try:
+        if not only & {"cpu", "dask"}:
+            raise ImportError
         import distributed
 
         cluster = distributed.LocalCluster(processes=True, n_workers=2, threads_per_worker=1,
@@ -263,16 +269,19 @@ def main():
     except ImportError:
         print("distributed is not installed: the Dask rows are skipped", file=sys.stderr)
     try:
-        bench_cpu(rows, runs, work_n, client)
-        if client is not None:
+        if "cpu" in only:
+            bench_cpu(rows, runs, work_n, client)
+        if "dask" in only and client is not None:
             bench_dask(rows, runs, client)
-        bench_process(rows, runs)
+        if "process" in only:
+            bench_process(rows, runs)
     finally:
         if client is not None:
             client.close()
             cluster.close()
-    print(f"\n`python3 bench/remote.py{' --quick' if quick else ''}` (medians of {runs} runs; "
-          f"{os.cpu_count()} cores; Python {sys.version.split()[0]}; "
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+    print(f"\n`python3 {' '.join(sys.argv)}` (medians of {runs} runs; {os.cpu_count()} cores, "
+          f"load average {load:.1f}; Python {sys.version.split()[0]}; "
           f"start method {multiprocessing.get_start_method()})\n")
     print("| case | flowing | raw / baseline | ratio | target | |")
     print("|---|---|---|---|---|---|")

@@ -228,7 +228,11 @@ def _verdict(job: Job, value: Any, error: BaseException | None, started: float) 
             f"attempt(s); last value: {safe_repr(value)}")
         return Outcome(job, FAILED, value, error=error, reason="retry_until never accepted",
                        attempts=job.attempt, started_at=started, finished_at=finished)
-    delay = None if isinstance(error, NoRetry) else retry_policy.next_delay(td, job.attempt, error)
+    delay = None
+    # A body that stopped because it was told to (``raise_if_cancelled``) is not retried.
+    stopped = isinstance(error, context.Cancelled) and job.is_cancelled()
+    if not isinstance(error, NoRetry) and not stopped:
+        delay = retry_policy.next_delay(td, job.attempt, error)
     kind = FAILED if delay is None else RETRY
     outcome = Outcome(job, kind, error=error, attempts=job.attempt, started_at=started,
                       finished_at=finished, retry_in=delay)

@@ -34,7 +34,8 @@ once (see ``Memo``).
 * Classes and functions as code: library ones (standard library,
   site-packages, this package) by module and qualified name; the user's own
   classes by their bare qualified name (their module's name differs between
-  running a file as a script and importing it). A user's function is
+  running a file as a script and importing it; so two classes of yours with
+  the same qualified name in two modules count as one). A user's function is
   encoded by name only when that name reaches it (like ``pickle``);
   a lambda or a nested function of the user has no stable content here
   (step keys, in ``stepkey``, digest user code by content instead).
@@ -44,18 +45,20 @@ once (see ``Memo``).
   ``functools.partial``: function, arguments, keywords and attributes;
   ``staticmethod``, ``classmethod``, ``property``,
   ``functools.cached_property``, ``functools.partialmethod``: what they
-  wrap; a library callable with ``__wrapped__`` (``functools.lru_cache``): its
-  type and the wrapped function.
-* Any other object through ``__reduce_ex__(4)`` (or, when that refuses,
-  ``copyreg.dispatch_table``: the other way round from ``pickle``, so that a
-  reducer some imported library registers, as tblib does for exceptions,
-  changes no digest), as ``pickle`` would save it: the reconstructing
-  callable (by name), its arguments, the state (``__dict__``,
-  ``__slots__``, ``__getstate__``), list items in order and dict items
-  sorted (in order for an ``OrderedDict``). Dataclasses, namedtuples,
-  ``SimpleNamespace``, ``deque``, exceptions, loggers (by name), numpy arrays
-  and most library objects fall in here. Nothing is ever read from a memory
-  address or a ``repr``.
+  wrap. With a hook (step keys), a library callable with ``__wrapped__``
+  (``functools.lru_cache``): its type and the wrapped function; without one,
+  as ``pickle`` saves it (by name).
+* Any other object as ``pickle`` would save it, through ``__reduce_ex__(4)``
+  (or, when that refuses, ``copyreg.dispatch_table``: the other way round
+  from ``pickle``, so that a reducer some imported library registers, as
+  tblib does for exceptions, changes no digest): the reconstructing callable
+  (by name), its arguments, the state (``__dict__``, ``__slots__``,
+  ``__getstate__``; an empty state counts as none), list items in order and
+  dict items sorted (in order for an ``OrderedDict``). A name given instead
+  of a reduction must reach the object, as ``pickle`` checks. Dataclasses,
+  namedtuples, ``SimpleNamespace``, ``deque``, exceptions, loggers (by
+  name), numpy arrays and most library objects fall in here. Nothing is
+  ever read from a memory address or a ``repr``.
 * A value met again inside itself (a list that contains itself, a tree whose
   nodes point to their parent) is encoded as a back-reference: how many levels
   up the path the enclosing object sits.
@@ -64,9 +67,9 @@ What has no stable content
 --------------------------
 A value whose ``__reduce_ex__`` refuses (generators, locks, sockets, open
 files, database connections), or raises anything, or names a global that is
-not this object; nesting deeper than 100 levels; more than 20,000,000 pieces. Any of
-these inside a container or an object's state makes the whole value
-unstable. Internally this raises ``Unstable``, whose ``what`` and ``reason``
+not this object; nesting deeper than 100 levels; more than 20,000,000
+pieces. Any of these inside a container or an object's state makes the whole
+value unstable. Internally this raises ``Unstable``, whose ``what`` and ``reason``
 say which value, of what type and where inside (``.session.sock``,
 ``[3]``, ``['key']``) it was met.
 

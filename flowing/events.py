@@ -11,7 +11,7 @@ verb so they grep well::
 
     flowing: flow start: 6 tasks in 3 layers (max_workers=5, schedule=eager)
     flowing: start   fetch attempt=1
-    flowing: start   names attempt=1 (dependency 'files' changed)
+    flowing: start   names attempt=1 (a dependency's value changed)
     flowing: retry   fetch attempt=1/3 failed after 120ms, next in 0.8s: ConnectionError: reset
     flowing: retry   get[16] (17) attempt=1/3 failed after 80ms, next in 1.0s: HTTPError: 500
     flowing: ok      fetch 1.1s attempts=2
@@ -344,9 +344,10 @@ class FlowFinished(Event):
 
 
 class TaskStarted(Event):
-    """An attempt of a task starts. ``why``: why it runs although the journal had
-    an entry for it (``"dependency 'files' changed"``, ``"expired"``,
-    ``"cache=False"``, ``"not cached: <reason>"``), None otherwise."""
+    """An attempt of a task starts. ``why``: why it runs although a journal is open
+    (``"a dependency's value changed"``, ``"expired (older than cache_ttl_s=60)"``,
+    ``"cache=False"``, ``"not cached: <which value>"``, ``"re-run on request"``), None
+    when it simply has no entry yet."""
 
     __slots__ = ("at", "task", "attempt", "detached", "why")
     task: str

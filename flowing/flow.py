@@ -179,10 +179,10 @@ class Flow:
 
     def _journal_plan(self, force: set[int]) -> JournalPlan:
         assert self._journal is not None
-        keyer, keys, cacheable = self._step_keys()
-        return JournalPlan(self._journal, keys, cacheable, keyer, force)
+        keyer, keys, cacheable, uncacheable = self._step_keys()
+        return JournalPlan(self._journal, keys, cacheable, keyer, force, uncacheable)
 
-    def _step_keys(self) -> tuple[Any, list[str], list[bool]]:
+    def _step_keys(self) -> tuple[Any, list[str], list[bool], dict[int, str]]:
         from .stepkey import Keyer, Uncacheable
 
         # A new Keyer per run: fingerprints read module constants, and a fix made at
@@ -190,6 +190,7 @@ class Flow:
         keyer = Keyer()
         keys: list[str] = []
         cacheable: list[bool] = []
+        uncacheable: dict[int, str] = {}
         g = self.graph
         for i, (td, deps) in enumerate(zip(g.tasks, g.deps)):
             dep_keys = [keys[d] for d in deps]
@@ -197,6 +198,9 @@ class Flow:
             key = keyer.task_key(td, dep_keys, inputs)
             if isinstance(key, Uncacheable):
                 self._reporter.warning(key.message)
+                # "task 'x': not cached this run: <which value>; <the fix>" -> the middle
+                why = key.message.split(": ", 1)[-1].split("; ", 1)[0]
+                uncacheable[i] = why.replace("not cached this run: ", "not cached: ", 1)
                 # a stand-in, so the keys of its dependents still chain
                 h = hashlib.sha256(b"flowing-uncacheable/" + td.name.encode("utf-8", "replace"))
                 for k in sorted(dep_keys):
@@ -206,7 +210,7 @@ class Flow:
             else:
                 keys.append(key)
                 cacheable.append(True)
-        return keyer, keys, cacheable
+        return keyer, keys, cacheable, uncacheable
 
     def override(self, task: TaskDef | str, value: Any) -> None:
         """Record ``value`` as the task's SUCCEEDED result without running it."""
@@ -218,7 +222,7 @@ class Flow:
             if self._journal is not None:
                 from .digest import value_digest
 
-                _keyer, keys, _cacheable = self._step_keys()
+                keys = self._step_keys()[1]
                 key = keys[i]
                 # inputs "*": an override stands whatever its dependencies' values are
                 self._journal.record(key, td.name, [keys[d] for d in g.deps[i]], value,

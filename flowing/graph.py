@@ -213,7 +213,7 @@ class Graph:
 
     def received_inputs(self) -> set[str]:
         """Every input name at least one task's body receives (an input that is not
-        in here reaches no task: a typo, or a parameter that has a default)."""
+        in here reaches no task: most likely a typo)."""
         found: set[str] = set()
         previous: tuple[str, ...] = ()
         for names in self.inputs:

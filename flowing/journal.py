@@ -1334,7 +1334,14 @@ def compact(path: str | os.PathLike[str], logger: logging.Logger) -> CompactResu
         if new:
             return CompactResult(lines_before=0, bytes_before=size, entries_after=0,
                                  bytes_after=size, unreadable=0)
-        latest = {e.key: e for e in entries}
+        # The latest line with a value per key (the one a run would replay); a key
+        # that only ever had value-less markers keeps its latest marker (its
+        # dependency chain still matters to `forget`).
+        latest: dict[str, Entry] = {}
+        for e in entries:
+            held = latest.get(e.key)
+            if held is None or e.enc != "none" or held.enc == "none":
+                latest[e.key] = e
         keep = sorted((e.offset, e.size) for e in latest.values())
         after = ex.replace_with(keep)
     return CompactResult(lines_before=len(entries) + bad, bytes_before=size,

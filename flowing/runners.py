@@ -46,7 +46,13 @@ threads), retries and their backoff, ``Limit``, the journal (written by the
 flow's process alone), events and reports — stays in the flow's process and
 behaves as with threads. ``max_workers`` bounds the bodies handed to the
 engine at once: set it to the engine's slots (``ProcessPoolExecutor(4)`` ->
-``max_workers=4``; Dask: ``sum(client.nthreads().values())``) or more.
+``max_workers=4``; Dask: ``sum(client.nthreads().values())``); more keeps
+the engine fed between tiny bodies, but see Timeouts. Every call ships its
+arguments: a ``for_each`` item ships its item and the task's other
+dependencies whole, so keep big shared data out of task values (load it
+in the body). A value always comes back to the flow's process (results,
+gates, the journal and dependents need it): on Dask a graph costs about
+what ``client.submit`` plus ``client.gather`` of every value cost.
 
 What ships, and the pickling rules. The flow pickles the body once per
 function and run, and each call's arguments (dependency values, Flow inputs,
@@ -505,10 +511,10 @@ class TaskRef:
         obj: Any = importlib.import_module(self.module)
         for part in self.qualname.split("."):
             obj = getattr(obj, part)
-        fn = getattr(obj, "fn", obj)
+        fn: Callable[..., Any] = getattr(obj, "fn", obj)
         if not callable(fn):
             raise TypeError(f"{self.module}.{self.qualname} is not callable in the worker")
-        return fn  # type: ignore[no-any-return]
+        return fn
 
     def __reduce__(self) -> tuple[Any, ...]:
         return (TaskRef, (self.module, self.qualname))
@@ -581,7 +587,8 @@ def _dumps_for(cloud: bool) -> Callable[[Any], bytes]:
         import importlib
 
         cloudpickle: Any = importlib.import_module("cloudpickle")  # untyped; engines bring it
-        return cloudpickle.dumps  # type: ignore[no-any-return]
+        dumps: Callable[[Any], bytes] = cloudpickle.dumps
+        return dumps
     import pickle
 
     return lambda obj: pickle.dumps(obj, pickle.HIGHEST_PROTOCOL)

@@ -126,15 +126,17 @@ class JournalPlan:
                       depends on (it then neither replays nor journals a value)
     ``keyer``         the run's Keyer (item keys, value digests)
     ``force``         tasks that must run even if journaled (resume(from_tasks))
+    ``uncacheable``   why each uncacheable task is (for ``Flow.why`` and the log)
     """
 
     def __init__(self, journal: Journal, keys: list[str], cacheable: list[bool], keyer: Any,
-                 force: set[int]) -> None:
+                 force: set[int], uncacheable: dict[int, str] | None = None) -> None:
         self.journal = journal
         self.keys = keys
         self.cacheable = cacheable
         self.keyer = keyer
         self.force = force
+        self.uncacheable = uncacheable or {}  # task -> "not cached: <which value>"
 
 
 class _FanOut:
@@ -574,15 +576,15 @@ class Scheduler:
         if i in plan.force:
             self.why[i] = "re-run on request"
             return False
+        meta = self.journal.peek(key)
+        if meta is not None and meta[2] == "*":
+            return True  # an override stands whatever its dependencies' values are
         if not td.cache:
             self.why[i] = "cache=False"
             return False
         if not plan.cacheable[i]:
-            self.why[i] = "not cached this run (see the warning)"
+            self.why[i] = plan.uncacheable.get(i, "not cached this run")
             return False
-        meta = self.journal.peek(key)
-        if meta is not None and meta[2] == "*":
-            return True  # an override stands whatever its dependencies' values are
         if in_digest is None:
             self.why[i] = "a dependency's value has no stable content"
             return False

@@ -95,7 +95,9 @@ What is not in it
 * ``retry``, ``retry_backoff_base_ms``, ``retry_max_backoff_ms``, ``retry_on``,
   ``timeout_s``, ``limit``, ``detached``, ``cache`` and ``cache_ttl_s``.
 * Comments, blank lines, line numbers, file paths, and the module a function
-  lives in (running a file as a script or importing it gives the same key).
+  lives in (running a file as a script or importing it gives the same key;
+  the values the code reads still count, and ``logging.getLogger(__name__)``
+  is named ``__main__`` in a script).
 * The code of the standard library and of installed packages: upgrading a
   library does not re-run tasks. A project installed non-editably into
   site-packages counts as a library too.
@@ -311,6 +313,8 @@ class Keyer:
         # While a walk is solving: 1 = finding references, 2 = final encoding.
         self._pass = 0
         self._found: list[object] = []            # pass 1: references met
+        self._stand_ins = 0                       # stand-ins handed out so far
+        self._final: dict[int, bytes] = {}        # pass 1 results that had no stand-in
         self._members: set[int] = set()           # pass 2: the component being finished
 
     # --- public -------------------------------------------------------------------------
@@ -446,6 +450,7 @@ class Keyer:
             raise Unstable(_node_label(node), "(changed while being read) with no fingerprint",
                            transient=True)
         self._canon.taint += 1  # a stand-in is only valid inside its component
+        self._stand_ins += 1
         return self._stand_in(node)
 
     def _stand_in(self, node: object) -> bytes:
@@ -505,13 +510,17 @@ class Keyer:
                         self._finish(members)
         finally:
             self._pass = 0
+            self._final.clear()
 
     def _references(self, node: object, ancestors: list[object]) -> list[object]:
         """Pass 1: the user's functions and classes ``node`` refers to."""
         self._pass = 1
         self._found = []
+        stand_ins = self._stand_ins
         try:
-            self._parts(node)
+            parts = self._parts(node)
+            if self._stand_ins == stand_ins:  # every reference already had its fingerprint
+                self._final[id(node)] = parts
         except Unstable as e:
             if e.origin is None:
                 e.origin = node
@@ -534,7 +543,7 @@ class Keyer:
         self._pass = 2
         self._members = {id(m) for m in members}
         try:
-            own = [hashlib.sha256(self._parts(m)).digest() for m in members]
+            own = [hashlib.sha256(self._final_parts(m)).digest() for m in members]
         except Unstable as e:
             if e.origin is None:
                 e.origin = members[0]
@@ -544,6 +553,10 @@ class Keyer:
         component = hashlib.sha256(b"".join(sorted(own))).digest()
         for m, d in zip(members, own):
             self._fps[id(m)] = hashlib.sha256(component + d).digest()
+
+    def _final_parts(self, node: object) -> bytes:
+        found = self._final.pop(id(node), None)
+        return found if found is not None else self._parts(node)
 
     def _parts(self, node: object) -> bytes:
         if isinstance(node, type):

@@ -285,3 +285,25 @@ def test_a_limit_shared_by_two_flows_running_at_once_bounds_both():
     assert all(f.ok for f in flows)
     assert gauge.peak == 1
     assert limit.in_flight == 0
+
+
+def test_a_body_that_stops_because_it_was_told_to_is_not_retried():
+    attempts = []
+
+    @task
+    def breaks():
+        time.sleep(0.1)
+        raise ValueError("boom")
+
+    @task(retry=3, retry_backoff_base_ms=2000)
+    def poller():
+        attempts.append(current().attempt)
+        for _ in range(250):
+            current().raise_if_cancelled()
+            time.sleep(0.02)
+        return "done"
+
+    flow = Flow(breaks, poller, log=False, max_workers=2)
+    flow.run()
+    assert attempts == [1]  # not retried: no further attempt, no backoff wait
+    assert isinstance(flow.results["poller"].error, Cancelled)

@@ -453,3 +453,55 @@ def test_an_uncacheable_task_warns_once_runs_and_is_not_journaled(journal, calls
 
     names = {e.name for e in iter_entries(journal, logger) if e.enc != "none"}
     assert "guarded" not in names
+
+
+def test_an_override_of_a_cache_false_task_is_replayed_in_a_fresh_flow(journal, calls):
+    def build():
+        @task(cache=False)
+        def prices():
+            calls.hit("prices")
+            return [1]
+
+        @task(depends_on=[prices])
+        def total(prices):
+            return sum(prices)
+
+        return total
+
+    Flow(build(), journal_path=journal, log=False).override("prices", [5, 5])
+    fresh = Flow(build(), journal_path=journal, log=False)
+    fresh.run()
+    assert fresh.value("total") == 10 and calls.take() == {}
+
+
+def test_compact_keeps_the_value_a_run_would_replay_when_the_latest_line_is_a_marker(
+        journal, calls, tmp_path):
+    import logging
+
+    from flowing.journal import compact
+
+    world = World(tmp_path / "w.json", gen=False)
+
+    def build():
+        @task(cache=False)
+        def source():
+            return (x for x in [1, 2]) if world.get("gen") else [1, 2]
+
+        @task(depends_on=[source])
+        def down(source):
+            calls.hit("down")
+            return sum(source)
+
+        return down
+
+    def run():
+        Flow(build(), journal_path=journal, log=False).run()
+        return calls.take()
+
+    assert run() == {"down": 1}
+    world.set(gen=True)
+    assert run() == {"down": 1}   # a generator: no stable content, a marker is written
+    world.set(gen=False)
+    assert run() == {}            # the value line written by the first run replays
+    compact(journal, logging.getLogger("test"))
+    assert run() == {}            # and compact kept it
