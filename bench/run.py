@@ -506,7 +506,7 @@ def child_incremental(n, reps, by_content):
     task, Flow = fl.task, fl.Flow
     runs = {"first_s": [], "same_s": [], "changed_s": [], "changed_items": [],
             "same_items": []}
-    for rep in range(reps):
+    for _ in range(reps):
         d = pathlib.Path(tempfile.mkdtemp(prefix="flowing-bench-inc-"))
         try:
             folder = d / "in"
@@ -537,7 +537,7 @@ def child_incremental(n, reps, by_content):
             def report(parse):
                 return sum(parse)
 
-            def run():
+            def run(folder=folder, d=d):
                 t0 = time.perf_counter()  # opening the journal is part of a re-run
                 flow = Flow(report, inputs={"folder": str(folder)}, log=False,
                             journal_path=str(d / "run.jsonl"))

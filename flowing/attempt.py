@@ -74,7 +74,7 @@ class Job:
 
     __slots__ = ("task", "td", "kwargs", "inputs", "attempt", "mode", "item", "item_value",
                  "gates", "key", "first_started", "announce", "deadline", "cancelled",
-                 "settled", "signals", "in_digest", "store")
+                 "settled", "signals", "in_digest", "store", "gate_inputs")
 
     def __init__(self, task: int, td: TaskDef, kwargs: dict[str, Any], attempt: int = 1,
                  mode: int = TASK, item: int | None = None, gates: bool = True,
@@ -100,6 +100,8 @@ class Job:
         self.cancelled = False        # told to stop: timed out (set by whoever saw it)
         self.settled = False          # scheduler thread only: its verdict has been taken
         self.signals = signals        # the run's stop signals
+        # Flow inputs (when's, validate's) gates name, or None
+        self.gate_inputs: tuple[dict[str, Any], dict[str, Any]] | None = None
 
     def retry_job(self) -> Job:
         return Job(self.task, self.td, self.kwargs, self.attempt + 1, self.mode, self.item,
@@ -108,6 +110,11 @@ class Job:
 
     def body_kwargs(self) -> dict[str, Any]:
         return self.kwargs if not self.inputs else {**self.kwargs, **self.inputs}
+
+    def gate_kwargs(self, gate: int) -> dict[str, Any]:
+        """Keyword arguments of gate 0 (when) or 1 (validate)."""
+        extra = None if self.gate_inputs is None else self.gate_inputs[gate]
+        return {**self.kwargs, **extra} if extra else self.kwargs
 
     def label(self) -> str:
         """``task 'x'`` or ``task 'x' item 3 ('a.csv')``, for messages."""
@@ -185,7 +192,7 @@ def _gates(job: Job, now: float) -> Outcome | None:
     td = job.td
     if td.when is not None:
         try:
-            go = td.when(**job.kwargs)
+            go = td.when(**job.gate_kwargs(0))
             ok = _truth(go, "when()")
         except BaseException as exc:
             return Outcome(job, FAILED, error=exc, reason="when() raised",
@@ -195,7 +202,7 @@ def _gates(job: Job, now: float) -> Outcome | None:
                            started_at=now, finished_at=time.time())
     if td.validate is not None:
         try:
-            td.validate(**job.kwargs)
+            td.validate(**job.gate_kwargs(1))
         except BaseException as exc:
             return Outcome(job, FAILED, error=exc, reason="validate() raised",
                            started_at=now, finished_at=time.time())

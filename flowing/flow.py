@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import os
 import threading
 import time
@@ -194,9 +193,12 @@ class Flow:
         g = self.graph
         for i, (td, deps) in enumerate(zip(g.tasks, g.deps)):
             dep_keys = [keys[d] for d in deps]
-            inputs = {n: self.inputs[n] for n in g.inputs[i]}
+            gate_names = g.gate_inputs.get(i, ((), ()))
+            inputs = {n: self.inputs[n] for n in (*g.inputs[i], *gate_names[0], *gate_names[1])}
             key = keyer.task_key(td, dep_keys, inputs)
             if isinstance(key, Uncacheable):
+                import hashlib
+
                 self._reporter.warning(key.message)
                 # "task 'x': not cached this run: <which value>; <the fix>" -> the middle
                 why = key.message.split(": ", 1)[-1].split("; ", 1)[0]

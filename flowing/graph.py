@@ -35,6 +35,7 @@ from collections.abc import Callable, Collection, Hashable, Iterable, Sequence
 from types import FunctionType, MethodType
 from typing import Any, NamedTuple, cast
 
+from .events import safe_repr
 from .tasks import TaskDef, check_dependency, registered_tasks
 
 __all__ = ["Graph", "Params", "check_signature"]
@@ -50,19 +51,22 @@ class Graph:
     ``deps[i]``        indices of its dependencies
     ``dependents[i]``  indices of the tasks that depend on it
     ``inputs[i]``      names of the flow inputs its body receives (often ``()``)
+    ``gate_inputs``    task -> (names of the flow inputs its when, its validate name);
+                       only tasks whose gates name any
     ``layer[i]``       its layer number (main layers first, then detached)
     ``layers``         the indices in each layer
     ``detached[i]``    whether it is a detached side-effect
     ``main_count``     number of main tasks (they have indices < main_count)
     """
 
-    __slots__ = ("tasks", "deps", "dependents", "inputs", "layer", "layers", "detached",
-                 "main_count", "_index", "_by_name")
+    __slots__ = ("tasks", "deps", "dependents", "inputs", "gate_inputs", "layer", "layers",
+                 "detached", "main_count", "_index", "_by_name")
 
     tasks: list[TaskDef]
     deps: list[tuple[int, ...]]
     dependents: list[tuple[int, ...]]
     inputs: list[tuple[str, ...]]
+    gate_inputs: dict[int, GateInputs]
     layer: array[int]
     layers: list[list[int]]
     detached: bytes
@@ -72,7 +76,8 @@ class Graph:
 
     def __init__(self, tasks: list[TaskDef], deps: list[tuple[int, ...]],
                  layers: list[list[int]], main_count: int,
-                 inputs: list[tuple[str, ...]] | None = None) -> None:
+                 inputs: list[tuple[str, ...]] | None = None,
+                 gate_inputs: dict[int, GateInputs] | None = None) -> None:
         self.tasks = tasks
         self.deps = deps
         dependents: list[list[int]] = [[] for _ in tasks]
@@ -82,6 +87,7 @@ class Graph:
         self.dependents = _share_equal_neighbours(tuple(js) for js in dependents)
         # one shared () per task that receives no input: a list slot, nothing more
         self.inputs = inputs if inputs is not None else [()] * len(tasks)
+        self.gate_inputs = gate_inputs or {}  # only tasks whose when/validate name inputs
         self.layers = layers
         # compact arrays: at 100k tasks a list of small ints or flags costs 8 bytes a slot
         self.layer = array("I", bytes(4 * len(tasks)))
@@ -118,7 +124,12 @@ class Graph:
                             f"'{td.name}' detached too")
         received: list[tuple[str, ...]] = []
         shared: dict[tuple[str, ...], tuple[str, ...]] = {}
+        gated: dict[TaskDef, GateInputs] = {}
         for td in members:
+            if td.when is not None or td.validate is not None:
+                gate_names = check_gates(td, input_names)
+                if gate_names:
+                    gated[td] = gate_names
             names = check_signature(td, input_names)
             if names:
                 names = shared.setdefault(names, names)  # 100k tasks, a few distinct tuples
@@ -157,7 +168,8 @@ class Graph:
         deps = _share_equal_neighbours(tuple(position[d] for d in td.depends_on)
                                        for td in tasks)
         main_count = sum(len(layer) for layer in main_layers)
-        return cls(tasks, deps, layers, main_count, plan_inputs)
+        gate_inputs = {position[td]: names for td, names in gated.items()}
+        return cls(tasks, deps, layers, main_count, plan_inputs, gate_inputs)
 
     def __len__(self) -> int:
         return len(self.tasks)
@@ -212,7 +224,7 @@ class Graph:
         return seen
 
     def received_inputs(self) -> set[str]:
-        """Every input name at least one task's body receives (an input that is not
+        """Every input name at least one task's body or gate receives (an input that is not
         in here reaches no task: most likely a typo)."""
         found: set[str] = set()
         previous: tuple[str, ...] = ()
@@ -220,6 +232,8 @@ class Graph:
             if names is not previous:  # equal tuples are shared: skip the repeats
                 found.update(names)
                 previous = names
+        for when_names, validate_names in self.gate_inputs.values():
+            found.update(when_names, validate_names)
         return found
 
     def plan(self) -> list[list[str]]:
@@ -358,11 +372,7 @@ def _describe(fn: object) -> str:
 
 
 def _short(value: object) -> str:
-    try:
-        text = repr(value)
-    except Exception:
-        return f"<unprintable {type(value).__name__}>"
-    return text if len(text) <= 80 else text[:77] + "..."
+    return safe_repr(value, 80)
 
 
 def _raise_cycle(path: list[TaskDef], back_to: TaskDef) -> None:
@@ -383,6 +393,32 @@ class Params(NamedTuple):
     required: tuple[str, ...]         # of those, the ones without a default
     positional_only: tuple[str, ...]  # positional-only parameters without a default
     var_keyword: bool                 # has **kwargs
+
+
+GateInputs = tuple[tuple[str, ...], tuple[str, ...]]
+
+
+def check_gates(td: TaskDef, inputs: Collection[str] = _NO_INPUTS) -> GateInputs | None:
+    """``when``/``validate`` are called with the dependencies by name, plus the flow
+    inputs each names: return (when's, validate's) input names, or None if neither
+    names any. A required gate parameter that is neither is a ValueError naming the
+    task, the gate and the parameter."""
+    dep_names = {d.name for d in td.depends_on}
+    got: list[tuple[str, ...]] = []
+    for label, gate in (("when", td.when), ("validate", td.validate)):
+        params = None if gate is None else _parameters(gate)
+        if params is None:
+            got.append(())
+            continue
+        got.append(tuple(p for p in params.names if p in inputs and p not in dep_names))
+        missing = [p for p in params.required if p not in dep_names and p not in inputs]
+        if missing:
+            p = missing[0]
+            raise ValueError(
+                f"task '{td.name}': its {label}= gate has a parameter '{p}' that is neither a "
+                f"dependency nor a flow input; add a task named '{p}' to depends_on=[...], pass "
+                f"Flow(..., inputs={{'{p}': ...}}), or give it a default")
+    return (got[0], got[1]) if got[0] or got[1] else None
 
 
 def check_signature(td: TaskDef, inputs: Collection[str] = _NO_INPUTS) -> tuple[str, ...]:

@@ -44,7 +44,8 @@ Everything below is owned by the scheduler thread (the one that called
 ``status[i]``       PENDING -> (HELD) -> QUEUED -> RUNNING -> DONE
 ``waiting[i]``      dependencies of i that have not succeeded yet
 ``digests[i]``      content digest of task i's value (journal runs; computed lazily)
-``ready``           jobs released and waiting for a slot (FIFO)
+``ready``           tasks released (by index) and jobs (retries, items) waiting
+                    for a slot (FIFO); a task's Job is made when it starts
 ``timers``          heap of (due, seq, job): retries after their backoff, and
                     wake-ups for rate limits (job None)
 ``overdue``         heap of (due, seq, job): timed jobs to fail if their verdict
@@ -62,7 +63,6 @@ every outcome comes back, the ``stopping`` event, and the journal.
 from __future__ import annotations
 
 import collections
-import hashlib
 import heapq
 import itertools
 import queue
@@ -179,7 +179,9 @@ class Scheduler:
         self.waiting = array("i", bytes(4 * n))  # set for pending tasks in _prepare
         self.digests: list[Any] = [_UNKNOWN] * n if plan is not None else []
         self.why: dict[int, str] = {}  # why a journaled task ran again
-        self.ready: collections.deque[Job] = collections.deque()
+        # released tasks (by index) and retries/items (as Jobs) waiting for a slot, FIFO
+        self.ready: collections.deque[Job | int] = collections.deque()
+        self.in_digests: dict[int, str] = {}  # released, not started: their inputs digest
         self.timers: list[tuple[float, int, Job | None]] = []
         self.overdue: list[tuple[float, int, Job]] = []
         self.seq = itertools.count()
@@ -315,7 +317,8 @@ class Scheduler:
             td = g.tasks[s]
             if (len(g.deps[s]) == 1 and status[s] != DONE and not td.detached
                     and not td.is_async and td.for_each is None and td.limit is None
-                    and td.timeout_s is None and not self._task_inputs(s)):
+                    and td.timeout_s is None and not self._task_inputs(s)
+                    and s not in g.gate_inputs):
                 fused[i] = s
 
     # ----- the loop -----------------------------------------------------------
@@ -440,22 +443,40 @@ class Scheduler:
         if self.shared.stopping.is_set() and not g.detached[i]:
             self._finish(i, self._skipped(i, f"not started: {self.shared.stop_reason}"))
             return
-        results = self.results
+        self.status[i] = QUEUED
+        if in_digest is not None:
+            self.in_digests[i] = in_digest
+        if td.for_each is not None and td.when is None and td.validate is None:
+            self._start_event(i, 1)
+            self._fan_out(i, self._dep_values(i), None)
+        elif td.limit is None:
+            # Only the index waits in ``ready``: its Job (and the kwargs dict) is made
+            # when it starts, so a wide graph never holds one per released task.
+            self.ready.append(i)
+        else:
+            self._queue(self._make_job(i))
+
+    def _dep_values(self, i: int) -> dict[str, Any]:
         kwargs = {}
-        for d in g.deps[i]:
+        results = self.results
+        for d in self.graph.deps[i]:
             r = results[d]
             assert r is not None
             kwargs[r.name] = r.value
-        self.status[i] = QUEUED
+        return kwargs
+
+    def _make_job(self, i: int) -> Job:
+        td = self.graph.tasks[i]
+        in_digest = self.in_digests.pop(i, None)
         store = self.plan is not None and self._storable(i, in_digest)
-        if td.for_each is not None and td.when is None and td.validate is None:
-            self._start_event(i, 1)
-            self._fan_out(i, kwargs, None)
-            return
-        job = Job(i, td, kwargs, mode=A.GATE if td.for_each is not None else A.TASK,
+        job = Job(i, td, self._dep_values(i), mode=A.GATE if td.for_each is not None else A.TASK,
                   key=None if self.keys is None else self.keys[i], signals=self.shared,
                   inputs=self._task_inputs(i), in_digest=in_digest, store=store)
-        self._queue(job)
+        gate_names = self.graph.gate_inputs.get(i)
+        if gate_names:
+            job.gate_inputs = ({n: self.inputs[n] for n in gate_names[0]},
+                               {n: self.inputs[n] for n in gate_names[1]})
+        return job
 
     def _queue(self, job: Job) -> None:
         limit = job.td.limit
@@ -475,7 +496,14 @@ class Scheduler:
             self._dispatch_limited()
         ready, capacity = self.ready, self.capacity
         while ready and self.in_flight < capacity:
-            self._start(ready.popleft())
+            entry = ready.popleft()
+            if type(entry) is int:  # a released task: its first attempt starts now
+                if self.shared.stopping.is_set() and not self.graph.detached[entry]:
+                    self._finish(entry, self._skipped(
+                        entry, f"not started: {self.shared.stop_reason}"))
+                    continue
+                entry = self._make_job(entry)
+            self._start(entry)  # type: ignore[arg-type]
 
     def _dispatch_limited(self) -> None:
         now = time.monotonic()
@@ -548,6 +576,8 @@ class Scheduler:
     def _in_digest(self, i: int, skip: int = -1) -> str | None:
         """Digest of the dependency values task i is about to be computed from
         (without dependency ``skip``: a for_each source, whose items count one by one)."""
+        import hashlib  # journaled runs only
+
         g = self.graph
         h = hashlib.sha256(b"flowing-inputs/1")
         parts = []

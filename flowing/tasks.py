@@ -48,6 +48,7 @@ from collections.abc import Callable, Iterable
 from types import FunctionType, MethodType
 from typing import Any, cast, overload
 
+from .events import safe_repr
 from .limits import Limit
 
 __all__ = ["TaskDef", "task", "clear_registry", "registered_tasks", "check_dependency"]
@@ -391,11 +392,7 @@ def _is_async(fn: object) -> bool:
 
 
 def _short(value: object) -> str:
-    try:
-        text = repr(value)
-    except Exception:
-        return f"<unprintable {type(value).__name__}>"
-    return text if len(text) <= 80 else text[:77] + "..."
+    return safe_repr(value, 80)
 
 
 # --- argument checks: each names the task and says what to write instead ---

@@ -73,3 +73,51 @@ def test_inputs_must_be_a_mapping_of_names():
 
     with pytest.raises(TypeError, match="inputs"):
         Flow(a, inputs=[("x", 1)], log=False)
+
+
+def test_gates_receive_the_inputs_they_name():
+    @task
+    def totals():
+        return {"a": 3, "b": 4}
+
+    @task(depends_on=[totals], when=lambda totals, threshold: max(totals.values()) > threshold,
+          validate=lambda totals: None)
+    def alert(totals):
+        return "ALERT"
+
+    quiet = Flow(alert, inputs={"threshold": 10}, log=False)
+    quiet.run()
+    assert quiet.results["alert"].state.value == "skipped" and quiet.ok
+    loud = Flow(alert, inputs={"threshold": 1}, log=False)
+    loud.run()
+    assert loud.value(alert) == "ALERT"
+
+
+def test_a_gate_parameter_that_nothing_supplies_is_a_build_time_error():
+    @task
+    def totals():
+        return {}
+
+    @task(depends_on=[totals], when=lambda totals, threshold: True)
+    def alert(totals):
+        return 1
+
+    with pytest.raises(ValueError) as info:
+        Flow(alert, log=False)
+    assert "when=" in str(info.value) and "threshold" in str(info.value)
+    assert "inputs" in str(info.value)
+
+
+def test_a_gate_input_is_part_of_the_step_key(tmp_path):
+    journal = str(tmp_path / "run.jsonl")
+
+    @task(when=lambda limit: limit > 5)
+    def maybe():
+        return "ran"
+
+    first = Flow(maybe, inputs={"limit": 10}, journal_path=journal, log=False)
+    first.run()
+    assert first.value(maybe) == "ran"
+    other = Flow(maybe, inputs={"limit": 1}, journal_path=journal, log=False)
+    other.run()
+    assert other.results["maybe"].state.value == "skipped"  # not replayed from limit=10
