@@ -803,6 +803,9 @@ class Journal:
         self._fd = fd
         self._logger = logger
         self._index: dict[str, _Where] = {}
+        # names of the tasks (not items) with an entry of any kind: a task that has one
+        # but not under its key now ran with a new key ("why did it run again?")
+        self._names: set[str] = set()
         self._old_fds: list[int] = []      # replaced descriptors: an fsync may still use them
         self._pid = os.getpid()
         # Serialises appends among this process's threads (flock can't: threads share the descriptor).
@@ -879,6 +882,7 @@ class Journal:
         st = os.fstat(self._fd)
         self._trust = _trust_problem(st)
         index: dict[str, _Where] = {}
+        names: set[str] = set()
         warner = _Warner(self._logger, self.path)
         first = True
         for s in _scan(self._fd, st.st_size):
@@ -895,13 +899,17 @@ class Journal:
                     continue
             if problem is not None:
                 warner.skip(lineno, off, problem)
-            elif hdr is not None and hdr["enc"] != "none":  # a marker without a value never replays
-                index[hdr["key"]] = (off, length, vstart, hdr["enc"] == "pickle", hdr["t"],
-                                     _pack(hdr["digest"]), _pack(hdr["inputs"]))
+            elif hdr is not None:
+                if hdr["kind"] != "item":
+                    names.add(hdr["name"])
+                if hdr["enc"] != "none":  # a marker without a value never replays
+                    index[hdr["key"]] = (off, length, vstart, hdr["enc"] == "pickle", hdr["t"],
+                                         _pack(hdr["digest"]), _pack(hdr["inputs"]))
         if first and st.st_size:  # nothing but blank lines
             raise _refusal(self.path, "foreign", 0, "write to", "choose another journal_path")
         warner.done()
         self._index = index
+        self._names = names
         return not first
 
     def _start_file(self) -> None:
@@ -924,6 +932,10 @@ class Journal:
 
     def __len__(self) -> int:
         return len(self._index)
+
+    def has_task(self, name: str) -> bool:
+        """Whether the file holds an entry (value or marker) for the task ``name``."""
+        return name in self._names
 
     def peek(self, key: str) -> tuple[float, str | None, str | None] | None:
         """(t, digest, inputs) of the latest entry for ``key`` holding a value, without loading it.
@@ -1054,6 +1066,8 @@ class Journal:
             if enc != "none":
                 self._index[key] = (off, len(line), vstart, enc == "pickle", float("%.3f" % t),
                                     _pack(digest), _pack(inputs))
+            if kind != "item":
+                self._names.add(str(name))
             self._written += 1
             seq = self._written
         return self._sync(seq) and wanted

@@ -149,7 +149,6 @@ import threading
 import time
 from array import array
 from collections.abc import Callable
-from concurrent.futures import Executor, Future, ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any, Protocol
 
 from . import attempt as A
@@ -158,6 +157,8 @@ from .attempt import Job, NoRetry, Outcome, RunSignals, run_attempt, run_attempt
 from .events import safe_repr, safe_str
 
 if TYPE_CHECKING:
+    from concurrent.futures import Executor, Future
+
     from .journal import Journal
     from .tasks import TaskDef
 
@@ -447,12 +448,19 @@ class Mixed:
             self._loop.close()
 
 
+def _is_thread_pool(executor: Any) -> bool:
+    # concurrent.futures costs 4 ms to import (logging, threading machinery): only a
+    # run that was handed an executor from it can need it, and then it is loaded.
+    module = sys.modules.get("concurrent.futures.thread")
+    return module is not None and isinstance(executor, module.ThreadPoolExecutor)
+
+
 def open_runner(executor: Any, max_workers: int, shared: Shared,
                 has_async: bool) -> Runner:
     """The runner for ``Flow(executor=...)``; see the module docstring."""
     if executor is None:
         sync: Runner = ThreadRunner(max_workers, shared)
-    elif isinstance(executor, ThreadPoolExecutor):
+    elif _is_thread_pool(executor):
         sync = ExecutorRunner(executor, shared)
     else:
         remote = RemoteCall(executor)

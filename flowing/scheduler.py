@@ -597,38 +597,43 @@ class Scheduler:
         assert plan is not None
         return plan.cacheable[i] and in_digest is not None and self.graph.tasks[i].cache
 
-    def _usable(self, i: int, key: str, in_digest: str | None) -> bool:
+    def _usable(self, i: int, key: str, in_digest: str | None, item: bool = False) -> bool:
         """Whether the journal entry under ``key`` may replay task i (or one of its
-        items); records why not in ``self.why``."""
+        items). When it may not and the journal knows the task from an earlier run,
+        ``self.why`` says why it runs again (a first run needs no explaining)."""
+        why = self._why_not(i, key, in_digest)
+        if why is None:
+            return True
+        assert self.journal is not None
+        if why and not item and self.journal.has_task(self.graph.tasks[i].name):
+            self.why[i] = why
+        return False
+
+    def _why_not(self, i: int, key: str, in_digest: str | None) -> str | None:
+        """None if the entry under ``key`` may be replayed; else why not."""
         plan = self.plan
         assert plan is not None and self.journal is not None
         td = self.graph.tasks[i]
         if i in plan.force:
-            self.why[i] = "re-run on request"
-            return False
+            return "re-run on request"
         meta = self.journal.peek(key)
         if meta is not None and meta[2] == "*":
-            return True  # an override stands whatever its dependencies' values are
+            return None  # an override stands whatever its dependencies' values are
         if not td.cache:
-            self.why[i] = "cache=False"
-            return False
+            return "cache=False"
         if not plan.cacheable[i]:
-            self.why[i] = plan.uncacheable.get(i, "not cached this run")
-            return False
+            return plan.uncacheable.get(i, "not cached this run")
         if in_digest is None:
-            self.why[i] = "a dependency's value has no stable content"
-            return False
+            return "a dependency's value has no stable content"
         if meta is None:
-            return False  # never ran with this key: nothing to explain
+            return "new key: its code, an input or an upstream step changed"
         t, _digest, inputs = meta
         if inputs != in_digest:
-            self.why[i] = "a dependency's value changed"
-            return False
+            return "a dependency's value changed"
         ttl = td.cache_ttl_s
         if ttl is not None and time.time() - t > ttl:
-            self.why[i] = f"expired (older than cache_ttl_s={ttl:g})"
-            return False
-        return True
+            return f"expired (older than cache_ttl_s={ttl:g})"
+        return None
 
     def _replay(self, i: int, in_digest: str | None) -> bool:
         """Finish task i from the journal if its entry may be used. True if it was."""
@@ -793,7 +798,7 @@ class Scheduler:
             key = None
             if plan is not None and plan.cacheable[i]:
                 key = plan.keyer.item_key(plan.keys[i], item)
-                if key is not None and self._usable(i, key, others):
+                if key is not None and self._usable(i, key, others, item=True):
                     assert self.journal is not None
                     hit = self.journal.get(key)
                     if hit is not None:

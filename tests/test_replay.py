@@ -505,3 +505,32 @@ def test_compact_keeps_the_value_a_run_would_replay_when_the_latest_line_is_a_ma
     assert run() == {}            # the value line written by the first run replays
     compact(journal, logging.getLogger("test"))
     assert run() == {}            # and compact kept it
+
+
+def test_a_task_that_runs_under_a_new_key_says_so(journal):
+    @task
+    def fetch(base_url):
+        return base_url + "/x"
+
+    Flow(fetch, journal_path=journal, inputs={"base_url": "http://a"}, log=False).run()
+    flow = Flow(fetch, journal_path=journal, inputs={"base_url": "http://b"}, log=False)
+    flow.run()
+    assert flow.why == {"fetch": "new key: its code, an input or an upstream step changed"}
+    assert "(ran: new key" in flow.summary()
+
+
+def test_a_first_run_explains_nothing(journal):
+    @task(cache=False)
+    def listing():
+        return [1]
+
+    @task(depends_on=[listing])
+    def use(listing):
+        return listing
+
+    flow = Flow(use, journal_path=journal, log=False)
+    flow.run()
+    assert flow.why == {}
+    again = Flow(use, journal_path=journal, log=False)
+    again.run()
+    assert again.why == {"listing": "cache=False"}
