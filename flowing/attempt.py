@@ -209,7 +209,7 @@ def _gates(job: Job, now: float) -> Outcome | None:
     return None
 
 
-def _verdict(job: Job, value: Any, error: BaseException | None, started: float) -> Outcome:
+def verdict(job: Job, value: Any, error: BaseException | None, started: float) -> Outcome:
     """Turn a body's return value or exception into an outcome (retry or final)."""
     td = job.td
     finished = time.time()
@@ -327,14 +327,14 @@ def run_attempt(job: Job, call: BodyCall = call_here) -> Outcome:
     """Run one job with a sync body (on a worker thread). Never raises."""
     started = None
     try:
-        started, verdict = _begin(job)
-        if verdict is not None:
-            return verdict
+        started, early = _begin(job)
+        if early is not None:
+            return early
         try:
             value = call(job, job.body_kwargs())
         except BaseException as exc:
-            return _verdict(job, None, exc, started)
-        return _verdict(job, value, None, started)
+            return verdict(job, None, exc, started)
+        return verdict(job, value, None, started)
     except BaseException as exc:
         return broken_outcome(job, exc, started)
 
@@ -352,14 +352,14 @@ async def run_attempt_async(job: Job) -> Outcome:
 
     started = None
     try:
-        started, verdict = _begin(job)
-        if verdict is not None:
-            return verdict
+        started, early = _begin(job)
+        if early is not None:
+            return early
         token = context.enter(job)  # the body's task copies this context
         try:
             body = asyncio.ensure_future(_contained(job.td.fn(**job.body_kwargs())))
         except BaseException as exc:
-            return _verdict(job, None, exc, started)
+            return verdict(job, None, exc, started)
         finally:
             context.leave(token)
         timeout = None if job.deadline is None else max(0.0, job.deadline - time.time())
@@ -372,15 +372,15 @@ async def run_attempt_async(job: Job) -> Outcome:
             job.cancelled = True
             body.cancel()  # if it swallows this, it is abandoned on the loop all the same
             body.add_done_callback(_consume)
-            return _verdict(job, None, timeout_error(job), started)
+            return verdict(job, None, timeout_error(job), started)
         if body.cancelled():
-            return _verdict(job, None, asyncio.CancelledError("the body was cancelled"), started)
+            return verdict(job, None, asyncio.CancelledError("the body was cancelled"), started)
         error = body.exception()
         if isinstance(error, _Escaped):
             error = error.original
         if error is not None:
-            return _verdict(job, None, error, started)
-        return _verdict(job, body.result(), None, started)
+            return verdict(job, None, error, started)
+        return verdict(job, body.result(), None, started)
     except asyncio.CancelledError:
         raise
     except BaseException as exc:

@@ -395,7 +395,7 @@ class Scheduler:
                 continue
             job.cancelled = True
             started = job.first_started or time.time()
-            outcome = A._verdict(job, None, A.timeout_error(job), started)
+            outcome = A.verdict(job, None, A.timeout_error(job), started)
             outcome.warning = (f"{job.label()}: no verdict {grace:g}s after its deadline; "
                                f"failed by the scheduler and abandoned")
             self._on_outcome(outcome)
