@@ -20,6 +20,7 @@ import csv
 import hashlib
 import os
 import pathlib
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -82,14 +83,17 @@ def demo() -> None:
              ("nothing changed", None),
              ("a new file", lambda: write(folder, "a0.csv", [10])),
              ("a changed file", lambda: write(folder, "c.csv", [3, 30]))]
-    for n, (what, change) in enumerate(steps, 1):
-        if change is not None:
-            change()
-        out = subprocess.run([sys.executable, __file__, str(folder)], capture_output=True,
-                             text=True, check=True).stdout
-        ran = next(line[4:] for line in out.splitlines() if line.startswith("RAN "))
-        result = next(line[7:] for line in out.splitlines() if line.startswith("REPORT "))
-        print(f"run {n} ({what}):".ljust(26) + f"ran {ran or 'nothing'}  -> {result}")
+    try:
+        for n, (what, change) in enumerate(steps, 1):
+            if change is not None:
+                change()
+            out = subprocess.run([sys.executable, __file__, str(folder)], capture_output=True,
+                                 text=True, check=True).stdout
+            ran = next(line[4:] for line in out.splitlines() if line.startswith("RAN "))
+            result = next(line[7:] for line in out.splitlines() if line.startswith("REPORT "))
+            print(f"run {n} ({what}):".ljust(26) + f"ran {ran or 'nothing'}  -> {result}")
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 if __name__ == "__main__":
