@@ -410,6 +410,14 @@ def check_gates(td: TaskDef, inputs: Collection[str] = _NO_INPUTS) -> GateInputs
         if params is None:
             got.append(())
             continue
+        if not params.var_keyword:
+            extra = [d for d in td.depends_on if d.name not in params.accepted]
+            if extra:
+                d = extra[0].name
+                raise ValueError(
+                    f"task '{td.name}': its {label}= gate is called with every dependency as a "
+                    f"keyword argument, but has no parameter '{d}'; add one, or accept the rest "
+                    f"with **_ (e.g. {label}=lambda {', '.join(sorted(dep_names))}: ...)")
         got.append(tuple(p for p in params.names if p in inputs and p not in dep_names))
         missing = [p for p in params.required if p not in dep_names and p not in inputs]
         if missing:

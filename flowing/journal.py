@@ -1397,11 +1397,23 @@ def forget(path: str | os.PathLike[str], tasks: list[str], logger: logging.Logge
         for e in entries:
             for d in e.dep_keys:
                 users.setdefault(d, set()).add(e.key)
-        gone = set(seeds)
-        todo = list(seeds)
+        # One item asked for by name (``fetch[3]``): its task's own entry goes too (else
+        # the task replays whole and the item never runs), but not the task's other
+        # items, which list the task's key first among their dependencies.
+        items_of: dict[str, set[str]] = {}
+        for e in entries:
+            if e.kind == "item" and e.dep_keys:
+                items_of.setdefault(e.dep_keys[0], set()).add(e.key)
+        asked_items = {_base_name(seeds[e.key]) for e in entries
+                       if e.key in seeds and e.kind == "item" and e.name == seeds[e.key]}
+        parents = {e.key for e in entries if e.kind != "item" and e.name in asked_items}
+        gone = set(seeds) | parents
+        todo = list(gone)
         while todo:
-            for k in users.get(todo.pop(), ()):
-                if k not in gone:
+            done = todo.pop()
+            siblings = items_of.get(done, set()) if done in parents else set()
+            for k in users.get(done, ()):
+                if k not in gone and k not in siblings:
                     gone.add(k)
                     todo.append(k)
         downstream: dict[str, list[Entry]] = {}

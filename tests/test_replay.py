@@ -534,3 +534,35 @@ def test_a_first_run_explains_nothing(journal):
     again = Flow(use, journal_path=journal, log=False)
     again.run()
     assert again.why == {"listing": "cache=False"}
+
+
+def test_forgetting_one_item_runs_that_item_again_and_replays_the_others(journal, calls):
+    import logging
+
+    from flowing.journal import forget
+
+    def build():
+        @task
+        def ids():
+            return [1, 2, 3]
+
+        @task(depends_on=[ids], for_each="ids")
+        def fetch(ids):
+            calls.hit(f"fetch{ids}")
+            return ids * 10
+
+        @task(depends_on=[fetch])
+        def total(fetch):
+            calls.hit("total")
+            return sum(fetch)
+
+        return total
+
+    Flow(build(), journal_path=journal, log=False).run()
+    calls.take()
+    r = forget(journal, ["fetch[1]"], logging.getLogger("test"))
+    assert "fetch" in r.downstream and "total" in r.downstream
+    flow = Flow(build(), journal_path=journal, log=False)
+    flow.run()
+    assert calls.take() == {"fetch2": 1, "total": 1}  # item 1 is the value 2
+    assert flow.value("total") == 60
