@@ -40,7 +40,7 @@ if TYPE_CHECKING:
 
 # Job modes
 TASK = 0  # one attempt of a whole task
-GATE = 1  # only the when/validate gates of a for_each task, before fan-out
+GATE = 1  # a for_each task before fan-out: its when/validate gates, then listing its items
 ITEM = 2  # one attempt of one for_each item
 
 # Outcome kinds
@@ -263,6 +263,28 @@ def broken_outcome(job: Job, exc: BaseException, started: float | None) -> Outco
                    started_at=started or now, finished_at=now)
 
 
+def _list_items(job: Job, started: float) -> Outcome:
+    """A for_each task's gates passed: list its items (PASSED, value = the list)."""
+    td = job.td
+    name = td.for_each or ""
+    source = job.kwargs[name]
+    try:
+        if isinstance(source, (str, bytes, bytearray, dict)):
+            raise TypeError("not a list of items")
+        items = list(source)
+    except TypeError:
+        error = TypeError(
+            f"task '{td.name}': for_each='{name}' needs a list, tuple or other iterable of "
+            f"items, but '{name}' returned {type(source).__name__}; return a list from "
+            f"'{name}'")
+        return Outcome(job, FAILED, error=error, reason="for_each source is not a list",
+                       started_at=started, finished_at=time.time())
+    except BaseException as exc:
+        return Outcome(job, FAILED, error=exc, reason="listing the for_each items raised",
+                       started_at=started, finished_at=time.time())
+    return Outcome(job, PASSED, items, started_at=started, finished_at=time.time())
+
+
 def _begin(job: Job) -> tuple[float, Outcome | None]:
     """Stamp the start; run the gates if due. -> (start, verdict or None to go on)."""
     started = time.time()
@@ -270,9 +292,10 @@ def _begin(job: Job) -> tuple[float, Outcome | None]:
         job.first_started = started
     if job.gates:
         stop = _gates(job, started)
-        if stop is not None or job.mode == GATE:
-            return started, stop or Outcome(job, PASSED, started_at=started,
-                                            finished_at=time.time())
+        if stop is not None:
+            return started, stop
+        if job.mode == GATE:
+            return started, _list_items(job, started)
     if job.td.timeout_s is not None:
         job.deadline = time.time() + job.td.timeout_s
     return started, None

@@ -112,7 +112,9 @@ def value_digest(value: object, memo: Memo | None = None) -> str | None:
     when it has no stable content. Never raises."""
     try:
         chunk = Canonical(memo).chunk(value)
-    except Exception:  # Unstable, or anything a hostile object managed to raise
+    except KeyboardInterrupt:
+        raise
+    except BaseException:  # Unstable, or anything a hostile object managed to raise
         return None
     return hashlib.sha256(_PREFIX + chunk).hexdigest()
 

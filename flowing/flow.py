@@ -12,7 +12,7 @@ from . import attempt as A
 from .events import LOGGER_NAME, Reporter, error_line, format_duration, items_line, resolve_logger, safe_str
 from .graph import Graph
 from .results import ItemResult, StepResult, StepState
-from .scheduler import JournalPlan, Scheduler
+from .scheduler import JournalPlan, Scheduler, override_key
 from .tasks import TaskDef
 
 if TYPE_CHECKING:
@@ -226,15 +226,20 @@ class Flow:
 
                 keys = self._step_keys()[1]
                 key = keys[i]
-                # inputs "*": an override stands whatever its dependencies' values are
-                self._journal.record(key, td.name, [keys[d] for d in g.deps[i]], value,
-                                     "override", digest=value_digest(value), inputs="*")
+                # under a key of its own (step key and name): see scheduler.override_key
+                self._journal.record(override_key(key, td.name), td.name,
+                                     [keys[d] for d in g.deps[i]], value, "override",
+                                     digest=value_digest(value))
             now = time.time()
             result = StepResult(td.name, StepState.SUCCEEDED, value, step_key=key,
                                 reason="override", started_at=now, finished_at=now,
                                 detached=bool(g.detached[i]))
             self._overrides[i] = result
             self.results[td.name] = result
+            # results computed from the old value are stale now: resume() re-runs them
+            for j in g.downstream([i]) - {i}:
+                self.results.pop(g.tasks[j].name, None)
+                self._interrupted_items.pop(j, None)
             order = {t.name: k for k, t in enumerate(g.tasks)}
             self.results = dict(sorted(self.results.items(), key=lambda kv: order[kv[0]]))
 

@@ -778,6 +778,12 @@ _Where = tuple[int, int, int, bool, float, "bytes | str | None", "bytes | str | 
 _HEX64 = re.compile(r"[0-9a-f]{64}")
 
 
+def _safe_text(e: BaseException) -> str:
+    from .events import safe_str  # only a failing write pays for it
+
+    return safe_str(e, 200)
+
+
 def _pack(digest: str | None) -> bytes | str | None:
     """A 64-hex-digit digest as its 32 bytes (half the memory in the index); others as they are."""
     if digest is not None and len(digest) == 64 and _HEX64.fullmatch(digest):
@@ -1039,9 +1045,11 @@ class Journal:
         if store:
             try:
                 enc, text = _encode_value(value)
-            except Exception as e:  # noqa: BLE001 - any pickling failure means "can't store"
+            except KeyboardInterrupt:
+                raise
+            except BaseException as e:  # any pickling failure (a __reduce__ may even exit)
                 self._logger.warning("task %r: result not journaled (%s: %s); it will run again "
-                                     "next time", name, type(e).__name__, e)
+                                     "next time", name, type(e).__name__, _safe_text(e))
                 # Still write a value-less marker: it never replays, but it keeps the
                 # chain of dependency keys whole, so ``journal forget`` can reach past it.
                 wanted = False

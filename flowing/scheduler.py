@@ -117,6 +117,14 @@ class ItemsFailed(Exception):
         self.failures = failures  # the failed ItemResults, in input order
 
 
+def override_key(key: str, name: str) -> str:
+    """Where ``Flow.override`` journals a value: the step key AND the task's name, so
+    an override never reaches another task that happens to share its step key."""
+    import hashlib
+
+    return hashlib.sha256(f"flowing-override/{key}/{name}".encode("utf-8", "replace")).hexdigest()
+
+
 class JournalPlan:
     """What a journaled run needs, computed by the Flow before it starts.
 
@@ -187,6 +195,7 @@ class Scheduler:
         self.seq = itertools.count()
         self.parked: dict[Limit, collections.deque[Job]] = {}
         self.busy_limits: set[Limit] = set()
+        self.admitted: set[Job] = set()  # jobs holding a Limit slot, until settled
         self.fanouts: dict[int, _FanOut] = {}
         self.partial_items: dict[int, list[ItemResult | None]] = {}
         self.held: dict[int, list[int]] = {}  # layer -> tasks waiting for it to open
@@ -446,15 +455,12 @@ class Scheduler:
         self.status[i] = QUEUED
         if in_digest is not None:
             self.in_digests[i] = in_digest
-        if td.for_each is not None and td.when is None and td.validate is None:
-            self._start_event(i, 1)
-            self._fan_out(i, self._dep_values(i), None)
-        elif td.limit is None:
+        if td.limit is None or td.for_each is not None:
             # Only the index waits in ``ready``: its Job (and the kwargs dict) is made
             # when it starts, so a wide graph never holds one per released task.
             self.ready.append(i)
         else:
-            self._queue(self._make_job(i))
+            self._queue(self._make_job(i))  # waits for its Limit
 
     def _dep_values(self, i: int) -> dict[str, Any]:
         kwargs = {}
@@ -516,6 +522,8 @@ class Scheduler:
                     parked.popleft()
                     continue
                 wait = limit.try_acquire(now)
+                if wait is None:
+                    self.admitted.add(parked[0])
                 if wait is not None:
                     if wait == float("inf"):
                         limit.add_waiter(self._wake)  # blocked on concurrency, maybe by another flow
@@ -617,8 +625,6 @@ class Scheduler:
         if i in plan.force:
             return "re-run on request"
         meta = self.journal.peek(key)
-        if meta is not None and meta[2] == "*":
-            return None  # an override stands whatever its dependencies' values are
         if not td.cache:
             return "cache=False"
         if not plan.cacheable[i]:
@@ -637,16 +643,25 @@ class Scheduler:
 
     def _replay(self, i: int, in_digest: str | None) -> bool:
         """Finish task i from the journal if its entry may be used. True if it was."""
-        assert self.keys is not None and self.journal is not None
+        assert self.keys is not None and self.journal is not None and self.plan is not None
         key = self.keys[i]
-        if not self._usable(i, key, in_digest):
-            return False
-        hit = self.journal.get(key)
+        td = self.graph.tasks[i]
+        hit = None
+        if i not in self.plan.force:
+            # an override stands whatever the dependencies' values are, until the task
+            # runs again under the same key
+            okey = override_key(key, td.name)
+            over, normal = self.journal.peek(okey), self.journal.peek(key)
+            if over is not None and (normal is None or over[0] >= normal[0]):
+                hit = self.journal.get(okey)
+        if hit is None:
+            if not self._usable(i, key, in_digest):
+                return False
+            hit = self.journal.get(key)
         if hit is None:
             self.why[i] = "its journaled value could not be loaded"
             return False
         now = time.time()
-        td = self.graph.tasks[i]
         items = None
         if td.for_each is not None:
             items = self._replayed_items(i, hit.value)
@@ -695,6 +710,7 @@ class Scheduler:
             self.in_flight -= 1
         limit = job.td.limit
         if limit is not None and job.mode != A.GATE:
+            self.admitted.discard(job)
             limit.release()
             if self.parked.get(limit):
                 self.busy_limits.add(limit)
@@ -705,7 +721,7 @@ class Scheduler:
             self._on_item(o)
             return
         if o.kind is A.PASSED:
-            self._fan_out(job.task, job.kwargs, job.first_started, job.in_digest)
+            self._fan_out(job.task, job.kwargs, job.first_started, o.value)
             return
         i = job.task
         if o.kind is A.SUCCEEDED:
@@ -755,25 +771,13 @@ class Scheduler:
     # ----- for_each -----------------------------------------------------------
 
     def _fan_out(self, i: int, kwargs: dict[str, Any], started: float | None,
-                 in_digest: str | None = None) -> None:
+                 items: list[Any]) -> None:
+        """The gate job passed and listed the items (on a worker, inside the
+        attempt's boundary: a source that iterates forever or raises never
+        reaches this thread): journal lookups by content, then one job per item."""
         td = self.graph.tasks[i]
         source_name = td.for_each
         assert source_name is not None
-        source = kwargs[source_name]
-        try:
-            if isinstance(source, (str, bytes, bytearray, dict)):
-                raise TypeError
-            items = list(source)
-        except TypeError:
-            error = TypeError(
-                f"task '{td.name}': for_each='{source_name}' needs a list, tuple or other "
-                f"iterable of items, but '{source_name}' returned {type(source).__name__}; "
-                f"return a list from '{source_name}'")
-            self._finish(i, self._failed(i, error, started))
-            return
-        except Exception as exc:
-            self._finish(i, self._failed(i, exc, started))
-            return
         self.status[i] = RUNNING
         fan = self.fanouts[i] = _FanOut(len(items))
         fan.started_at = started
@@ -857,7 +861,11 @@ class Scheduler:
                     self.journal.record(key, td.name, self.shared.dep_keys[i]
                                         if self.shared.dep_keys is not None else [], values,
                                         "task", digest=digest, inputs=in_digest,
-                                        store=self._storable(i, in_digest))
+                                        # with cache_ttl_s, a list holding replayed
+                                        # items must not look fresh as a whole
+                                        store=self._storable(i, in_digest) and (
+                                            td.cache_ttl_s is None
+                                            or not any(r.cached for r in items)))
                 except Exception as exc:
                     self._warn(f"task '{td.name}': could not journal its result ({safe_str(exc)})")
         else:
@@ -996,4 +1004,11 @@ class Scheduler:
     def _close(self) -> None:
         for limit in self.parked:
             limit.remove_waiter(self._wake)
+        # Ctrl-C: admitted jobs whose verdict will never be taken give their Limit
+        # slot back now (the Limit is process-wide: later runs would wait forever)
+        for job in self.admitted:
+            if not job.settled and job.td.limit is not None:
+                job.settled = True
+                job.td.limit.release()
+        self.admitted.clear()
         self.runner.close()

@@ -328,7 +328,9 @@ class Keyer:
                 return self._task_key(td, name, dep_keys, inputs)
             except _Failed as failed:
                 return failed.result
-            except Exception as exc:  # a hostile object this module did not foresee
+            except KeyboardInterrupt:
+                raise
+            except BaseException as exc:  # a hostile object this module did not foresee
                 return Uncacheable(name, f"its key could not be computed "
                                          f"({digest.type_label(type(exc))})")
 
@@ -343,7 +345,9 @@ class Keyer:
         with self._lock:
             try:
                 chunk = self._chunk(item)
-            except Exception:
+            except KeyboardInterrupt:
+                raise
+            except BaseException:  # no stable content, or a hostile __reduce__ (SystemExit)
                 return None
         h = hashlib.sha256(_ITEM_PREFIX)
         h.update(_frame(b"task", _text(str(task_key))))
@@ -356,7 +360,9 @@ class Keyer:
         with self._lock:
             try:
                 chunk = self._chunk(obj)
-            except Exception:
+            except KeyboardInterrupt:
+                raise
+            except BaseException:
                 return None
         return hashlib.sha256(_FP_PREFIX + chunk).hexdigest()
 

@@ -566,3 +566,73 @@ def test_forgetting_one_item_runs_that_item_again_and_replays_the_others(journal
     flow.run()
     assert calls.take() == {"fetch2": 1, "total": 1}  # item 1 is the value 2
     assert flow.value("total") == 60
+
+
+def test_an_override_never_reaches_another_task_that_shares_its_step_key(journal):
+    def read_sensor():
+        return "live reading"
+
+    def build():
+        north = task(read_sensor, name="north", cache=False)
+        south = task(read_sensor, name="south", cache=False)
+        return north, south
+
+    north, south = build()
+    flow = Flow(north, south, journal_path=journal, log=False)
+    flow.override(north, "north: use 17.0")
+    flow.run()
+    assert flow.value("north") == "north: use 17.0"
+    assert flow.value("south") == "live reading"
+    fresh = Flow(*build(), journal_path=journal, log=False)
+    fresh.run()
+    assert (fresh.value("north"), fresh.value("south")) == ("north: use 17.0", "live reading")
+
+
+def test_override_then_resume_recomputes_what_was_computed_from_the_old_value():
+    @task
+    def rate():
+        return 1.0
+
+    @task(depends_on=[rate])
+    def price(rate):
+        return 100 * rate
+
+    @task
+    def urls():
+        return ["http://a", "http://b"]
+
+    @task(depends_on=[urls], for_each="urls")
+    def page(urls):
+        return f"page of {urls}"
+
+    flow = Flow(price, page, log=False)
+    flow.run()
+    flow.override(rate, 2.0)
+    flow.override(urls, ["http://x", "http://y"])
+    flow.resume()
+    assert flow.value(price) == 200.0
+    assert flow.value(page) == ["page of http://x", "page of http://y"]
+
+
+def test_cache_ttl_is_not_bypassed_through_a_for_each_tasks_whole_entry(journal, calls, tmp_path):
+    symbols = World(tmp_path / "s.json", now=["a"])
+
+    def build():
+        @task(cache=False)
+        def names():
+            return symbols.get("now")
+
+        @task(depends_on=[names], for_each="names", cache_ttl_s=0.5)
+        def quote(names):
+            calls.hit(names)
+            return names.upper()
+
+        return quote
+
+    Flow(build(), journal_path=journal, log=False).run()
+    symbols.set(now=["a", "b"])
+    Flow(build(), journal_path=journal, log=False).run()  # 'a' replayed, 'b' new
+    assert calls.take() == {"a": 1, "b": 1}
+    time.sleep(0.7)  # both items are older than the ttl now
+    Flow(build(), journal_path=journal, log=False).run()
+    assert calls.take() == {"a": 1, "b": 1}

@@ -383,3 +383,118 @@ def test_every_run_of_hostile_tasks_returns_with_a_result_for_every_task(specs, 
     flow.summary()
     json.dumps(flow.report())
     flow.to_mermaid()
+
+
+def test_system_exit_from_a_for_each_sources_iteration_fails_that_task_only():
+    class Exits(list):
+        def __iter__(self):
+            raise SystemExit("bad input")
+
+    @task
+    def src():
+        return Exits([1])
+
+    @task(depends_on=[src], for_each="src")
+    def each(src):
+        return src
+
+    @task
+    def other():
+        return "fine"
+
+    res = run_bounded(Flow(each, other, fail_fast=False, log=False))
+    assert res["each"].state is F and isinstance(res["each"].error, SystemExit)
+    assert res["other"].state is S
+
+
+def test_system_exit_from_a_values_reduce_does_not_escape_a_journaled_run(tmp_path):
+    class Handle:
+        def __reduce_ex__(self, protocol):
+            raise SystemExit("cannot pickle Handle")
+
+    @task
+    def names():
+        return ["a", "b"]
+
+    @task(depends_on=[names], for_each="names")
+    def open_each(names):
+        return Handle()
+
+    @task
+    def other():
+        return "fine"
+
+    res = run_bounded(Flow(open_each, other, journal_path=str(tmp_path / "j.jsonl"),
+                           fail_fast=False, log=False))
+    assert res["open_each"].state is S and res["other"].state is S
+
+
+LIMIT_CTRL_C = """
+import os, signal, sys, threading, time
+from flowing import Flow, Limit, task
+
+api = Limit(max_concurrency=1)
+
+@task(limit=api)
+def slow():
+    time.sleep(1.0)
+    return "done"
+
+flow = Flow(slow, log=False)
+threading.Timer(0.3, lambda: os.kill(os.getpid(), signal.SIGINT)).start()
+try:
+    flow.run()
+    print("NOT INTERRUPTED")
+except KeyboardInterrupt:
+    print("IN_FLIGHT_AFTER_CTRL_C", api.in_flight)
+done = threading.Event()
+threading.Thread(target=lambda: (flow.resume(), done.set()), daemon=True).start()
+print("RESUMED", done.wait(10), flow.results["slow"].state.value, flush=True)
+"""
+
+
+def test_a_limit_slot_held_when_ctrl_c_came_is_given_back(repo_env):
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-c", LIMIT_CTRL_C], env=repo_env,
+                         capture_output=True, text=True, timeout=60)
+    assert "IN_FLIGHT_AFTER_CTRL_C 0" in out.stdout, (out.stdout, out.stderr)
+    assert "RESUMED True succeeded" in out.stdout, (out.stdout, out.stderr)
+
+
+ENDLESS_SOURCE = """
+import os, signal, threading, time
+from flowing import Flow, task
+
+@task
+def source():
+    def forever():
+        n = 0
+        while True:
+            n += 1
+            time.sleep(0.0001)  # a slow endless source: memory stays small
+            yield n
+    return forever()
+
+@task(depends_on=[source], for_each="source")
+def each(source):
+    return source
+
+threading.Timer(0.3, lambda: os.kill(os.getpid(), signal.SIGINT)).start()
+started = time.monotonic()
+try:
+    Flow(each, log=False).run()
+except KeyboardInterrupt:
+    print("INTERRUPTED AFTER", round(time.monotonic() - started, 1), flush=True)
+os._exit(0)
+"""
+
+
+def test_ctrl_c_stops_a_run_whose_for_each_source_never_ends(repo_env):
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-c", ENDLESS_SOURCE], env=repo_env,
+                         capture_output=True, text=True, timeout=60)
+    assert "INTERRUPTED AFTER" in out.stdout, (out.stdout, out.stderr[-2000:])
