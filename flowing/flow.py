@@ -254,7 +254,11 @@ class Flow:
                 raise KeyError(f"task '{name}' is not in this flow{self.graph.suggest(name)}")
             raise KeyError(f"task '{name}' has no result yet: run() the flow first")
         if r.state is not StepState.SUCCEEDED:
-            why = error_line(r.error) or r.reason or ""
+            why = error_line(r.error) or safe_str(r.reason or "")
+            if r.state is StepState.SKIPPED and (r.reason or "").startswith(A.WHEN_SKIP):
+                raise RuntimeError(f"task '{name}' has no value: it was skipped by its when= gate "
+                                   f"({why}), as intended; check flow.results['{name}'].state "
+                                   f"before asking for its value")
             raise RuntimeError(f"task '{name}' {r.state.value}" + (f": {why}" if why else "")
                                + "; fix it and call resume(), or read flow.results")
         return r.value
