@@ -653,6 +653,10 @@ def _why(error: BaseException | None, reason: object) -> str:
     return error_line(error, REASON_WIDTH) or clip(_or_empty(reason), REASON_WIDTH)
 
 
+def _count(n: int, word: str) -> str:
+    return f"{n} {word}" if n == 1 else f"{n} {word}s"
+
+
 def log_line(event: Event) -> str | None:
     """One concise, greppable line per event (without the ``flowing: `` prefix)."""
     tag = " [detached]" if getattr(event, "detached", False) is True else ""
@@ -682,7 +686,7 @@ def log_line(event: Event) -> str | None:
         key = f" key={clip(event.step_key[:8], 8)}" if isinstance(event.step_key, str) else ""
         return _cap(f"cached  {_name(event)}{key} ({clip(_or_empty(event.reason), 40)})")
     if isinstance(event, FlowStarted):
-        return _cap(f"flow start: {event.tasks} tasks in {event.layers} layers "
+        return _cap(f"flow start: {_count(event.tasks, 'task')} in {_count(event.layers, 'layer')} "
                     f"(max_workers={event.max_workers}, schedule={clip(event.schedule, 20)})")
     if isinstance(event, FlowFinished):
         return _totals_line(event)
@@ -706,7 +710,7 @@ def _totals_line(event: FlowFinished, total: int = 0, cached: int = 0,
         counts["not run"] = total - finished
     parts = [f"{n} {state}" for state, n in counts.items() if n]
     status = "INTERRUPTED" if event.interrupted else ("ok" if event.ok else "FAILED")
-    text = f"flow {status}: {total} tasks: {', '.join(parts) or 'nothing to do'}"
+    text = f"flow {status}: {_count(total, 'task')}: {', '.join(parts) or 'nothing to do'}"
     extras = []
     if retries:
         extras.append(f"{retries} retr{'y' if retries == 1 else 'ies'}")

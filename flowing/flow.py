@@ -322,7 +322,7 @@ class Flow:
             if why and not r.cached:
                 parts.append(f"(ran: {why})")
             lines.append("  ".join(p for p in parts if p))
-        total = (f"{len(g)} tasks: {counts[StepState.SUCCEEDED]} succeeded, "
+        total = (f"{len(g)} task{'' if len(g) == 1 else 's'}: {counts[StepState.SUCCEEDED]} succeeded, "
                  f"{counts[StepState.FAILED]} failed, {counts[StepState.SKIPPED]} skipped")
         if cached:
             total += f" ({cached} cached)"

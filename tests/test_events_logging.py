@@ -247,7 +247,7 @@ def test_cached_line_and_totals(tmp_path, user_logger):
     Flow(one, journal_path=path, log=False).run()
     Flow(one, journal_path=path, log=logger).run()
     assert any(m.startswith("cached  one key=") and "(journal)" in m for m in handler.messages)
-    assert handler.messages[-1].startswith("flow ok: 1 tasks: 1 succeeded; 1 cached")
+    assert handler.messages[-1].startswith("flow ok: 1 task: 1 succeeded; 1 cached")
 
 
 def test_log_false_is_silent(capfd, caplog, flowing_records, fast_ticks):
@@ -303,9 +303,9 @@ def test_log_true_writes_to_stderr(capfd):
     out, err = capfd.readouterr()
     assert out == ""
     lines = err.splitlines()
-    assert lines[0].startswith("flowing: flow start: 1 tasks in 1 layers")
+    assert lines[0].startswith("flowing: flow start: 1 task in 1 layer")
     assert "flowing: start   hello attempt=1" in lines
-    assert lines[-1].startswith("flowing: flow ok: 1 tasks: 1 succeeded")
+    assert lines[-1].startswith("flowing: flow ok: 1 task: 1 succeeded")
 
 
 def test_log_must_be_bool_or_logger():
