@@ -91,7 +91,7 @@ import sys
 import sysconfig
 import types
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 __all__ = ["value_digest", "Memo", "Unstable", "Canonical", "type_name", "is_user_module",
@@ -105,6 +105,20 @@ _BUDGET = 20_000_000       # pieces encoded for one top-level value
 _HASH_OVER = 1024          # pieces longer than this are replaced by their SHA-256
 _NO_REACH = 1 << 62        # "no back-reference seen"
 _OWN_PACKAGE = __name__.partition(".")[0]
+
+
+def inputs_digest(named: Iterable[tuple[str, str | None]]) -> str | None:
+    """The digest of the dependency values a task is computed from, given
+    (dependency name, value digest) pairs in any order; None if any is None."""
+    parts = []
+    for name, digest in named:
+        if digest is None:
+            return None
+        parts.append(f"{name}={digest}")
+    h = hashlib.sha256(b"flowing-inputs/1")
+    for part in sorted(parts):
+        h.update(part.encode("utf-8", "surrogatepass") + b"\n")
+    return h.hexdigest()
 
 
 def value_digest(value: object, memo: Memo | None = None) -> str | None:

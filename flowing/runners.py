@@ -211,6 +211,21 @@ class Shared(RunSignals):
         outcome.journaled = True
         digest = self.digest(outcome.value) if self.digest is not None else None
         outcome.digest = digest
+        store = job.store
+        if store and job.in_digest is not None and self.digest is not None:
+            # The dependency values must still be what their digests say: a body that
+            # changed one in place (its own or another's dependency) must not be
+            # journaled as computed from the original.
+            from .digest import inputs_digest
+
+            source = job.td.for_each if job.mode == A.ITEM else None
+            now = inputs_digest((name, self.digest(value)) for name, value in job.kwargs.items()
+                                if name != source)
+            if now != job.in_digest:
+                store = False
+                outcome.warning = (f"{job.label()}: a dependency's value changed in place while "
+                                   f"it ran, so its result is not journaled; build new values "
+                                   f"instead of changing the ones a task received")
         dep_keys = self.dep_keys[job.task] if self.dep_keys is not None else []
         if job.mode == A.ITEM:
             # the task's own dependencies too: the task may have no entry of its
@@ -218,10 +233,10 @@ class Shared(RunSignals):
             assert self.keys is not None
             journal.record(job.key, f"{job.td.name}[{job.item}]",
                            [self.keys[job.task], *dep_keys], outcome.value, "item",
-                           digest=digest, inputs=job.in_digest, store=job.store)
+                           digest=digest, inputs=job.in_digest, store=store)
         else:
             journal.record(job.key, job.td.name, dep_keys, outcome.value, "task",
-                           digest=digest, inputs=job.in_digest, store=job.store)
+                           digest=digest, inputs=job.in_digest, store=store)
 
     def fail_fast_trips(self, outcome: Outcome) -> bool:
         job = outcome.job

@@ -584,21 +584,10 @@ class Scheduler:
     def _in_digest(self, i: int, skip: int = -1) -> str | None:
         """Digest of the dependency values task i is about to be computed from
         (without dependency ``skip``: a for_each source, whose items count one by one)."""
-        import hashlib  # journaled runs only
+        from .digest import inputs_digest  # journaled runs only
 
         g = self.graph
-        h = hashlib.sha256(b"flowing-inputs/1")
-        parts = []
-        for d in g.deps[i]:
-            if d == skip:
-                continue
-            digest = self._digest_of(d)
-            if digest is None:
-                return None
-            parts.append(f"{g.tasks[d].name}={digest}")
-        for part in sorted(parts):
-            h.update(part.encode("utf-8", "surrogatepass") + b"\n")
-        return h.hexdigest()
+        return inputs_digest((g.tasks[d].name, self._digest_of(d)) for d in g.deps[i] if d != skip)
 
     def _storable(self, i: int, in_digest: str | None) -> bool:
         plan = self.plan
@@ -852,9 +841,14 @@ class Scheduler:
                                 attempts, key, all(r.cached for r in items) and bool(items),
                                 None, None, started, finished, items, detached)
             if self.journal is not None and key is not None:
-                in_digest = self._in_digest(i)
-                from .digest import value_digest
+                from .digest import inputs_digest, value_digest
 
+                in_digest = self._in_digest(i)
+                deps = self.graph.deps[i]
+                if in_digest is not None and in_digest != inputs_digest(
+                        (r.name, value_digest(r.value)) for d in deps
+                        if (r := self.results[d]) is not None):
+                    in_digest = None  # a dependency changed in place meanwhile: not stored
                 digest = value_digest(values)
                 self.digests[i] = digest
                 try:

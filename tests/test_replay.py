@@ -636,3 +636,33 @@ def test_cache_ttl_is_not_bypassed_through_a_for_each_tasks_whole_entry(journal,
     time.sleep(0.7)  # both items are older than the ttl now
     Flow(build(), journal_path=journal, log=False).run()
     assert calls.take() == {"a": 1, "b": 1}
+
+
+def test_a_body_that_changes_a_dependency_in_place_is_not_replayed_as_if_it_had_not(
+        journal, tmp_path):
+    world = World(tmp_path / "w.json", w=1)
+
+    def build():
+        @task
+        def settings():
+            return {"n": 0}
+
+        @task(depends_on=[settings], cache=False)
+        def tweak(settings):
+            settings["n"] = world.get("w")  # changes its dependency's value in place
+            return None
+
+        @task(depends_on=[settings, tweak])
+        def use(settings, tweak):
+            return settings["n"] * 10
+
+        return use
+
+    first = Flow(build(), journal_path=journal, log=False)
+    first.run()
+    assert first.value("use") == 10
+    world.set(w=2)
+    second = Flow(build(), journal_path=journal, log=False)
+    second.run()
+    assert second.value("use") == 20  # what a run without a journal computes
+    assert not second.results["use"].cached
