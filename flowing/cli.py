@@ -22,7 +22,7 @@ import os
 import sys
 import time
 
-from .journal import Entry, JournalError, compact, forget, iter_entries
+from .journal import Entry, JournalError, compact, forget, human_size, iter_entries
 
 _WARN_LOGGER = "flowing.cli"
 _NAME_WIDTH = 60    # longer task names are cut with "..." in `journal show`
@@ -61,14 +61,6 @@ def _printable(s: str, width: int | None = None) -> str:
     return out
 
 
-def _size(n: float) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if n < 1024 or unit == "GiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    raise AssertionError("unreachable")
-
-
 def _when(t: float) -> str:
     """Local time of an entry; a time no clock gives (huge, negative on some systems) as-is."""
     try:
@@ -94,7 +86,7 @@ def _cmd_show(args: argparse.Namespace) -> int:
         latest.pop(e.key, None)  # re-insert so the dict keeps file order of the latest entries
         latest[e.key] = e
     rows = [(_printable(e.name, _NAME_WIDTH), _printable(e.key[:12]), e.kind, _when(e.time),
-             _size(e.size), _printable(e.preview))
+             human_size(e.size), _printable(e.preview))
             for e in latest.values()]
     head = ("TASK", "KEY", "KIND", "TIME", "SIZE", "VALUE")
     if rows:
@@ -110,7 +102,7 @@ def _cmd_show(args: argparse.Namespace) -> int:
     line = (f"{_plural(len(latest), 'entry', 'entries')} "
             f"({_plural(kinds['task'], 'task result')}, {_plural(kinds['item'], 'item')}, "
             f"{_plural(kinds['override'], 'override')}) for {_plural(len(tasks), 'task')}; "
-            f"{_size(on_disk)} on disk")
+            f"{human_size(on_disk)} on disk")
     stale = total - len(latest)
     if stale:
         line += (f"; {_plural(stale, 'superseded entry', 'superseded entries')} "
@@ -143,9 +135,9 @@ def _cmd_forget(args: argparse.Namespace) -> int:
 
 def _cmd_compact(args: argparse.Namespace) -> int:
     r = compact(args.path, _logger())
-    print(f"before: {_plural(r.lines_before, 'line')}, {_size(r.bytes_before)}"
+    print(f"before: {_plural(r.lines_before, 'line')}, {human_size(r.bytes_before)}"
           + (f" ({r.unreadable} unreadable)" if r.unreadable else ""))
-    print(f"after:  {_plural(r.entries_after, 'line')}, {_size(r.bytes_after)}")
+    print(f"after:  {_plural(r.entries_after, 'line')}, {human_size(r.bytes_after)}")
     return 0
 
 

@@ -151,6 +151,7 @@ from dataclasses import dataclass
 from typing import Any
 
 __all__ = ["Journal", "JournalError", "Hit", "Entry", "iter_entries", "forget", "compact",
+           "human_size",
            "ForgetResult", "CompactResult", "KINDS", "FORMAT_NAME", "FORMAT_VERSION", "HEADER"]
 
 FORMAT_NAME = "flowing-journal"
@@ -531,7 +532,8 @@ def _base_name(name: str) -> str:
     return name
 
 
-def _human_size(n: float) -> str:
+def human_size(n: float) -> str:
+    """``1.5 KiB``: a byte count for people (``journal show``, previews)."""
     for unit in ("B", "KiB", "MiB", "GiB"):
         if n < 1024 or unit == "GiB":
             return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
@@ -556,7 +558,7 @@ def _preview(head: bytes, vstart: int, length: int, enc: str, width: int = 60) -
         return "<value not stored>"
     if enc == "pickle":
         n = max(0, vend - vstart - 2) * 3 // 4
-        return f"<pickle, {_human_size(n)}>"
+        return f"<pickle, {human_size(n)}>"
     # A value cut at _PREVIEW_BYTES decodes to at least 64 characters (> width), so
     # _escape marks it cut too.
     text = head[vstart:min(vend, vstart + _PREVIEW_BYTES)].decode("utf-8", "replace")
