@@ -224,97 +224,26 @@ def test_log_false_subprocess_is_silent(repo_env):
 
 # ----- text that never raises (SPEC 8: run() always returns) ---------------------
 
+from hostile import (  # noqa: E402
+    BaseRaiser,
+    EvilStr,
+    EvilStrRepr,
+    Nameless,
+    NoBool,
+    NoEq,
+    NonStrRepr,
+    RaisingRepr,
+    RaisingStr,
+    StrEvil,
+    StrNonStr,
+    StrRaises,
+)
 from hypothesis import given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
 from flowing import events as ev  # noqa: E402
 from flowing.records import Record  # noqa: E402
 from flowing.results import ItemResult, StepResult  # noqa: E402
-
-
-class RaisingRepr:
-    def __repr__(self):
-        raise RuntimeError("no repr")
-
-
-class NonStrRepr:
-    def __repr__(self):
-        return 42
-
-
-class RaisingStr:
-    def __str__(self):
-        raise RuntimeError("no str")
-
-
-class EvilStr(str):
-    """A str subclass whose methods all misbehave."""
-
-    def strip(self, *a):
-        raise RuntimeError("strip")
-
-    def splitlines(self, *a):
-        raise RuntimeError("splitlines")
-
-    def __len__(self):
-        raise RuntimeError("len")
-
-    def translate(self, *a):
-        raise RuntimeError("translate")
-
-
-class EvilStrRepr:
-    def __repr__(self):
-        return EvilStr("looks fine\nbut is not")
-
-
-class NoBool:
-    def __bool__(self):
-        raise ValueError("no truth value")
-
-    def __repr__(self):
-        return "NoBool()"
-
-
-class NoEq:
-    def __eq__(self, other):
-        raise TypeError("no eq")
-
-    __hash__ = object.__hash__
-
-
-class BaseRaiser:
-    def __repr__(self):
-        raise SystemExit("repr ends the process?")
-
-    __str__ = __repr__
-
-
-class StrRaises(Exception):
-    def __str__(self):
-        raise RuntimeError("cannot")
-
-
-class StrNonStr(Exception):
-    def __str__(self):
-        return 7
-
-
-class StrEvil(Exception):
-    def __str__(self):
-        return EvilStr("evil\nmessage")
-
-
-class Meta(type):
-    @property
-    def __name__(cls):
-        raise RuntimeError("no name")
-
-
-class Nameless(metaclass=Meta):
-    def __repr__(self):
-        raise RuntimeError("no repr either")
-
 
 # (BaseRaiser stays out of parametrize ids and reprs: pytest itself would choke on it)
 HOSTILE = [RaisingRepr(), NonStrRepr(), RaisingStr(), EvilStrRepr(), NoBool(), NoEq(),

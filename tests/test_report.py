@@ -529,55 +529,9 @@ def test_timeline_renders_in_chromium(tmp_path):
 
 # ----- hostile values and errors: report, flowchart and timeline never raise -----------
 
+from hostile import HostileError, NoBoolNoEq, NonStrRepr, RaisingRepr, StrNonStr, StrRaises  # noqa: E402
+
 from flowing.results import ItemResult, StepResult, StepState  # noqa: E402
-
-
-class RaisingRepr:
-    def __repr__(self):
-        raise RuntimeError("no repr")
-
-    __str__ = __repr__
-
-
-class NonStrRepr:
-    def __repr__(self):
-        return 42
-
-
-class NoBoolNoEq:
-    def __bool__(self):
-        raise ValueError("no truth value")
-
-    def __eq__(self, other):
-        raise TypeError("no eq")
-
-    __hash__ = object.__hash__
-
-    def __repr__(self):
-        return "NoBoolNoEq()"
-
-
-class StrRaises(Exception):
-    def __str__(self):
-        raise RuntimeError("cannot")
-
-
-class StrNonStr(Exception):
-    def __str__(self):
-        return 7
-
-
-class HostileError(Exception):
-    def __bool__(self):
-        raise ValueError("no truth value")
-
-    def __eq__(self, other):
-        raise TypeError("no eq")
-
-    __hash__ = Exception.__hash__
-
-    def __str__(self):
-        return "hostile\n" + "h" * 100_000
 
 
 def _hostile_flow():

@@ -5,10 +5,10 @@ escaped run() in 0.1.0."""
 import asyncio
 import json
 import threading
-import time
 
 import pytest
 from helpers import ListHandler
+from hostile import NoBool, RaisingRepr, StrRaises
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -35,26 +35,9 @@ def run_bounded(flow, seconds=20.0):
     return box["results"]
 
 
-class NoTruth:
-    """Like a numpy array: asking for its truth value raises."""
-
-    def __bool__(self):
-        raise ValueError("The truth value of an array with more than one element is ambiguous")
-
-    def __repr__(self):
-        return "NoTruth()"
-
-
-class BadRepr:
-    def __repr__(self):
-        raise RuntimeError("repr exploded")
-
-    __str__ = __repr__
-
-
-class BadStrError(Exception):
-    def __str__(self):
-        raise RuntimeError("str exploded")
+NoTruth = NoBool  # like a numpy array: asking for its truth value raises
+BadRepr = RaisingRepr
+BadStrError = StrRaises  # an exception whose __str__ raises
 
 
 def test_when_returning_a_value_with_no_truth_value_fails_the_task_and_names_the_fix():
@@ -70,7 +53,7 @@ def test_when_returning_a_value_with_no_truth_value_fails_the_task_and_names_the
     res = run_bounded(flow)
     r = res["gated"]
     assert r.state is F and r.attempts == 0
-    assert "no truth value" in str(r.error) and "NoTruth()" in str(r.error)
+    assert "no truth value" in str(r.error) and "NoBool()" in str(r.error)
     assert res["after"].state is K
     assert not flow.ok and [x.name for x in flow.failures] == ["gated"]
 
@@ -85,7 +68,7 @@ def test_retry_until_returning_a_value_with_no_truth_value_fails_and_keeps_the_v
     res = run_bounded(Flow(produce, log=False))
     r = res["produce"]
     assert r.state is F and r.value is value and r.attempts == 1
-    assert "retry_until() returned NoTruth()" in str(r.error)
+    assert "retry_until() returned NoBool()" in str(r.error)
 
 
 def test_a_rejected_value_whose_repr_raises_is_retried_then_fails_cleanly():
@@ -119,7 +102,7 @@ def test_an_exception_whose_str_raises_inside_a_for_each_item_does_not_escape_ru
     assert r.state is F
     assert [it.state for it in r.items] == [S, F, S]
     assert "item 1 (2)" in flow.summary()
-    assert "BadStrError" in flow.summary()
+    assert "StrRaises: <unprintable message>" in flow.summary()
     json.dumps(flow.report())
     repr(r)
 
@@ -166,10 +149,8 @@ def test_an_unusable_retry_after_value_is_ignored(hint):
             raise Throttled("429")
         return "ok"
 
-    started = time.monotonic()
-    res = run_bounded(Flow(call, log=False))
+    res = run_bounded(Flow(call, log=False))  # an inf hint waited for would never return
     assert res["call"].state is S
-    assert time.monotonic() - started < 10  # an inf hint was not waited for
 
 
 def test_an_async_body_that_swallows_its_cancellation_fails_at_its_deadline():
@@ -201,21 +182,22 @@ def test_an_async_body_that_swallows_its_cancellation_fails_at_its_deadline():
 
 def test_an_async_body_blocking_its_event_loop_is_failed_by_the_scheduler():
     release = threading.Event()
+    let_go = threading.Event()
 
     @task(timeout_s=0.2)
     async def blocks_the_loop():
         release.wait(8)  # a sync wait inside async def: the loop itself is stuck
+        let_go.set()
         return "late"
 
     try:
-        started = time.monotonic()
         res = run_bounded(Flow(blocks_the_loop, log=False), seconds=15)
-        elapsed = time.monotonic() - started
+        body_had_let_go = let_go.is_set()
     finally:
         release.set()
     r = res["blocks_the_loop"]
     assert r.state is F and isinstance(r.error, TimeoutError)
-    assert elapsed < 7, elapsed  # failed near its deadline, not when the body let go
+    assert not body_had_let_go  # failed by the scheduler, not when the body let go
 
 
 def test_a_huge_finite_timeout_runs_normally():
