@@ -159,6 +159,7 @@ from .events import safe_repr, safe_str
 if TYPE_CHECKING:
     from concurrent.futures import Executor, Future
 
+    from .inplace import RunDigests
     from .journal import Journal
     from .tasks import TaskDef
 
@@ -190,7 +191,7 @@ class Shared(RunSignals):
         self.keys = keys                       # step key per task, or None without a journal
         self.dep_keys = None if keys is None else [[keys[d] for d in ds] for ds in deps]
         self.fused_next = array("i", [-1]) * len(tasks)  # index of the fused successor, or -1
-        self.digest: Callable[[Any], str | None] | None = None  # value digests, with a journal
+        self.digest: RunDigests | None = None  # value digests, with a journal
 
     def stop(self, reason: str) -> None:
         if self.stop_reason is None:
@@ -212,20 +213,13 @@ class Shared(RunSignals):
         digest = self.digest(outcome.value) if self.digest is not None else None
         outcome.digest = digest
         store = job.store
-        if store and job.in_digest is not None and self.digest is not None:
-            # The dependency values must still be what their digests say: a body that
-            # changed one in place (its own or another's dependency) must not be
-            # journaled as computed from the original.
-            from .digest import inputs_digest
-
-            source = job.td.for_each if job.mode == A.ITEM else None
-            now = inputs_digest((name, self.digest(value)) for name, value in job.kwargs.items()
-                                if name != source)
-            if now != job.in_digest:
+        if store and self.digest is not None:
+            # A body that changed a dependency's value in place must not be journaled
+            # as computed from the original (the policy: flowing.inplace).
+            changed = self.digest.check_job(job)
+            if changed is not None:
                 store = False
-                outcome.warning = (f"{job.label()}: a dependency's value changed in place while "
-                                   f"it ran, so its result is not journaled; build new values "
-                                   f"instead of changing the ones a task received")
+                outcome.warning = changed
         dep_keys = self.dep_keys[job.task] if self.dep_keys is not None else []
         if job.mode == A.ITEM:
             # the task's own dependencies too: the task may have no entry of its

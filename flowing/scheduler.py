@@ -176,9 +176,9 @@ class Scheduler:
         self.inputs = inputs or {}
         self.shared = Shared(graph.tasks, graph.deps, fail_fast, self.journal, self.keys)
         if plan is not None:
-            from .digest import value_digest
+            from .inplace import RunDigests
 
-            self.shared.digest = value_digest
+            self.shared.digest = RunDigests()
         has_async = any(td.is_async for td in graph.tasks)
         self.runner: Runner = open_runner(executor, max_workers, self.shared, has_async)
         n = len(graph)
@@ -576,9 +576,8 @@ class Scheduler:
         d = self.digests[i]
         if d is _UNKNOWN:
             r = self.results[i]
-            from .digest import value_digest
-
-            d = self.digests[i] = value_digest(r.value) if r is not None else None
+            assert self.shared.digest is not None
+            d = self.digests[i] = self.shared.digest(r.value) if r is not None else None
         return d  # type: ignore[no-any-return]
 
     def _in_digest(self, i: int, skip: int = -1) -> str | None:
@@ -841,15 +840,14 @@ class Scheduler:
                                 attempts, key, all(r.cached for r in items) and bool(items),
                                 None, None, started, finished, items, detached)
             if self.journal is not None and key is not None:
-                from .digest import inputs_digest, value_digest
-
+                digests = self.shared.digest
+                assert digests is not None
                 in_digest = self._in_digest(i)
-                deps = self.graph.deps[i]
-                if in_digest is not None and in_digest != inputs_digest(
-                        (r.name, value_digest(r.value)) for d in deps
-                        if (r := self.results[d]) is not None):
+                if in_digest is not None and not digests.fan_out_unchanged(
+                        i, ((r.name, r.value) for d in self.graph.deps[i]
+                            if (r := self.results[d]) is not None), in_digest):
                     in_digest = None  # a dependency changed in place meanwhile: not stored
-                digest = value_digest(values)
+                digest = digests(values)
                 self.digests[i] = digest
                 try:
                     self.journal.record(key, td.name, self.shared.dep_keys[i]
