@@ -4,11 +4,9 @@ a body did not change its dependencies in place (flowing.inplace)."""
 import logging
 
 import pytest
-
 from helpers import ListHandler
 
-from flowing import Flow, task
-from flowing import inplace
+from flowing import Flow, inplace, task
 from flowing.digest import inputs_digest, value_digest
 
 
