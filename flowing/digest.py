@@ -31,16 +31,15 @@ once (see ``Memo``).
   differ); ``fractions.Fraction``; ``uuid.UUID``; ``pathlib`` paths (type
   and text); compiled ``re`` patterns (pattern and flags).
 * Enum members: their class, name and value.
-* Classes and functions as code: library ones (standard library,
-  site-packages, this package) by module and qualified name; the user's own
-  classes by their bare qualified name (their module's name differs between
-  running a file as a script and importing it; so two classes of yours with
-  the same qualified name in two modules count as one). A user's function is
-  encoded by name only when that name reaches it (like ``pickle``);
-  a lambda or a nested function of the user has no stable content here
-  (step keys, in ``stepkey``, digest user code by content instead).
-  A library function made inside another function (a decorator's wrapper):
-  its name and the values it closes over. Modules by name.
+* Classes and functions by module and qualified name (``module_name``: a
+  script's ``__main__`` is named as its file would be imported, so running
+  a file and importing it agree, and two classes of one name in two modules
+  differ). A user's function is encoded by name only when that name reaches
+  it (like ``pickle``); a lambda or a nested function of the user has no
+  stable content here (step keys, in ``stepkey``, digest user code by
+  content instead). A library function made inside another function (a
+  decorator's wrapper): its name and the values it closes over. Modules by
+  name.
 * Bound methods: the bound object (by content) and the function;
   ``functools.partial``: function, arguments, keywords and attributes;
   ``staticmethod``, ``classmethod``, ``property``,
@@ -57,27 +56,54 @@ once (see ``Memo``).
   dict items sorted (in order for an ``OrderedDict``). A name given instead
   of a reduction must reach the object, as ``pickle`` checks. Dataclasses,
   namedtuples, ``SimpleNamespace``, ``deque``, exceptions, loggers (by
-  name), numpy arrays and most library objects fall in here. Nothing is
-  ever read from a memory address or a ``repr``.
+  name) and most library objects fall in here. Nothing is ever read from a
+  memory address or a ``repr``.
+* Buffers, read in place (no copy): numpy arrays (exact ``ndarray``) by
+  dtype, shape and their elements' bytes in C order whatever the memory
+  layout (non-contiguous ones in copies of at most ``_CHUNK`` bytes); pandas
+  ``DataFrame``, ``Series``, ``Index``, ``RangeIndex`` (exact types) by
+  labels, index, ``attrs`` and each column; ``array.array``, memoryviews,
+  and bytes or bytearrays over 1 KiB (hashed in place, to the same piece a
+  copy would give). Arrays and columns of Python objects (object dtype,
+  pandas extension columns as their dtype and Python values) element by
+  element, through the fast encoding below. numpy and pandas are never
+  imported here: their types are recognised once their modules are loaded.
 * A value met again inside itself (a list that contains itself, a tree whose
   nodes point to their parent) is encoded as a back-reference: how many levels
   up the path the enclosing object sits.
+
+The fast encoding
+-----------------
+``value_digest`` first tries the C pickler (see ``_Pickler``, below): plain
+data (None, bool, int, float, str, bytes, list, tuple, dict) is written at C
+speed, and ``persistent_id`` puts the canonical rules where pickle is not
+canonical (dict order, sets, NaN) and the canonical encoding above for every
+other object. Its digest is ``sha256("flowing-value/2/pickle\n" + stream)``;
+a value pickle refuses (a cycle) gets ``sha256("flowing-value/2/canonical\n"
++ encoding)`` instead. Which encoding a value takes depends on its content
+only, and the two prefixes never meet, so the rules above hold for both.
+Pickle's memo is off: a shared object is encoded in full where it occurs,
+so ``[a, a]`` and ``[a, copy(a)]`` digest alike. ``digest_info`` also says
+whether the value is immutable (numbers, strings, bytes, None, tuples,
+frozensets only), for ``inplace``.
 
 What has no stable content
 --------------------------
 A value whose ``__reduce_ex__`` refuses (generators, locks, sockets, open
 files, database connections), or raises anything, or names a global that is
-not this object; nesting deeper than 100 levels; more than 20,000,000
-pieces. Any of these inside a container or an object's state makes the whole
-value unstable. Internally this raises ``Unstable``, whose ``what`` and ``reason``
+not this object; nesting deeper than 100 levels; a reduce iterator that hands
+out 10,000,000 items beyond its length hint (one that never ends). Size is no
+limit: a large value is large, not unstable. Any of these inside a container
+or an object's state makes the whole value unstable. Internally this raises ``Unstable``, whose ``what`` and ``reason``
 say which value, of what type and where inside (``.session.sock``,
 ``[3]``, ``['key']``) it was met.
 
-``Memo`` caches, for one run, the encoding of each value digested at top
-level and of each piece large enough to be hashed, by ``id()``, and keeps
-those objects alive so that an ``id()`` is never reused for another object
-while the memo lives. Values are assumed not to change while a memo is in
-use.
+``Memo`` caches, for one run, the digest of each value digested at top
+level and the encoding of each piece large enough to be hashed, by ``id()``,
+and keeps those objects alive so that an ``id()`` is never reused for another
+object while the memo lives. Values are assumed not to change while a memo
+is in use: it serves step keys (code constants, closure values, read once
+per run), never the digests of task values (``inplace.RunDigests``).
 """
 
 from __future__ import annotations
@@ -476,6 +502,9 @@ def type_label(cls: type) -> str:
 #   C M G g B p W e     class, module, global name, library closure, bound method,
 #                       partial, wrapped callable, enum member
 #   R L K 2 -           reduce, its list items, its dict items, (dict, slots) state, absent
+#   @A @O @a            numpy array (by buffer), numpy array of objects, array.array
+#   @F @R @I @J @X      DataFrame, Series, Index, RangeIndex, pandas extension values
+#   %                   the fast encoding's digest of a list of Python objects
 #   ^                   back-reference to an enclosing object (a cycle), by distance
 #   !                   reserved for the hook's encodings
 
