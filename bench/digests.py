@@ -184,7 +184,7 @@ def main() -> int:
             continue
         results = [_child(name, quick) for _ in range(runs if name != "array" or quick else 3)]
 
-        def med(key: str) -> float:
+        def med(key: str, results: list[dict[str, float]] = results) -> float:
             return statistics.median(r[key] for r in results)
 
         if name == "side":
