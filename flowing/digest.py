@@ -95,8 +95,8 @@ not this object; nesting deeper than 100 levels; a reduce iterator that hands
 out 10,000,000 items beyond its length hint (one that never ends). Size is no
 limit: a large value is large, not unstable. Any of these inside a container
 or an object's state makes the whole value unstable. Internally this raises
-``Unstable``, whose ``what`` and ``reason`` say which value, of what type and where inside (``.session.sock``,
-``[3]``, ``['key']``) it was met.
+``Unstable``, whose ``what`` and ``reason`` say which value, of what type and
+where inside (``.session.sock``, ``[3]``, ``['key']``) it was met.
 
 ``Memo`` caches, for one run, the digest of each value digested at top
 level and the encoding of each piece large enough to be hashed, by ``id()``,
