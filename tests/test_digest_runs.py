@@ -5,32 +5,10 @@ import logging
 
 import pytest
 from helpers import ListHandler
+from test_replay import Calls
 
 from flowing import Flow, inplace, task
 from flowing.digest import inputs_digest, value_digest
-
-
-class Calls:
-    """Body calls by name, in a file (a closure value is in the key by content)."""
-
-    def __init__(self, path):
-        self.path = str(path)
-
-    def hit(self, name):
-        with open(self.path, "a") as f:
-            f.write(name + "\n")
-
-    def take(self):
-        try:
-            with open(self.path) as f:
-                lines = f.read().split()
-        except FileNotFoundError:
-            lines = []
-        open(self.path, "w").close()
-        out = {}
-        for name in lines:
-            out[name] = out.get(name, 0) + 1
-        return out
 
 
 @pytest.fixture
