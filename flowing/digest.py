@@ -1021,8 +1021,14 @@ def _enc_values(c: Canonical, x: Any, depth: int) -> bytes:
     dtype = x.dtype
     if isinstance(dtype, sys.modules["numpy"].dtype):
         return c._enc(x.to_numpy(copy=False), depth)
-    return _frame(b"@X", c._enc(dtype, depth)
-                  + _enc_objects(c, x.to_numpy(dtype=object).tolist(), depth))
+    # As Python objects, _ROWS at a time: memory stays bounded.
+    values = x.array
+    parts = [_enc_objects(c, values[i:i + _ROWS].to_numpy(dtype=object).tolist(), depth)
+             for i in range(0, len(values), _ROWS)]
+    return _frame(b"@X", c._enc(dtype, depth) + b"%d;" % len(values) + b"".join(parts))
+
+
+_ROWS = 1 << 16
 
 
 def _enc_frame(c: Canonical, x: Any, depth: int) -> bytes:
