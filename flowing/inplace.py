@@ -50,6 +50,8 @@ if TYPE_CHECKING:
 __all__ = ["RunDigests"]
 
 _SCALARS = frozenset({int, float, str, bytes, bool, type(None), complex})
+_SIZED = (str, bytes)
+_SMALL = 4096  # scalars up to this length are digested again rather than remembered
 _RECHECK_FACTOR = 20     # items: re-check when idle time since the last check exceeds this x its cost
 _RECHECK_FLOOR_S = 0.05  # ... and at least this long
 
@@ -79,13 +81,14 @@ class RunDigests:
         self._fans: dict[int, _Fan] = {}
 
     def __call__(self, value: object) -> str | None:
-        t = type(value)
-        if t not in _SCALARS:
+        small = type(value) in _SCALARS and (
+            type(value) not in _SIZED or len(value) <= _SMALL)  # type: ignore[arg-type]
+        if not small:
             hit = self._immutable.get(id(value))
             if hit is not None and hit[0] is value:
                 return hit[1]
         found, immutable = digest_info(value)
-        if immutable and found is not None and t not in _SCALARS:
+        if immutable and found is not None and not small:
             with self._lock:
                 self._immutable[id(value)] = (value, found)
         return found
