@@ -442,8 +442,7 @@ def _main_module_name(main: object) -> str:
     spec = getattr(main, "__spec__", None)
     spec_name = getattr(spec, "name", None)
     if isinstance(spec_name, str) and spec_name and spec_name != "__main__":
-        return spec_name.removesuffix(".__main__") if spec_name.endswith(".__main__") \
-            else spec_name
+        return spec_name  # python -m pkg.mod (python -m pkg: pkg.__main__)
     file = getattr(main, "__file__", None)
     if not isinstance(file, str) or not file.endswith(".py"):
         return "__main__"

@@ -81,7 +81,7 @@ def test_a_script_and_its_import_agree(project, repo_env):
         "import json, fast\nfrom flowing.digest import value_digest\n"
         "print(json.dumps([value_digest(fast.Engine()), value_digest(fast.make), "
         "value_digest(fast.Mode.ON)]))"))
-    assert as_script == imported
+    assert as_script == imported == _python(project, repo_env, "-m", "fast")
     assert None not in as_script
 
 
