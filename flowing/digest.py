@@ -523,7 +523,7 @@ class Canonical:
     call taints only that call.
     """
 
-    __slots__ = ("_memo", "_hook", "_hook_types", "_active", "_reach", "taint")
+    __slots__ = ("_memo", "_hook", "_hook_types", "_active", "_reach", "taint", "_fast_owners")
 
     def __init__(self, memo: Memo | None = None, hook: Hook | None = None,
                  hook_types: tuple[type, ...] = ()) -> None:
@@ -534,6 +534,7 @@ class Canonical:
         self._active: dict[int, int] = {}  # id -> depth, of the objects being encoded
         self._reach = _NO_REACH  # shallowest object a back-reference pointed to
         self.taint = 0
+        self._fast_owners: set[int] = set()  # arrays and columns in _enc_objects now
 
     def chunk(self, value: object) -> bytes:
         """The canonical encoding of ``value``; raises ``Unstable``.
@@ -981,7 +982,7 @@ _CHUNK = 4 << 20
 def _enc_ndarray(c: Canonical, x: Any, depth: int) -> bytes:
     head = c._enc(x.dtype, depth) + c._enc(tuple(x.shape), depth)
     if x.dtype.hasobject:
-        return _frame(b"@O", head + _enc_objects(c, x.ravel().tolist(), depth))
+        return _frame(b"@O", head + _enc_objects(c, x, x.ravel().tolist(), depth))
     h = hashlib.sha256()
     _hash_array(h, x, sys.modules["numpy"])
     return _frame(b"@A", head + h.digest())
@@ -1004,13 +1005,25 @@ def _hash_array(h: Any, x: Any, np: Any) -> None:
         h.update(np.ascontiguousarray(x[i:i + step]).reshape(-1).view(np.uint8))
 
 
-def _enc_objects(c: Canonical, items: list[Any], depth: int) -> bytes:
-    """Python objects in an array or a column: through the fast encoding when
-    it takes them (strings, numbers...), else one by one."""
-    try:
-        return b"%" + _fast_hash(items, c)
-    except _Fallback:
-        return c._enc(items, depth)
+def _enc_objects(c: Canonical, owner: object, items: list[Any], depth: int) -> bytes:
+    """Python objects in an array or a column (``owner``): through the fast
+    encoding when it takes them (strings, numbers...), else one by one.
+
+    One by one too when a hook is set (a stand-in of the hook met inside the
+    fast encoding's own ``chunk`` calls would not taint this piece), and when
+    ``owner`` is met again inside its own elements (a cycle through the fast
+    encoding, which starts each object afresh: the canonical encoder, whose
+    cycle detection spans this ``chunk``, takes over)."""
+    key = id(owner)
+    if c._hook is None and key not in c._fast_owners:
+        c._fast_owners.add(key)
+        try:
+            return b"%" + _fast_hash(items, c)
+        except _Fallback:
+            pass
+        finally:
+            c._fast_owners.discard(key)
+    return c._enc(items, depth)
 
 
 def _enc_values(c: Canonical, x: Any, depth: int) -> bytes:
@@ -1022,7 +1035,7 @@ def _enc_values(c: Canonical, x: Any, depth: int) -> bytes:
         return c._enc(x.to_numpy(copy=False), depth)
     # As Python objects, _ROWS at a time: memory stays bounded.
     values = x.array
-    parts = [_enc_objects(c, values[i:i + _ROWS].to_numpy(dtype=object).tolist(), depth)
+    parts = [_enc_objects(c, x, values[i:i + _ROWS].to_numpy(dtype=object).tolist(), depth)
              for i in range(0, len(values), _ROWS)]
     return _frame(b"@X", c._enc(dtype, depth) + b"%d;" % len(values) + b"".join(parts))
 

@@ -78,6 +78,25 @@ def test_object_arrays_are_read_element_by_element():
         value_digest(np.array([{2, 1}], dtype=object))
 
 
+class Holder:
+    pass
+
+
+def _self_holding_array(last):
+    a = np.empty(2, dtype=object)
+    h = Holder()
+    h.array = a  # the array holds an object that holds the array
+    a[0], a[1] = h, last
+    return a
+
+
+def test_an_object_array_that_holds_itself():
+    d = value_digest(_self_holding_array("x"))
+    assert d is not None
+    assert value_digest(_self_holding_array("x")) == d
+    assert value_digest(_self_holding_array("y")) != d
+
+
 def test_arrays_inside_objects_and_containers():
     assert value_digest({"a": _base()}) == value_digest({"a": _base()})
     assert value_digest({"a": _base()}) != value_digest({"a": _base().T})
