@@ -201,3 +201,29 @@ def test_same_digests_across_processes_and_hash_seeds():
             outs.append(json.loads(out.stdout))
     assert outs[0] == outs[1]
     assert None not in outs[0] and len(set(outs[0])) == len(outs[0])
+
+
+def test_arrays_digest_alike_exactly_when_dtype_shape_and_elements_match():
+    from hypothesis import given, settings
+    from hypothesis import strategies as st
+    from hypothesis.extra import numpy as hnp
+
+    dtypes = st.sampled_from([np.int8, np.int64, np.float32, np.float64, np.bool_, "<U3",
+                              ">i4", "datetime64[s]"])
+    arrays = dtypes.flatmap(lambda dt: hnp.arrays(dt, hnp.array_shapes(min_dims=0, max_dims=3,
+                                                                         max_side=4)))
+
+    def same(a, b):
+        return a.dtype == b.dtype and a.shape == b.shape and a.tobytes() == b.tobytes()
+
+    @settings(max_examples=300, deadline=None)
+    @given(a=arrays, b=arrays, order=st.sampled_from(["C", "F"]))
+    def check(a, b, order):
+        da = value_digest(a)
+        assert da is not None
+        assert (da == value_digest(b)) == same(a, b)
+        assert value_digest(np.array(a, order=order)) == da  # memory layout does not matter
+        if a.ndim >= 2:
+            assert value_digest(a[:, ::-1]) == value_digest(np.ascontiguousarray(a[:, ::-1]))
+
+    check()
