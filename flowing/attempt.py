@@ -74,7 +74,7 @@ class Job:
 
     __slots__ = ("task", "td", "kwargs", "inputs", "attempt", "mode", "item", "item_value",
                  "gates", "key", "first_started", "announce", "deadline", "cancelled",
-                 "settled", "signals", "in_digest", "store", "gate_inputs")
+                 "settled", "signals", "in_digest", "store", "gate_inputs", "saw_stop")
 
     def __init__(self, task: int, td: TaskDef, kwargs: dict[str, Any], attempt: int = 1,
                  mode: int = TASK, item: int | None = None, gates: bool = True,
@@ -98,6 +98,7 @@ class Job:
         self.announce = False         # post a STARTED notice when the body starts
         self.deadline: float | None = None  # epoch deadline of this attempt's body
         self.cancelled = False        # told to stop: timed out (set by whoever saw it)
+        self.saw_stop = False         # the body asked current().cancelled() and heard True
         self.settled = False          # scheduler thread only: its verdict has been taken
         self.signals = signals        # the run's stop signals
         # Flow inputs (when's, validate's) gates name, or None
@@ -130,6 +131,15 @@ class Job:
                 self.item_value if is_item else None, self.deadline)
 
     def is_cancelled(self) -> bool:
+        """``current().cancelled()``: whether the body is told to stop (remembered when
+        it is: a body that heard it may have returned a partial value)."""
+        told = self.told_to_stop()
+        if told:
+            self.saw_stop = True
+        return told
+
+    def told_to_stop(self) -> bool:
+        """Timed out, Ctrl-C, or (a main task) fail_fast stopped the run."""
         if self.cancelled:
             return True
         s = self.signals
@@ -137,13 +147,23 @@ class Job:
             return False
         return s.interrupted or (s.stopping.is_set() and not self.td.detached)
 
+    def stop_reason(self) -> str:
+        """Why the job is told to stop, for messages."""
+        if self.cancelled:
+            return "its deadline passed"
+        s = self.signals
+        if s is not None and s.interrupted:
+            return "Ctrl-C"
+        why = getattr(s, "stop_reason", None)
+        return why if isinstance(why, str) else "the run is stopping"
+
 
 class Outcome:
     """The verdict of one job."""
 
     __slots__ = ("job", "kind", "value", "error", "traceback", "reason", "attempts",
                  "started_at", "finished_at", "retry_in", "journaled", "next_job", "digest",
-                 "warning")
+                 "warning", "stopped")
 
     def __init__(self, job: Job, kind: str, value: Any = None,
                  error: BaseException | None = None, reason: str | None = None,
@@ -163,6 +183,9 @@ class Outcome:
         self.next_job: Job | None = None  # fused successor the same worker went on to run
         self.digest: str | None = None  # content digest of the value (journaling runs)
         self.warning: str | None = None  # one line for the log (e.g. a bad retry_after)
+        # the body ended while it was told to stop (deadline, Ctrl-C, fail_fast): its
+        # value is never journaled (runners.Shared.record refuses it), see ``verdict``
+        self.stopped = False
 
 
 def format_traceback(error: BaseException) -> str:
@@ -210,7 +233,39 @@ def _gates(job: Job, now: float) -> Outcome | None:
 
 
 def verdict(job: Job, value: Any, error: BaseException | None, started: float) -> Outcome:
-    """Turn a body's return value or exception into an outcome (retry or final)."""
+    """Turn a body's return value or exception into an outcome (retry or final).
+
+    The one place that decides whether a body stopped because it was told to:
+    ``current().cancelled()`` is true when it ends. Such an outcome is marked
+    ``stopped`` and is never journaled. A body that heard the stop (its
+    ``cancelled()`` returned True) and returned a value gave up early: its
+    value is partial, so the task FAILS with ``Cancelled`` (the value kept in
+    the result, never retried). A body that never asked finished its work: it
+    SUCCEEDS, but is not journaled all the same (flowing cannot tell).
+    """
+    outcome = _verdict(job, value, error, started)
+    if job.told_to_stop():
+        outcome.stopped = True
+        if outcome.kind is SUCCEEDED or (outcome.kind is RETRY and error is None):
+            why = job.stop_reason()
+            if job.saw_stop:
+                cancelled = context.Cancelled(
+                    f"{job.label()} stopped early because it was told to ({why}) and "
+                    f"returned {safe_repr(value)}, which may be partial: it is kept in the "
+                    f"result's value but not journaled; run again (or resume()) to compute it")
+                outcome = Outcome(job, FAILED, value, error=cancelled,
+                                  reason=f"stopped early: {why}", attempts=job.attempt,
+                                  started_at=outcome.started_at,
+                                  finished_at=outcome.finished_at)
+                outcome.stopped = True
+            elif outcome.kind is SUCCEEDED:
+                outcome.reason = f"finished after it was told to stop ({why}): not journaled"
+                outcome.warning = (f"{job.label()} finished after it was told to stop ({why}); "
+                                   f"its value is in the results but not journaled")
+    return outcome
+
+
+def _verdict(job: Job, value: Any, error: BaseException | None, started: float) -> Outcome:
     td = job.td
     finished = time.time()
     if error is None:
@@ -237,7 +292,7 @@ def verdict(job: Job, value: Any, error: BaseException | None, started: float) -
                        attempts=job.attempt, started_at=started, finished_at=finished)
     delay = None
     # A body that stopped because it was told to (``raise_if_cancelled``) is not retried.
-    stopped = isinstance(error, context.Cancelled) and job.is_cancelled()
+    stopped = isinstance(error, context.Cancelled) and job.told_to_stop()
     if not isinstance(error, NoRetry) and not stopped:
         delay = retry_policy.next_delay(td, job.attempt, error)
     kind = FAILED if delay is None else RETRY

@@ -156,14 +156,23 @@ class Flow:
 
     def _execute(self, kept: dict[int, StepResult], force: set[int],
                  partial: dict[int, list[ItemResult | None]]) -> dict[str, StepResult]:
-        plan = self._journal_plan(force) if self._journal is not None else None
-        scheduler = Scheduler(self.graph, max_workers=self.max_workers,
-                              fail_fast=self.fail_fast, schedule=self.schedule,
-                              executor=self.executor, reporter=self._reporter, plan=plan,
-                              inputs=self.inputs)
+        from .interrupts import Catcher
+
+        # Ctrl-C is flowing's for the whole run, keys included (see interrupts.py)
+        with Catcher() as catcher:
+            plan = self._journal_plan(force) if self._journal is not None else None
+            scheduler = Scheduler(self.graph, max_workers=self.max_workers,
+                                  fail_fast=self.fail_fast, schedule=self.schedule,
+                                  executor=self.executor, reporter=self._reporter, plan=plan,
+                                  inputs=self.inputs)
+            self._run_scheduler(scheduler, catcher, kept, partial)
+        return self.results
+
+    def _run_scheduler(self, scheduler: Scheduler, catcher: Any, kept: dict[int, StepResult],
+                       partial: dict[int, list[ItemResult | None]]) -> None:
         self.started_at = time.time()
         try:
-            scheduler.run(kept, partial)
+            scheduler.run(kept, partial, catcher)
         finally:
             self.finished_at = time.time()
             tasks = self.graph.tasks
@@ -174,7 +183,6 @@ class Flow:
             self.why = {tasks[i].name: why for i, why in scheduler.why.items()
                         if (r := scheduler.results[i]) is not None and not r.cached}
             self._interrupted_items = scheduler.unfinished_items()
-        return self.results
 
     def _journal_plan(self, force: set[int]) -> JournalPlan:
         assert self._journal is not None

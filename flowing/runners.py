@@ -177,7 +177,7 @@ class Shared(RunSignals):
     """
 
     __slots__ = ("inbox", "stop_reason", "fail_fast", "journal", "tasks", "keys", "dep_keys",
-                 "fused_next", "digest")
+                 "fused_next", "digest", "closed")
 
     def __init__(self, tasks: list[TaskDef], deps: list[tuple[int, ...]], fail_fast: bool,
                  journal: Journal | None, keys: list[str] | None) -> None:
@@ -191,6 +191,7 @@ class Shared(RunSignals):
         self.dep_keys = None if keys is None else [[keys[d] for d in ds] for ds in deps]
         self.fused_next = array("i", [-1]) * len(tasks)  # index of the fused successor, or -1
         self.digest: Callable[[Any], str | None] | None = None  # value digests, with a journal
+        self.closed = False  # the run has returned or raised: nothing is journaled any more
 
     def stop(self, reason: str) -> None:
         if self.stop_reason is None:
@@ -204,6 +205,8 @@ class Shared(RunSignals):
         dependents can be replayed by value (early cutoff) without the
         scheduler thread hashing anything.
         """
+        if outcome.stopped or self.closed:  # told to stop (attempt.verdict), or run over
+            return
         job = outcome.job
         journal = self.journal
         if journal is None or job.key is None or outcome.journaled:

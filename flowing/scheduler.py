@@ -73,6 +73,7 @@ from typing import TYPE_CHECKING, Any
 
 from . import attempt as A
 from .attempt import Job, Outcome
+from .interrupts import Catcher
 from .events import (
     FlowFinished,
     FlowStarted,
@@ -150,12 +151,13 @@ class JournalPlan:
 class _FanOut:
     """Progress of one running for_each task."""
 
-    __slots__ = ("items", "remaining", "started_at")
+    __slots__ = ("items", "remaining", "started_at", "stopped")
 
     def __init__(self, n: int) -> None:
         self.items: list[ItemResult | None] = [None] * n  # per item, as they finish
         self.remaining = n
         self.started_at: float | None = None
+        self.stopped = False  # an item ended while told to stop: the list is not journaled
 
 
 class Scheduler:
@@ -220,28 +222,41 @@ class Scheduler:
         self._finishing: list[tuple[int, StepResult]] = []
         self._in_finish = False
         self._warned: set[str] = set()
-        self.sigint = False  # Ctrl-C seen by our handler, to be raised at a safe point
+        self.catcher = Catcher()  # the run's Ctrl-C handler (set by run())
         inbox = self.shared.inbox
         self._wake = lambda: inbox.put(WAKE)  # a Limit slot freed (maybe by another flow)
 
     # ----- set-up -------------------------------------------------------------
 
     def run(self, kept: dict[int, StepResult],
-            partial_items: dict[int, list[ItemResult | None]]) -> list[StepResult | None]:
+            partial_items: dict[int, list[ItemResult | None]],
+            catcher: Catcher | None = None) -> list[StepResult | None]:
         """Run everything not in ``kept`` (index -> SUCCEEDED result).
 
         ``partial_items``: index -> ItemResults of an earlier failed for_each
-        run of that task.
+        run of that task. ``catcher``: the run's Ctrl-C handler, installed by
+        the caller (``Flow`` installs it before computing keys); without one,
+        the scheduler installs its own for the run.
         """
+        if catcher is None:
+            with Catcher() as own:
+                return self.run(kept, partial_items, own)
         g = self.graph
         started = time.time()
         self.partial_items = partial_items
+        self.catcher = catcher
         emit = self.emit
         if emit:
             emit(FlowStarted(started, len(g), len(g.layers), self.max_workers,
                              "layers" if self.layered else "eager"))
-        previous_handler = self._catch_sigint()
+        # Ctrl-C from now on only sets catcher.seen and wakes the loop, which raises
+        # KeyboardInterrupt itself between two outcomes: one raised at an arbitrary
+        # bytecode could drop an outcome the loop had just taken off the inbox.
+        inbox = self.shared.inbox
+        catcher.wake = lambda: inbox.put(_INTERRUPT)  # SimpleQueue.put: signal-safe
         try:
+            if catcher.seen:
+                raise KeyboardInterrupt
             self._prepare(kept)
             self._loop()
         except KeyboardInterrupt:
@@ -251,10 +266,7 @@ class Scheduler:
             self._keep_finished()
             raise
         finally:
-            if previous_handler is not None:
-                import signal
-
-                signal.signal(signal.SIGINT, previous_handler)
+            catcher.wake = None
             self._close()
             if emit:
                 counts = {s.value: 0 for s in StepState}
@@ -267,30 +279,6 @@ class Scheduler:
                 emit(FlowFinished(time.time(), ok, (time.time() - started) * 1000, counts,
                                   self.interrupted))
         return self.results
-
-    def _catch_sigint(self) -> Any:
-        """Turn Ctrl-C into a request the loop honours between two outcomes.
-
-        A KeyboardInterrupt raised at an arbitrary bytecode could drop an
-        outcome the loop had just taken off the inbox (and with it a finished
-        result). So, when run() is on the main thread and SIGINT has Python's
-        default handler, our handler only sets a flag and wakes the loop, which
-        raises KeyboardInterrupt itself. Returns the handler to restore, or None.
-        """
-        if threading.current_thread() is not threading.main_thread():
-            return None
-        import signal
-
-        previous = signal.getsignal(signal.SIGINT)
-        if previous is not signal.default_int_handler:
-            return None  # the application handles SIGINT its own way: leave it alone
-
-        def on_sigint(signum: int, frame: Any) -> None:
-            self.sigint = True
-            self.shared.inbox.put(_INTERRUPT)  # SimpleQueue.put is safe in a signal handler
-
-        signal.signal(signal.SIGINT, on_sigint)
-        return previous
 
     def _prepare(self, kept: dict[int, StepResult]) -> None:
         g, results, status = self.graph, self.results, self.status
@@ -335,7 +323,7 @@ class Scheduler:
     def _loop(self) -> None:
         inbox = self.shared.inbox
         while self.unfinished:
-            if self.sigint:
+            if self.catcher.seen:
                 raise KeyboardInterrupt
             self._dispatch()
             if not self.unfinished:
@@ -813,6 +801,8 @@ class Scheduler:
         fan = self.fanouts[i]
         if o.kind is A.SUCCEEDED:
             self._record(o)
+        if o.stopped:
+            fan.stopped = True
         assert job.item is not None
         fan.items[job.item] = ItemResult(job.item, _STATE_OF[o.kind], o.value, o.error,
                                          o.attempts, False, o.traceback,
@@ -857,7 +847,8 @@ class Scheduler:
                                         "task", digest=digest, inputs=in_digest,
                                         # with cache_ttl_s, a list holding replayed
                                         # items must not look fresh as a whole
-                                        store=self._storable(i, in_digest) and (
+                                        store=self._storable(i, in_digest)
+                                        and not fan.stopped and (
                                             td.cache_ttl_s is None
                                             or not any(r.cached for r in items)))
                 except Exception as exc:
@@ -996,6 +987,7 @@ class Scheduler:
         return {i: list(fan.items) for i, fan in self.fanouts.items()}
 
     def _close(self) -> None:
+        self.shared.closed = True  # a worker finishing late must not write to the journal
         for limit in self.parked:
             limit.remove_waiter(self._wake)
         # Ctrl-C: admitted jobs whose verdict will never be taken give their Limit
