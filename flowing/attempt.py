@@ -318,25 +318,86 @@ def broken_outcome(job: Job, exc: BaseException, started: float | None) -> Outco
                    started_at=started or now, finished_at=now)
 
 
+# The most items a for_each source may list: past it the task fails (a source that never
+# ends would otherwise eat all memory). Split such work into batches.
+MAX_ITEMS = 10_000_000
+
+# Listing takes items in chunks that each last about this long (seconds), so that the
+# deadline, Ctrl-C and fail_fast are looked at between chunks even for a C iterator.
+_CHUNK_S = 0.01
+_MAX_CHUNK = 65_536
+
+
 def _list_items(job: Job, started: float) -> Outcome:
-    """A for_each task's gates passed: list its items (PASSED, value = the list)."""
+    """A for_each task's gates passed: list its items (PASSED, value = the list).
+
+    Listing is part of the attempt: it counts against ``timeout_s``, stops when
+    the run is told to stop (Ctrl-C, fail_fast), and a source with more than
+    ``MAX_ITEMS`` items fails the task. Items are taken in chunks (``islice``)
+    whose size adapts so that each lasts about ``_CHUNK_S``: an endless C
+    iterator (``itertools.count()``) cannot hold the GIL for long, and a slow
+    generator is looked at after each item.
+    """
+    from itertools import islice
+
     td = job.td
     name = td.for_each or ""
     source = job.kwargs[name]
+    if td.timeout_s is not None:
+        job.deadline = started + td.timeout_s
+
+    def failed(error: BaseException, reason: str) -> Outcome:
+        return Outcome(job, FAILED, error=error, reason=reason, started_at=started,
+                       finished_at=time.time())
+
     try:
         if isinstance(source, (str, bytes, bytearray, dict)):
             raise TypeError("not a list of items")
-        items = list(source)
+        plain = type(source) is list or type(source) is tuple
+        it = None if plain else iter(source)
     except TypeError:
         error = TypeError(
             f"task '{td.name}': for_each='{name}' needs a list, tuple or other iterable of "
             f"items, but '{name}' returned {type(source).__name__}; return a list from "
             f"'{name}'")
-        return Outcome(job, FAILED, error=error, reason="for_each source is not a list",
-                       started_at=started, finished_at=time.time())
+        return failed(error, "for_each source is not a list")
     except BaseException as exc:
-        return Outcome(job, FAILED, error=exc, reason="listing the for_each items raised",
-                       started_at=started, finished_at=time.time())
+        return failed(exc, "listing the for_each items raised")
+    try:
+        if it is None:
+            items = list(source)  # a plain list: its length is known, no iteration
+        else:
+            items = []
+            size = 1
+            while True:
+                t0 = time.monotonic()
+                chunk = list(islice(it, size))
+                items.extend(chunk)
+                if len(chunk) < size:
+                    break
+                if time.monotonic() - t0 < _CHUNK_S / 2 and size < _MAX_CHUNK:
+                    size *= 2
+                if len(items) > MAX_ITEMS:
+                    break
+                if job.deadline is not None and time.time() >= job.deadline:
+                    job.cancelled = True
+                    return failed(TimeoutError(
+                        f"task '{td.name}': listing the items of for_each='{name}' took "
+                        f"longer than timeout_s={td.timeout_s:g} ({len(items)} items so far); "
+                        f"return a list from '{name}', or raise timeout_s"),
+                        "listing the for_each items timed out")
+                if job.told_to_stop():
+                    return failed(context.Cancelled(
+                        f"task '{td.name}': told to stop ({job.stop_reason()}) while listing "
+                        f"its items ({len(items)} so far)"), "stopped while listing its items")
+    except BaseException as exc:
+        return failed(exc, "listing the for_each items raised")
+    if len(items) > MAX_ITEMS:
+        return failed(ValueError(
+            f"task '{td.name}': for_each='{name}' gave more than {MAX_ITEMS:,} items (the "
+            f"most a for_each task may have; an endless iterator?); return a finite list, "
+            f"or split the work into batches (e.g. a for_each over chunks of items)"),
+            f"more than {MAX_ITEMS:,} items")
     return Outcome(job, PASSED, items, started_at=started, finished_at=time.time())
 
 

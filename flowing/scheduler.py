@@ -392,7 +392,12 @@ class Scheduler:
                 continue
             job.cancelled = True
             started = job.first_started or time.time()
-            outcome = A.verdict(job, None, A.timeout_error(job), started)
+            if job.mode == A.GATE:  # stuck listing its items (a source blocked in next())
+                outcome = Outcome(job, A.FAILED, error=A.timeout_error(job),
+                                  reason="listing the for_each items timed out",
+                                  started_at=started, finished_at=time.time())
+            else:
+                outcome = A.verdict(job, None, A.timeout_error(job), started)
             outcome.warning = (f"{job.label()}: no verdict {grace:g}s after its deadline; "
                                f"failed by the scheduler and abandoned")
             self._on_outcome(outcome)
@@ -545,7 +550,7 @@ class Scheduler:
                 # queued behind busy workers: it may yet be skipped, so the worker
                 # says when it really starts
                 job.announce = True
-        if job.td.timeout_s is not None and job.mode != A.GATE:
+        if job.td.timeout_s is not None:  # a GATE job's listing counts against it too
             due = time.monotonic() + job.td.timeout_s + max(1.0, 0.1 * job.td.timeout_s)
             heapq.heappush(self.overdue, (due, next(self.seq), job))
         self.runner.submit(job)
