@@ -46,6 +46,7 @@ import sys
 from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
+from .interrupts import is_terminal
 from .records import Record
 
 if TYPE_CHECKING:
@@ -105,9 +106,9 @@ def _as_str(x: object, use_repr: bool = False) -> str | None:
         if type(text) is not str:  # a str subclass: copy it, so its methods are str's
             text = str.__str__(text)
         return text
-    except KeyboardInterrupt:
-        raise
-    except BaseException:  # whatever a hostile __str__ raises: formatting goes on
+    except BaseException as exc:  # whatever a hostile __str__ raises: formatting goes on
+        if is_terminal(exc):
+            raise
         return None
 
 
@@ -157,9 +158,9 @@ def safe_repr(x: object, width: int = 60) -> str:
     width = max(8, int(width))
     try:
         text = _short_repr(x, width)
-    except KeyboardInterrupt:
-        raise
-    except BaseException:
+    except BaseException as exc:
+        if is_terminal(exc):
+            raise
         text = None
     if text is None:
         if type(x) is int:  # too many digits for str()
@@ -541,7 +542,9 @@ class Reporter:
         if self.on_event is not None:
             try:
                 self.on_event(event)
-            except Exception as exc:
+            except BaseException as exc:  # SystemExit too: a hook never ends the run
+                if is_terminal(exc):
+                    raise
                 if not self._hook_failed:
                     self._hook_failed = True
                     self._warn_quietly("on_event hook raised "

@@ -190,6 +190,7 @@ class Flow:
         return JournalPlan(self._journal, keys, cacheable, keyer, force, uncacheable)
 
     def _step_keys(self) -> tuple[Any, list[str], list[bool], dict[int, str]]:
+        from .interrupts import guarded
         from .stepkey import Keyer, Uncacheable
 
         # A new Keyer per run: fingerprints read module constants, and a fix made at
@@ -203,7 +204,11 @@ class Flow:
             dep_keys = [keys[d] for d in deps]
             gate_names = g.gate_inputs.get(i, ((), ()))
             inputs = {n: self.inputs[n] for n in (*g.inputs[i], *gate_names[0], *gate_names[1])}
-            key = keyer.task_key(td, dep_keys, inputs)
+            raised: list[BaseException] = []
+            key = guarded(keyer.task_key, td, dep_keys, inputs, fallback=None, seen=raised)
+            if key is None:  # a value's own code raised a BaseException while fingerprinted
+                key = Uncacheable(td.name, "fingerprinting a value it reads raised "
+                                  + (error_line(raised[0], 80) if raised else "an error"))
             if isinstance(key, Uncacheable):
                 import hashlib
 

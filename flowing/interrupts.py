@@ -98,15 +98,27 @@ def is_terminal(exc: BaseException) -> bool:
             and signal.getsignal(signal.SIGINT) is signal.default_int_handler)
 
 
-def guarded(fn: Callable[..., T], *args: Any, fallback: T) -> T:
+def guarded(fn: Callable[..., T], *args: Any, fallback: T,
+            seen: list[BaseException] | None = None) -> T:
     """``fn(*args)``, or ``fallback`` when user code inside raised anything at all
-    (``SystemExit``, a ``KeyboardInterrupt`` that is not the terminal's...)."""
+    (``SystemExit``, a ``KeyboardInterrupt`` that is not the terminal's...); the
+    exception is appended to ``seen`` if given. A real Ctrl-C propagates."""
     try:
         return fn(*args)
     except BaseException as exc:
         if is_terminal(exc):
             raise
+        if seen is not None:
+            seen.append(exc)
         return fallback
+
+
+def digest_or_none(value: object) -> str | None:
+    """``digest.value_digest(value)``, or None (no stable content) whatever the value's
+    own code raises while it is digested."""
+    from .digest import value_digest
+
+    return guarded(value_digest, value, fallback=None)
 
 
 _fork_hook = False

@@ -73,7 +73,7 @@ from typing import TYPE_CHECKING, Any
 
 from . import attempt as A
 from .attempt import Job, Outcome
-from .interrupts import Catcher
+from .interrupts import Catcher, digest_or_none, guarded
 from .events import (
     FlowFinished,
     FlowStarted,
@@ -178,9 +178,7 @@ class Scheduler:
         self.inputs = inputs or {}
         self.shared = Shared(graph.tasks, graph.deps, fail_fast, self.journal, self.keys)
         if plan is not None:
-            from .digest import value_digest
-
-            self.shared.digest = value_digest
+            self.shared.digest = digest_or_none
         has_async = any(td.is_async for td in graph.tasks)
         self.runner: Runner = open_runner(executor, max_workers, self.shared, has_async)
         n = len(graph)
@@ -569,9 +567,7 @@ class Scheduler:
         d = self.digests[i]
         if d is _UNKNOWN:
             r = self.results[i]
-            from .digest import value_digest
-
-            d = self.digests[i] = value_digest(r.value) if r is not None else None
+            d = self.digests[i] = digest_or_none(r.value) if r is not None else None
         return d  # type: ignore[no-any-return]
 
     def _in_digest(self, i: int, skip: int = -1) -> str | None:
@@ -783,7 +779,7 @@ class Scheduler:
                 continue
             key = None
             if plan is not None and plan.cacheable[i]:
-                key = plan.keyer.item_key(plan.keys[i], item)
+                key = guarded(plan.keyer.item_key, plan.keys[i], item, fallback=None)
                 if key is not None and self._usable(i, key, others, item=True):
                     assert self.journal is not None
                     hit = self.journal.get(key)
@@ -836,15 +832,15 @@ class Scheduler:
                                 attempts, key, all(r.cached for r in items) and bool(items),
                                 None, None, started, finished, items, detached)
             if self.journal is not None and key is not None:
-                from .digest import inputs_digest, value_digest
+                from .digest import inputs_digest
 
                 in_digest = self._in_digest(i)
                 deps = self.graph.deps[i]
                 if in_digest is not None and in_digest != inputs_digest(
-                        (r.name, value_digest(r.value)) for d in deps
+                        (r.name, digest_or_none(r.value)) for d in deps
                         if (r := self.results[d]) is not None):
                     in_digest = None  # a dependency changed in place meanwhile: not stored
-                digest = value_digest(values)
+                digest = digest_or_none(values)
                 self.digests[i] = digest
                 try:
                     self.journal.record(key, td.name, self.shared.dep_keys[i]
