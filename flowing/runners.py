@@ -155,6 +155,7 @@ from . import attempt as A
 from . import context
 from .attempt import Job, NoRetry, Outcome, RunSignals, run_attempt, run_attempt_async
 from .events import safe_repr, safe_str
+from .interrupts import is_terminal
 
 if TYPE_CHECKING:
     from concurrent.futures import Executor, Future
@@ -920,14 +921,18 @@ class RemoteCall:
         if code == _OK:
             try:
                 return pickle.loads(data)
-            except Exception as exc:
+            except BaseException as exc:  # SystemExit too: the value's code, not the body
+                if is_terminal(exc):
+                    raise
                 raise CannotShip(f"{job.label()}: its return value came back from the worker "
                                  f"but cannot be unpickled here ({_describe(exc)}); return "
                                  f"plain data (dicts, lists, str, numbers)") from None
         if code == _RAISED:
             try:
                 error, tb = pickle.loads(data)
-            except Exception as exc:
+            except BaseException as exc:
+                if is_terminal(exc):
+                    raise
                 error, tb = RuntimeError(f"the body raised, and its exception cannot be "
                                          f"unpickled here ({_describe(exc)})"), None
             if tb and isinstance(error, BaseException):
