@@ -88,6 +88,24 @@ _ONE_LINE.update({c: "\ufffd" for c in range(0xD800, 0xE000)})
 _MULTI_LINE = {c: v for c, v in _ONE_LINE.items() if c not in (0x0A, 0x09)}
 
 
+def printable(s: str, width: int | None = None) -> str:
+    """``s`` with every non-printable character (controls, line breaks, bidi marks such
+    as U+202E, zero-width characters) escaped as in ``repr``; past ``width``, cut with
+    "...". The one escaping used by log lines, ``summary()`` and the command line:
+    a task name or a message holding an escape sequence or a bidi override must not
+    be able to drive a terminal or make one line look like another.
+    """
+    if width is not None:
+        s = s[:width + 1]
+    if s.isprintable():  # the common case: nothing to do
+        out = s
+    else:
+        out = "".join(c if c.isprintable() else repr(c)[1:-1] for c in s)
+    if width is not None and len(out) > width:
+        out = out[:max(0, width - 3)] + "..."
+    return out
+
+
 def type_name(x: object) -> str:
     """``type(x).__name__``, or ``"object"`` should even that misbehave."""
     try:
@@ -561,7 +579,7 @@ class Reporter:
 
                 logger = logging.getLogger(LOGGER_NAME)
             if logger is not None:
-                logger.warning(clip(message, MAX_LINE - len(_PREFIX)))
+                logger.warning(clip(printable(message, 4 * MAX_LINE), MAX_LINE - len(_PREFIX)))
         except Exception:
             pass
 
@@ -634,11 +652,12 @@ class Reporter:
 # ----- log lines --------------------------------------------------------------------
 
 def _cap(line: str) -> str:
-    return clip(line, MAX_LINE - len(_PREFIX))
+    return clip(printable(line, 4 * MAX_LINE), MAX_LINE - len(_PREFIX))
 
 
 def _name(event: Event) -> str:
-    what = clip(getattr(event, "task", "?"), NAME_WIDTH)
+    task = getattr(event, "task", "?")
+    what = clip(printable(task, 4 * NAME_WIDTH) if type(task) is str else task, NAME_WIDTH)
     item = getattr(event, "item", None)
     if item is None:
         return what

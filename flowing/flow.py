@@ -9,7 +9,16 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from . import attempt as A
-from .events import LOGGER_NAME, Reporter, error_line, format_duration, items_line, resolve_logger, safe_str
+from .events import (
+    LOGGER_NAME,
+    Reporter,
+    error_line,
+    format_duration,
+    items_line,
+    printable,
+    resolve_logger,
+    safe_str,
+)
 from .graph import Graph
 from .results import ItemResult, StepResult, StepState
 from .scheduler import JournalPlan, Scheduler, override_key
@@ -306,18 +315,19 @@ class Flow:
     def summary(self) -> str:
         """One line per task and a totals line."""
         g = self.graph
-        width = max((len(td.name) for td in g.tasks), default=4)
+        names = [printable(td.name) for td in g.tasks]  # one line per task, whatever the name
+        width = max((len(name) for name in names), default=4)
         lines = []
         counts = {s: 0 for s in StepState}
         cached = 0
         for i, td in enumerate(g.tasks):
             r = self.results.get(td.name)
             if r is None:
-                lines.append(f"{'not run':<9} {td.name:<{width}}")
+                lines.append(f"{'not run':<9} {names[i]:<{width}}")
                 continue
             counts[r.state] += 1
             cached += r.cached
-            parts = [f"{r.state.value:<9}", f"{td.name:<{width}}",
+            parts = [f"{r.state.value:<9}", f"{names[i]:<{width}}",
                      f"{format_duration(r.duration_ms):>6}"]
             if r.attempts > 1:
                 parts.append(f"attempts={r.attempts}")
@@ -334,7 +344,7 @@ class Flow:
             why = self.why.get(td.name)
             if why and not r.cached:
                 parts.append(f"(ran: {why})")
-            lines.append("  ".join(p for p in parts if p))
+            lines.append(printable("  ".join(p for p in parts if p)))
         total = (f"{len(g)} task{'' if len(g) == 1 else 's'}: {counts[StepState.SUCCEEDED]} succeeded, "
                  f"{counts[StepState.FAILED]} failed, {counts[StepState.SKIPPED]} skipped")
         if cached:
