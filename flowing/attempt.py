@@ -25,6 +25,7 @@ process). Each sets ``flowing.current()`` for the body.
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from collections.abc import Callable
@@ -431,12 +432,18 @@ def call_here(job: Job, kwargs: dict[str, Any]) -> Any:
     holds the interpreter open at exit. The worker is free again at the deadline.
     """
     fn = job.td.fn
+    pid = os.getpid()
     if job.deadline is None:
         token = context.enter(job)
         try:
-            return fn(**kwargs)
+            value = fn(**kwargs)
+        except BaseException:
+            exit_if_forked(pid, 1)
+            raise
         finally:
             context.leave(token)
+        exit_if_forked(pid, 0)
+        return value
     box: list[tuple[Any, BaseException | None]] = []
     finished = threading.Event()  # set by the body thread once box holds its result
 
@@ -447,6 +454,7 @@ def call_here(job: Job, kwargs: dict[str, Any]) -> Any:
         except BaseException as exc:
             box.append((None, exc))
         finally:
+            exit_if_forked(pid, 0 if box and box[0][1] is None else 1)
             context.leave(token)
             finished.set()
 
@@ -460,6 +468,14 @@ def call_here(job: Job, kwargs: dict[str, Any]) -> Any:
     if error is not None:
         raise error
     return value
+
+
+def exit_if_forked(pid: int, status: int) -> None:
+    """A body that called ``os.fork()`` and whose child returned (or raised) came back
+    into flowing's code in a process that is not the one that ran the body (``pid``):
+    that child exits at once, rather than run a copy of the run's workers."""
+    if os.getpid() != pid:
+        os._exit(status)
 
 
 def run_attempt(job: Job, call: BodyCall = call_here) -> Outcome:
@@ -536,10 +552,17 @@ class _Escaped(Exception):
 
 
 async def _contained(awaitable: Any) -> Any:
+    pid = os.getpid()
     try:
-        return await awaitable
+        value = await awaitable
     except (KeyboardInterrupt, SystemExit) as exc:
+        exit_if_forked(pid, 1)
         raise _Escaped(exc) from exc
+    except BaseException:
+        exit_if_forked(pid, 1)
+        raise
+    exit_if_forked(pid, 0)
+    return value
 
 
 def _consume(task: Any) -> None:

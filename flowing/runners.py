@@ -143,6 +143,7 @@ the engine.
 from __future__ import annotations
 
 import itertools
+import os
 import queue
 import sys
 import threading
@@ -626,14 +627,17 @@ def _invoke(fn: Callable[..., Any], kwargs: dict[str, Any], snapshot: context.Sn
     """Call the body (a coroutine body's awaitable with ``asyncio.run``): (True, value)
     or (False, (exception, traceback text)). Never raises."""
     token = context.enter(snapshot)
+    pid = os.getpid()
     try:
         value = fn(**kwargs)
         if is_async:
             import asyncio
 
             value = asyncio.run(_await_body(value, deadline))
+        A.exit_if_forked(pid, 0)
         return True, value
     except BaseException as exc:
+        A.exit_if_forked(pid, 1)
         return False, (exc, A.format_traceback(exc))
     finally:
         context.leave(token)
