@@ -962,6 +962,12 @@ class RemoteCall:
         if what == "refused it":
             return CannotRun(f"{job.label()}: the executor refused it {why}; pass a running "
                              f"executor (or none: flowing then uses its own threads)")
+        if self._dask and _cannot_load(exc):
+            return CannotShip(
+                f"{job.label()}: the Dask cluster could not load the call flowing shipped to "
+                f"it {why}: its scheduler or workers cannot import something the call needs "
+                f"(flowing itself, or the module of the task's body); install flowing and "
+                f"your modules in the cluster's environment, at the client's versions")
         if self._closed:
             return WorkerLost(f"{job.label()}: the run was closed while it ran {why}")
         if _is_cancelled(exc):
@@ -987,6 +993,16 @@ class RemoteCall:
 
 
 _UNGATHERED = object()  # a value the batch could not fetch: its thread asks for it alone
+
+
+def _cannot_load(exc: BaseException) -> bool:
+    """A Dask error saying the cluster could not unpickle what was sent (a module it
+    lacks): the scheduler reports "Error during deserialization of the task graph",
+    a worker an ImportError."""
+    if isinstance(exc, ImportError):
+        return True
+    text = safe_str(exc).lower()
+    return "deserializ" in text or "no module named" in text
 
 
 def _is_timeout(exc: BaseException) -> bool:
