@@ -2,8 +2,8 @@
 
 from .context import Cancelled, RunContext, current
 from .flow import Flow
-from .limits import Limit
 from .graph import CycleError
+from .limits import Limit
 from .results import ItemResult, StepResult, StepState
 from .retry import RetryUntilRejected
 from .runners import CannotRun, CannotShip, PoolBroken, WorkerLost

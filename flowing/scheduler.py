@@ -66,14 +66,12 @@ import collections
 import heapq
 import itertools
 import queue
-import threading
 import time
 from array import array
 from typing import TYPE_CHECKING, Any
 
 from . import attempt as A
 from .attempt import Job, Outcome
-from .interrupts import Catcher, digest_or_none, guarded
 from .events import (
     FlowFinished,
     FlowStarted,
@@ -87,6 +85,7 @@ from .events import (
     safe_repr,
     safe_str,
 )
+from .interrupts import Catcher, digest_or_none, guarded
 from .results import ItemResult, StepResult, StepState
 from .runners import WAKE, Runner, Shared, open_runner
 

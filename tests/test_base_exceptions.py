@@ -5,10 +5,9 @@ value, an item) and a SystemExit from an on_event hook never escape run()."""
 import logging
 
 import pytest
+from helpers import ListHandler
 
 from flowing import Flow, StepState, task
-
-from helpers import ListHandler
 
 
 class InterruptingValue:
