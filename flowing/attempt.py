@@ -17,6 +17,21 @@ failed, value kept). The gates run once per task, in the job of its first
 attempt (for ``for_each`` tasks, in a job of their own before the fan-out),
 always in the flow's process.
 
+Told to stop. ``verdict`` is the one place that decides whether a body
+ended while it was told to stop (deadline, Ctrl-C, fail_fast): such an
+outcome is marked ``stopped`` and the journal's entry point refuses it. A
+body that heard the stop (``current().cancelled()`` returned True to it) and
+returned a value FAILS with ``Cancelled`` (the value may be partial; it is
+kept in the result); one that never asked SUCCEEDS unjournaled.
+
+Listing a ``for_each`` source (``_list_items``) is part of the GATE job's
+attempt: in adaptive ``islice`` chunks, against ``timeout_s``, stopped by
+Ctrl-C and fail_fast, and at most ``MAX_ITEMS`` items.
+
+A body that ``os.fork()``s and whose child returns into this module's code
+(or ``runners.run_shipped``): the child leaves with ``os._exit`` at once
+(``exit_if_forked``), it never runs on as a copy of the run's worker.
+
 Where the body itself runs is the caller's choice: ``run_attempt`` takes a
 ``call`` (``call_here`` runs it on this thread, with ``timeout_s`` enforced by
 abandoning a daemon thread; ``runners.RemoteCall`` ships it to another

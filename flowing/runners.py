@@ -30,6 +30,11 @@ The kinds
                    worker with ``asyncio.run``).
 ``Mixed``          routes each job to the sync or the async runner.
 
+A Dask error saying the cluster could not deserialize the call (its
+scheduler or workers lack flowing or the body's module) is ``CannotShip``,
+never ``WorkerLost``; a value whose unpickling raises anything (even
+``SystemExit``) is ``CannotShip`` too, never the body's own error.
+
 Every attempt goes through ``attempt.run_attempt``/``run_attempt_async``,
 which never raise: that is the one boundary that makes every job produce an
 outcome. What can still be lost is a whole worker (a killed process, a dead
@@ -130,7 +135,8 @@ Bodies still running for another reason (Ctrl-C, or no ``timeout_s``) are
 the engine's business. ``ProcessPoolExecutor``: ``shutdown()`` and the exit
 hook wait for them to end, ``shutdown(wait=False)`` included. A terminal's
 Ctrl-C reaches the workers too, whose bodies then end with
-KeyboardInterrupt, so the process exits at once; a SIGINT sent to the flow's
+KeyboardInterrupt, so the process exits at once (workers forked during a
+run get Python's default SIGINT handler back: ``interrupts.py``); a SIGINT sent to the flow's
 process alone does not: to exit without waiting, terminate the workers
 (``for p in multiprocessing.active_children(): p.terminate()``, or
 ``terminate_workers()`` from Python 3.14). loky:
@@ -202,6 +208,10 @@ class Shared(RunSignals):
 
     def record(self, outcome: Outcome) -> None:
         """Journal a success; called by whichever thread sees it first.
+
+        Refuses (first lines) an outcome whose body was told to stop
+        (``Outcome.stopped``, decided in ``attempt.verdict``) and everything
+        once the run is ``closed``: a worker finishing late never writes.
 
         The value's content digest is computed here, on the worker, so that
         dependents can be replayed by value (early cutoff) without the
