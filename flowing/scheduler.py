@@ -242,15 +242,15 @@ class Scheduler:
         started = time.time()
         self.partial_items = partial_items
         self.catcher = catcher
-        emit = self.emit
-        if emit:
-            emit(FlowStarted(started, len(g), len(g.layers), self.max_workers,
-                             "layers" if self.layered else "eager"))
         # Ctrl-C from now on only sets catcher.seen and wakes the loop, which raises
         # KeyboardInterrupt itself between two outcomes: one raised at an arbitrary
         # bytecode could drop an outcome the loop had just taken off the inbox.
         inbox = self.shared.inbox
         catcher.wake = lambda: inbox.put(_INTERRUPT)  # SimpleQueue.put: signal-safe
+        emit = self.emit
+        if emit:
+            emit(FlowStarted(started, len(g), len(g.layers), self.max_workers,
+                             "layers" if self.layered else "eager"))
         try:
             if catcher.seen:
                 raise KeyboardInterrupt
