@@ -522,6 +522,13 @@ def resolve_logger(log: object) -> logging.Logger | None:
     return logger
 
 
+def _contain(exc: BaseException) -> None:
+    """Swallow what user code (a hook, a logging handler, a value's ``__str__``) raised
+    while reporting, ``SystemExit`` included; re-raise only the terminal's Ctrl-C."""
+    if is_terminal(exc):
+        raise exc
+
+
 # ----- the reporter -----------------------------------------------------------------
 
 class Reporter:
@@ -550,19 +557,19 @@ class Reporter:
     def emit(self, event: Event) -> None:
         try:
             self._track(event)
-        except Exception:  # bookkeeping for log lines: never worth breaking a run
-            pass
+        except BaseException as exc:  # bookkeeping for log lines: never worth breaking a run
+            _contain(exc)
         if self.logger is not None:
             try:
                 self._log(event)
-            except Exception as exc:  # formatting must never break the run
+            except BaseException as exc:  # formatting, a logging handler: never break the run
+                _contain(exc)
                 self._warn_quietly(f"could not log {type_name(event)}: {error_line(exc)}")
         if self.on_event is not None:
             try:
                 self.on_event(event)
             except BaseException as exc:  # SystemExit too: a hook never ends the run
-                if is_terminal(exc):
-                    raise
+                _contain(exc)
                 if not self._hook_failed:
                     self._hook_failed = True
                     self._warn_quietly("on_event hook raised "
@@ -580,8 +587,8 @@ class Reporter:
                 logger = logging.getLogger(LOGGER_NAME)
             if logger is not None:
                 logger.warning(clip(printable(message, 4 * MAX_LINE), MAX_LINE - len(_PREFIX)))
-        except Exception:
-            pass
+        except BaseException as exc:
+            _contain(exc)
 
     def _track(self, event: Event) -> None:
         """What the log lines need beyond one event: run totals, attempt starts."""
@@ -635,8 +642,8 @@ class Reporter:
         if self._progress is not None:
             try:
                 self._progress.tick(done, total, running)
-            except Exception:  # progress is a nicety: never let it break a run
-                pass
+            except BaseException as exc:  # progress is a nicety: never let it break a run
+                _contain(exc)
 
     def warning(self, message: object) -> None:
         """A one-line warning on the run's logger (nothing with ``log=False``)."""
@@ -644,8 +651,8 @@ class Reporter:
             try:
                 if self._progress is not None:
                     self._progress.clear()
-            except Exception:
-                pass
+            except BaseException as exc:
+                _contain(exc)
             self._warn_quietly(clip(message, MAX_LINE - len(_PREFIX)))
 
 

@@ -158,3 +158,25 @@ def test_a_real_ctrl_c_while_keys_are_computed_still_interrupts(tmp_path, repo_e
             proc.wait()
     assert out.split() == ["INTERRUPTED"], (out, err)
     assert took < 5, took
+
+
+def test_a_logging_handler_raising_system_exit_never_ends_the_run():
+    class Exiting(logging.Handler):
+        def emit(self, record):
+            raise SystemExit("handler")
+
+    log = logging.getLogger("test-base-exceptions-handler")
+    log.addHandler(Exiting())
+    log.setLevel(logging.DEBUG)
+    log.propagate = False
+
+    @task
+    def a():
+        return 1
+
+    @task(depends_on=[a])
+    def b(a):
+        raise ValueError("logged as a failure")
+
+    results = _run(Flow(b, log=log))
+    assert results["a"].value == 1 and results["b"].state is StepState.FAILED
