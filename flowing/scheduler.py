@@ -770,7 +770,10 @@ class Scheduler:
             others = self._in_digest(i, skip=source_index)
             item_store = self._storable(i, others)
         task_inputs = self._task_inputs(i)
+        catcher = self.catcher
         for index, item in enumerate(items):
+            if not index & 1023 and catcher.seen:
+                raise KeyboardInterrupt  # Ctrl-C: a huge fan-out must not delay it
             prior = previous[index] if previous is not None else None
             if prior is not None and prior.state is SUCCEEDED:
                 fan.items[index] = prior
