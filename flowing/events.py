@@ -46,6 +46,7 @@ import sys
 from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
+from .interrupts import is_terminal
 from .records import Record
 
 if TYPE_CHECKING:
@@ -87,6 +88,24 @@ _ONE_LINE.update({c: "\ufffd" for c in range(0xD800, 0xE000)})
 _MULTI_LINE = {c: v for c, v in _ONE_LINE.items() if c not in (0x0A, 0x09)}
 
 
+def printable(s: str, width: int | None = None) -> str:
+    """``s`` with every non-printable character (controls, line breaks, bidi marks such
+    as U+202E, zero-width characters) escaped as in ``repr``; past ``width``, cut with
+    "...". The one escaping used by log lines, ``summary()`` and the command line:
+    a task name or a message holding an escape sequence or a bidi override must not
+    be able to drive a terminal or make one line look like another.
+    """
+    if width is not None:
+        s = s[:width + 1]
+    if s.isprintable():  # the common case: nothing to do
+        out = s
+    else:
+        out = "".join(c if c.isprintable() else repr(c)[1:-1] for c in s)
+    if width is not None and len(out) > width:
+        out = out[:max(0, width - 3)] + "..."
+    return out
+
+
 def type_name(x: object) -> str:
     """``type(x).__name__``, or ``"object"`` should even that misbehave."""
     try:
@@ -105,9 +124,9 @@ def _as_str(x: object, use_repr: bool = False) -> str | None:
         if type(text) is not str:  # a str subclass: copy it, so its methods are str's
             text = str.__str__(text)
         return text
-    except KeyboardInterrupt:
-        raise
-    except BaseException:  # whatever a hostile __str__ raises: formatting goes on
+    except BaseException as exc:  # whatever a hostile __str__ raises: formatting goes on
+        if is_terminal(exc):
+            raise
         return None
 
 
@@ -157,9 +176,9 @@ def safe_repr(x: object, width: int = 60) -> str:
     width = max(8, int(width))
     try:
         text = _short_repr(x, width)
-    except KeyboardInterrupt:
-        raise
-    except BaseException:
+    except BaseException as exc:
+        if is_terminal(exc):
+            raise
         text = None
     if text is None:
         if type(x) is int:  # too many digits for str()
@@ -503,6 +522,13 @@ def resolve_logger(log: object) -> logging.Logger | None:
     return logger
 
 
+def _contain(exc: BaseException) -> None:
+    """Swallow what user code (a hook, a logging handler, a value's ``__str__``) raised
+    while reporting, ``SystemExit`` included; re-raise only the terminal's Ctrl-C."""
+    if is_terminal(exc):
+        raise exc
+
+
 # ----- the reporter -----------------------------------------------------------------
 
 class Reporter:
@@ -531,17 +557,19 @@ class Reporter:
     def emit(self, event: Event) -> None:
         try:
             self._track(event)
-        except Exception:  # bookkeeping for log lines: never worth breaking a run
-            pass
+        except BaseException as exc:  # bookkeeping for log lines: never worth breaking a run
+            _contain(exc)
         if self.logger is not None:
             try:
                 self._log(event)
-            except Exception as exc:  # formatting must never break the run
+            except BaseException as exc:  # formatting, a logging handler: never break the run
+                _contain(exc)
                 self._warn_quietly(f"could not log {type_name(event)}: {error_line(exc)}")
         if self.on_event is not None:
             try:
                 self.on_event(event)
-            except Exception as exc:
+            except BaseException as exc:  # SystemExit too: a hook never ends the run
+                _contain(exc)
                 if not self._hook_failed:
                     self._hook_failed = True
                     self._warn_quietly("on_event hook raised "
@@ -558,9 +586,9 @@ class Reporter:
 
                 logger = logging.getLogger(LOGGER_NAME)
             if logger is not None:
-                logger.warning(clip(message, MAX_LINE - len(_PREFIX)))
-        except Exception:
-            pass
+                logger.warning(clip(printable(message, 4 * MAX_LINE), MAX_LINE - len(_PREFIX)))
+        except BaseException as exc:
+            _contain(exc)
 
     def _track(self, event: Event) -> None:
         """What the log lines need beyond one event: run totals, attempt starts."""
@@ -614,8 +642,8 @@ class Reporter:
         if self._progress is not None:
             try:
                 self._progress.tick(done, total, running)
-            except Exception:  # progress is a nicety: never let it break a run
-                pass
+            except BaseException as exc:  # progress is a nicety: never let it break a run
+                _contain(exc)
 
     def warning(self, message: object) -> None:
         """A one-line warning on the run's logger (nothing with ``log=False``)."""
@@ -623,19 +651,20 @@ class Reporter:
             try:
                 if self._progress is not None:
                     self._progress.clear()
-            except Exception:
-                pass
+            except BaseException as exc:
+                _contain(exc)
             self._warn_quietly(clip(message, MAX_LINE - len(_PREFIX)))
 
 
 # ----- log lines --------------------------------------------------------------------
 
 def _cap(line: str) -> str:
-    return clip(line, MAX_LINE - len(_PREFIX))
+    return clip(printable(line, 4 * MAX_LINE), MAX_LINE - len(_PREFIX))
 
 
 def _name(event: Event) -> str:
-    what = clip(getattr(event, "task", "?"), NAME_WIDTH)
+    task = getattr(event, "task", "?")
+    what = clip(printable(task, 4 * NAME_WIDTH) if type(task) is str else task, NAME_WIDTH)
     item = getattr(event, "item", None)
     if item is None:
         return what

@@ -9,7 +9,16 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from . import attempt as A
-from .events import LOGGER_NAME, Reporter, error_line, format_duration, items_line, resolve_logger, safe_str
+from .events import (
+    LOGGER_NAME,
+    Reporter,
+    error_line,
+    format_duration,
+    items_line,
+    printable,
+    resolve_logger,
+    safe_str,
+)
 from .graph import Graph
 from .results import ItemResult, StepResult, StepState
 from .scheduler import JournalPlan, Scheduler, override_key
@@ -156,14 +165,23 @@ class Flow:
 
     def _execute(self, kept: dict[int, StepResult], force: set[int],
                  partial: dict[int, list[ItemResult | None]]) -> dict[str, StepResult]:
-        plan = self._journal_plan(force) if self._journal is not None else None
-        scheduler = Scheduler(self.graph, max_workers=self.max_workers,
-                              fail_fast=self.fail_fast, schedule=self.schedule,
-                              executor=self.executor, reporter=self._reporter, plan=plan,
-                              inputs=self.inputs)
+        from .interrupts import Catcher
+
+        # Ctrl-C is flowing's for the whole run, keys included (see interrupts.py)
+        with Catcher() as catcher:
+            plan = self._journal_plan(force) if self._journal is not None else None
+            scheduler = Scheduler(self.graph, max_workers=self.max_workers,
+                                  fail_fast=self.fail_fast, schedule=self.schedule,
+                                  executor=self.executor, reporter=self._reporter, plan=plan,
+                                  inputs=self.inputs)
+            self._run_scheduler(scheduler, catcher, kept, partial)
+        return self.results
+
+    def _run_scheduler(self, scheduler: Scheduler, catcher: Any, kept: dict[int, StepResult],
+                       partial: dict[int, list[ItemResult | None]]) -> None:
         self.started_at = time.time()
         try:
-            scheduler.run(kept, partial)
+            scheduler.run(kept, partial, catcher)
         finally:
             self.finished_at = time.time()
             tasks = self.graph.tasks
@@ -174,7 +192,6 @@ class Flow:
             self.why = {tasks[i].name: why for i, why in scheduler.why.items()
                         if (r := scheduler.results[i]) is not None and not r.cached}
             self._interrupted_items = scheduler.unfinished_items()
-        return self.results
 
     def _journal_plan(self, force: set[int]) -> JournalPlan:
         assert self._journal is not None
@@ -182,6 +199,7 @@ class Flow:
         return JournalPlan(self._journal, keys, cacheable, keyer, force, uncacheable)
 
     def _step_keys(self) -> tuple[Any, list[str], list[bool], dict[int, str]]:
+        from .interrupts import guarded
         from .stepkey import Keyer, Uncacheable
 
         # A new Keyer per run: fingerprints read module constants, and a fix made at
@@ -195,7 +213,11 @@ class Flow:
             dep_keys = [keys[d] for d in deps]
             gate_names = g.gate_inputs.get(i, ((), ()))
             inputs = {n: self.inputs[n] for n in (*g.inputs[i], *gate_names[0], *gate_names[1])}
-            key = keyer.task_key(td, dep_keys, inputs)
+            raised: list[BaseException] = []
+            key = guarded(keyer.task_key, td, dep_keys, inputs, fallback=None, seen=raised)
+            if key is None:  # a value's own code raised a BaseException while fingerprinted
+                key = Uncacheable(td.name, "fingerprinting a value it reads raised "
+                                  + (error_line(raised[0], 80) if raised else "an error"))
             if isinstance(key, Uncacheable):
                 import hashlib
 
@@ -293,18 +315,19 @@ class Flow:
     def summary(self) -> str:
         """One line per task and a totals line."""
         g = self.graph
-        width = max((len(td.name) for td in g.tasks), default=4)
+        names = [printable(td.name) for td in g.tasks]  # one line per task, whatever the name
+        width = max((len(name) for name in names), default=4)
         lines = []
         counts = {s: 0 for s in StepState}
         cached = 0
         for i, td in enumerate(g.tasks):
             r = self.results.get(td.name)
             if r is None:
-                lines.append(f"{'not run':<9} {td.name:<{width}}")
+                lines.append(f"{'not run':<9} {names[i]:<{width}}")
                 continue
             counts[r.state] += 1
             cached += r.cached
-            parts = [f"{r.state.value:<9}", f"{td.name:<{width}}",
+            parts = [f"{r.state.value:<9}", f"{names[i]:<{width}}",
                      f"{format_duration(r.duration_ms):>6}"]
             if r.attempts > 1:
                 parts.append(f"attempts={r.attempts}")
@@ -321,7 +344,7 @@ class Flow:
             why = self.why.get(td.name)
             if why and not r.cached:
                 parts.append(f"(ran: {why})")
-            lines.append("  ".join(p for p in parts if p))
+            lines.append(printable("  ".join(p for p in parts if p)))
         total = (f"{len(g)} task{'' if len(g) == 1 else 's'}: {counts[StepState.SUCCEEDED]} succeeded, "
                  f"{counts[StepState.FAILED]} failed, {counts[StepState.SKIPPED]} skipped")
         if cached:

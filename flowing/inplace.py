@@ -43,6 +43,7 @@ from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
 from .digest import digest_info, inputs_digest
+from .interrupts import guarded
 
 if TYPE_CHECKING:
     from .attempt import Job
@@ -87,7 +88,9 @@ class RunDigests:
             hit = self._immutable.get(id(value))
             if hit is not None and hit[0] is value:
                 return hit[1]
-        found, immutable = digest_info(value)
+        # a KeyboardInterrupt raised by the value's own code is not the terminal's
+        nothing: tuple[str | None, bool] = (None, False)
+        found, immutable = guarded(digest_info, value, fallback=nothing)
         if immutable and found is not None and not small:
             with self._lock:
                 self._immutable[id(value)] = (value, found)

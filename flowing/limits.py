@@ -20,8 +20,27 @@ _UNITS = {"s": 1.0, "sec": 1.0, "second": 1.0, "m": 60.0, "min": 60.0,
           "minute": 60.0, "h": 3600.0, "hour": 3600.0}
 
 
+# The largest N of a rate: the limit remembers the times of the last N starts, and a
+# bigger N (``(10**30, 1)``) is no limit at all.
+MAX_RATE_COUNT = 1_000_000
+
+
 def parse_rate(rate: object) -> tuple[int, float]:
     """``"N/s"``, ``"N/min"``, ``"N/h"`` or ``(N, seconds)`` -> ``(N, seconds)``."""
+    count, period = _parse_rate(rate)
+    if count > MAX_RATE_COUNT:
+        raise ValueError(f"Limit rate {_shown(rate)} allows more than {MAX_RATE_COUNT:,} starts "
+                         f"per period, which limits nothing; use a smaller N (e.g. per "
+                         f"second instead of per hour), or no rate")
+    return count, period
+
+
+def _shown(rate: object) -> str:
+    text = repr(rate)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _parse_rate(rate: object) -> tuple[int, float]:
     if isinstance(rate, str):
         import re
 

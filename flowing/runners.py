@@ -30,6 +30,11 @@ The kinds
                    worker with ``asyncio.run``).
 ``Mixed``          routes each job to the sync or the async runner.
 
+A Dask error saying the cluster could not deserialize the call (its
+scheduler or workers lack flowing or the body's module) is ``CannotShip``,
+never ``WorkerLost``; a value whose unpickling raises anything (even
+``SystemExit``) is ``CannotShip`` too, never the body's own error.
+
 Every attempt goes through ``attempt.run_attempt``/``run_attempt_async``,
 which never raise: that is the one boundary that makes every job produce an
 outcome. What can still be lost is a whole worker (a killed process, a dead
@@ -130,7 +135,8 @@ Bodies still running for another reason (Ctrl-C, or no ``timeout_s``) are
 the engine's business. ``ProcessPoolExecutor``: ``shutdown()`` and the exit
 hook wait for them to end, ``shutdown(wait=False)`` included. A terminal's
 Ctrl-C reaches the workers too, whose bodies then end with
-KeyboardInterrupt, so the process exits at once; a SIGINT sent to the flow's
+KeyboardInterrupt, so the process exits at once (workers forked during a
+run get Python's default SIGINT handler back: ``interrupts.py``); a SIGINT sent to the flow's
 process alone does not: to exit without waiting, terminate the workers
 (``for p in multiprocessing.active_children(): p.terminate()``, or
 ``terminate_workers()`` from Python 3.14). loky:
@@ -143,6 +149,7 @@ the engine.
 from __future__ import annotations
 
 import itertools
+import os
 import queue
 import sys
 import threading
@@ -155,6 +162,7 @@ from . import attempt as A
 from . import context
 from .attempt import Job, NoRetry, Outcome, RunSignals, run_attempt, run_attempt_async
 from .events import safe_repr, safe_str
+from .interrupts import is_terminal
 
 if TYPE_CHECKING:
     from concurrent.futures import Executor, Future
@@ -178,7 +186,7 @@ class Shared(RunSignals):
     """
 
     __slots__ = ("inbox", "stop_reason", "fail_fast", "journal", "tasks", "keys", "dep_keys",
-                 "fused_next", "digest")
+                 "fused_next", "digest", "closed")
 
     def __init__(self, tasks: list[TaskDef], deps: list[tuple[int, ...]], fail_fast: bool,
                  journal: Journal | None, keys: list[str] | None) -> None:
@@ -192,6 +200,7 @@ class Shared(RunSignals):
         self.dep_keys = None if keys is None else [[keys[d] for d in ds] for ds in deps]
         self.fused_next = array("i", [-1]) * len(tasks)  # index of the fused successor, or -1
         self.digest: RunDigests | None = None  # value digests, with a journal
+        self.closed = False  # the run has returned or raised: nothing is journaled any more
 
     def stop(self, reason: str) -> None:
         if self.stop_reason is None:
@@ -201,10 +210,16 @@ class Shared(RunSignals):
     def record(self, outcome: Outcome) -> None:
         """Journal a success; called by whichever thread sees it first.
 
+        Refuses (first lines) an outcome whose body was told to stop
+        (``Outcome.stopped``, decided in ``attempt.verdict``) and everything
+        once the run is ``closed``: a worker finishing late never writes.
+
         The value's content digest is computed here, on the worker, so that
         dependents can be replayed by value (early cutoff) without the
         scheduler thread hashing anything.
         """
+        if outcome.stopped or self.closed:  # told to stop (attempt.verdict), or run over
+            return
         job = outcome.job
         journal = self.journal
         if journal is None or job.key is None or outcome.journaled:
@@ -616,14 +631,17 @@ def _invoke(fn: Callable[..., Any], kwargs: dict[str, Any], snapshot: context.Sn
     """Call the body (a coroutine body's awaitable with ``asyncio.run``): (True, value)
     or (False, (exception, traceback text)). Never raises."""
     token = context.enter(snapshot)
+    pid = os.getpid()
     try:
         value = fn(**kwargs)
         if is_async:
             import asyncio
 
             value = asyncio.run(_await_body(value, deadline))
+        A.exit_if_forked(pid, 0)
         return True, value
     except BaseException as exc:
+        A.exit_if_forked(pid, 1)
         return False, (exc, A.format_traceback(exc))
     finally:
         context.leave(token)
@@ -911,14 +929,18 @@ class RemoteCall:
         if code == _OK:
             try:
                 return pickle.loads(data)
-            except Exception as exc:
+            except BaseException as exc:  # SystemExit too: the value's code, not the body
+                if is_terminal(exc):
+                    raise
                 raise CannotShip(f"{job.label()}: its return value came back from the worker "
                                  f"but cannot be unpickled here ({_describe(exc)}); return "
                                  f"plain data (dicts, lists, str, numbers)") from None
         if code == _RAISED:
             try:
                 error, tb = pickle.loads(data)
-            except Exception as exc:
+            except BaseException as exc:
+                if is_terminal(exc):
+                    raise
                 error, tb = RuntimeError(f"the body raised, and its exception cannot be "
                                          f"unpickled here ({_describe(exc)})"), None
             if tb and isinstance(error, BaseException):
@@ -944,6 +966,12 @@ class RemoteCall:
         if what == "refused it":
             return CannotRun(f"{job.label()}: the executor refused it {why}; pass a running "
                              f"executor (or none: flowing then uses its own threads)")
+        if self._dask and _cannot_load(exc):
+            return CannotShip(
+                f"{job.label()}: the Dask cluster could not load the call flowing shipped to "
+                f"it {why}: its scheduler or workers cannot import something the call needs "
+                f"(flowing itself, or the module of the task's body); install flowing and "
+                f"your modules in the cluster's environment, at the client's versions")
         if self._closed:
             return WorkerLost(f"{job.label()}: the run was closed while it ran {why}")
         if _is_cancelled(exc):
@@ -969,6 +997,16 @@ class RemoteCall:
 
 
 _UNGATHERED = object()  # a value the batch could not fetch: its thread asks for it alone
+
+
+def _cannot_load(exc: BaseException) -> bool:
+    """A Dask error saying the cluster could not unpickle what was sent (a module it
+    lacks): the scheduler reports "Error during deserialization of the task graph",
+    a worker an ImportError."""
+    if isinstance(exc, ImportError):
+        return True
+    text = safe_str(exc).lower()
+    return "deserializ" in text or "no module named" in text
 
 
 def _is_timeout(exc: BaseException) -> bool:

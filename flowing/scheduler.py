@@ -66,7 +66,6 @@ import collections
 import heapq
 import itertools
 import queue
-import threading
 import time
 from array import array
 from typing import TYPE_CHECKING, Any
@@ -86,6 +85,7 @@ from .events import (
     safe_repr,
     safe_str,
 )
+from .interrupts import Catcher, guarded
 from .results import ItemResult, StepResult, StepState
 from .runners import WAKE, Runner, Shared, open_runner
 
@@ -150,12 +150,13 @@ class JournalPlan:
 class _FanOut:
     """Progress of one running for_each task."""
 
-    __slots__ = ("items", "remaining", "started_at")
+    __slots__ = ("items", "remaining", "started_at", "stopped")
 
     def __init__(self, n: int) -> None:
         self.items: list[ItemResult | None] = [None] * n  # per item, as they finish
         self.remaining = n
         self.started_at: float | None = None
+        self.stopped = False  # an item ended while told to stop: the list is not journaled
 
 
 class Scheduler:
@@ -220,28 +221,41 @@ class Scheduler:
         self._finishing: list[tuple[int, StepResult]] = []
         self._in_finish = False
         self._warned: set[str] = set()
-        self.sigint = False  # Ctrl-C seen by our handler, to be raised at a safe point
+        self.catcher = Catcher()  # the run's Ctrl-C handler (set by run())
         inbox = self.shared.inbox
         self._wake = lambda: inbox.put(WAKE)  # a Limit slot freed (maybe by another flow)
 
     # ----- set-up -------------------------------------------------------------
 
     def run(self, kept: dict[int, StepResult],
-            partial_items: dict[int, list[ItemResult | None]]) -> list[StepResult | None]:
+            partial_items: dict[int, list[ItemResult | None]],
+            catcher: Catcher | None = None) -> list[StepResult | None]:
         """Run everything not in ``kept`` (index -> SUCCEEDED result).
 
         ``partial_items``: index -> ItemResults of an earlier failed for_each
-        run of that task.
+        run of that task. ``catcher``: the run's Ctrl-C handler, installed by
+        the caller (``Flow`` installs it before computing keys); without one,
+        the scheduler installs its own for the run.
         """
+        if catcher is None:
+            with Catcher() as own:
+                return self.run(kept, partial_items, own)
         g = self.graph
         started = time.time()
         self.partial_items = partial_items
+        self.catcher = catcher
+        # Ctrl-C from now on only sets catcher.seen and wakes the loop, which raises
+        # KeyboardInterrupt itself between two outcomes: one raised at an arbitrary
+        # bytecode could drop an outcome the loop had just taken off the inbox.
+        inbox = self.shared.inbox
+        catcher.wake = lambda: inbox.put(_INTERRUPT)  # SimpleQueue.put: signal-safe
         emit = self.emit
         if emit:
             emit(FlowStarted(started, len(g), len(g.layers), self.max_workers,
                              "layers" if self.layered else "eager"))
-        previous_handler = self._catch_sigint()
         try:
+            if catcher.seen:
+                raise KeyboardInterrupt
             self._prepare(kept)
             self._loop()
         except KeyboardInterrupt:
@@ -251,10 +265,7 @@ class Scheduler:
             self._keep_finished()
             raise
         finally:
-            if previous_handler is not None:
-                import signal
-
-                signal.signal(signal.SIGINT, previous_handler)
+            catcher.wake = None
             self._close()
             if emit:
                 counts = {s.value: 0 for s in StepState}
@@ -267,30 +278,6 @@ class Scheduler:
                 emit(FlowFinished(time.time(), ok, (time.time() - started) * 1000, counts,
                                   self.interrupted))
         return self.results
-
-    def _catch_sigint(self) -> Any:
-        """Turn Ctrl-C into a request the loop honours between two outcomes.
-
-        A KeyboardInterrupt raised at an arbitrary bytecode could drop an
-        outcome the loop had just taken off the inbox (and with it a finished
-        result). So, when run() is on the main thread and SIGINT has Python's
-        default handler, our handler only sets a flag and wakes the loop, which
-        raises KeyboardInterrupt itself. Returns the handler to restore, or None.
-        """
-        if threading.current_thread() is not threading.main_thread():
-            return None
-        import signal
-
-        previous = signal.getsignal(signal.SIGINT)
-        if previous is not signal.default_int_handler:
-            return None  # the application handles SIGINT its own way: leave it alone
-
-        def on_sigint(signum: int, frame: Any) -> None:
-            self.sigint = True
-            self.shared.inbox.put(_INTERRUPT)  # SimpleQueue.put is safe in a signal handler
-
-        signal.signal(signal.SIGINT, on_sigint)
-        return previous
 
     def _prepare(self, kept: dict[int, StepResult]) -> None:
         g, results, status = self.graph, self.results, self.status
@@ -335,7 +322,7 @@ class Scheduler:
     def _loop(self) -> None:
         inbox = self.shared.inbox
         while self.unfinished:
-            if self.sigint:
+            if self.catcher.seen:
                 raise KeyboardInterrupt
             self._dispatch()
             if not self.unfinished:
@@ -404,7 +391,12 @@ class Scheduler:
                 continue
             job.cancelled = True
             started = job.first_started or time.time()
-            outcome = A.verdict(job, None, A.timeout_error(job), started)
+            if job.mode == A.GATE:  # stuck listing its items (a source blocked in next())
+                outcome = Outcome(job, A.FAILED, error=A.timeout_error(job),
+                                  reason="listing the for_each items timed out",
+                                  started_at=started, finished_at=time.time())
+            else:
+                outcome = A.verdict(job, None, A.timeout_error(job), started)
             outcome.warning = (f"{job.label()}: no verdict {grace:g}s after its deadline; "
                                f"failed by the scheduler and abandoned")
             self._on_outcome(outcome)
@@ -557,7 +549,7 @@ class Scheduler:
                 # queued behind busy workers: it may yet be skipped, so the worker
                 # says when it really starts
                 job.announce = True
-        if job.td.timeout_s is not None and job.mode != A.GATE:
+        if job.td.timeout_s is not None:  # a GATE job's listing counts against it too
             due = time.monotonic() + job.td.timeout_s + max(1.0, 0.1 * job.td.timeout_s)
             heapq.heappush(self.overdue, (due, next(self.seq), job))
         self.runner.submit(job)
@@ -781,7 +773,10 @@ class Scheduler:
             others = self._in_digest(i, skip=source_index)
             item_store = self._storable(i, others)
         task_inputs = self._task_inputs(i)
+        catcher = self.catcher
         for index, item in enumerate(items):
+            if not index & 1023 and catcher.seen:
+                raise KeyboardInterrupt  # Ctrl-C: a huge fan-out must not delay it
             prior = previous[index] if previous is not None else None
             if prior is not None and prior.state is SUCCEEDED:
                 fan.items[index] = prior
@@ -789,7 +784,7 @@ class Scheduler:
                 continue
             key = None
             if plan is not None and plan.cacheable[i]:
-                key = plan.keyer.item_key(plan.keys[i], item)
+                key = guarded(plan.keyer.item_key, plan.keys[i], item, fallback=None)
                 if key is not None and self._usable(i, key, others, item=True):
                     assert self.journal is not None
                     hit = self.journal.get(key)
@@ -812,6 +807,8 @@ class Scheduler:
         fan = self.fanouts[i]
         if o.kind is A.SUCCEEDED:
             self._record(o)
+        if o.stopped:
+            fan.stopped = True
         assert job.item is not None
         fan.items[job.item] = ItemResult(job.item, _STATE_OF[o.kind], o.value, o.error,
                                          o.attempts, False, o.traceback,
@@ -855,7 +852,8 @@ class Scheduler:
                                         "task", digest=digest, inputs=in_digest,
                                         # with cache_ttl_s, a list holding replayed
                                         # items must not look fresh as a whole
-                                        store=self._storable(i, in_digest) and (
+                                        store=self._storable(i, in_digest)
+                                        and not fan.stopped and (
                                             td.cache_ttl_s is None
                                             or not any(r.cached for r in items)))
                 except Exception as exc:
@@ -994,6 +992,7 @@ class Scheduler:
         return {i: list(fan.items) for i, fan in self.fanouts.items()}
 
     def _close(self) -> None:
+        self.shared.closed = True  # a worker finishing late must not write to the journal
         for limit in self.parked:
             limit.remove_waiter(self._wake)
         # Ctrl-C: admitted jobs whose verdict will never be taken give their Limit

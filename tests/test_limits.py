@@ -82,6 +82,14 @@ def test_bad_rate_raises_value_error_naming_the_value(rate):
     assert repr(rate) in str(info.value)
 
 
+@pytest.mark.parametrize("rate", [(10**30, 1), (10**7, 1.0), "100000000000000000000000/s"])
+def test_a_rate_too_large_to_limit_anything_is_a_value_error(rate):
+    with pytest.raises(ValueError, match="1,000,000") as info:
+        Limit(rate=rate)
+    assert "rate" in str(info.value) and "smaller N" in str(info.value)
+    assert Limit(rate=(10**6, 1)).rate_count == 10**6  # the largest allowed
+
+
 @pytest.mark.parametrize("value", [0, -1, 1.5, "3", True])
 def test_bad_max_concurrency_raises_value_error_naming_the_value(value):
     with pytest.raises(ValueError) as info:
