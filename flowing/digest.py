@@ -31,6 +31,9 @@ once (see ``Memo``).
   differ); ``fractions.Fraction``; ``uuid.UUID``; ``pathlib`` paths (type
   and text); compiled ``re`` patterns (pattern and flags).
 * Enum members: their class, name and value.
+* ``flowing.Failed`` (a tolerated failed item): its index, item, and its
+  error's type name and message (text taken when it was made), not the
+  exception object, whose state may hold anything.
 * Classes and functions as code: library ones (standard library,
   site-packages, this package) by module and qualified name; the user's own
   classes by their bare qualified name (their module's name differs between
@@ -780,6 +783,9 @@ def _special(t: type) -> Special | None:
     rx = modules.get("re")
     if rx is not None and t is rx.Pattern:
         return _remember(t, _enc_pattern)
+    res = modules.get(_OWN_PACKAGE + ".results")
+    if res is not None and t is res.Failed:
+        return _remember(t, _enc_failed)
     pl = modules.get("pathlib")
     if pl is not None:
         for cls in (pl.PurePosixPath, pl.PureWindowsPath, pl.PosixPath, pl.WindowsPath):
@@ -794,6 +800,15 @@ _SPECIAL: dict[type, Special] = {}
 def _remember(t: type, enc: Special) -> Special:
     _SPECIAL[t] = enc
     return enc
+
+
+def _enc_failed(c: Canonical, x: Any, depth: int) -> bytes:
+    try:
+        item = c._enc(x.item, depth)
+    except Unstable as e:
+        raise e.within(".item") from None
+    return _frame(b"!F", c._enc(x.index, depth) + item + _enc_str(str(x.error_type))
+                  + _enc_str(str(x.message)))
 
 
 def _enc_mapping_proxy(c: Canonical, x: Any, depth: int) -> bytes:

@@ -313,7 +313,7 @@ class Flow:
             if r.cached:
                 parts.append("[cached]")
             if r.items is not None:
-                parts.append(items_line(r.items))
+                parts.append(items_line(r.items, allowed=td.allowed_failures(len(r.items))))
             if r.state is StepState.FAILED and r.items is None:
                 parts.append(error_line(r.error) or safe_str(r.reason or ""))
             elif r.state is not StepState.FAILED and r.reason:

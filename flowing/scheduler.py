@@ -86,7 +86,7 @@ from .events import (
     safe_repr,
     safe_str,
 )
-from .results import ItemResult, StepResult, StepState
+from .results import Failed, ItemResult, StepResult, StepState
 from .runners import WAKE, Runner, Shared, open_runner
 
 if TYPE_CHECKING:
@@ -824,6 +824,13 @@ class Scheduler:
             self._complete_fan(i)
 
     def _complete_fan(self, i: int) -> None:
+        """All items of for_each task i are done: its result.
+
+        With ``allow_failed_items``, a task with at most that many failed items
+        SUCCEEDS, holding a ``Failed`` at each failed item's position; it is then
+        not journaled as a whole (its succeeded items were, one by one), so the
+        next run replays them and retries only the failed ones.
+        """
         fan = self.fanouts.pop(i)
         td = self.graph.tasks[i]
         items: list[ItemResult] = [r for r in fan.items if r is not None]
@@ -832,11 +839,18 @@ class Scheduler:
         finished = max(ends) if ends else now
         started = fan.started_at or finished
         failures = [r for r in items if r.state is not SUCCEEDED]
+        allowed = td.allowed_failures(len(items))
         values = [r.value for r in items]
         attempts = max((r.attempts for r in items), default=0)
         key = None if self.keys is None else self.keys[i]
         detached = bool(self.graph.detached[i])
-        if not failures:
+        if failures and allowed is not None and len(failures) <= allowed:
+            values = [r.value if r.state is SUCCEEDED else Failed(r.index, r.item, r.error)
+                      for r in items]
+            result = StepResult(td.name, SUCCEEDED, values, None, (finished - started) * 1000,
+                                attempts, key, False, None, None, started, finished, items,
+                                detached)
+        elif not failures:
             result = StepResult(td.name, SUCCEEDED, values, None, (finished - started) * 1000,
                                 attempts, key, all(r.cached for r in items) and bool(items),
                                 None, None, started, finished, items, detached)
@@ -864,11 +878,13 @@ class Scheduler:
                     self._warn(f"task '{td.name}': could not journal its result ({safe_str(exc)})")
         else:
             first = failures[0]
+            beyond = "" if allowed is None else f", more than allowed ({allowed})"
             error = ItemsFailed(
-                f"task '{td.name}': {len(failures)} of {len(items)} items failed; first: "
-                f"{item_failure(first.index, first.item, first.error)}", failures)
+                f"task '{td.name}': {len(failures)} of {len(items)} items failed{beyond}; "
+                f"first: {item_failure(first.index, first.item, first.error)}", failures)
             result = StepResult(td.name, FAILED, values, error, (finished - started) * 1000,
-                                attempts, key, False, f"{len(failures)} item(s) failed",
+                                attempts, key, False, f"{len(failures)} item(s) failed"
+                                + ("" if allowed is None else f" (allowed {allowed})"),
                                 first.traceback, started, finished, items, detached)
         self._finish(i, result)
 
@@ -914,7 +930,9 @@ class Scheduler:
         self.layer_left[g.layer[i]] -= 1
         if self.emit:
             self.running_since.pop(i, None)
-            self._result_event(result, bool(detached))
+            self._result_event(result, bool(detached),
+                               None if result.items is None
+                               else g.tasks[i].allowed_failures(len(result.items)))
         if result.state is SUCCEEDED:
             waiting = self.waiting
             for j in g.dependents[i]:
@@ -948,14 +966,15 @@ class Scheduler:
             for j in held:
                 self._enqueue_task(j)
 
-    def _result_event(self, r: StepResult, detached: bool) -> None:
+    def _result_event(self, r: StepResult, detached: bool, allowed: int | None) -> None:
         assert self.emit is not None
         now = time.time()
         if r.state is SUCCEEDED:
-            self.emit(TaskSucceeded(now, r.name, r.attempts, r.duration_ms, detached, r.items))
+            self.emit(TaskSucceeded(now, r.name, r.attempts, r.duration_ms, detached, r.items,
+                                    allowed))
         elif r.state is FAILED:
             self.emit(TaskFailed(now, r.name, r.attempts, r.duration_ms, r.error, r.reason,
-                                 detached, r.items))
+                                 detached, r.items, allowed))
         else:
             self.emit(TaskSkipped(now, r.name, r.reason or "", detached))
 
