@@ -13,7 +13,12 @@ Scheduling policy
   reason naming that dependency.
 * fail_fast: once a main task has FAILED for good, no new main task starts.
   Started tasks (retries and for_each items included) run to the end; tasks
-  that never started are SKIPPED with a reason naming the failure.
+  that never started are SKIPPED with a reason naming the failure. "Started"
+  means handed to the runner: the scheduler thread decides it, from the
+  failures it has taken off the inbox, when it hands a task over; workers
+  never skip a job they were handed. So tasks ready together are handed over
+  together (as far as ``max_workers`` allows, see ``capacity``) and all run,
+  whichever of them fails first.
 * Replay (with a journal): when a task is released, it is replayed instead
   of run if the journal holds its step key, computed from the same
   dependency values (the entry's ``inputs`` digest equals the digest of the
@@ -24,7 +29,10 @@ Scheduling policy
   way, each keyed by its content.
 * At most ``max_workers`` jobs are in flight. A task's ``Limit`` further
   bounds its bodies in flight and their start rate across every flow of the
-  process (jobs wait for it in FIFO order).
+  process (jobs wait for it in FIFO order). A sync body that timed out keeps
+  its Limit slot until it really ends, or ``linger_grace`` seconds past its
+  deadline (then with one warning naming the task); its worker slot is free
+  at the deadline.
 * A failed attempt that may be retried frees its slot and comes back after
   its backoff through a timer; waiting never holds a worker.
 * Chain fusion (own threads, no journal, no timeouts): when a task's only
@@ -102,6 +110,15 @@ _STATE_OF = {A.SUCCEEDED: SUCCEEDED, A.FAILED: FAILED, A.SKIPPED: SKIPPED}
 
 # The longest the scheduler sleeps without looking around (timers, progress).
 MAX_WAIT_S = 1.0
+
+# A sync body that timed out keeps its Limit slot while it still runs, for at most
+# this long after its deadline, or timeout_s if that is longer (see _give_back).
+LINGER_GRACE_S = 5.0
+
+
+def linger_grace(timeout_s: float | None) -> float:
+    """Seconds past its deadline a timed-out body may keep its Limit slot."""
+    return max(LINGER_GRACE_S, timeout_s or 0.0)
 
 # Put in the inbox by our SIGINT handler to wake the loop.
 _INTERRUPT = object()
@@ -221,6 +238,10 @@ class Scheduler:
         self._in_finish = False
         self._warned: set[str] = set()
         self.sigint = False  # Ctrl-C seen by our handler, to be raised at a safe point
+        # fail_fast as this thread saw it: set when it takes a main task's failure, and
+        # read only when it hands a task to the runner (see _not_started)
+        self.stop_seen: str | None = None
+        self._lingered: set[str] = set()  # tasks warned about a body outlasting its grace
         inbox = self.shared.inbox
         self._wake = lambda: inbox.put(WAKE)  # a Limit slot freed (maybe by another flow)
 
@@ -449,8 +470,7 @@ class Scheduler:
             in_digest = self._in_digest(i)
             if self._replay(i, in_digest):
                 return
-        if self.shared.stopping.is_set() and not g.detached[i]:
-            self._finish(i, self._skipped(i, f"not started: {self.shared.stop_reason}"))
+        if self._not_started(i):
             return
         self.status[i] = QUEUED
         if in_digest is not None:
@@ -504,9 +524,7 @@ class Scheduler:
         while ready and self.in_flight < capacity:
             entry = ready.popleft()
             if type(entry) is int:  # a released task: its first attempt starts now
-                if self.shared.stopping.is_set() and not self.graph.detached[entry]:
-                    self._finish(entry, self._skipped(
-                        entry, f"not started: {self.shared.stop_reason}"))
+                if self._not_started(entry):
                     continue
                 entry = self._make_job(entry)
             self._start(entry)  # type: ignore[arg-type]
@@ -537,12 +555,17 @@ class Scheduler:
 
     def _stopped_before_start(self, job: Job) -> bool:
         """fail_fast: a main task that has not started yet is skipped instead."""
-        if (job.attempt == 1 and job.mode != A.ITEM and self.shared.stopping.is_set()
-                and not job.td.detached):
-            self._finish(job.task, self._skipped(job.task,
-                                                 f"not started: {self.shared.stop_reason}"))
-            return True
-        return False
+        return job.attempt == 1 and job.mode != A.ITEM and self._not_started(job.task)
+
+    def _not_started(self, i: int) -> bool:
+        """The one fail_fast boundary: main task i, about to be handed to a runner, is
+        skipped if this thread has seen a main task fail (``stop_seen``). It is asked
+        only here, never by a worker, so tasks handed over together before the
+        failure was seen all run, whichever thread gets to them first."""
+        if self.stop_seen is None or self.graph.detached[i]:
+            return False
+        self._finish(i, self._skipped(i, f"not started: {self.stop_seen}"))
+        return True
 
     def _start(self, job: Job) -> None:
         if job.td.limit is None or job.mode == A.GATE:
@@ -700,7 +723,7 @@ class Scheduler:
         limit = job.td.limit
         if limit is not None and job.mode != A.GATE:
             self.admitted.discard(job)
-            limit.release()
+            self._give_back(job, limit)
             if self.parked.get(limit):
                 self.busy_limits.add(limit)
         if o.kind is A.RETRY:
@@ -729,6 +752,29 @@ class Scheduler:
         self._finish(i, result)
         if successor is not None:
             self._start_event(successor.task, 1)
+
+    def _give_back(self, job: Job, limit: Limit) -> None:
+        """Free the Limit slot of a job whose verdict came. A sync body that timed out
+        but still runs (``job.abandoned``) keeps it until it really ends, so the
+        Limit stays a true bound on what the service sees; one still running
+        ``linger_grace`` seconds after its deadline gives it back with a warning."""
+        abandoned = job.abandoned
+        if abandoned is None:
+            limit.release()
+            return
+        grace = linger_grace(job.td.timeout_s)
+        reporter, name = self.reporter, job.td.name
+        warned = self._lingered
+
+        def overstayed() -> None:
+            if name not in warned:
+                warned.add(name)
+                reporter.warning(
+                    f"task '{name}': body still running {grace:g}s past its timeout; its "
+                    f"Limit slot is given back, so one more may start; make the body "
+                    f"honour timeout_s (e.g. pass it on to the call)")
+
+        limit.release_when(abandoned.then, grace, overstayed)
 
     def _record(self, o: Outcome) -> None:
         try:
@@ -942,6 +988,8 @@ class Scheduler:
         else:
             if result.state is FAILED and not detached and self.fail_fast:
                 self.shared.stop(f"fail_fast: '{result.name}' failed")
+                if self.stop_seen is None:
+                    self.stop_seen = self.shared.stop_reason
             verb = "failed" if result.state is FAILED else "was skipped"
             for j in g.dependents[i]:
                 if status[j] == PENDING:

@@ -245,7 +245,9 @@ def test_concurrency_and_rate_together():
     starts = Starts()
     ids = source(list(range(12)))
 
-    @task(depends_on=[ids], for_each="ids", limit=Limit(max_concurrency=2, rate=(4, 0.4)))
+    # burst=4: starts may come back to back, so the concurrency bound is what holds them
+    @task(depends_on=[ids], for_each="ids",
+          limit=Limit(max_concurrency=2, rate=(4, 0.4), burst=4))
     def work(ids):
         starts.mark()
         with gauge:
