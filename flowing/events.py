@@ -619,14 +619,17 @@ class Reporter:
         else:
             logger.info(line)
 
-    def tick(self, done: int, total: int, running: Mapping[str, float]) -> None:
+    def tick(self, done: int, total: int, running: Mapping[str, float],
+             items: Mapping[str, tuple[int, int, int, float]] | None = None) -> None:
         """Progress, called by the scheduler thread about once a second during a run.
 
-        ``running`` maps the name of each running task to its start (epoch s).
+        ``running`` maps the name of each running task to its start (epoch s);
+        ``items``, the name of each running ``for_each`` task to (items done,
+        total, in flight, start of its first item).
         """
         if self._progress is not None:
             try:
-                self._progress.tick(done, total, running)
+                self._progress.tick(done, total, running, items)
             except Exception:  # progress is a nicety: never let it break a run
                 pass
 

@@ -167,12 +167,13 @@ class JournalPlan:
 class _FanOut:
     """Progress of one running for_each task."""
 
-    __slots__ = ("items", "remaining", "started_at")
+    __slots__ = ("items", "remaining", "started_at", "running")
 
     def __init__(self, n: int) -> None:
         self.items: list[ItemResult | None] = [None] * n  # per item, as they finish
         self.remaining = n
         self.started_at: float | None = None
+        self.running = 0  # item jobs handed to the runner, verdict not yet taken
 
 
 class Scheduler:
@@ -388,7 +389,12 @@ class Scheduler:
         g = self.graph
         done = len(g) - self.unfinished
         running = {g.tasks[i].name: t for i, t in self.running_since.items()}
-        self.reporter.tick(done, len(g), running)
+        now = time.time()
+        # jobs queued ahead at the runner are not running yet: at most max_workers are
+        items = {g.tasks[i].name: (len(fan.items) - fan.remaining, len(fan.items),
+                                   min(fan.running, self.max_workers), fan.started_at or now)
+                 for i, fan in self.fanouts.items()}
+        self.reporter.tick(done, len(g), running, items)
 
     def _wait_time(self) -> float:
         due = MAX_WAIT_S
@@ -572,7 +578,11 @@ class Scheduler:
             if self._stopped_before_start(job):
                 return
         self.in_flight += 1
-        if job.mode != A.ITEM:
+        if job.mode == A.ITEM:
+            fan = self.fanouts.get(job.task)
+            if fan is not None:
+                fan.running += 1
+        else:
             self.status[job.task] = RUNNING
             if self.in_flight <= self.max_workers:
                 self._start_event(job.task, job.attempt)
@@ -720,6 +730,10 @@ class Scheduler:
             self._warn(o.warning)
         if o.next_job is None:
             self.in_flight -= 1
+        if job.mode == A.ITEM:
+            fan = self.fanouts.get(job.task)
+            if fan is not None:
+                fan.running -= 1
         limit = job.td.limit
         if limit is not None and job.mode != A.GATE:
             self.admitted.discard(job)
