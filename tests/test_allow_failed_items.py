@@ -115,8 +115,9 @@ def test_zero_allowed_fails_on_one_and_succeeds_on_none():
 
 
 def test_log_line_and_summary_say_failed_and_allowed(caplog):
-    from helpers import ListHandler
     import logging
+
+    from helpers import ListHandler
 
     logger = logging.getLogger("flowing.test.allow")
     handler = ListHandler()
