@@ -32,8 +32,9 @@ once (see ``Memo``).
   and text); compiled ``re`` patterns (pattern and flags).
 * Enum members: their class, name and value.
 * ``flowing.Failed`` (a tolerated failed item): its index, item, and its
-  error's type name and message (text taken when it was made), not the
-  exception object, whose state may hold anything.
+  error's type name and message (text taken when it was made, with any
+  ``0x...`` address masked), not the exception object, whose state may hold
+  anything.
 * Classes and functions as code: library ones (standard library,
   site-packages, this package) by module and qualified name; the user's own
   classes by their bare qualified name (their module's name differs between
@@ -89,6 +90,7 @@ import copyreg
 import functools
 import hashlib
 import os
+import re
 import site
 import sys
 import sysconfig
@@ -807,8 +809,14 @@ def _enc_failed(c: Canonical, x: Any, depth: int) -> bytes:
         item = c._enc(x.item, depth)
     except Unstable as e:
         raise e.within(".item") from None
+    # a message naming an object by its address ("<Session at 0x7f3a...>") must not
+    # make the digest differ between processes
+    message = _ADDRESS.sub("0x?", str(x.message))
     return _frame(b"!F", c._enc(x.index, depth) + item + _enc_str(str(x.error_type))
-                  + _enc_str(str(x.message)))
+                  + _enc_str(message))
+
+
+_ADDRESS = re.compile(r"0x[0-9a-fA-F]{4,}")
 
 
 def _enc_mapping_proxy(c: Canonical, x: Any, depth: int) -> bytes:

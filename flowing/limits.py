@@ -11,8 +11,9 @@ Rates. ``rate=(N, period)`` spaces starts evenly, one every ``period / N``
 (a generic cell rate algorithm: a start is due ``period / N`` after the
 previous one's due time); ``burst=k`` lets up to k start back to back after
 a quiet spell. On top, no window of ``period`` seconds ever holds more than
-N starts (the admission times of the last N starts are kept, with a small
-margin for the hand-off between admission and the body's first line). So a
+N starts (the admission times of the last N starts are kept, with a margin
+of 3% of the period, 10 ms to 250 ms, for the hand-off between admission
+and the request reaching the service). So a
 service that counts N requests per period as they arrive never sees more.
 """
 
@@ -118,10 +119,12 @@ class Limit:
                 # spacing: due one interval after the previous due time, burst-1 early
                 ready_at = self._due - (self.burst - 1) * interval
                 if len(self._starts) == count:
-                    # Admission precedes the body's first line by a thread hand-off; the
-                    # margin keeps starts N apart by more than that, so no window of the
-                    # period ever sees more than rate_count bodies start.
-                    margin = min(max(period * 0.01, 0.005), 0.05)
+                    # Admission precedes the body's first line by a thread hand-off, and
+                    # its request reaches the service a moment later still; both vary
+                    # under load. The margin (3% of the period, 10 ms to 250 ms) keeps
+                    # starts N apart by more than that, so no window of the period ever
+                    # sees more than rate_count arrive.
+                    margin = min(max(period * 0.03, 0.01), 0.25)
                     ready_at = max(ready_at, self._starts[0] + period + margin)
                 if ready_at > now:
                     return ready_at - now

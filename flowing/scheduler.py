@@ -773,8 +773,8 @@ class Scheduler:
         Limit stays a true bound on what the service sees; one still running
         ``linger_grace`` seconds after its deadline gives it back with a warning."""
         abandoned = job.abandoned
-        if abandoned is None:
-            limit.release()
+        if abandoned is None or limit.max_concurrency is None:
+            limit.release()  # a rate counts starts only: nothing to hold
             return
         grace = linger_grace(job.td.timeout_s)
         reporter, name = self.reporter, job.td.name

@@ -598,17 +598,18 @@ def _check_allowance(name: str, allow: object, for_each: str | None) -> int | fl
     and only on a ``for_each`` task."""
     if allow is None:
         return None
-    if isinstance(allow, bool) or not isinstance(allow, (int, float)):
+    if isinstance(allow, bool) or not isinstance(allow, numbers.Real):
         raise TypeError(f"task '{name}': allow_failed_items must be an int >= 0 (how many items "
                         f"may fail) or a float in (0, 1) (what share may fail), got "
                         f"{_short(allow)}")
     if for_each is None:
         raise ValueError(f"task '{name}': allow_failed_items is for for_each tasks (it says how "
                          f"many items may fail); add for_each='<dependency>' or remove it")
-    if isinstance(allow, int):
+    if isinstance(allow, numbers.Integral):  # an int, numpy's ints too
         if allow < 0:
             raise ValueError(f"task '{name}': allow_failed_items={allow} must be >= 0")
         return int(allow)
+    allow = _as_float(name, "allow_failed_items", allow, "an int >= 0 or a float in (0, 1)")
     if not 0.0 < allow < 1.0:  # NaN fails too
         raise ValueError(f"task '{name}': allow_failed_items={allow!r} as a float is a share of "
                          f"the items and must be in (0, 1); write an int for a count")

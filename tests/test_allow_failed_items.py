@@ -254,3 +254,22 @@ def test_with_an_allowance_of_one_the_fresh_run_fails_and_retries_only_the_two(t
     assert first["ok"] is False and first["fetch"] == "failed" and first["summary"] is None
     second, called = _run(tmp_path, journal, calls, 1, repo_env)
     assert sorted(called) == ["doc-23", "doc-7"]
+
+
+def test_an_address_in_the_message_does_not_change_the_digest():
+    class Session:
+        pass
+
+    first, second = Session(), Session()  # both alive: two addresses
+    one = Failed(0, "i", RuntimeError(f"lost {first!r}"))
+    two = Failed(0, "i", RuntimeError(f"lost {second!r}"))
+    assert one.message != two.message  # two objects, two addresses
+    assert value_digest([one]) == value_digest([two])
+
+
+def test_numpy_like_numbers_are_accepted():
+    import fractions
+
+    td = task(lambda docs: docs, name="t", depends_on=[docs], for_each="docs",
+              allow_failed_items=fractions.Fraction(1, 4))
+    assert td.allowed_failures(8) == 2

@@ -595,3 +595,29 @@ def test_an_explicit_max_workers_below_a_limit_warns_once_and_bounds():
     assert ("Flow(max_workers=3) is below the Limit(max_concurrency=10) of task 'call'"
             in warnings[0])
     assert gauge.peak <= 3
+
+
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+
+@settings(max_examples=200, deadline=None)
+@given(count=st.integers(1, 10), period=st.floats(0.01, 10.0), burst=st.integers(1, 12),
+       steps=st.lists(st.floats(0.0, 2.0), min_size=1, max_size=80))
+def test_admissions_never_exceed_n_per_period_nor_burst_back_to_back(count, period, burst,
+                                                                     steps):
+    """Whatever the times schedulers ask at: no window of one period holds more than N
+    admitted starts, and with burst=k no more than k start closer than period/N apart."""
+    limit = Limit(rate=(count, period), burst=burst)
+    now, admitted = 1000.0, []
+    for step in steps:
+        now += step * period / count
+        while limit.try_acquire(now) is None:
+            admitted.append(now)
+            limit.release()
+    interval = period / count
+    for k in range(len(admitted)):
+        window = [t for t in admitted[k:] if t < admitted[k] + period]
+        assert len(window) <= count
+        close = [t for t in admitted[k:] if t < admitted[k] + interval * 0.999]
+        assert len(close) <= burst
