@@ -120,6 +120,7 @@ def linger_grace(timeout_s: float | None) -> float:
     """Seconds past its deadline a timed-out body may keep its Limit slot."""
     return max(LINGER_GRACE_S, timeout_s or 0.0)
 
+
 # Put in the inbox by our SIGINT handler to wake the loop.
 _INTERRUPT = object()
 
