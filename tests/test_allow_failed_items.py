@@ -10,6 +10,7 @@ import sys
 import textwrap
 
 import pytest
+from helpers import captured_log
 from hostile import NoBoolNoEq, RaisingRepr, StrRaises
 
 from flowing import Failed, Flow, ItemsFailed, StepState, task
@@ -115,20 +116,10 @@ def test_zero_allowed_fails_on_one_and_succeeds_on_none():
 
 
 def test_log_line_and_summary_say_failed_and_allowed(caplog):
-    import logging
 
-    from helpers import ListHandler
-
-    logger = logging.getLogger("flowing.test.allow")
-    handler = ListHandler()
-    logger.addHandler(handler)
-    logger.setLevel(logging.INFO)
-    logger.propagate = False
-    try:
+    with captured_log() as (logger, handler):
         flow = _flow(6, gone=(4, 9, 30), n=60, log=logger)
         flow.run()
-    finally:
-        logger.removeHandler(handler)
     ok = [m for m in handler.messages if m.startswith("ok      fetch")]
     assert ok and "60 items: 57 ok, 3 failed (allowed 6)" in ok[0]
     assert "item 4 ('doc-4'): LookupError: doc-4: 404 gone" in ok[0]
