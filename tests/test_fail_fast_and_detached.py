@@ -411,8 +411,11 @@ def test_a_task_released_after_the_failure_was_seen_is_skipped():
     def after(slow):
         return slow
 
-    flow = Flow(a, after, log=False)
-    threading.Timer(0.3, gate.set).start()
+    def on_event(event):  # on the scheduler thread: it has now seen a's failure
+        if getattr(event, "task", None) == "a" and type(event).__name__ == "TaskFailed":
+            gate.set()
+
+    flow = Flow(a, after, log=False, on_event=on_event)
     res = flow.run()
     assert res["slow"].ok  # ready at the start: it ran
     assert res["after"].state is StepState.SKIPPED
