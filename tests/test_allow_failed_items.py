@@ -201,13 +201,17 @@ SCRIPT = textwrap.dedent('''
         return docs.upper()
 
     @task(depends_on=[fetch])
-    def summary(fetch):
-        return [repr(r) for r in fetch if isinstance(r, Failed)]
+    def summary(fetch):  # returns the Failed objects themselves: journaled, replayed
+        return [r for r in fetch if isinstance(r, Failed)]
 
     flow = Flow(summary, journal_path=journal, log=False)
     res = flow.run()
+    failed = res["summary"].value if res["summary"].ok else None
     print(json.dumps({"ok": flow.ok, "fetch": res["fetch"].state.value,
-                      "summary": res["summary"].value if res["summary"].ok else None,
+                      "summary": None if failed is None else [repr(f) for f in failed],
+                      "errors": None if failed is None else [type(f.error).__name__
+                                                             for f in failed],
+                      "summary_cached": res["summary"].cached,
                       "digest": __import__("flowing.digest").digest.value_digest(
                           res["fetch"].value)}))
 ''')
@@ -231,9 +235,14 @@ def test_a_rerun_in_a_fresh_process_asks_only_for_the_failed_items(tmp_path, rep
     assert first["summary"] == ["Failed(7, 'doc-7', LookupError: doc-7 is gone)",
                                 "Failed(23, 'doc-23', LookupError: doc-23 is gone)"]
     assert len(called) == 40
+    assert first["summary_cached"] is False
     second, called = _run(tmp_path, journal, calls, 0.1, repo_env)
     assert sorted(called) == ["doc-23", "doc-7"]  # the 38 good items replay
+    # the two failed the same way again: the same value, so the dependent replays
+    # (its journaled Failed objects come back with their errors)
+    assert second["summary_cached"] is True
     assert second["summary"] == first["summary"]
+    assert second["errors"] == ["LookupError", "LookupError"]
     # the same content in another process: the same digest (no address in it)
     assert second["digest"] is not None and second["digest"] == first["digest"]
 
