@@ -384,7 +384,8 @@ def build_report(flow: RunView) -> dict[str, Any]:
       not_run, cached, retried (counts); ``line`` (the same in one line, with
       the first failures); failed_indices; ``failed_items``: [{index, item (a
       short repr of the input item), label (``item 16 (17)``), state,
-      attempts, error}] (at most ``MAX_FAILED_ITEMS``); first_failure.
+      attempts, error}] (at most ``MAX_FAILED_ITEMS``); first_failure;
+      ``allowed_failures`` (with ``allow_failed_items``: how many may fail).
     """
     from . import __version__
 
