@@ -420,3 +420,19 @@ def test_a_task_released_after_the_failure_was_seen_is_skipped():
     assert res["slow"].ok  # ready at the start: it ran
     assert res["after"].state is StepState.SKIPPED
     assert res["after"].reason == "not started: fail_fast: 'a' failed"
+
+
+def test_a_limited_sibling_ready_beside_an_instant_failure_always_runs():
+    from flowing import Limit
+
+    @task
+    def a():
+        raise ValueError("fails at once")
+
+    @task(limit=Limit(max_concurrency=1))
+    def b():
+        return "b"
+
+    for _ in range(100):
+        res = Flow(a, b, log=False).run()
+        assert res["b"].ok, res["b"].reason
