@@ -90,7 +90,8 @@ class Job:
 
     __slots__ = ("task", "td", "kwargs", "inputs", "attempt", "mode", "item", "item_value",
                  "gates", "key", "first_started", "announce", "deadline", "cancelled",
-                 "settled", "signals", "in_digest", "store", "gate_inputs", "saw_stop")
+                 "settled", "signals", "in_digest", "store", "gate_inputs", "saw_stop",
+                 "abandoned")
 
     def __init__(self, task: int, td: TaskDef, kwargs: dict[str, Any], attempt: int = 1,
                  mode: int = TASK, item: int | None = None, gates: bool = True,
@@ -119,6 +120,8 @@ class Job:
         self.signals = signals        # the run's stop signals
         # Flow inputs (when's, validate's) gates name, or None
         self.gate_inputs: tuple[dict[str, Any], dict[str, Any]] | None = None
+        # a sync body that timed out and still runs on its abandoned thread, or None
+        self.abandoned: Abandoned | None = None
 
     def retry_job(self) -> Job:
         return Job(self.task, self.td, self.kwargs, self.attempt + 1, self.mode, self.item,
@@ -172,6 +175,34 @@ class Job:
             return "Ctrl-C"
         why = getattr(s, "stop_reason", None)
         return why if isinstance(why, str) else "the run is stopping"
+
+
+class Abandoned:
+    """A timed-out sync body still running on the daemon thread ``call_here`` left it
+    on. ``then(fn)`` asks for ``fn()`` (on that thread) when the body ends; it
+    returns False, calling nothing, if the body has ended already. ``end()`` is
+    called by whoever sees the end first (it may be called twice)."""
+
+    __slots__ = ("_lock", "_ended", "_then")
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._ended = False
+        self._then: Callable[[], object] | None = None
+
+    def end(self) -> None:
+        with self._lock:
+            self._ended = True
+            then, self._then = self._then, None
+        if then is not None:
+            then()
+
+    def then(self, fn: Callable[[], object]) -> bool:
+        with self._lock:
+            if self._ended:
+                return False
+            self._then = fn
+            return True
 
 
 class Outcome:
@@ -447,6 +478,8 @@ def call_here(job: Job, kwargs: dict[str, Any]) -> Any:
     keeps running in the background (``current().cancelled()`` turns True so
     it can stop itself), its result is discarded, and being a daemon it never
     holds the interpreter open at exit. The worker is free again at the deadline.
+    ``job.abandoned`` then tells when the body really ends (the scheduler keeps
+    the task's Limit slot until then).
     """
     fn = job.td.fn
     pid = os.getpid()
@@ -474,12 +507,20 @@ def call_here(job: Job, kwargs: dict[str, Any]) -> Any:
             exit_if_forked(pid, 0 if box and box[0][1] is None else 1)
             context.leave(token)
             finished.set()
+            # read after the set: either this sees the worker's Abandoned or the
+            # worker sees ``finished`` (both may: end() is idempotent)
+            left = job.abandoned
+            if left is not None:
+                left.end()
 
     thread = threading.Thread(target=body, daemon=True,
                               name=f"flowing-body-{job.td.name}-{job.attempt}")
     thread.start()
     if not finished.wait(max(0.0, job.deadline - time.time())):
         job.cancelled = True
+        abandoned = job.abandoned = Abandoned()
+        if finished.is_set():
+            abandoned.end()
         raise timeout_error(job)
     value, error = box[0]
     if error is not None:

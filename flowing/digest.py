@@ -31,6 +31,10 @@ once (see ``Memo``).
   differ); ``fractions.Fraction``; ``uuid.UUID``; ``pathlib`` paths (type
   and text); compiled ``re`` patterns (pattern and flags).
 * Enum members: their class, name and value.
+* ``flowing.Failed`` (a tolerated failed item): its index, item, and its
+  error's type name and message (text taken when it was made, with any
+  ``0x...`` address masked), not the exception object, whose state may hold
+  anything.
 * Classes and functions by module and qualified name (``module_name``: a
   script's ``__main__`` is named as its file would be imported, so running
   a file and importing it agree, and two classes of one name in two modules
@@ -114,6 +118,7 @@ import hashlib
 import operator
 import os
 import pickle
+import re
 import site
 import sys
 import sysconfig
@@ -925,6 +930,9 @@ def _special(t: type) -> Special | None:
     rx = modules.get("re")
     if rx is not None and t is rx.Pattern:
         return _remember(t, _enc_pattern)
+    res = modules.get(_OWN_PACKAGE + ".results")
+    if res is not None and t is res.Failed:
+        return _remember(t, _enc_failed)
     pl = modules.get("pathlib")
     if pl is not None:
         for cls in (pl.PurePosixPath, pl.PureWindowsPath, pl.PosixPath, pl.WindowsPath):
@@ -939,6 +947,21 @@ _SPECIAL: dict[type, Special] = {}
 def _remember(t: type, enc: Special) -> Special:
     _SPECIAL[t] = enc
     return enc
+
+
+def _enc_failed(c: Canonical, x: Any, depth: int) -> bytes:
+    try:
+        item = c._enc(x.item, depth)
+    except Unstable as e:
+        raise e.within(".item") from None
+    # a message naming an object by its address ("<Session at 0x7f3a...>") must not
+    # make the digest differ between processes
+    message = _ADDRESS.sub("0x?", str(x.message))
+    return _frame(b"!F", c._enc(x.index, depth) + item + _enc_str(str(x.error_type))
+                  + _enc_str(message))
+
+
+_ADDRESS = re.compile(r"0x[0-9a-fA-F]{4,}")
 
 
 def _enc_mapping_proxy(c: Canonical, x: Any, depth: int) -> bytes:

@@ -180,9 +180,11 @@ class Shared(RunSignals):
 
     ``inbox`` is the one queue through which every outcome comes back.
     ``stopping`` (from RunSignals) is set by a worker the instant a main task
-    fails for good under fail_fast, or by the scheduler on Ctrl-C; workers read
-    it before starting a queued job or a fused successor. The journal does
-    its own locking.
+    fails for good under fail_fast, or by the scheduler on Ctrl-C; bodies see
+    it through ``current().cancelled()`` and a worker reads it before going on
+    to a fused successor. A job already handed to a runner is never skipped
+    for it: the scheduler decides, from the failures it has seen, whether a
+    task starts. The journal does its own locking.
     """
 
     __slots__ = ("inbox", "stop_reason", "fail_fast", "journal", "tasks", "keys", "dep_keys",
@@ -267,13 +269,8 @@ def _work(job: Job | None, shared: Shared, call: A.BodyCall = A.call_here) -> No
     while job is not None:
         if shared.interrupted:
             return
-        if (shared.stopping.is_set() and job.attempt == 1 and job.mode != A.ITEM
-                and not job.td.detached):
-            # queued before fail_fast (or Ctrl-C) stopped the run: it never starts
-            now = time.time()
-            shared.inbox.put(Outcome(job, A.SKIPPED, reason=f"not started: {shared.stop_reason}",
-                                     started_at=now, finished_at=now))
-            return
+        # No fail_fast check here: whether a job may start was decided by the scheduler
+        # when it handed the job over (a failure it had not seen then never skips it).
         if job.announce:
             shared.inbox.put(Outcome(job, A.STARTED, started_at=time.time()))
         outcome = run_attempt(job, call)
