@@ -45,6 +45,10 @@ Every other line is one entry, whose fields always come in this order::
             ``pickle``: ``value`` is a base64 string of a pickle (protocol 5).
             ``none``: no value (``null``): a marker that never replays but
             keeps the chain of dependency keys whole for ``journal forget``.
+``parts``   optional, before ``value`` (written since 0.3.0 for tasks and
+            overrides): ``{"code:scale":"1a2b…",…}``, short fingerprints of
+            what the key was computed from, so a later run can say what
+            changed (``flowing.why``). Never used to replay.
 ``value``   always the last field, so a reader finds where the header ends
             by searching for ``,"value":`` (that byte sequence cannot occur
             earlier: a quote inside a JSON string is escaped).
@@ -146,7 +150,7 @@ import re
 import stat
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -231,11 +235,17 @@ def _encode_value(value: Any) -> tuple[str, str]:
 
 
 def _make_line(key: str, kind: str, name: str, deps: list[str], t: float, enc: str,
-               value_text: str, digest: str | None = None, inputs: str | None = None) -> bytes:
+               value_text: str, digest: str | None = None, inputs: str | None = None,
+               parts: Mapping[str, str] | None = None) -> bytes:
     rest = ('"key":' + json.dumps(key) + ',"kind":"' + kind + '","name":' + json.dumps(name)
             + ',"deps":' + json.dumps(deps, separators=(",", ":")) + ',"t":' + ("%.3f" % t)
             + ',"digest":' + json.dumps(digest) + ',"inputs":' + json.dumps(inputs)
-            + ',"enc":"' + enc + '","value":' + value_text + "}").encode("utf-8")
+            + ',"enc":"' + enc + '"'
+            # (a part named "value" would read as the value field: never written)
+            + ('' if parts is None else ',"parts":' + json.dumps(
+                {k: v for k, v in parts.items() if k != "value"}, separators=(",", ":"),
+                sort_keys=True))
+            + ',"value":' + value_text + "}").encode("utf-8")
     return b'%s%08x",%s\n' % (_PREFIX, binascii.crc32(rest), rest)
 
 
@@ -263,21 +273,21 @@ _FAST_HEADER = re.compile(
     rb'"name":"((?:[^"\\\x00-\x1f\x7f-\xff]|\\["\\/bfnrt]|\\u[0-9a-fA-F]{4})*)",'
     rb'"deps":\[((?:"[0-9a-f]{64}"(?:,"[0-9a-f]{64}")*)?)\],"t":([0-9]{1,15}\.[0-9]{3}),'
     rb'"digest":(null|"[0-9a-f]{64}"),"inputs":(null|"[0-9a-f]{64}"|"\*"),'
-    rb'"enc":"(json|pickle|none)"')
+    rb'"enc":"(json|pickle|none)"(,"parts":\{.*\})?')
 
 
 def _fast_header(head: bytes | bytearray, end: int) -> dict[str, Any] | None:
     m = _FAST_HEADER.fullmatch(head, _HEAD, end)
     if m is None:
         return None
-    key, kind, name, deps, t, digest, inputs, enc = m.groups()
+    key, kind, name, deps, t, digest, inputs, enc, parts = m.groups()
     text = name.decode("ascii")
     return {"key": key.decode("ascii"), "kind": kind.decode("ascii"),
             "name": json.loads(b'"' + name + b'"') if "\\" in text else text,
             "deps": [d.decode("ascii") for d in deps[1:-1].split(b'","')] if deps else [],
             "t": float(t), "digest": None if digest == b"null" else digest[1:-1].decode("ascii"),
             "inputs": None if inputs == b"null" else inputs[1:-1].decode("ascii"),
-            "enc": enc.decode("ascii"), "v": 2}
+            "enc": enc.decode("ascii"), "v": 2, "parts": parts is not None}
 
 
 def _check(head: bytes | bytearray, crc_rest: int | None,
@@ -343,6 +353,8 @@ def _check(head: bytes | bytearray, crc_rest: int | None,
     if tt is int:
         hdr["t"] = float(t)
     hdr["v"] = version
+    found = hdr.get("parts")  # what "why" compares; not needed to replay: never fatal
+    hdr["parts"] = type(found) is dict and all(type(v) is str for v in found.values())
     return hdr, i + len(_VALUE_TAG), None
 
 
@@ -814,6 +826,8 @@ class Journal:
         # names of the tasks (not items) with an entry of any kind: a task that has one
         # but not under its key now ran with a new key ("why did it run again?")
         self._names: set[str] = set()
+        # task name -> (offset, value start) of its newest entry when that has parts
+        self._parts_at: dict[str, tuple[int, int]] = {}
         self._old_fds: list[int] = []      # replaced descriptors: an fsync may still use them
         self._pid = os.getpid()
         # Serialises appends among this process's threads (flock can't: threads share the descriptor).
@@ -891,6 +905,7 @@ class Journal:
         self._trust = _trust_problem(st)
         index: dict[str, _Where] = {}
         names: set[str] = set()
+        parts_at: dict[str, tuple[int, int]] = {}
         warner = _Warner(self._logger, self.path)
         first = True
         for s in _scan(self._fd, st.st_size):
@@ -910,6 +925,11 @@ class Journal:
             elif hdr is not None:
                 if hdr["kind"] != "item":
                     names.add(hdr["name"])
+                if hdr["kind"] == "task":
+                    if hdr.get("parts"):
+                        parts_at[hdr["name"]] = (off, vstart)
+                    else:
+                        parts_at.pop(hdr["name"], None)
                 if hdr["enc"] != "none":  # a marker without a value never replays
                     index[hdr["key"]] = (off, length, vstart, hdr["enc"] == "pickle", hdr["t"],
                                          _pack(hdr["digest"]), _pack(hdr["inputs"]))
@@ -918,6 +938,7 @@ class Journal:
         warner.done()
         self._index = index
         self._names = names
+        self._parts_at = parts_at
         return not first
 
     def _start_file(self) -> None:
@@ -944,6 +965,23 @@ class Journal:
     def has_task(self, name: str) -> bool:
         """Whether the file holds an entry (value or marker) for the task ``name``."""
         return name in self._names
+
+    def latest_parts(self, name: str) -> dict[str, str] | None:
+        """The ``parts`` of the newest task entry named ``name`` (what
+        its key was computed from, as short fingerprints), or None if that entry
+        has none (written by flowing 0.2.0, or no entry)."""
+        where = self._parts_at.get(name)
+        if where is None or self._closed:
+            return None
+        off, vstart = where
+        try:
+            head = os.pread(self._fd, vstart, off)
+            parts = json.loads(b"{" + head[_HEAD:vstart - len(_VALUE_TAG)] + b"}").get("parts")
+        except Exception:  # noqa: BLE001 - only used to word a reason
+            return None
+        if type(parts) is not dict:
+            return None
+        return {str(k): str(v) for k, v in parts.items()}
 
     def peek(self, key: str) -> tuple[float, str | None, str | None] | None:
         """(t, digest, inputs) of the latest entry for ``key`` holding a value, without loading it.
@@ -1016,12 +1054,15 @@ class Journal:
     # -- writing ---------------------------------------------------------
 
     def record(self, key: str, name: str, dep_keys: Sequence[str], value: Any, kind: str = "task",
-               *, digest: str | None = None, inputs: str | None = None, store: bool = True) -> bool:
+               *, digest: str | None = None, inputs: str | None = None, store: bool = True,
+               parts: Mapping[str, str] | None = None) -> bool:
         """Append one entry and fsync it. True if what was asked is durable.
 
         ``digest``: content digest of ``value``; ``inputs``: digest of the
         dependency values it was computed from (both stored as given, None
-        when unknown). ``store=False`` writes a value-less marker (``enc``
+        when unknown). ``parts``: short fingerprints of what the key was
+        computed from (``flowing.why``), kept in the line for ``latest_parts``.
+        ``store=False`` writes a value-less marker (``enc``
         ``none``) that never replays but keeps the chain of dependency keys
         for ``journal forget``; True then means the marker is durable.
 
@@ -1057,7 +1098,7 @@ class Journal:
                 wanted = False
         t = time.time()
         line = _make_line(key, kind, str(name), [str(d) for d in dep_keys], t, enc, text,
-                          digest, inputs)
+                          digest, inputs, parts)
         vstart = line.find(_VALUE_TAG, _HEAD) + len(_VALUE_TAG)
         with self._lock:
             if self._disabled is not None or self._closed:
@@ -1078,6 +1119,11 @@ class Journal:
                                     _pack(digest), _pack(inputs))
             if kind != "item":
                 self._names.add(str(name))
+            if kind == "task":
+                if parts is not None:
+                    self._parts_at[str(name)] = (off, vstart)
+                else:
+                    self._parts_at.pop(str(name), None)
             self._written += 1
             seq = self._written
         return self._sync(seq) and wanted

@@ -136,10 +136,10 @@ from . import digest
 from .digest import Canonical, Memo, Unstable, is_user_class, is_user_function, is_user_module
 from .tasks import TaskDef
 
-__all__ = ["STEP_KEY_VERSION", "Keyer", "Uncacheable", "compute_step_key", "item_step_key",
-           "fingerprint", "clear_cache"]
+__all__ = ["STEP_KEY_VERSION", "Behaviour", "Keyer", "Uncacheable", "compute_step_key",
+           "item_step_key", "step_key", "fingerprint", "clear_cache"]
 
-STEP_KEY_VERSION = 2
+STEP_KEY_VERSION = 3
 
 # Bytecode is only comparable within one implementation and minor version.
 _PYTHON_TAG = f"{sys.implementation.name}-{sys.version_info[0]}{sys.version_info[1]}"
@@ -191,19 +191,60 @@ def _text(s: str) -> bytes:
 # --- code objects -------------------------------------------------------------------------
 
 _GLOBAL_OPS = frozenset({"LOAD_GLOBAL", "LOAD_NAME", "LOAD_FROM_DICT_OR_GLOBALS"})
+_LOCAL_OPS = frozenset({"LOAD_FAST", "LOAD_DEREF", "LOAD_CLOSURE", "LOAD_FAST_CHECK",
+                        "LOAD_FAST_AND_CLEAR"})
 _ATTR_OPS = frozenset({"LOAD_ATTR", "LOAD_METHOD"})
+_STORE_LOCAL = frozenset({"STORE_FAST", "STORE_NAME"})
+_CALL_OPS = frozenset({"PRECALL", "CALL", "CALL_FUNCTION", "CALL_METHOD"})
+# Builtins through which a body reads names flowing cannot follow.
+_DYNAMIC = {"globals": "globals()", "eval": "eval()", "exec": "exec()"}
+_IMPORTERS = frozenset({"import_module", "__import__"})
+
+# chains of attribute names read from a module (() alone: the whole module)
+Chains = frozenset[tuple[str, ...]]
 
 
 class _CodeInfo:
     """What a code object (with its nested code) contributes to a fingerprint."""
 
-    __slots__ = ("digest", "globals", "chains")
+    __slots__ = ("digest", "globals", "chains", "imports", "dynamic", "computed", "current")
 
-    def __init__(self, digest_: bytes, globals_: tuple[str, ...],
-                 chains: frozenset[tuple[str, ...]]) -> None:
+    def __init__(self, digest_: bytes, scan: _Scan) -> None:
         self.digest = digest_
-        self.globals = globals_    # module-level names read, sorted
-        self.chains = chains       # global.attr.attr... chains read (for user modules)
+        self.globals = tuple(sorted(scan.globals))  # module-level names read, sorted
+        # global.attr.attr... chains read (a 1-tuple: the global read bare)
+        self.chains = frozenset(scan.chains)
+        # modules imported inside the code: (name, level, chains read through them)
+        self.imports = tuple(sorted((m, lv, frozenset(c)) for (m, lv), c in scan.imports.items()))
+        # (builtin name, what it reads) of dynamic reads flowing cannot follow
+        self.dynamic = tuple(sorted(scan.dynamic))
+        # getattr() with a computed name on these chains (rooted at a global, or at
+        # a module imported inside: ("import", name, level, *attrs))
+        self.computed = frozenset(scan.computed)
+        self.current = scan.current  # may read flowing.current()
+
+
+class _Scan:
+    """What ``_scan`` finds in one code object and the code nested in it."""
+
+    __slots__ = ("globals", "chains", "imports", "dynamic", "computed", "current")
+
+    def __init__(self) -> None:
+        self.globals: set[str] = set()
+        self.chains: set[tuple[str, ...]] = set()
+        self.imports: dict[tuple[str, int], set[tuple[str, ...]]] = {}
+        self.dynamic: set[tuple[str, str]] = set()
+        self.computed: set[tuple[str | int, ...]] = set()
+        self.current = False
+
+    def merge(self, other: _CodeInfo) -> None:
+        self.globals.update(other.globals)
+        self.chains.update(other.chains)
+        for m, lv, c in other.imports:
+            self.imports.setdefault((m, lv), set()).update(c)
+        self.dynamic.update(other.dynamic)
+        self.computed.update(other.computed)
+        self.current = self.current or other.current
 
 
 # Code objects compare by content, so equal code shares one entry, which is
@@ -218,9 +259,8 @@ def _code_info(code: types.CodeType) -> _CodeInfo:
     if cached is not None:
         return cached
     h = hashlib.sha256()
-    globals_: set[str] = set()
-    chains: set[tuple[str, ...]] = set()
-    _scan(code, globals_, chains)
+    scan = _Scan()
+    _scan(code, scan)
     constants = Canonical()  # code constants are plain literals: no hook, no memo needed
     # Not hashed on purpose: co_name/co_qualname (renaming keeps the key),
     # co_filename, co_firstlineno and the line tables (moving code keeps it).
@@ -236,33 +276,290 @@ def _code_info(code: types.CodeType) -> _CodeInfo:
             # By content, never by repr: the repr of a code object holds an address.
             nested = _code_info(const)
             h.update(_frame(b"code", nested.digest))
-            globals_.update(nested.globals)
-            chains.update(nested.chains)
+            scan.merge(nested)
         else:
             h.update(_frame(b"k", constants.chunk(const)))
-    info = _CodeInfo(h.digest(), tuple(sorted(globals_)), frozenset(chains))
+    info = _CodeInfo(h.digest(), scan)
     with _code_lock:
         _code_cache[code] = info
     return info
 
 
-def _scan(code: types.CodeType, globals_: set[str], chains: set[tuple[str, ...]]) -> None:
-    """The module-level names this code reads, and the attribute chains it reads
-    from them (``helpers.compute`` -> ("helpers", "compute"))."""
-    chain: list[str] = []
-    for ins in dis.get_instructions(code):
-        op = ins.opname
-        if op in _ATTR_OPS and chain:
-            chain.append(str(ins.argval))
+def _scan(code: types.CodeType, scan: _Scan) -> None:
+    """What this code reads: module-level names, the attribute chains read
+    from them (``helpers.compute`` -> ("helpers", "compute")), the modules it
+    imports and what it reads through them, and the reads it cannot follow.
+
+    Sound before precise: a module bound by an import and then used in any way
+    but ``name.attr...`` (passed on, aliased, held in a cell) counts whole."""
+    ins = list(dis.get_instructions(code))
+    n = len(ins)
+    scan.current = scan.current or "current" in code.co_names
+    # 1. imports, and the local names they bind: name -> (module, level, prefix)
+    bound: dict[str, tuple[str, int, tuple[str, ...]]] = {}
+    for k, i in enumerate(ins):
+        if i.opname == "IMPORT_STAR" and k and ins[k - 1].opname == "IMPORT_NAME":
+            continue  # noted with its IMPORT_NAME
+        if i.opname != "IMPORT_NAME":
             continue
-        if len(chain) > 1:
-            chains.add(tuple(chain))
-        chain = []
-        if op in _GLOBAL_OPS and isinstance(ins.argval, str):
-            globals_.add(ins.argval)
-            chain = [ins.argval]
-    if len(chain) > 1:
-        chains.add(tuple(chain))
+        name = str(i.argval)
+        level = ins[k - 2].argval if k >= 2 and ins[k - 2].opname == "LOAD_CONST" else 0
+        level = level if type(level) is int else 0
+        fromlist = ins[k - 1].argval if k >= 1 and ins[k - 1].opname == "LOAD_CONST" else None
+        reads = scan.imports.setdefault((name, level), set())
+        j = k + 1
+        if not fromlist:  # import a.b  /  import a.b as c (IMPORT_FROM b)
+            prefix: tuple[str, ...] = ()
+            target = name if j < n and ins[j].opname == "IMPORT_FROM" else name.partition(".")[0]
+            while j < n and ins[j].opname == "IMPORT_FROM":
+                j += 1
+            if target != name:  # ``import a.b`` binds a: a.b... chains start at a
+                reads_of = scan.imports.setdefault((target, level), set())
+            else:
+                reads_of = reads
+            if j < n and ins[j].opname in _STORE_LOCAL:
+                bound[str(ins[j].argval)] = (target, level, prefix)
+            else:
+                reads_of.add(())
+            continue
+        while j < n and ins[j].opname == "IMPORT_FROM":  # from m import a, b as c
+            attr = str(ins[j].argval)
+            if j + 1 < n and ins[j + 1].opname in _STORE_LOCAL:
+                bound[str(ins[j + 1].argval)] = (name, level, (attr,))
+                j += 2
+            else:
+                reads.add((attr,))
+                j += 1
+        if j < n and ins[j].opname == "IMPORT_STAR":
+            reads.add(())
+    # 2. reads: name.attr.attr chains, getattr() and importers
+    k = 0
+    while k < n:
+        i = ins[k]
+        op = i.opname
+        is_global = op in _GLOBAL_OPS
+        if not (is_global or (op in _LOCAL_OPS and i.argval in bound)) or \
+                not isinstance(i.argval, str):
+            k += 1
+            continue
+        root = i.argval
+        chain = [root]
+        k += 1
+        while k < n and ins[k].opname in _ATTR_OPS:
+            chain.append(str(ins[k].argval))
+            k += 1
+        nxt = ins[k] if k < n else None
+        if len(chain) == 1 and is_global and root in ("getattr", "vars"):
+            k = _scan_getattr(ins, k, bound, scan, root == "vars")
+            continue
+        if chain[-1] in _IMPORTERS:
+            if (nxt is not None and nxt.opname == "LOAD_CONST" and type(nxt.argval) is str
+                    and k + 1 < n and ins[k + 1].opname in _CALL_OPS):
+                scan.imports.setdefault((nxt.argval, 0), set()).add(())
+            else:
+                scan.dynamic.add((chain[-1], "a module imported by a computed name"))
+        if is_global:
+            scan.globals.add(root)
+            if root in _DYNAMIC and len(chain) == 1:
+                scan.dynamic.add((root, _DYNAMIC[root]))
+            scan.chains.add(tuple(chain))
+        else:
+            module, level, prefix = bound[root]
+            scan.imports.setdefault((module, level), set()).add(prefix + tuple(chain[1:]))
+
+
+def _scan_getattr(ins: list[dis.Instruction], k: int,
+                  bound: dict[str, tuple[str, int, tuple[str, ...]]], scan: _Scan,
+                  computed: bool = False) -> int:
+    """``getattr(x.y, "name")`` reads the chain x.y.name; with a computed name, the
+    chain is noted as read through an attribute flowing cannot name. Returns the
+    index of the next instruction to look at."""
+    scan.globals.add("vars" if computed else "getattr")
+    n = len(ins)
+    if k >= n:
+        return k
+    first = ins[k]
+    is_global = first.opname in _GLOBAL_OPS
+    if not (is_global or (first.opname in _LOCAL_OPS and first.argval in bound)) \
+            or not isinstance(first.argval, str):
+        return k  # not a name: a value, by content
+    chain = [first.argval]
+    j = k + 1
+    while j < n and ins[j].opname in _ATTR_OPS:
+        chain.append(str(ins[j].argval))
+        j += 1
+    arg = ins[j] if j < n else None
+    constant = (not computed and arg is not None and arg.opname == "LOAD_CONST" and type(arg.argval) is str
+                and j + 1 < n and (ins[j + 1].opname in _CALL_OPS
+                                   or (ins[j + 1].opname.startswith("LOAD_")
+                                       and j + 2 < n and ins[j + 2].opname in _CALL_OPS)))
+    if constant:
+        assert arg is not None
+        chain.append(str(arg.argval))
+        j += 1
+    if is_global:
+        scan.globals.add(chain[0])
+        scan.chains.add(tuple(chain))
+        if not constant:
+            scan.computed.add(tuple(chain))
+    else:
+        module, level, prefix = bound[chain[0]]
+        reads = prefix + tuple(chain[1:])
+        scan.imports.setdefault((module, level), set()).add(reads)
+        if not constant:
+            scan.computed.add(("import", module, level, *reads))
+    return j
+
+
+# --- keys from a behaviour and dependency digests ---------------------------------------------
+
+_HOOKED = (types.FunctionType, type, types.ModuleType, TaskDef)
+_SHORT = 12  # hex characters of a part's fingerprint (for "why", never for keys)
+_MISSING = object()
+
+
+def _short(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()[:_SHORT]
+
+
+class Behaviour:
+    """What a task does, fingerprinted once per run: everything in its step key
+    but its dependencies' values.
+
+    ``digest``   hex SHA-256 of the behaviour;
+    ``parts``    part name -> short fingerprint, for saying what changed: ``keys``
+                 (this scheme and Python), ``version``, ``each``, ``code:<qualname>``
+                 per function reached, ``class:<qualname>``, ``const:<name>`` per
+                 module-level value read (``rules.K``), ``closure:<fn>.<var>``,
+                 ``default:<fn>.<param>``, ``attr:<fn>.<name>``, ``input:<name>``;
+    ``current``  the body (or code it reaches) may read ``flowing.current()``: the
+                 task name is in ``digest``, and an item's index in its key.
+    """
+
+    __slots__ = ("digest", "parts", "current")
+
+    def __init__(self, digest_: str, parts: dict[str, str], current: bool) -> None:
+        self.digest = digest_
+        self.parts = parts
+        self.current = current
+
+    def __repr__(self) -> str:
+        return f"Behaviour({self.digest[:12]}..., {len(self.parts)} parts)"
+
+
+def step_key(behaviour: str, deps_digest: str) -> str:
+    """A task's step key: its behaviour's digest and the digest of the values of
+    its dependencies (``digest.inputs_digest`` of (name, value digest) pairs)."""
+    h = hashlib.sha256(_STEP_PREFIX)
+    h.update(_frame(b"behaviour", _text(behaviour)))
+    h.update(_frame(b"deps", _text(deps_digest)))
+    return h.hexdigest()
+
+
+def _deps_digest(dep_digests: Sequence[str] | Mapping[str, str]) -> str:
+    if isinstance(dep_digests, Mapping):
+        pairs = [(str(n), str(d)) for n, d in dep_digests.items()]
+    else:  # unnamed: only the set of values counts
+        pairs = [("", str(d)) for d in dep_digests]
+    found = digest.inputs_digest(pairs)
+    assert found is not None
+    return found
+
+
+def _own_part(own: dict[str, str], name: str, value: object, chunk: bytes) -> None:
+    """Note a value a node reads as one of its parts; the user's functions and
+    classes are parts of their own (``code:``, ``class:``)."""
+    if not isinstance(value, (types.FunctionType, type, TaskDef)):
+        own[name] = _short(chunk)
+
+
+# --- code flowing cannot follow ----------------------------------------------------------------
+
+_UNFOLLOWED = "<unfollowed>"
+_UNFOLLOWED_FIX = ("import modules by a constant name and read their attributes by name, "
+                   "or set @task(version=\"1\") and change it whenever that code changes")
+
+
+def _unfollowed(what: str) -> Unstable:
+    e = Unstable(_UNFOLLOWED, what)
+    return e
+
+
+def _import(modname: str, level: int, namespace: Mapping[str, object]
+            ) -> tuple[types.ModuleType | None, str]:
+    """The module an import inside a body binds, imported now if it is the user's
+    and not imported yet (the body would import it when it runs); None for a
+    library module (counted by name). Raises Unstable when it cannot be found."""
+    import importlib
+    import importlib.util
+
+    absname = modname
+    if level:
+        package = namespace.get("__package__") or ""
+        try:
+            absname = importlib.util.resolve_name("." * level + modname, str(package))
+        except (ImportError, ValueError):
+            raise _unfollowed(f"it imports '{'.' * level}{modname}' relative to a module "
+                              f"that is not in a package") from None
+    module = sys.modules.get(absname)
+    if module is None:
+        top = absname.partition(".")[0]
+        if top in sys.stdlib_module_names or top in sys.builtin_module_names:
+            return None, absname
+        try:
+            spec = importlib.util.find_spec(absname)
+        except KeyboardInterrupt:
+            raise
+        except BaseException:
+            spec = None
+        if spec is None:
+            raise _unfollowed(f"it imports '{absname}', which is not importable here")
+        origin = spec.origin
+        if not is_user_module(absname, origin if isinstance(origin, str) else None):
+            return None, absname
+        try:
+            module = importlib.import_module(absname)
+        except KeyboardInterrupt:
+            raise
+        except BaseException as exc:
+            raise _unfollowed(f"it imports '{absname}', whose import raised "
+                              f"{digest.type_label(type(exc))}") from None
+    if not is_user_module(str(getattr(module, "__name__", absname))):
+        return None, absname
+    return module, absname
+
+
+def _submodule(package: str, attr: str) -> types.ModuleType | None:
+    """``package.attr`` when it is a module not bound in ``package`` yet."""
+    try:
+        module, _ = _import(f"{package}.{attr}", 0, {})
+    except Unstable:
+        return None
+    return module
+
+
+def _check_computed(chain: tuple[str | int, ...], namespace: Mapping[str, object]) -> None:
+    """``getattr(x, <computed>)`` / ``vars(x)``: fine on data (its content is in the
+    key), unfollowable on a user module (any of its names may be read)."""
+    if chain[0] == "import":
+        module, _ = _import(str(chain[1]), int(chain[2]), namespace)
+        target: object = module
+        attrs = chain[3:]
+        shown = str(chain[1])
+    else:
+        target = namespace.get(str(chain[0]), _MISSING)
+        attrs = chain[1:]
+        shown = str(chain[0])
+    for attr in attrs:
+        if target is None or target is _MISSING:
+            return
+        shown += f".{attr}"
+        target = getattr(target, str(attr), None) if isinstance(target, types.ModuleType) \
+            else None
+    if isinstance(target, types.ModuleType) and is_user_module(
+            str(getattr(target, "__name__", "?"))):
+        raise _unfollowed(f"it reads names of module '{shown}' by a computed name "
+                          f"(getattr() or vars())")
 
 
 # --- the keyer ------------------------------------------------------------------------------
@@ -304,8 +601,7 @@ class Keyer:
     def __init__(self) -> None:
         self._lock = threading.RLock()
         self._values = Memo()  # value_digest
-        self._canon = Canonical(Memo(), self._hook,
-                                (types.FunctionType, type, types.ModuleType, TaskDef))
+        self._canon = Canonical(Memo(), self._hook, _HOOKED)
         self._codes: dict[int, tuple[types.CodeType, _CodeInfo]] = {}
         self._fps: dict[int, bytes] = {}          # finished nodes
         self._failed: dict[int, Unstable] = {}    # nodes without stable content
@@ -316,16 +612,24 @@ class Keyer:
         self._stand_ins = 0                       # stand-ins handed out so far
         self._final: dict[int, bytes] = {}        # pass 1 results that had no stand-in
         self._members: set[int] = set()           # pass 2: the component being finished
+        # For "why": each node's own parts (name -> short fingerprint), the nodes it
+        # refers to, and whether its code may read flowing.current().
+        self._own: dict[int, dict[str, str]] = {}
+        self._refs: dict[int, list[object]] = {}
+        self._current: set[int] = set()
+        self._touched: list[object] = []          # pass 1: every node met (finished or not)
+        self._top: list[object] | None = None     # pass 0: the nodes a task's parts start from
+        self._reached: dict[tuple[int, ...], tuple[dict[str, str], bool]] = {}
 
     # --- public -------------------------------------------------------------------------
 
-    def task_key(self, td: TaskDef, dep_keys: Sequence[str],
-                 inputs: Mapping[str, object]) -> str | Uncacheable:
-        """The step key of ``td``, or why it has none this run. Never raises."""
+    def behaviour(self, td: TaskDef, inputs: Mapping[str, object]) -> Behaviour | Uncacheable:
+        """The fingerprint of what ``td`` does (everything in its key but its
+        dependencies' values), or why it has none this run. Never raises."""
         with self._lock:
             name = _task_name(td)
             try:
-                return self._task_key(td, name, dep_keys, inputs)
+                return self._behaviour(td, name, inputs)
             except _Failed as failed:
                 return failed.result
             except KeyboardInterrupt:
@@ -333,24 +637,40 @@ class Keyer:
             except BaseException as exc:  # a hostile object this module did not foresee
                 return Uncacheable(name, f"its key could not be computed "
                                          f"({digest.type_label(type(exc))})")
+            finally:
+                self._top = None
+
+    def task_key(self, td: TaskDef, dep_digests: Sequence[str] | Mapping[str, str],
+                 inputs: Mapping[str, object]) -> str | Uncacheable:
+        """The step key of ``td`` given its dependencies' value digests (see
+        ``compute_step_key``), or why it has none this run. Never raises."""
+        found = self.behaviour(td, inputs)
+        if isinstance(found, Uncacheable):
+            return found
+        return step_key(found.digest, _deps_digest(dep_digests))
 
     def value_digest(self, value: object) -> str | None:
         """``digest.value_digest`` with this run's memo."""
         with self._lock:
             return digest.value_digest(value, self._values)
 
-    def item_key(self, task_key: str, item: object) -> str | None:
-        """The key of one ``for_each`` item: the task's key and the item's content
-        (never its position); None when the item has no stable content."""
+    def item_key(self, task_key: str, item: object, index: int | None = None) -> str | None:
+        """The key of one ``for_each`` item: ``task_key`` (the task's behaviour with
+        the digests of its other dependencies, see ``step_key``) and the item's
+        content as it is now, never its position unless ``index`` is given (a body
+        that reads ``current().item_index``); None when the item has no stable
+        content. Never memoised: an item changed in place gets its new key."""
         with self._lock:
             try:
-                chunk = self._chunk(item)
+                chunk = Canonical(None, self._hook, _HOOKED).chunk(item)
             except KeyboardInterrupt:
                 raise
             except BaseException:  # no stable content, or a hostile __reduce__ (SystemExit)
                 return None
         h = hashlib.sha256(_ITEM_PREFIX)
         h.update(_frame(b"task", _text(str(task_key))))
+        if index is not None:
+            h.update(_frame(b"index", b"%d" % index))
         h.update(_frame(b"item", chunk))
         return h.hexdigest()
 
@@ -380,26 +700,33 @@ class Keyer:
 
     # --- keys -----------------------------------------------------------------------------
 
-    def _task_key(self, td: TaskDef, name: str, dep_keys: Sequence[str],
-                  inputs: Mapping[str, object]) -> str:
+    def _behaviour(self, td: TaskDef, name: str, inputs: Mapping[str, object]) -> Behaviour:
         h = hashlib.sha256(_STEP_PREFIX)
-        for key in sorted(k if type(k) is str else str(k) for k in dep_keys):
-            h.update(_frame(b"dep", _text(key)))
+        parts: dict[str, str] = {"keys": _short(_STEP_PREFIX)}
         version = getattr(td, "version", None)
+        self._top = []
         if version is not None:
             if type(version) is not str:
                 raise _Failed(Uncacheable(name, f"version= must be a string, got a "
                                                 f"{digest.type_label(type(version))}",
                                           "write @task(version=\"2\")"))
             h.update(_frame(b"version", _text(version)))
+            parts["version"] = _short(_text(version))
+            # the code is not looked at, but what it reads through current() still counts
+            code = getattr(getattr(td, "fn", None), "__code__", None)
+            reads_current = isinstance(code, types.CodeType) and _code_info(code).current
         else:
             h.update(_frame(b"body", self._part(td.fn, name, "its body")))
             for gate in _GATES:
                 fn = getattr(td, gate, None)
                 h.update(_frame(_text(gate), b"-" if fn is None else
                                 self._part(fn, name, f"its {gate}= callable")))
+            reached, reads_current = self._reach(self._top)
+            parts.update(reached)
         for_each = getattr(td, "for_each", None)
-        h.update(_frame(b"each", b"-" if for_each is None else _text(str(for_each))))
+        each = b"-" if for_each is None else _text(str(for_each))
+        h.update(_frame(b"each", each))
+        parts["each"] = _short(each)
         given = []
         for input_name, value in sorted(((str(n), v) for n, v in inputs.items()),
                                         key=lambda nv: nv[0]):
@@ -410,14 +737,47 @@ class Keyer:
                 raise _Failed(Uncacheable(name, _describe(e, value, f"input '{input_name}'"),
                                           _INPUT_FIX)) from None
             given.append(_frame(b"input", _text(input_name)) + chunk)
+            parts[f"input:{input_name}"] = _short(chunk)
         h.update(_frame(b"inputs", b"".join(given)))
-        return h.hexdigest()
+        if reads_current:
+            # what current() tells the body: its task name and its attempt budget
+            h.update(_frame(b"current", _text(f"{name}\n{getattr(td, 'retry', 0)!r}")))
+        return Behaviour(h.hexdigest(), parts, bool(reads_current))
+
+    def _reach(self, roots: list[object]) -> tuple[dict[str, str], bool]:
+        """The own parts of every node reachable from ``roots``, and whether any
+        of them may read ``current()``."""
+        ids = tuple(sorted({id(r) for r in roots}))
+        found = self._reached.get(ids)
+        if found is not None:
+            return found
+        parts: dict[str, str] = {}
+        current = False
+        seen: set[int] = set()
+        todo = list(roots)
+        while todo:
+            node = todo.pop()
+            k = id(node)
+            if k in seen:
+                continue
+            seen.add(k)
+            current = current or k in self._current
+            for part, fp in self._own.get(k, {}).items():
+                old = parts.get(part)
+                # two functions of one name: both count, in a stable order
+                parts[part] = fp if old is None or old == fp else _short(
+                    _text("/".join(sorted((old, fp)))))
+            todo.extend(self._refs.get(k, ()))
+        self._reached[ids] = (parts, current)
+        return parts, current
 
     def _part(self, fn: object, task: str, where: str) -> bytes:
         try:
             return self._chunk(fn)
         except Unstable as e:
-            raise _Failed(Uncacheable(task, _describe(e, fn, where))) from None
+            raise _Failed(Uncacheable(task, _describe(e, fn, where),
+                                      _UNFOLLOWED_FIX if e.type_name == _UNFOLLOWED
+                                      else _FIX)) from None
 
     def _chunk(self, value: object) -> bytes:
         return self._canon.chunk(value)
@@ -441,6 +801,10 @@ class Keyer:
         """A function or class of the user: its fingerprint, or, inside a walk,
         a stand-in (noted as a reference in the first pass)."""
         k = id(node)
+        if self._pass == 1:
+            self._touched.append(node)
+        elif self._top is not None and self._pass == 0:
+            self._top.append(node)
         fp = self._fps.get(k)
         if fp is not None:
             return _frame(b"!n", fp)
@@ -522,9 +886,14 @@ class Keyer:
         """Pass 1: the user's functions and classes ``node`` refers to."""
         self._pass = 1
         self._found = []
+        self._touched = []
         stand_ins = self._stand_ins
         try:
             parts = self._parts(node)
+            touched: dict[int, object] = {}
+            for ref in self._touched:
+                touched.setdefault(id(ref), ref)
+            self._refs[id(node)] = list(touched.values())
             if self._stand_ins == stand_ins:  # every reference already had its fingerprint
                 self._final[id(node)] = parts
         except Unstable as e:
@@ -580,30 +949,57 @@ class Keyer:
     def _function_parts(self, fn: types.FunctionType) -> bytes:
         code = fn.__code__
         info = self._code(code)
+        label = _node_label(fn)
+        own = self._own[id(fn)] = {f"code:{label}": info.digest.hex()[:_SHORT]}
+        if info.current:
+            self._current.add(id(fn))
         out = [_frame(b"code", info.digest)]
         namespace = fn.__globals__
+        modname = namespace.get("__name__")
+        where = "" if modname == "__main__" or type(modname) is not str else modname + "."
         for name in info.globals:
             # Names missing from the module are builtins: the code digest holds them.
             if name in namespace:
                 chains = {c[1:] for c in info.chains if c[0] == name}
-                out.append(_frame(b"global", _text(name))
-                           + self._global(namespace[name], chains, name, "global", set()))
+                out.append(_frame(b"global", _text(name)) + self._global(
+                    namespace[name], chains, name, "global", set(), own, where + name))
+        for builtin, what in info.dynamic:
+            if builtin not in namespace:
+                raise _unfollowed(f"it calls {what}")
+        for modname_, level, chains_ in info.imports:
+            module, absname = _import(modname_, level, namespace)
+            out.append(_frame(b"import", _text(absname)))
+            if module is not None:
+                out.append(self._global(module, set(chains_), absname, "module", set(), own,
+                                        absname))
+        for chain in info.computed:
+            _check_computed(chain, namespace)
         for var, cell in zip(code.co_freevars, fn.__closure__ or ()):
             try:
                 content = cell.cell_contents
             except ValueError:  # a cell not assigned yet
                 out.append(_frame(b"closure", _text(var)) + b"-")
                 continue
-            out.append(_frame(b"closure", _text(var))
-                       + self._value(content, "closure variable", var))
+            chunk = self._value(content, "closure variable", var)
+            out.append(_frame(b"closure", _text(var)) + chunk)
+            _own_part(own, f"closure:{label}.{var}", content, chunk)
         defaults = fn.__defaults__ or ()
         params = code.co_varnames[:code.co_argcount][-len(defaults):] if defaults else ()
         for param, default in zip(params, defaults):
-            out.append(b"default" + self._value(default, "default of", param))
+            chunk = self._value(default, "default of", param)
+            out.append(b"default" + chunk)
+            _own_part(own, f"default:{label}.{param}", default, chunk)
         kwdefaults = fn.__kwdefaults__ or {}
         for key in sorted(kwdefaults):
-            out.append(_frame(b"kwdefault", _text(key))
-                       + self._value(kwdefaults[key], "default of", key))
+            chunk = self._value(kwdefaults[key], "default of", key)
+            out.append(_frame(b"kwdefault", _text(key)) + chunk)
+            _own_part(own, f"default:{label}.{key}", kwdefaults[key], chunk)
+        attrs = getattr(fn, "__dict__", None)
+        if attrs:  # function attributes (``f.retries = 3`` at module level)
+            for key in sorted(k for k in attrs if type(k) is str):
+                chunk = self._value(attrs[key], "attribute", f"{label}.{key}")
+                out.append(_frame(b"fattr", _text(key)) + chunk)
+                _own_part(own, f"attr:{label}.{key}", attrs[key], chunk)
         return b"".join(out)
 
     def _value(self, value: object, kind: str, name: str) -> bytes:
@@ -618,9 +1014,15 @@ class Keyer:
             raise
 
     def _global(self, value: object, chains: set[tuple[str, ...]], name: str, kind: str,
-                seen: set[int]) -> bytes:
+                seen: set[int], own: dict[str, str], label: str) -> bytes:
+        """A global (or an attribute of a user module) read by a function: a user
+        module by the attributes read from it (all of them when it is read bare,
+        ``()`` in ``chains``), anything else by content. ``own`` gets the parts
+        that are data (``label``: how "why" names it, e.g. ``rules.K``)."""
         if not issubclass(type(value), types.ModuleType):
-            return self._value(value, kind, name)
+            chunk = self._value(value, kind, name)
+            _own_part(own, f"const:{label}", value, chunk)
+            return chunk
         name = str(getattr(value, "__name__", "?"))
         if not is_user_module(name):
             return _frame(b"mod", _text(name))
@@ -631,12 +1033,24 @@ class Keyer:
         seen.add(id(value))
         namespace = vars(value)
         out = [b"usermod"]
-        for attr in sorted({c[0] for c in chains if c}):
-            if attr in namespace:
-                rest = {c[1:] for c in chains if c and c[0] == attr}
-                out.append(_frame(b"attr", _text(attr)) + self._global(
-                    namespace[attr], rest, f"{name}.{attr}", kind, seen))
-        return _frame(b"U", b"".join(out))
+        if () in chains:  # used as a whole (aliased, passed on): every name in it
+            attrs = sorted(a for a in namespace if type(a) is str
+                           and not (a[:2] == "__" == a[-2:]))
+            everything = True
+        else:
+            attrs = sorted({c[0] for c in chains if c})
+            everything = False
+        for attr in attrs:
+            rest: set[tuple[str, ...]] = ({()} if everything
+                                          else {c[1:] for c in chains if c and c[0] == attr})
+            found = namespace.get(attr, _MISSING)
+            if found is _MISSING:
+                found = _submodule(name, attr)  # ``from pkg import sub`` imports it
+                if found is None:
+                    continue
+            out.append(_frame(b"attr", _text(attr)) + self._global(
+                found, rest, f"{name}.{attr}", kind, seen, own, f"{name}.{attr}"))
+        return _frame(b"U" if not everything else b"W", b"".join(out))
 
     def _class_parts(self, cls: type) -> bytes:
         # __name__, not __qualname__: the latter names the enclosing function.
@@ -647,7 +1061,14 @@ class Keyer:
         for base in cls.__bases__:
             out.append(_frame(b"base", self._value(base, "a base class of", cls.__name__)))
         namespace = cls.__dict__
-        for key in sorted(k for k in namespace if type(k) is str and k not in _CLASS_SKIP):
+        skip = _CLASS_SKIP
+        doc = namespace.get("__doc__")
+        if ("__dataclass_fields__" in namespace and type(doc) is str
+                and doc.startswith(f"{cls.__name__}(")):
+            # the docstring dataclasses writes from the fields' reprs (a set's repr is in
+            # hash-seed order): the fields are in the key already
+            skip = _CLASS_SKIP | {"__doc__"}
+        for key in sorted(k for k in namespace if type(k) is str and k not in skip):
             try:
                 chunk = self._canon.chunk(namespace[key])
             except Unstable as e:
@@ -659,7 +1080,9 @@ class Keyer:
                     e.place = f"class attribute '{e.name}'"
                 raise
             out.append(_frame(b"attr", _text(key)) + chunk)
-        return b"".join(out)
+        parts = b"".join(out)
+        self._own[id(cls)] = {f"class:{_node_label(cls)}": _short(parts)}
+        return parts
 
 
 def _task_name(td: object) -> str:
@@ -674,6 +1097,11 @@ def _node_label(node: object) -> str:
 
 def _describe(e: Unstable, root: object, where: str) -> str:
     """'closure variable 'conn' holds a socket.socket with no stable content'."""
+    if e.type_name == _UNFOLLOWED:  # "its body: it calls globals() (in 'helper'), ..."
+        origin = e.origin
+        inside = (f" (in '{_node_label(origin)}')" if origin is not None and origin is not root
+                  else "")
+        return f"{where}: {e.reason}{inside}, which flowing cannot follow"
     if e.place is None:
         place = where
     else:
@@ -700,8 +1128,12 @@ def _shared_keyer() -> Keyer:
         return _shared
 
 
-def compute_step_key(td: TaskDef, dep_keys: Sequence[str]) -> str:
-    """The step key of task ``td`` given its dependencies' step keys (any order).
+def compute_step_key(td: TaskDef, dep_keys: Sequence[str] | Mapping[str, str]) -> str:
+    """The step key of task ``td`` given the content digests of its dependencies'
+    values (``flowing.digest.value_digest``): a mapping dependency name -> digest,
+    as a run computes it, or a sequence of digests (any order, unnamed). Not the
+    dependencies' step keys: since 0.3.0 a key covers what the dependencies
+    returned, not the code that made it (true early cutoff).
 
     Raises ValueError (with the ``Uncacheable`` message) when the task has no
     stable key. Uses the process-wide Keyer: see ``clear_cache``.

@@ -1018,17 +1018,22 @@ _hex64 = _st.text("0123456789abcdef", min_size=64, max_size=64)
 @_given(key=_hex64, kind=_st.sampled_from(["task", "item", "override"]), name=_st.text(),
         deps=_st.lists(_hex64, max_size=3), t=_st.floats(0, 2e9),
         digest=_st.none() | _hex64, inputs=_st.none() | _hex64 | _st.just("*"),
-        enc=_st.sampled_from(["json", "pickle", "none"]))
-def test_fast_header_parse_equals_the_json_parse(key, kind, name, deps, t, digest, inputs, enc):
+        enc=_st.sampled_from(["json", "pickle", "none"]),
+        parts=_st.none() | _st.dictionaries(_st.text(), _st.text(max_size=12), max_size=3))
+def test_fast_header_parse_equals_the_json_parse(key, kind, name, deps, t, digest, inputs, enc,
+                                                 parts):
     import json as _json
 
     from flowing import journal as J
 
-    line = J._make_line(key, kind, name, deps, t, enc, "null", digest, inputs)[:-1]
+    line = J._make_line(key, kind, name, deps, t, enc, "null", digest, inputs, parts)[:-1]
     i = line.find(J._VALUE_TAG)
     general = _json.loads(b"{" + line[J._HEAD:i] + b"}")
+    assert general.pop("parts", None) == (None if parts is None else
+                                          {k: v for k, v in parts.items() if k != "value"})
     general["t"] = float(general["t"])
     general["v"] = 2
+    general["parts"] = parts is not None  # the index only notes that the line has them
     hdr, vstart, problem = J._check(line, None, None)
     assert problem is None and vstart == i + len(J._VALUE_TAG)
     assert hdr == general
