@@ -130,7 +130,7 @@ import threading
 import types
 import weakref
 from collections.abc import Mapping, Sequence
-from typing import cast
+from typing import Any, cast
 
 from . import digest
 from .digest import Canonical, Memo, Unstable, is_user_class, is_user_function, is_user_module
@@ -579,6 +579,36 @@ class _Failed(Exception):
         self.result = result
 
 
+class _TrackedMemo(dict[int, tuple[object, "bytes | Unstable"]]):
+    """The Keyer's value memo (``Canonical`` reads it with ``get`` and fills it by
+    item assignment): a value read again from it brings along the user's
+    functions and classes met while it was first encoded, so that a node's
+    references (and with them "why" and ``current()`` reads) are complete. What
+    it brings is a superset (everything met so far by the same reader): sound
+    for ``current()``, at worst a few parts too many for "why"."""
+
+    def __init__(self, keyer: Keyer) -> None:
+        super().__init__()
+        self._keyer = keyer
+        self._met: dict[int, tuple[list[object], int]] = {}
+
+    def get(self, key: int, default: Any = None) -> Any:
+        hit = dict.get(self, key)
+        if hit is None:
+            return default
+        met = self._met.get(key)
+        seen = self._keyer._collector()
+        if met is not None and seen is not None and met[1]:
+            seen.extend(met[0][:met[1]])
+        return hit
+
+    def __setitem__(self, key: int, value: tuple[object, bytes | Unstable]) -> None:
+        dict.__setitem__(self, key, value)
+        seen = self._keyer._collector()
+        if seen is not None:
+            self._met[key] = (seen, len(seen))
+
+
 class Keyer:
     """Step keys for one run. Every fingerprint (function, class, value) is
     computed once per Keyer, however many tasks read it; make a new Keyer for
@@ -601,7 +631,9 @@ class Keyer:
     def __init__(self) -> None:
         self._lock = threading.RLock()
         self._values = Memo()  # value_digest
-        self._canon = Canonical(Memo(), self._hook, _HOOKED)
+        memo = Memo()
+        memo._entries = _TrackedMemo(self)
+        self._canon = Canonical(memo, self._hook, _HOOKED)
         self._codes: dict[int, tuple[types.CodeType, _CodeInfo]] = {}
         self._fps: dict[int, bytes] = {}          # finished nodes
         self._failed: dict[int, Unstable] = {}    # nodes without stable content
@@ -618,6 +650,7 @@ class Keyer:
         self._refs: dict[int, list[object]] = {}
         self._current: set[int] = set()
         self._touched: list[object] = []          # pass 1: every node met (finished or not)
+        self._again: list[object] = []            # pass 2: the same, for the memo's notes
         self._top: list[object] | None = None     # pass 0: the nodes a task's parts start from
         self._reached: dict[tuple[int, ...], tuple[dict[str, str], bool]] = {}
 
@@ -801,10 +834,9 @@ class Keyer:
         """A function or class of the user: its fingerprint, or, inside a walk,
         a stand-in (noted as a reference in the first pass)."""
         k = id(node)
-        if self._pass == 1:
-            self._touched.append(node)
-        elif self._top is not None and self._pass == 0:
-            self._top.append(node)
+        seen = self._collector()
+        if seen is not None:
+            seen.append(node)
         fp = self._fps.get(k)
         if fp is not None:
             return _frame(b"!n", fp)
@@ -822,6 +854,15 @@ class Keyer:
         self._canon.taint += 1  # a stand-in is only valid inside its component
         self._stand_ins += 1
         return self._stand_in(node)
+
+    def _collector(self) -> list[object] | None:
+        """Where the nodes met now are noted: the node being read (pass 1), or the
+        task whose behaviour is being read (``_top``); else nowhere."""
+        if self._pass == 1:
+            return self._touched
+        if self._pass == 0:
+            return self._top
+        return self._again  # pass 2: only for the memo's notes
 
     def _stand_in(self, node: object) -> bytes:
         if isinstance(node, type):
@@ -930,6 +971,7 @@ class Keyer:
             self._fps[id(m)] = hashlib.sha256(component + d).digest()
 
     def _final_parts(self, node: object) -> bytes:
+        self._again = []
         found = self._final.pop(id(node), None)
         return found if found is not None else self._parts(node)
 
