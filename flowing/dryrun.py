@@ -106,13 +106,11 @@ def _items(graph: Graph, plan: JournalPlan, i: int, replayed: list[bool],
     if type(values) not in (list, tuple):
         return ""
     from .digest import inputs_digest
-    from .stepkey import step_key
-
     others = inputs_digest((graph.tasks[d].name, digests[d]) for d in graph.deps[i]
                            if d != source)
     if others is None:
         return ""
-    base = step_key(behaviour.digest, others)
+    base = behaviour.key(others)
     again = 0
     for index, item in enumerate(values):
         key = plan.keyer.item_key(base, item, index if behaviour.current else None)

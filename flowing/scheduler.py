@@ -161,12 +161,11 @@ class JournalPlan:
         """Task i's step key, dependencies' digest and parts, from (dependency name,
         value digest) pairs (a digest None: that value has no stable content)."""
         from .digest import inputs_digest
-        from .stepkey import step_key
 
         in_digest = inputs_digest(pairs)
         b = self.behaviours[i]
         if b is not None and in_digest is not None:
-            key = step_key(b.digest, in_digest)
+            key = b.key(in_digest)
         else:  # a stand-in: recorded as a marker, so ``journal forget`` still follows
             import hashlib
 
@@ -840,15 +839,13 @@ class Scheduler:
         base = None  # the items' common part of their keys: behaviour and other dependencies
         behaviour = None
         if plan is not None:
-            from .stepkey import step_key
-
             source_index = next(d for d in self.graph.deps[i]
                                 if self.graph.tasks[d].name == source_name)
             others = self._in_digest(i, skip=source_index)
             item_store = self._storable(i, others)
             behaviour = plan.behaviours[i]
             if behaviour is not None and others is not None:
-                base = step_key(behaviour.digest, others)
+                base = behaviour.key(others)
         task_inputs = self._task_inputs(i)
         for index, item in enumerate(items):
             prior = previous[index] if previous is not None else None

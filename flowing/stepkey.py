@@ -129,7 +129,7 @@ import sys
 import threading
 import types
 import weakref
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, cast
 
 from . import digest
@@ -137,7 +137,7 @@ from .digest import Canonical, Memo, Unstable, is_user_class, is_user_function, 
 from .tasks import TaskDef
 
 __all__ = ["STEP_KEY_VERSION", "Behaviour", "Keyer", "Uncacheable", "compute_step_key",
-           "item_step_key", "step_key", "fingerprint", "clear_cache"]
+           "item_step_key", "fingerprint", "clear_cache"]
 
 STEP_KEY_VERSION = 3
 
@@ -188,6 +188,9 @@ def _text(s: str) -> bytes:
     return s.encode("utf-8", "surrogatepass")
 
 
+_GATE_ABSENT = {gate: _frame(_text(gate), b"-") for gate in _GATES}
+
+
 # --- code objects -------------------------------------------------------------------------
 
 _GLOBAL_OPS = frozenset({"LOAD_GLOBAL", "LOAD_NAME", "LOAD_FROM_DICT_OR_GLOBALS"})
@@ -197,7 +200,8 @@ _ATTR_OPS = frozenset({"LOAD_ATTR", "LOAD_METHOD"})
 _STORE_LOCAL = frozenset({"STORE_FAST", "STORE_NAME"})
 _CALL_OPS = frozenset({"PRECALL", "CALL", "CALL_FUNCTION", "CALL_METHOD"})
 # Builtins through which a body reads names flowing cannot follow.
-_DYNAMIC = {"globals": "globals()", "eval": "eval()", "exec": "exec()"}
+_DYNAMIC = {"globals": "it calls globals()", "eval": "it calls eval()",
+            "exec": "it calls exec()"}
 _IMPORTERS = frozenset({"import_module", "__import__"})
 
 # chains of attribute names read from a module (() alone: the whole module)
@@ -357,7 +361,8 @@ def _scan(code: types.CodeType, scan: _Scan) -> None:
                     and k + 1 < n and ins[k + 1].opname in _CALL_OPS):
                 scan.imports.setdefault((nxt.argval, 0), set()).add(())
             else:
-                scan.dynamic.add((chain[-1], "a module imported by a computed name"))
+                # "": whatever the module namespace holds, this is an import
+                scan.dynamic.add(("", f"it imports a module by a computed name ({chain[-1]})"))
         if is_global:
             scan.globals.add(root)
             if root in _DYNAMIC and len(chain) == 1:
@@ -436,27 +441,44 @@ class Behaviour:
                  task name is in ``digest``, and an item's index in its key.
     """
 
-    __slots__ = ("digest", "parts", "current")
+    __slots__ = ("current", "_parts", "_make", "_hash", "_digest")
 
-    def __init__(self, digest_: str, parts: dict[str, str], current: bool) -> None:
-        self.digest = digest_
-        self.parts = parts
+    def __init__(self, hasher: Any, parts: Callable[[], dict[str, str]], current: bool) -> None:
+        self._hash = hasher  # the behaviour hashed so far: a key adds the dependencies
         self.current = current
+        self._parts: dict[str, str] | None = None
+        self._make: Callable[[], dict[str, str]] | None = parts
+        self._digest: str | None = None
+
+    @property
+    def digest(self) -> str:
+        if self._digest is None:
+            self._digest = str(self._hash.copy().hexdigest())
+        return self._digest
+
+    @property
+    def parts(self) -> dict[str, str]:
+        """Computed when first asked for (a run asks only for the tasks that run)."""
+        if self._parts is None:
+            assert self._make is not None
+            self._parts = self._make()
+            self._make = None
+        return self._parts
+
+    def key(self, deps_digest: str) -> str:
+        """The step key: this behaviour and the digest of the values of the task's
+        dependencies (``digest.inputs_digest`` of (name, value digest) pairs)."""
+        h = self._hash.copy()
+        h.update(b"deps:" + deps_digest.encode())
+        return str(h.hexdigest())
 
     def __repr__(self) -> str:
-        return f"Behaviour({self.digest[:12]}..., {len(self.parts)} parts)"
-
-
-def step_key(behaviour: str, deps_digest: str) -> str:
-    """A task's step key: its behaviour's digest and the digest of the values of
-    its dependencies (``digest.inputs_digest`` of (name, value digest) pairs)."""
-    h = hashlib.sha256(_STEP_PREFIX)
-    h.update(_frame(b"behaviour", _text(behaviour)))
-    h.update(_frame(b"deps", _text(deps_digest)))
-    return h.hexdigest()
+        return f"Behaviour({self.digest[:12]}..., current={self.current})"
 
 
 def _deps_digest(dep_digests: Sequence[str] | Mapping[str, str]) -> str:
+    if not dep_digests:
+        return _NO_DEPS
     if isinstance(dep_digests, Mapping):
         pairs = [(str(n), str(d)) for n, d in dep_digests.items()]
     else:  # unnamed: only the set of values counts
@@ -466,18 +488,21 @@ def _deps_digest(dep_digests: Sequence[str] | Mapping[str, str]) -> str:
     return found
 
 
-def _own_part(own: dict[str, str], name: str, value: object, chunk: bytes) -> None:
-    """Note a value a node reads as one of its parts; the user's functions and
-    classes are parts of their own (``code:``, ``class:``)."""
+_NO_DEPS = str(digest.inputs_digest(()))
+
+
+def _own_part(own: dict[str, bytes], name: str, value: object, chunk: bytes) -> None:
+    """Note a value a node reads as one of its parts (hashed only if "why" asks);
+    the user's functions and classes are parts of their own (``code:``, ``class:``)."""
     if not isinstance(value, (types.FunctionType, type, TaskDef)):
-        own[name] = _short(chunk)
+        own[name] = chunk
 
 
 # --- code flowing cannot follow ----------------------------------------------------------------
 
 _UNFOLLOWED = "<unfollowed>"
-_UNFOLLOWED_FIX = ("import modules by a constant name and read their attributes by name, "
-                   "or set @task(version=\"1\") and change it whenever that code changes")
+_UNFOLLOWED_FIX = ("set @task(version=\"1\") and change it when that code changes, or "
+                   "import modules and read their names by constant names")
 
 
 def _unfollowed(what: str) -> Unstable:
@@ -558,8 +583,7 @@ def _check_computed(chain: tuple[str | int, ...], namespace: Mapping[str, object
             else None
     if isinstance(target, types.ModuleType) and is_user_module(
             str(getattr(target, "__name__", "?"))):
-        raise _unfollowed(f"it reads names of module '{shown}' by a computed name "
-                          f"(getattr() or vars())")
+        raise _unfollowed(f"it reads module '{shown}' by a computed name (getattr or vars)")
 
 
 # --- the keyer ------------------------------------------------------------------------------
@@ -577,36 +601,6 @@ class _Failed(Exception):
     def __init__(self, result: Uncacheable) -> None:
         super().__init__(result.message)
         self.result = result
-
-
-class _TrackedMemo(dict[int, tuple[object, "bytes | Unstable"]]):
-    """The Keyer's value memo (``Canonical`` reads it with ``get`` and fills it by
-    item assignment): a value read again from it brings along the user's
-    functions and classes met while it was first encoded, so that a node's
-    references (and with them "why" and ``current()`` reads) are complete. What
-    it brings is a superset (everything met so far by the same reader): sound
-    for ``current()``, at worst a few parts too many for "why"."""
-
-    def __init__(self, keyer: Keyer) -> None:
-        super().__init__()
-        self._keyer = keyer
-        self._met: dict[int, tuple[list[object], int]] = {}
-
-    def get(self, key: int, default: Any = None) -> Any:
-        hit = dict.get(self, key)
-        if hit is None:
-            return default
-        met = self._met.get(key)
-        seen = self._keyer._collector()
-        if met is not None and seen is not None and met[1]:
-            seen.extend(met[0][:met[1]])
-        return hit
-
-    def __setitem__(self, key: int, value: tuple[object, bytes | Unstable]) -> None:
-        dict.__setitem__(self, key, value)
-        seen = self._keyer._collector()
-        if seen is not None:
-            self._met[key] = (seen, len(seen))
 
 
 class Keyer:
@@ -631,9 +625,7 @@ class Keyer:
     def __init__(self) -> None:
         self._lock = threading.RLock()
         self._values = Memo()  # value_digest
-        memo = Memo()
-        memo._entries = _TrackedMemo(self)
-        self._canon = Canonical(memo, self._hook, _HOOKED)
+        self._canon = Canonical(Memo(), self._hook, _HOOKED)
         self._codes: dict[int, tuple[types.CodeType, _CodeInfo]] = {}
         self._fps: dict[int, bytes] = {}          # finished nodes
         self._failed: dict[int, Unstable] = {}    # nodes without stable content
@@ -646,13 +638,13 @@ class Keyer:
         self._members: set[int] = set()           # pass 2: the component being finished
         # For "why": each node's own parts (name -> short fingerprint), the nodes it
         # refers to, and whether its code may read flowing.current().
-        self._own: dict[int, dict[str, str]] = {}
+        self._own: dict[int, dict[str, bytes]] = {}  # filled only when "why" asks
         self._refs: dict[int, list[object]] = {}
-        self._current: set[int] = set()
+        self._current: set[int] = set()           # nodes whose own code may read current()
+        self._reaches_current: set[int] = set()   # ... or that reach such a node
         self._touched: list[object] = []          # pass 1: every node met (finished or not)
-        self._again: list[object] = []            # pass 2: the same, for the memo's notes
         self._top: list[object] | None = None     # pass 0: the nodes a task's parts start from
-        self._reached: dict[tuple[int, ...], tuple[dict[str, str], bool]] = {}
+        self._reached: dict[tuple[int, ...], dict[str, str]] = {}
 
     # --- public -------------------------------------------------------------------------
 
@@ -680,7 +672,7 @@ class Keyer:
         found = self.behaviour(td, inputs)
         if isinstance(found, Uncacheable):
             return found
-        return step_key(found.digest, _deps_digest(dep_digests))
+        return found.key(_deps_digest(dep_digests))
 
     def value_digest(self, value: object) -> str | None:
         """``digest.value_digest`` with this run's memo."""
@@ -735,31 +727,38 @@ class Keyer:
 
     def _behaviour(self, td: TaskDef, name: str, inputs: Mapping[str, object]) -> Behaviour:
         h = hashlib.sha256(_STEP_PREFIX)
-        parts: dict[str, str] = {"keys": _short(_STEP_PREFIX)}
+        parts: dict[str, bytes] = {"keys": _STEP_PREFIX}
         version = getattr(td, "version", None)
-        self._top = []
+        top: list[object] = []
+        self._top = top
+        roots: list[object] = []
         if version is not None:
             if type(version) is not str:
                 raise _Failed(Uncacheable(name, f"version= must be a string, got a "
                                                 f"{digest.type_label(type(version))}",
                                           "write @task(version=\"2\")"))
             h.update(_frame(b"version", _text(version)))
-            parts["version"] = _short(_text(version))
+            parts["version"] = _text(version)
             # the code is not looked at, but what it reads through current() still counts
             code = getattr(getattr(td, "fn", None), "__code__", None)
             reads_current = isinstance(code, types.CodeType) and _code_info(code).current
         else:
             h.update(_frame(b"body", self._part(td.fn, name, "its body")))
+            # the body and gates themselves are roots of "why": a memoised read meets no node
+            roots.append(td.fn)
             for gate in _GATES:
                 fn = getattr(td, gate, None)
-                h.update(_frame(_text(gate), b"-" if fn is None else
-                                self._part(fn, name, f"its {gate}= callable")))
-            reached, reads_current = self._reach(self._top)
-            parts.update(reached)
+                if fn is None:
+                    h.update(_GATE_ABSENT[gate])
+                else:
+                    h.update(_frame(_text(gate), self._part(fn, name, f"its {gate}= callable")))
+                    roots.append(fn)
+            reaches = self._reaches_current
+            reads_current = bool(reaches) and any(id(node) in reaches for node in top)
         for_each = getattr(td, "for_each", None)
         each = b"-" if for_each is None else _text(str(for_each))
         h.update(_frame(b"each", each))
-        parts["each"] = _short(each)
+        parts["each"] = each
         given = []
         for input_name, value in sorted(((str(n), v) for n, v in inputs.items()),
                                         key=lambda nv: nv[0]):
@@ -770,22 +769,46 @@ class Keyer:
                 raise _Failed(Uncacheable(name, _describe(e, value, f"input '{input_name}'"),
                                           _INPUT_FIX)) from None
             given.append(_frame(b"input", _text(input_name)) + chunk)
-            parts[f"input:{input_name}"] = _short(chunk)
+            parts[f"input:{input_name}"] = chunk
         h.update(_frame(b"inputs", b"".join(given)))
         if reads_current:
             # what current() tells the body: its task name and its attempt budget
             h.update(_frame(b"current", _text(f"{name}\n{getattr(td, 'retry', 0)!r}")))
-        return Behaviour(h.hexdigest(), parts, bool(reads_current))
+        roots.extend(top)
+        return Behaviour(h, lambda: self._parts_of(tuple(roots), parts), bool(reads_current))
 
-    def _reach(self, roots: list[object]) -> tuple[dict[str, str], bool]:
-        """The own parts of every node reachable from ``roots``, and whether any
-        of them may read ``current()``."""
+    def _parts_of(self, roots: tuple[object, ...], own: dict[str, bytes]) -> dict[str, str]:
+        """A task's parts: ``own`` and those of every node reachable from ``roots``."""
+        with self._lock:
+            reached = self._reach(roots)
+        parts = dict(reached)
+        parts.update((name, _short(chunk)) for name, chunk in own.items())
+        return parts
+
+    def _own_parts(self, node: object) -> dict[str, bytes]:
+        """What "why" names of one node (read again, now: every node it refers
+        to has its fingerprint, so this is one cheap pass)."""
+        found = self._own.get(id(node))
+        if found is not None:
+            return found
+        own: dict[str, bytes] = {}
+        try:
+            if isinstance(node, type):
+                own[f"class:{_node_label(node)}"] = self._class_parts(node)
+            else:
+                self._function_parts(node, own)  # type: ignore[arg-type]
+        except Exception:  # noqa: BLE001 - changed meanwhile: only the wording of "why" suffers
+            pass
+        self._own[id(node)] = own
+        return own
+
+    def _reach(self, roots: tuple[object, ...]) -> dict[str, str]:
+        """The own parts of every node reachable from ``roots``."""
         ids = tuple(sorted({id(r) for r in roots}))
         found = self._reached.get(ids)
         if found is not None:
             return found
         parts: dict[str, str] = {}
-        current = False
         seen: set[int] = set()
         todo = list(roots)
         while todo:
@@ -794,15 +817,15 @@ class Keyer:
             if k in seen:
                 continue
             seen.add(k)
-            current = current or k in self._current
-            for part, fp in self._own.get(k, {}).items():
+            for part, chunk in self._own_parts(node).items():
+                fp = _short(chunk)
                 old = parts.get(part)
                 # two functions of one name: both count, in a stable order
                 parts[part] = fp if old is None or old == fp else _short(
                     _text("/".join(sorted((old, fp)))))
             todo.extend(self._refs.get(k, ()))
-        self._reached[ids] = (parts, current)
-        return parts, current
+        self._reached[ids] = parts
+        return parts
 
     def _part(self, fn: object, task: str, where: str) -> bytes:
         try:
@@ -834,17 +857,25 @@ class Keyer:
         """A function or class of the user: its fingerprint, or, inside a walk,
         a stand-in (noted as a reference in the first pass)."""
         k = id(node)
-        seen = self._collector()
-        if seen is not None:
-            seen.append(node)
+        at = self._pass  # note the node where the references are being collected
+        if at == 1:
+            self._touched.append(node)
+        elif not at and self._top is not None:
+            self._top.append(node)
         fp = self._fps.get(k)
         if fp is not None:
+            if k in self._reaches_current:
+                # never memoised inside a value: whoever reads that value must meet
+                # this node again, to know that it may read current()
+                self._canon.taint += 1
             return _frame(b"!n", fp)
         failed = self._failed.get(k)
         if failed is not None:
             raise failed.copy()
         if self._pass == 0:
             self._walk(node)
+            if k in self._reaches_current:
+                self._canon.taint += 1  # as above
             return _frame(b"!n", self._fps[k])
         if self._pass == 1:
             self._found.append(node)
@@ -854,15 +885,6 @@ class Keyer:
         self._canon.taint += 1  # a stand-in is only valid inside its component
         self._stand_ins += 1
         return self._stand_in(node)
-
-    def _collector(self) -> list[object] | None:
-        """Where the nodes met now are noted: the node being read (pass 1), or the
-        task whose behaviour is being read (``_top``); else nowhere."""
-        if self._pass == 1:
-            return self._touched
-        if self._pass == 0:
-            return self._top
-        return self._again  # pass 2: only for the memo's notes
 
     def _stand_in(self, node: object) -> bytes:
         if isinstance(node, type):
@@ -931,10 +953,7 @@ class Keyer:
         stand_ins = self._stand_ins
         try:
             parts = self._parts(node)
-            touched: dict[int, object] = {}
-            for ref in self._touched:
-                touched.setdefault(id(ref), ref)
-            self._refs[id(node)] = list(touched.values())
+            self._refs[id(node)] = self._touched
             if self._stand_ins == stand_ins:  # every reference already had its fingerprint
                 self._final[id(node)] = parts
         except Unstable as e:
@@ -969,9 +988,19 @@ class Keyer:
         component = hashlib.sha256(b"".join(sorted(own))).digest()
         for m, d in zip(members, own):
             self._fps[id(m)] = hashlib.sha256(component + d).digest()
+        # Whether the component may read current(): what it refers to outside itself
+        # was finished before it (Tarjan), so its answer is known already.
+        if self._current:
+            self._mark_current(members)
+
+    def _mark_current(self, members: list[object]) -> None:
+        reaches, current, refs = self._reaches_current, self._current, self._refs
+        for m in members:
+            if id(m) in current or any(id(r) in reaches for r in refs.get(id(m), ())):
+                reaches.update(id(m) for m in members)
+                return
 
     def _final_parts(self, node: object) -> bytes:
-        self._again = []
         found = self._final.pop(id(node), None)
         return found if found is not None else self._parts(node)
 
@@ -988,17 +1017,24 @@ class Keyer:
         self._codes[id(code)] = (code, info)
         return info
 
-    def _function_parts(self, fn: types.FunctionType) -> bytes:
+    def _function_parts(self, fn: types.FunctionType,
+                        own: dict[str, bytes] | None = None) -> bytes:
+        """The encoding of a function of the user. With ``own``, also note there
+        the parts "why" names (called again for that, only when asked)."""
         code = fn.__code__
         info = self._code(code)
-        label = _node_label(fn)
-        own = self._own[id(fn)] = {f"code:{label}": info.digest.hex()[:_SHORT]}
+        label = ""
+        if own is not None:
+            label = _node_label(fn)
+            own[f"code:{label}"] = info.digest
         if info.current:
             self._current.add(id(fn))
         out = [_frame(b"code", info.digest)]
         namespace = fn.__globals__
-        modname = namespace.get("__name__")
-        where = "" if modname == "__main__" or type(modname) is not str else modname + "."
+        where = ""
+        if own is not None:
+            modname = namespace.get("__name__")
+            where = "" if modname == "__main__" or type(modname) is not str else modname + "."
         for name in info.globals:
             # Names missing from the module are builtins: the code digest holds them.
             if name in namespace:
@@ -1006,8 +1042,8 @@ class Keyer:
                 out.append(_frame(b"global", _text(name)) + self._global(
                     namespace[name], chains, name, "global", set(), own, where + name))
         for builtin, what in info.dynamic:
-            if builtin not in namespace:
-                raise _unfollowed(f"it calls {what}")
+            if builtin not in namespace:  # (a name of the module's own is not the builtin)
+                raise _unfollowed(what)
         for modname_, level, chains_ in info.imports:
             module, absname = _import(modname_, level, namespace)
             out.append(_frame(b"import", _text(absname)))
@@ -1024,24 +1060,29 @@ class Keyer:
                 continue
             chunk = self._value(content, "closure variable", var)
             out.append(_frame(b"closure", _text(var)) + chunk)
-            _own_part(own, f"closure:{label}.{var}", content, chunk)
+            if own is not None:
+                _own_part(own, f"closure:{label}.{var}", content, chunk)
         defaults = fn.__defaults__ or ()
         params = code.co_varnames[:code.co_argcount][-len(defaults):] if defaults else ()
         for param, default in zip(params, defaults):
             chunk = self._value(default, "default of", param)
             out.append(b"default" + chunk)
-            _own_part(own, f"default:{label}.{param}", default, chunk)
+            if own is not None:
+                _own_part(own, f"default:{label}.{param}", default, chunk)
         kwdefaults = fn.__kwdefaults__ or {}
         for key in sorted(kwdefaults):
             chunk = self._value(kwdefaults[key], "default of", key)
             out.append(_frame(b"kwdefault", _text(key)) + chunk)
-            _own_part(own, f"default:{label}.{key}", kwdefaults[key], chunk)
+            if own is not None:
+                _own_part(own, f"default:{label}.{key}", kwdefaults[key], chunk)
         attrs = getattr(fn, "__dict__", None)
         if attrs:  # function attributes (``f.retries = 3`` at module level)
+            label = label or _node_label(fn)
             for key in sorted(k for k in attrs if type(k) is str):
                 chunk = self._value(attrs[key], "attribute", f"{label}.{key}")
                 out.append(_frame(b"fattr", _text(key)) + chunk)
-                _own_part(own, f"attr:{label}.{key}", attrs[key], chunk)
+                if own is not None:
+                    _own_part(own, f"attr:{label}.{key}", attrs[key], chunk)
         return b"".join(out)
 
     def _value(self, value: object, kind: str, name: str) -> bytes:
@@ -1056,14 +1097,15 @@ class Keyer:
             raise
 
     def _global(self, value: object, chains: set[tuple[str, ...]], name: str, kind: str,
-                seen: set[int], own: dict[str, str], label: str) -> bytes:
+                seen: set[int], own: dict[str, bytes] | None, label: str) -> bytes:
         """A global (or an attribute of a user module) read by a function: a user
         module by the attributes read from it (all of them when it is read bare,
         ``()`` in ``chains``), anything else by content. ``own`` gets the parts
         that are data (``label``: how "why" names it, e.g. ``rules.K``)."""
         if not issubclass(type(value), types.ModuleType):
             chunk = self._value(value, kind, name)
-            _own_part(own, f"const:{label}", value, chunk)
+            if own is not None:
+                _own_part(own, f"const:{label}", value, chunk)
             return chunk
         name = str(getattr(value, "__name__", "?"))
         if not is_user_module(name):
@@ -1122,9 +1164,7 @@ class Keyer:
                     e.place = f"class attribute '{e.name}'"
                 raise
             out.append(_frame(b"attr", _text(key)) + chunk)
-        parts = b"".join(out)
-        self._own[id(cls)] = {f"class:{_node_label(cls)}": _short(parts)}
-        return parts
+        return b"".join(out)
 
 
 def _task_name(td: object) -> str:
@@ -1143,7 +1183,7 @@ def _describe(e: Unstable, root: object, where: str) -> str:
         origin = e.origin
         inside = (f" (in '{_node_label(origin)}')" if origin is not None and origin is not root
                   else "")
-        return f"{where}: {e.reason}{inside}, which flowing cannot follow"
+        return f"{where}: {e.reason}{inside}: flowing cannot follow it"
     if e.place is None:
         place = where
     else:
