@@ -14,14 +14,15 @@ Scheduling policy
 * fail_fast: once a main task has FAILED for good, no new main task starts.
   Started tasks (retries and for_each items included) run to the end; tasks
   that never started are SKIPPED with a reason naming the failure.
-* Replay (with a journal): when a task is released, it is replayed instead
-  of run if the journal holds its step key, computed from the same
-  dependency values (the entry's ``inputs`` digest equals the digest of the
-  dependency values now), not older than ``cache_ttl_s``, and the task is
-  cacheable (``cache=True``, every value in its key has stable content).
-  A dependency that re-ran to an identical value therefore does not force
-  its dependents (early cutoff). ``for_each`` items are replayed the same
-  way, each keyed by its content.
+* Replay (with a journal): when a task is released, its step key is
+  completed from its behaviour (fingerprinted when the run started) and the
+  content digests of its dependencies' values (``JournalPlan.settle``); it
+  is replayed instead of run if the journal holds that key, not older than
+  ``cache_ttl_s``, and the task is cacheable (``cache=True``, every value in
+  its key has stable content). A dependency that re-ran to an identical
+  value therefore does not force its dependents (early cutoff). ``for_each``
+  items are replayed the same way, each keyed by its content. Why a task
+  runs again is a ``why.Why`` (``JournalPlan.verdict``), worded at the edge.
 * At most ``max_workers`` jobs are in flight. A task's ``Limit`` further
   bounds its bodies in flight and their start rate across every flow of the
   process (jobs wait for it in FIFO order).
@@ -92,11 +93,11 @@ from .why import Why, WhyKind, changed
 
 if TYPE_CHECKING:
     from .events import Reporter
-    from .stepkey import Behaviour
-    from .tasks import TaskDef
     from .graph import Graph
     from .journal import Journal
     from .limits import Limit
+    from .stepkey import Behaviour
+    from .tasks import TaskDef
 
 PENDING, HELD, QUEUED, RUNNING, DONE = range(5)
 

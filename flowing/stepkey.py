@@ -1,19 +1,22 @@
 """Step keys: how the journal recognises a task it has already run.
 
-A step key is a hex SHA-256 digest (64 characters). A task's key chains the
-keys of its dependencies with a fingerprint of the task's behaviour, so editing
-a task re-runs it and, through the chain, everything downstream of it. For
-unchanged source and values the key is the same in every process: it never
-contains a memory address, an ``id()``, a hash-seed dependent order, a file
-path, a module name or a line number.
+A step key is a hex SHA-256 digest (64 characters) of the fingerprint of the
+task's behaviour (``Keyer.behaviour``, once per run) and the content digests
+of its dependencies' values (``Behaviour.key``, when the task is released):
+not the dependencies' keys, so a step edited to return the same value re-runs
+alone and its dependents replay (true early cutoff). For unchanged source and
+values the key is the same in every process: it never contains a memory
+address, an ``id()``, a hash-seed dependent order (a dataclass's generated
+docstring, which holds its defaults' reprs, is left out), a file path, a
+module name or a line number.
 
 What is in a task's key
 -----------------------
 * ``STEP_KEY_VERSION`` and the Python implementation and minor version (e.g.
   ``cpython-311``): bytecode differs between Python versions, so upgrading
   Python, or this fingerprint scheme, re-runs every task.
-* The keys of its dependencies, sorted (their order in ``depends_on`` does not
-  matter).
+* The content digest of each dependency's value, by the dependency's name
+  (``digest.inputs_digest``).
 * The fingerprint of its body, unless ``@task(version=...)`` is set:
   then the version string stands in for the body and its gates, and nothing
   of their code or of the values they read is looked at (you decide when the
@@ -23,6 +26,8 @@ What is in a task's key
   given to ``for_each``.
 * The inputs the body receives from ``Flow(inputs=...)``: each name with the
   content of its value.
+* When code it reaches may read ``flowing.current()`` (names ``current``): the
+  task's name and ``retry`` (what ``current()`` tells), and an item's index.
 
 A fingerprint covers, for a function of the user (defined outside the
 standard library and outside site-packages/dist-packages):
@@ -44,7 +49,9 @@ standard library and outside site-packages/dist-packages):
     ``__dict__``, ``__weakref__``, ``__firstlineno__``,
     ``__static_attributes__``, ``__slotnames__``, ``_abc_impl``).
   - a user module (``helpers.compute()``): the attributes the code reads from
-    it (``helpers.compute`` and ``pkg.sub.name`` chains), by these same rules.
+    it (``helpers.compute``, ``pkg.sub.name`` chains, ``getattr(helpers,
+    "compute")``), by these same rules; every name in it when the code uses
+    the module itself (``h = helpers``, ``run(helpers)``).
   - a library module, function or class (``os``, ``json.dumps``,
     ``pathlib.Path``): its module and qualified name only, never its code. A
     library function made inside another function (a decorator's wrapper):
@@ -56,8 +63,12 @@ standard library and outside site-packages/dist-packages):
     is fine); the user's functions and classes met inside a value count by
     fingerprint, a user module met inside a value by its name.
 
-* its closure variables, argument defaults and keyword-only defaults, by the
-  same rules.
+* the modules it imports itself (``import hlp``, ``import a.b as c``, ``from
+  hlp import f``, relative imports, ``importlib.import_module``/``__import__``
+  with a constant name): as module-level user modules above, imported now if
+  they are not yet; library modules by name.
+* its closure variables, argument defaults, keyword-only defaults and function
+  attributes, by the same rules.
 
 A body that is not a plain function is fingerprinted by what it is made of:
 a bound method by its function and its bound object (the instance's state by
@@ -69,6 +80,10 @@ wraps.
 
 What makes a task uncacheable
 -----------------------------
+Code flowing cannot follow: a module imported by a computed name,
+``globals()``, ``eval``/``exec``, ``getattr``/``vars`` with a computed name on
+a user module (the message names it; the fix is ``version=``). And:
+
 A value that the body (or a gate, or a helper they call), or an input, holds
 and that has no stable content: a generator, a lock, a socket, an open file, a
 connection, an object whose state holds one of these, an object whose
@@ -114,10 +129,20 @@ Good to know
   ``fingerprint`` share one process-wide ``Keyer``: call ``clear_cache()``
   after changing module globals at run time.
 
-A ``for_each`` item's key (``Keyer.item_key``) chains the task's key with the
-item's content (by the same rules), never its position: inserting, removing
+A ``for_each`` item's key (``Keyer.item_key``) is the task's behaviour with the
+digests of its other dependencies, and the item's content read when the item
+is handed out (never memoised: an object changed in place gets its new key),
+never its position unless the body reads ``current()``: inserting, removing
 or reordering items keeps the keys of the others. An item without stable
 content has no key and is never replayed.
+
+For saying what changed, ``Behaviour.parts`` gives short fingerprints of each
+part of a key (``code:<function>``, ``const:<module.NAME>``, ``input:<name>``,
+...; see ``Behaviour``), computed only when asked for (a run asks for the
+tasks that run). A read memoised inside a value does not meet the nodes in
+it again, so parts may name the value rather than the function it holds; a
+node that may read ``current()`` is never memoised inside a value, so that
+flag is always complete.
 """
 
 from __future__ import annotations
