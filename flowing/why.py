@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Mapping
-from dataclasses import dataclass
 
 __all__ = ["Why", "WhyKind", "changed"]
 
@@ -57,15 +56,27 @@ _ORDER = ("code", "const", "input", "dep", "closure", "default", "attr", "class"
 _MAX_LISTED = 3
 
 
-@dataclass(frozen=True)
 class Why:
     """One reason. ``parts``: the changed parts (CHANGED), or the dependencies
     that will run (MAYBE); ``detail``: the uncacheable value (NOT_CACHED) or the
-    ttl (EXPIRED)."""
+    ttl (EXPIRED). (A plain class: ``import flowing`` stays free of dataclasses.)"""
 
-    kind: WhyKind
-    parts: tuple[str, ...] = ()
-    detail: str = ""
+    __slots__ = ("kind", "parts", "detail")
+
+    def __init__(self, kind: WhyKind, parts: tuple[str, ...] = (), detail: str = "") -> None:
+        self.kind = kind
+        self.parts = parts
+        self.detail = detail
+
+    def __eq__(self, other: object) -> bool:
+        return (isinstance(other, Why) and other.kind is self.kind
+                and other.parts == self.parts and other.detail == self.detail)
+
+    def __hash__(self) -> int:
+        return hash((self.kind, self.parts, self.detail))
+
+    def __repr__(self) -> str:
+        return f"Why({self.kind.name}, {self.parts!r}, {self.detail!r})"
 
     def __str__(self) -> str:
         kind = self.kind
