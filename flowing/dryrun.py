@@ -11,6 +11,7 @@ dependencies) counts the items that would replay and those that would run.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from .why import Why, WhyKind, changed
@@ -67,7 +68,7 @@ def dry_run(graph: Graph, plan: JournalPlan | None,
     return out
 
 
-def _unless(plan: JournalPlan, name: str, parts: dict[str, str], pending: list[str]) -> str:
+def _unless(plan: JournalPlan, name: str, parts: Mapping[str, str], pending: list[str]) -> str:
     """A task with dependencies that will run: ``maybe`` when nothing else changed."""
     journal = plan.journal
     then = journal.latest_parts(name)

@@ -148,7 +148,7 @@ import sys
 import threading
 import time
 from array import array
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any, Protocol
 
 from . import attempt as A
@@ -193,7 +193,7 @@ class Shared(RunSignals):
         self.deps = deps
         # per task, what its key was computed from (short fingerprints, for "why"),
         # set with its key
-        self.parts: list[dict[str, str] | None] = [None] * len(tasks)
+        self.parts: list[Mapping[str, str] | None] = [None] * len(tasks)
         self.fused_next = array("i", [-1]) * len(tasks)  # index of the fused successor, or -1
         self.digest: Callable[[Any], str | None] | None = None  # value digests, with a journal
 

@@ -70,6 +70,7 @@ import queue
 import threading
 import time
 from array import array
+from collections.abc import Iterator, Mapping
 from typing import TYPE_CHECKING, Any
 
 from . import attempt as A
@@ -129,6 +130,37 @@ def override_key(key: str, name: str) -> str:
     return hashlib.sha256(f"flowing-override/{key}/{name}".encode("utf-8", "replace")).hexdigest()
 
 
+class Parts(Mapping[str, str]):
+    """What a task's key is made of (``Behaviour.parts`` and ``dep:<name>`` per
+    dependency value), as short fingerprints for "why"; worked out only when
+    read (journaling a task that ran, or explaining why it runs), never for a
+    task that replays."""
+
+    __slots__ = ("_behaviour", "_pairs", "_parts")
+
+    def __init__(self, behaviour: Behaviour | None, pairs: list[tuple[str, str | None]]) -> None:
+        self._behaviour = behaviour
+        self._pairs = pairs
+        self._parts: dict[str, str] | None = None
+
+    def _all(self) -> dict[str, str]:
+        if self._parts is None:
+            parts = dict(self._behaviour.parts) if self._behaviour is not None else {}
+            for name, d in self._pairs:
+                parts[f"dep:{name}"] = "-" if d is None else d[:12]
+            self._parts = parts
+        return self._parts
+
+    def __getitem__(self, key: str) -> str:
+        return self._all()[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._all())
+
+    def __len__(self) -> int:
+        return len(self._all())
+
+
 class JournalPlan:
     """What a journaled run needs, computed by the Flow before it starts.
 
@@ -158,7 +190,7 @@ class JournalPlan:
         self.uncacheable = uncacheable or {}  # task -> the value that has no stable content
 
     def settle(self, i: int, pairs: list[tuple[str, str | None]]) -> tuple[str, str | None,
-                                                                          dict[str, str]]:
+                                                                          Parts]:
         """Task i's step key, dependencies' digest and parts, from (dependency name,
         value digest) pairs (a digest None: that value has no stable content)."""
         from .digest import inputs_digest
@@ -172,13 +204,10 @@ class JournalPlan:
 
             key = hashlib.sha256(f"flowing-uncacheable/{self.bases[i]}/{in_digest}"
                                  .encode()).hexdigest()
-        parts = dict(b.parts) if b is not None else {}
-        for name, d in pairs:
-            parts[f"dep:{name}"] = "-" if d is None else d[:12]
-        return key, in_digest, parts
+        return key, in_digest, Parts(b, pairs)
 
     def verdict(self, i: int, td: TaskDef, key: str, in_digest: str | None,
-                parts: dict[str, str], explain: bool = True) -> Why | None:
+                parts: Mapping[str, str], explain: bool = True) -> Why | None:
         """None if the entry under ``key`` may replay task i; else why not (what
         changed only when ``explain``: it reads the task's newest entry)."""
         journal = self.journal

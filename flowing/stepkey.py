@@ -822,7 +822,9 @@ class Keyer:
                 own[f"class:{_node_label(node)}"] = self._class_parts(node)
             else:
                 self._function_parts(node, own)  # type: ignore[arg-type]
-        except Exception:  # noqa: BLE001 - changed meanwhile: only the wording of "why" suffers
+        except KeyboardInterrupt:
+            raise
+        except BaseException:  # changed meanwhile, or hostile: only the wording of "why" suffers
             pass
         self._own[id(node)] = own
         return own
