@@ -819,7 +819,8 @@ class Keyer:
         own: dict[str, bytes] = {}
         try:
             if isinstance(node, type):
-                own[f"class:{_node_label(node)}"] = self._class_parts(node)
+                own[f"class:{_node_label(node).rpartition('<locals>.')[2]}"] = \
+                    self._class_parts(node)
             else:
                 self._function_parts(node, own)  # type: ignore[arg-type]
         except KeyboardInterrupt:
@@ -1051,8 +1052,8 @@ class Keyer:
         code = fn.__code__
         info = self._code(code)
         label = ""
-        if own is not None:
-            label = _node_label(fn)
+        if own is not None:  # named as written: 'fetch', 'Reader.read', '<lambda>'
+            label = _node_label(fn).rpartition("<locals>.")[2]
             own[f"code:{label}"] = info.digest
         if info.current:
             self._current.add(id(fn))

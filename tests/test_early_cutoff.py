@@ -369,3 +369,30 @@ def test_compute_step_key_covers_dependency_values_not_their_keys():
     assert compute_step_key(body, {"a": one}) != compute_step_key(body, {"a": two})
     assert compute_step_key(body, {"a": one}) != compute_step_key(body, {"b": one})
     assert compute_step_key(body, [one, two]) == compute_step_key(body, [two, one])
+
+
+def test_a_hostile_dependency_name_keeps_the_journal_readable(tmp_path):
+    """Part names hold task names: quotes, braces, newlines and a fake value field
+    must not break the entry line, the index, or the reason."""
+    path = tmp_path / "j.jsonl"
+    source = {"n": 1}
+
+    def build():
+        up = task(lambda: source["n"], name='we"ird}\n,"value":{')
+
+        @task(depends_on=[up])
+        def down(**kw):
+            return sum(kw.values()) * 10
+        return down
+
+    Flow(build(), journal_path=path, log=False).run()
+    again = Flow(build(), journal_path=path, log=False)
+    assert all(r.cached for r in again.run().values())
+    source["n"] = 2  # a closure value: the source's key changes, and so does its value
+    changed = Flow(build(), journal_path=path, log=False)
+    changed.run()
+    assert changed.value("down") == 20
+    assert changed.why == {'we"ird}\n,"value":{': "closure variable 'source' of '<lambda>' changed",
+                           "down": '\'we"ird}\n,"value":{\' returned a different value'}
+    reopened = Flow(build(), journal_path=path, log=False)
+    assert reopened.dry_run() == {'we"ird}\n,"value":{': "replay", "down": "replay"}

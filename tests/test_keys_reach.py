@@ -340,3 +340,25 @@ def test_a_dataclass_with_a_frozenset_default_replays_under_another_hash_seed(pr
     edited = proj.run(env={"PYTHONHASHSEED": "4"})
     assert edited["cached"] == {"T": False}
     assert edited["values"] == proj.truth()
+
+
+def test_a_module_whose_import_raises_makes_the_task_uncacheable_and_the_run_goes_on(proj):
+    proj.write("broken.py", 'raise RuntimeError("cannot import me")\n')
+    proj.flow('''
+    @task
+    def T():
+        try:
+            import broken  # noqa: F401
+        except RuntimeError:
+            return "fallback"
+        return "imported"
+
+
+    TERMINALS = [T]
+    ''')
+    second = _twice(proj, lambda: None)
+    assert second["values"] == {"T": "'fallback'"}
+    assert second["cached"] == {"T": False}
+    [warning] = [line for line in second["stderr"].splitlines()
+                 if "not cached this run" in line]
+    assert "task 'T'" in warning and "'broken'" in warning and "RuntimeError" in warning
