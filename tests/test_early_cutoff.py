@@ -8,13 +8,10 @@ with ``dry``, ``flow.dry_run()``.
 
 from __future__ import annotations
 
-import json
 import os
-import subprocess
-import sys
-import textwrap
 
 import pytest
+from scripts import ScriptProject
 
 from flowing import Flow, task
 from flowing.digest import value_digest
@@ -48,29 +45,7 @@ if __name__ == "__main__":
 '''
 
 
-class Project:
-    def __init__(self, path, env):
-        self.path = path
-        self.env = env
-
-    def write(self, name: str, text: str) -> None:
-        (self.path / name).write_text(textwrap.dedent(text))
-
-    def flow(self, body: str) -> None:
-        self.write("flow.py", HEAD + textwrap.dedent(body) + TAIL)
-
-    def edit(self, name: str, old: str, new: str) -> None:
-        p = self.path / name
-        text = p.read_text()
-        assert text.count(old) == 1, (old, text)
-        p.write_text(text.replace(old, new))
-
-    def proc(self, *args: str, env: dict | None = None) -> subprocess.CompletedProcess:
-        e = dict(self.env)
-        e.update(env or {})
-        return subprocess.run([sys.executable, "flow.py", *args], cwd=self.path, env=e,
-                              capture_output=True, text=True, timeout=120)
-
+class Project(ScriptProject):
     def calls(self) -> list[str]:
         log = self.path / "calls.log"
         if not log.exists():
@@ -79,31 +54,20 @@ class Project:
         log.unlink()
         return calls
 
-    def run(self, env: dict | None = None) -> dict:
-        p = self.proc(env=env)
-        assert p.returncode == 0, p.stderr
-        lines = [line for line in p.stdout.splitlines() if line.startswith("RESULT ")]
-        assert lines, p.stdout + p.stderr
-        out = json.loads(lines[-1][len("RESULT "):])
+    def run(self, *args: str, env: dict | None = None, tag: str = "RESULT ") -> dict:
+        out = super().run(*args, env=env, tag=tag)
         out["ran"] = self.calls()
-        out["stderr"] = p.stderr
         return out
 
     def dry(self) -> dict:
-        p = self.proc("dry")
-        assert p.returncode == 0, p.stderr
-        [line] = [line for line in p.stdout.splitlines() if line.startswith("DRY ")]
+        out = super().run("dry", tag="DRY ")
         assert self.calls() == [], "a dry run called a body"
-        return json.loads(line[len("DRY "):])
+        return out
 
 
 @pytest.fixture
 def proj(tmp_path, repo_env):
-    env = dict(repo_env)
-    env["PYTHONPATH"] = str(tmp_path) + ":" + env["PYTHONPATH"]
-    env["PYTHONDONTWRITEBYTECODE"] = "1"
-    env.pop("FLOWING_DRY_RUN", None)
-    return Project(tmp_path, env)
+    return Project(tmp_path, repo_env, HEAD, TAIL)
 
 
 RULES = '''
@@ -339,21 +303,29 @@ def test_inserting_an_item_runs_only_that_item(proj):
 # --- journals of 0.2.0: opened and appended, their entries not replayed ---------------------
 
 def test_a_journal_written_by_0_2_0_opens_and_appends_but_is_not_replayed(proj):
-    main = "/work/main"
-    if not os.path.isdir(os.path.join(main, "flowing")):
-        pytest.skip("no 0.2.0 checkout beside this one")
+    import hashlib
+    import logging
+
+    from flowing.journal import Journal
+
+    # entries as 0.2.0 wrote them: the same line format, keys of the older rules
+    # (dependency keys chained), no parts
+    with Journal.open(proj.path / "run.jsonl", logging.getLogger("test")) as journal:
+        keys = {}
+        for name, value, deps in (("up", [1, 2, 3], []), ("scaled", [2, 4, 6], ["up"]),
+                                  ("total", 12, ["scaled"])):
+            keys[name] = hashlib.sha256(f"flowing-step/2/{name}".encode()).hexdigest()
+            journal.record(keys[name], name, [keys[d] for d in deps], value,
+                           digest=value_digest(value))
     proj.write("rules.py", RULES)
     proj.flow(CHAIN)
-    old = dict(proj.env)
-    old["PYTHONPATH"] = f"{proj.path}:{main}"
-    first = proj.run(env=old)
-    if "why" not in first or not os.path.exists(proj.path / "run.jsonl"):
-        pytest.skip("not a 0.2.0 flowing")
     second = proj.run()
     assert second["ran"] == ["scaled", "total", "up"]
-    assert set(second["why"].values()) == {
-        "its journal entries were written under older key rules"}
-    assert proj.run()["ran"] == []
+    assert second["why"] == dict.fromkeys(
+        ["up", "scaled", "total"], "its journal entries were written under older key rules")
+    third = proj.run()
+    assert third["ran"] == [] and all(third["cached"].values())
+    assert third["values"]["total"] == "12"
 
 
 # --- compute_step_key: dependency value digests ----------------------------------------------

@@ -8,12 +8,8 @@ replayed, and ``flow.why``.
 
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
-import textwrap
-
 import pytest
+from scripts import ScriptProject
 
 HEAD = '''\
 import json
@@ -35,45 +31,14 @@ if __name__ == "__main__":
 '''
 
 
-class Project:
-    def __init__(self, path, env):
-        self.path = path
-        self.env = env
-
-    def write(self, name: str, text: str) -> None:
-        (self.path / name).write_text(textwrap.dedent(text))
-
-    def flow(self, body: str) -> None:
-        self.write("flow.py", HEAD + textwrap.dedent(body) + TAIL)
-
-    def edit(self, name: str, old: str, new: str) -> None:
-        p = self.path / name
-        text = p.read_text()
-        assert text.count(old) == 1, (old, text)
-        p.write_text(text.replace(old, new))
-
-    def run(self, *args: str, env: dict | None = None) -> dict:
-        e = dict(self.env)
-        e.update(env or {})
-        p = subprocess.run([sys.executable, "flow.py", *args], cwd=self.path, env=e,
-                           capture_output=True, text=True, timeout=120)
-        assert p.returncode == 0, p.stderr
-        lines = [line for line in p.stdout.splitlines() if line.startswith("RESULT ")]
-        assert lines, p.stdout + p.stderr
-        out = json.loads(lines[-1][len("RESULT "):])
-        out["stderr"] = p.stderr
-        return out
-
+class Project(ScriptProject):
     def truth(self) -> dict:
         return self.run("--no-journal")["values"]
 
 
 @pytest.fixture
 def proj(tmp_path, repo_env):
-    env = dict(repo_env)
-    env["PYTHONPATH"] = str(tmp_path) + ":" + env["PYTHONPATH"]
-    env["PYTHONDONTWRITEBYTECODE"] = "1"  # an edit within one second must be seen
-    return Project(tmp_path, env)
+    return Project(tmp_path, repo_env, HEAD, TAIL)
 
 
 def _twice(proj, edit):
