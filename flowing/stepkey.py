@@ -159,6 +159,7 @@ from typing import Any, cast
 
 from . import digest
 from .digest import Canonical, Memo, Unstable, is_user_class, is_user_function, is_user_module
+from .context import current
 from .tasks import TaskDef
 
 __all__ = ["STEP_KEY_VERSION", "Behaviour", "Keyer", "Uncacheable", "compute_step_key",
@@ -323,7 +324,9 @@ def _scan(code: types.CodeType, scan: _Scan) -> None:
     but ``name.attr...`` (passed on, aliased, held in a cell) counts whole."""
     ins = list(dis.get_instructions(code))
     n = len(ins)
-    scan.current = scan.current or "current" in code.co_names
+    # names it (flowing.current(), current(), from flowing import current, or
+    # getattr(flowing, "current")); a module-level alias is seen by its value
+    scan.current = scan.current or "current" in code.co_names or "current" in code.co_consts
     # 1. imports, and the local names they bind: name -> (module, level, prefix)
     bound: dict[str, tuple[str, int, tuple[str, ...]]] = {}
     for k, i in enumerate(ins):
@@ -444,6 +447,7 @@ def _scan_getattr(ins: list[dis.Instruction], k: int,
 # --- keys from a behaviour and dependency digests ---------------------------------------------
 
 _HOOKED = (types.FunctionType, type, types.ModuleType, TaskDef)
+_CURRENT = current
 _SHORT = 12  # hex characters of a part's fingerprint (for "why", never for keys)
 _MISSING = object()
 
@@ -668,6 +672,7 @@ class Keyer:
         self._current: set[int] = set()           # nodes whose own code may read current()
         self._reaches_current: set[int] = set()   # ... or that reach such a node
         self._touched: list[object] = []          # pass 1: every node met (finished or not)
+        self._saw_current = False                 # a function read flowing.current by value
         self._top: list[object] | None = None     # pass 0: the nodes a task's parts start from
         self._reached: dict[tuple[int, ...], dict[str, str]] = {}
 
@@ -1055,8 +1060,7 @@ class Keyer:
         if own is not None:  # named as written: 'fetch', 'Reader.read', '<lambda>'
             label = _node_label(fn).rpartition("<locals>.")[2]
             own[f"code:{label}"] = info.digest
-        if info.current:
-            self._current.add(id(fn))
+        self._saw_current = False
         out = [_frame(b"code", info.digest)]
         namespace = fn.__globals__
         where = ""
@@ -1111,11 +1115,15 @@ class Keyer:
                 out.append(_frame(b"fattr", _text(key)) + chunk)
                 if own is not None:
                     _own_part(own, f"attr:{label}.{key}", attrs[key], chunk)
+        if info.current or self._saw_current:
+            self._current.add(id(fn))
         return b"".join(out)
 
     def _value(self, value: object, kind: str, name: str) -> bytes:
         """The encoding of a value read by a node: ``kind`` and ``name`` say
         where it was read ("global", "client"), for the message."""
+        if value is _CURRENT:  # an alias of flowing.current (``ctx = current``)
+            self._saw_current = True
         try:
             return self._canon.chunk(value)
         except Unstable as e:

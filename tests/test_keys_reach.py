@@ -327,3 +327,24 @@ def test_a_module_whose_import_raises_makes_the_task_uncacheable_and_the_run_goe
     [warning] = [line for line in second["stderr"].splitlines()
                  if "not cached this run" in line]
     assert "task 'T'" in warning and "'broken'" in warning and "RuntimeError" in warning
+
+
+@pytest.mark.parametrize("read", ["ctx().task", 'getattr(flowing, "current")().task',
+                                  "f().task"])
+def test_current_read_through_an_alias_counts(proj, read):
+    proj.flow(f'''
+    import flowing
+    from flowing import current as ctx
+
+
+    def name(f=ctx):
+        return {read}
+
+
+    pages = [task(name, name=f"p{{i}}") for i in range(2)]
+    TERMINALS = pages
+    ''')
+    proj.run()
+    second = proj.run()
+    assert second["values"] == {"p0": "'p0'", "p1": "'p1'"}
+    assert all(second["cached"].values())
