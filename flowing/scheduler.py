@@ -733,6 +733,8 @@ class Scheduler:
         okey = self.plan.override_entry(i, td, key)
         if okey is not None:
             hit = self.journal.get(okey)
+            if hit is not None:
+                self.keys[i] = okey  # its dependents' entries name the entry they used
         if hit is None:
             if not self._usable(i, key, in_digest):
                 return False
