@@ -158,8 +158,8 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any, cast
 
 from . import digest
-from .digest import Canonical, Memo, Unstable, is_user_class, is_user_function, is_user_module
 from .context import current
+from .digest import Canonical, Memo, Unstable, is_user_class, is_user_function, is_user_module
 from .tasks import TaskDef
 
 __all__ = ["STEP_KEY_VERSION", "Behaviour", "Keyer", "Uncacheable", "compute_step_key",
