@@ -2,9 +2,11 @@
 
 from .context import Cancelled, RunContext, current
 from .flow import Flow
+from .graph import CycleError
 from .limits import Limit
-from .results import ItemResult, StepResult, StepState
+from .results import Failed, ItemResult, StepResult, StepState
 from .retry import RetryUntilRejected
+from .runners import CannotRun, CannotShip, PoolBroken, WorkerLost
 from .scheduler import ItemsFailed
 from .tasks import TaskDef, clear_registry, task
 
@@ -25,4 +27,5 @@ def __getattr__(name: str) -> object:
 __all__ = ["task", "TaskDef", "Flow", "StepState", "StepResult", "ItemResult", "Limit",
            "current", "Cancelled", "RunContext",
            "clear_registry", "compute_step_key", "STEP_KEY_VERSION", "RetryUntilRejected",
-           "ItemsFailed", "JournalError"]
+           "ItemsFailed", "JournalError", "CycleError", "CannotShip", "WorkerLost", "PoolBroken",
+           "CannotRun", "Failed"]

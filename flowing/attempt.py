@@ -17,6 +17,21 @@ failed, value kept). The gates run once per task, in the job of its first
 attempt (for ``for_each`` tasks, in a job of their own before the fan-out),
 always in the flow's process.
 
+Told to stop. ``verdict`` is the one place that decides whether a body
+ended while it was told to stop (deadline, Ctrl-C, fail_fast): such an
+outcome is marked ``stopped`` and the journal's entry point refuses it. A
+body that heard the stop (``current().cancelled()`` returned True to it) and
+returned a value FAILS with ``Cancelled`` (the value may be partial; it is
+kept in the result); one that never asked SUCCEEDS unjournaled.
+
+Listing a ``for_each`` source (``_list_items``) is part of the GATE job's
+attempt: in adaptive ``islice`` chunks, against ``timeout_s``, stopped by
+Ctrl-C and fail_fast, and at most ``MAX_ITEMS`` items.
+
+A body that ``os.fork()``s and whose child returns into this module's code
+(or ``runners.run_shipped``): the child leaves with ``os._exit`` at once
+(``exit_if_forked``), it never runs on as a copy of the run's worker.
+
 Where the body itself runs is the caller's choice: ``run_attempt`` takes a
 ``call`` (``call_here`` runs it on this thread, with ``timeout_s`` enforced by
 abandoning a daemon thread; ``runners.RemoteCall`` ships it to another
@@ -25,6 +40,7 @@ process). Each sets ``flowing.current()`` for the body.
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from collections.abc import Callable
@@ -74,7 +90,8 @@ class Job:
 
     __slots__ = ("task", "td", "kwargs", "inputs", "attempt", "mode", "item", "item_value",
                  "gates", "key", "first_started", "announce", "deadline", "cancelled",
-                 "settled", "signals", "in_digest", "store", "gate_inputs")
+                 "settled", "signals", "in_digest", "store", "gate_inputs", "saw_stop",
+                 "abandoned")
 
     def __init__(self, task: int, td: TaskDef, kwargs: dict[str, Any], attempt: int = 1,
                  mode: int = TASK, item: int | None = None, gates: bool = True,
@@ -98,10 +115,13 @@ class Job:
         self.announce = False         # post a STARTED notice when the body starts
         self.deadline: float | None = None  # epoch deadline of this attempt's body
         self.cancelled = False        # told to stop: timed out (set by whoever saw it)
+        self.saw_stop = False         # the body asked current().cancelled() and heard True
         self.settled = False          # scheduler thread only: its verdict has been taken
         self.signals = signals        # the run's stop signals
         # Flow inputs (when's, validate's) gates name, or None
         self.gate_inputs: tuple[dict[str, Any], dict[str, Any]] | None = None
+        # a sync body that timed out and still runs on its abandoned thread, or None
+        self.abandoned: Abandoned | None = None
 
     def retry_job(self) -> Job:
         return Job(self.task, self.td, self.kwargs, self.attempt + 1, self.mode, self.item,
@@ -130,6 +150,15 @@ class Job:
                 self.item_value if is_item else None, self.deadline)
 
     def is_cancelled(self) -> bool:
+        """``current().cancelled()``: whether the body is told to stop (remembered when
+        it is: a body that heard it may have returned a partial value)."""
+        told = self.told_to_stop()
+        if told:
+            self.saw_stop = True
+        return told
+
+    def told_to_stop(self) -> bool:
+        """Timed out, Ctrl-C, or (a main task) fail_fast stopped the run."""
         if self.cancelled:
             return True
         s = self.signals
@@ -137,13 +166,51 @@ class Job:
             return False
         return s.interrupted or (s.stopping.is_set() and not self.td.detached)
 
+    def stop_reason(self) -> str:
+        """Why the job is told to stop, for messages."""
+        if self.cancelled:
+            return "its deadline passed"
+        s = self.signals
+        if s is not None and s.interrupted:
+            return "Ctrl-C"
+        why = getattr(s, "stop_reason", None)
+        return why if isinstance(why, str) else "the run is stopping"
+
+
+class Abandoned:
+    """A timed-out sync body still running on the daemon thread ``call_here`` left it
+    on. ``then(fn)`` asks for ``fn()`` (on that thread) when the body ends; it
+    returns False, calling nothing, if the body has ended already. ``end()`` is
+    called by whoever sees the end first (it may be called twice)."""
+
+    __slots__ = ("_lock", "_ended", "_then")
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._ended = False
+        self._then: Callable[[], object] | None = None
+
+    def end(self) -> None:
+        with self._lock:
+            self._ended = True
+            then, self._then = self._then, None
+        if then is not None:
+            then()
+
+    def then(self, fn: Callable[[], object]) -> bool:
+        with self._lock:
+            if self._ended:
+                return False
+            self._then = fn
+            return True
+
 
 class Outcome:
     """The verdict of one job."""
 
     __slots__ = ("job", "kind", "value", "error", "traceback", "reason", "attempts",
                  "started_at", "finished_at", "retry_in", "journaled", "next_job", "digest",
-                 "warning")
+                 "warning", "stopped")
 
     def __init__(self, job: Job, kind: str, value: Any = None,
                  error: BaseException | None = None, reason: str | None = None,
@@ -163,6 +230,9 @@ class Outcome:
         self.next_job: Job | None = None  # fused successor the same worker went on to run
         self.digest: str | None = None  # content digest of the value (journaling runs)
         self.warning: str | None = None  # one line for the log (e.g. a bad retry_after)
+        # the body ended while it was told to stop (deadline, Ctrl-C, fail_fast): its
+        # value is never journaled (runners.Shared.record refuses it), see ``verdict``
+        self.stopped = False
 
 
 def format_traceback(error: BaseException) -> str:
@@ -210,7 +280,39 @@ def _gates(job: Job, now: float) -> Outcome | None:
 
 
 def verdict(job: Job, value: Any, error: BaseException | None, started: float) -> Outcome:
-    """Turn a body's return value or exception into an outcome (retry or final)."""
+    """Turn a body's return value or exception into an outcome (retry or final).
+
+    The one place that decides whether a body stopped because it was told to:
+    ``current().cancelled()`` is true when it ends. Such an outcome is marked
+    ``stopped`` and is never journaled. A body that heard the stop (its
+    ``cancelled()`` returned True) and returned a value gave up early: its
+    value is partial, so the task FAILS with ``Cancelled`` (the value kept in
+    the result, never retried). A body that never asked finished its work: it
+    SUCCEEDS, but is not journaled all the same (flowing cannot tell).
+    """
+    outcome = _verdict(job, value, error, started)
+    if job.told_to_stop():
+        outcome.stopped = True
+        if outcome.kind is SUCCEEDED or (outcome.kind is RETRY and error is None):
+            why = job.stop_reason()
+            if job.saw_stop:
+                cancelled = context.Cancelled(
+                    f"{job.label()} stopped early because it was told to ({why}) and "
+                    f"returned {safe_repr(value)}, which may be partial: it is kept in the "
+                    f"result's value but not journaled; run again (or resume()) to compute it")
+                outcome = Outcome(job, FAILED, value, error=cancelled,
+                                  reason=f"stopped early: {why}", attempts=job.attempt,
+                                  started_at=outcome.started_at,
+                                  finished_at=outcome.finished_at)
+                outcome.stopped = True
+            elif outcome.kind is SUCCEEDED:
+                outcome.reason = f"finished after it was told to stop ({why}): not journaled"
+                outcome.warning = (f"{job.label()} finished after it was told to stop ({why}); "
+                                   f"its value is in the results but not journaled")
+    return outcome
+
+
+def _verdict(job: Job, value: Any, error: BaseException | None, started: float) -> Outcome:
     td = job.td
     finished = time.time()
     if error is None:
@@ -237,7 +339,7 @@ def verdict(job: Job, value: Any, error: BaseException | None, started: float) -
                        attempts=job.attempt, started_at=started, finished_at=finished)
     delay = None
     # A body that stopped because it was told to (``raise_if_cancelled``) is not retried.
-    stopped = isinstance(error, context.Cancelled) and job.is_cancelled()
+    stopped = isinstance(error, context.Cancelled) and job.told_to_stop()
     if not isinstance(error, NoRetry) and not stopped:
         delay = retry_policy.next_delay(td, job.attempt, error)
     kind = FAILED if delay is None else RETRY
@@ -263,25 +365,88 @@ def broken_outcome(job: Job, exc: BaseException, started: float | None) -> Outco
                    started_at=started or now, finished_at=now)
 
 
+# The most items a for_each source may list: past it the task fails (a source that never
+# ends would otherwise eat all memory). Each item costs about half a kilobyte and 20 µs of
+# scheduling (a million items: ~0.5 GB, ~20 s), so beyond this, batches are the better
+# design: a for_each over chunks of items.
+MAX_ITEMS = 1_000_000
+
+# Listing takes items in chunks that each last about this long (seconds), so that the
+# deadline, Ctrl-C and fail_fast are looked at between chunks even for a C iterator.
+_CHUNK_S = 0.01
+_MAX_CHUNK = 65_536
+
+
 def _list_items(job: Job, started: float) -> Outcome:
-    """A for_each task's gates passed: list its items (PASSED, value = the list)."""
+    """A for_each task's gates passed: list its items (PASSED, value = the list).
+
+    Listing is part of the attempt: it counts against ``timeout_s``, stops when
+    the run is told to stop (Ctrl-C, fail_fast), and a source with more than
+    ``MAX_ITEMS`` items fails the task. Items are taken in chunks (``islice``)
+    whose size adapts so that each lasts about ``_CHUNK_S``: an endless C
+    iterator (``itertools.count()``) cannot hold the GIL for long, and a slow
+    generator is looked at after each item.
+    """
+    from itertools import islice
+
     td = job.td
     name = td.for_each or ""
     source = job.kwargs[name]
+    if td.timeout_s is not None:
+        job.deadline = started + td.timeout_s
+
+    def failed(error: BaseException, reason: str) -> Outcome:
+        return Outcome(job, FAILED, error=error, reason=reason, started_at=started,
+                       finished_at=time.time())
+
     try:
         if isinstance(source, (str, bytes, bytearray, dict)):
             raise TypeError("not a list of items")
-        items = list(source)
+        plain = type(source) is list or type(source) is tuple
+        it = None if plain else iter(source)
     except TypeError:
         error = TypeError(
             f"task '{td.name}': for_each='{name}' needs a list, tuple or other iterable of "
             f"items, but '{name}' returned {type(source).__name__}; return a list from "
             f"'{name}'")
-        return Outcome(job, FAILED, error=error, reason="for_each source is not a list",
-                       started_at=started, finished_at=time.time())
+        return failed(error, "for_each source is not a list")
     except BaseException as exc:
-        return Outcome(job, FAILED, error=exc, reason="listing the for_each items raised",
-                       started_at=started, finished_at=time.time())
+        return failed(exc, "listing the for_each items raised")
+    try:
+        if it is None:
+            items = list(source)  # a plain list: its length is known, no iteration
+        else:
+            items = []
+            size = 1
+            while True:
+                t0 = time.monotonic()
+                chunk = list(islice(it, size))
+                items.extend(chunk)
+                if len(chunk) < size:
+                    break
+                if time.monotonic() - t0 < _CHUNK_S / 2 and size < _MAX_CHUNK:
+                    size *= 2
+                if len(items) > MAX_ITEMS:
+                    break
+                if job.deadline is not None and time.time() >= job.deadline:
+                    job.cancelled = True
+                    return failed(TimeoutError(
+                        f"task '{td.name}': listing the items of for_each='{name}' took "
+                        f"longer than timeout_s={td.timeout_s:g} ({len(items)} items so far); "
+                        f"return a list from '{name}', or raise timeout_s"),
+                        "listing the for_each items timed out")
+                if job.told_to_stop():
+                    return failed(context.Cancelled(
+                        f"task '{td.name}': told to stop ({job.stop_reason()}) while listing "
+                        f"its items ({len(items)} so far)"), "stopped while listing its items")
+    except BaseException as exc:
+        return failed(exc, "listing the for_each items raised")
+    if len(items) > MAX_ITEMS:
+        return failed(ValueError(
+            f"task '{td.name}': for_each='{name}' gave more than {MAX_ITEMS:,} items (the "
+            f"most a for_each task may have; an endless iterator?); return a finite list, "
+            f"or split the work into batches (e.g. a for_each over chunks of items)"),
+            f"more than {MAX_ITEMS:,} items")
     return Outcome(job, PASSED, items, started_at=started, finished_at=time.time())
 
 
@@ -313,14 +478,22 @@ def call_here(job: Job, kwargs: dict[str, Any]) -> Any:
     keeps running in the background (``current().cancelled()`` turns True so
     it can stop itself), its result is discarded, and being a daemon it never
     holds the interpreter open at exit. The worker is free again at the deadline.
+    ``job.abandoned`` then tells when the body really ends (the scheduler keeps
+    the task's Limit slot until then).
     """
     fn = job.td.fn
+    pid = os.getpid()
     if job.deadline is None:
         token = context.enter(job)
         try:
-            return fn(**kwargs)
+            value = fn(**kwargs)
+        except BaseException:
+            exit_if_forked(pid, 1)
+            raise
         finally:
             context.leave(token)
+        exit_if_forked(pid, 0)
+        return value
     box: list[tuple[Any, BaseException | None]] = []
     finished = threading.Event()  # set by the body thread once box holds its result
 
@@ -331,19 +504,36 @@ def call_here(job: Job, kwargs: dict[str, Any]) -> Any:
         except BaseException as exc:
             box.append((None, exc))
         finally:
+            exit_if_forked(pid, 0 if box and box[0][1] is None else 1)
             context.leave(token)
             finished.set()
+            # read after the set: either this sees the worker's Abandoned or the
+            # worker sees ``finished`` (both may: end() is idempotent)
+            left = job.abandoned
+            if left is not None:
+                left.end()
 
     thread = threading.Thread(target=body, daemon=True,
                               name=f"flowing-body-{job.td.name}-{job.attempt}")
     thread.start()
     if not finished.wait(max(0.0, job.deadline - time.time())):
         job.cancelled = True
+        abandoned = job.abandoned = Abandoned()
+        if finished.is_set():
+            abandoned.end()
         raise timeout_error(job)
     value, error = box[0]
     if error is not None:
         raise error
     return value
+
+
+def exit_if_forked(pid: int, status: int) -> None:
+    """A body that called ``os.fork()`` and whose child returned (or raised) came back
+    into flowing's code in a process that is not the one that ran the body (``pid``):
+    that child exits at once, rather than run a copy of the run's workers."""
+    if os.getpid() != pid:
+        os._exit(status)
 
 
 def run_attempt(job: Job, call: BodyCall = call_here) -> Outcome:
@@ -420,10 +610,17 @@ class _Escaped(Exception):
 
 
 async def _contained(awaitable: Any) -> Any:
+    pid = os.getpid()
     try:
-        return await awaitable
+        value = await awaitable
     except (KeyboardInterrupt, SystemExit) as exc:
+        exit_if_forked(pid, 1)
         raise _Escaped(exc) from exc
+    except BaseException:
+        exit_if_forked(pid, 1)
+        raise
+    exit_if_forked(pid, 0)
+    return value
 
 
 def _consume(task: Any) -> None:

@@ -22,6 +22,7 @@ import os
 import sys
 import time
 
+from .events import printable as _printable
 from .journal import Entry, JournalError, compact, forget, human_size, iter_entries
 
 _WARN_LOGGER = "flowing.cli"
@@ -45,20 +46,6 @@ def _logger() -> logging.Logger:
         log.setLevel(logging.WARNING)
         log.propagate = False
     return log
-
-
-def _printable(s: str, width: int | None = None) -> str:
-    """``s`` with every non-printable character (controls, bidi marks...) escaped as in repr.
-
-    Nothing read from a journal reaches the terminal raw: a task name holding
-    an escape sequence must not be able to drive it. Past ``width``, cut with "...".
-    """
-    if width is not None:
-        s = s[:width + 1]
-    out = "".join(c if c.isprintable() else repr(c)[1:-1] for c in s)
-    if width is not None and len(out) > width:
-        out = out[:width - 3] + "..."
-    return out
 
 
 def _when(t: float) -> str:

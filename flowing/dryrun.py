@@ -26,7 +26,7 @@ __all__ = ["dry_run"]
 
 def dry_run(graph: Graph, plan: JournalPlan | None,
             kept: dict[int, StepResult]) -> dict[str, str]:
-    from .digest import value_digest
+    from .interrupts import digest_or_none
 
     out: dict[str, str] = {}
     n = len(graph)
@@ -37,7 +37,7 @@ def dry_run(graph: Graph, plan: JournalPlan | None,
         if i in kept:
             out[td.name] = "replay"
             replayed[i] = True
-            digests[i] = value_digest(kept[i].value)
+            digests[i] = digest_or_none(kept[i].value)
             continue
         if plan is None:
             out[td.name] = "run: no journal (journal_path is not set)"
@@ -86,10 +86,10 @@ def _stored_digest(plan: JournalPlan, key: str) -> str | None:
     meta = plan.journal.peek(key)
     if meta is not None and meta[1] is not None:
         return meta[1]
-    from .digest import value_digest
+    from .interrupts import digest_or_none
 
     hit = plan.journal.get(key)
-    return None if hit is None else value_digest(hit.value)
+    return None if hit is None else digest_or_none(hit.value)
 
 
 def _items(graph: Graph, plan: JournalPlan, i: int, replayed: list[bool],

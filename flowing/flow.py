@@ -9,7 +9,16 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from . import attempt as A
-from .events import LOGGER_NAME, Reporter, error_line, format_duration, items_line, resolve_logger, safe_str
+from .events import (
+    LOGGER_NAME,
+    Reporter,
+    error_line,
+    format_duration,
+    items_line,
+    printable,
+    resolve_logger,
+    safe_str,
+)
 from .graph import Graph
 from .results import ItemResult, StepResult, StepState
 from .scheduler import JournalPlan, Scheduler, override_key
@@ -22,6 +31,17 @@ if TYPE_CHECKING:
     from .journal import Journal
 
 SCHEDULES = ("eager", "layers")
+
+
+class _DefaultWorkers(int):
+    """The default of ``Flow(max_workers=...)``: 5, and told apart from a 5 the caller
+    wrote (by identity), so that a Limit's concurrency can raise it (see
+    ``Flow.__init__``). It prints, compares and computes as the int 5."""
+
+    __slots__ = ()
+
+
+DEFAULT_MAX_WORKERS: int = _DefaultWorkers(5)
 
 
 def run_ok(graph: Graph, results: Sequence[StepResult | None]) -> bool:
@@ -58,7 +78,8 @@ class Flow:
     in the graph, and checks the whole graph before anything runs.
     """
 
-    def __init__(self, *terminals: TaskDef, max_workers: int = 5, fail_fast: bool = True,
+    def __init__(self, *terminals: TaskDef, max_workers: int = DEFAULT_MAX_WORKERS,
+                 fail_fast: bool = True,
                  journal_path: str | Any | None = None, executor: Executor | Any | None = None,
                  schedule: str = "eager", log: bool | logging.Logger = True,
                  on_event: Any = None, inputs: Mapping[str, Any] | None = None) -> None:
@@ -80,12 +101,12 @@ class Flow:
                             f"got {inputs!r}")
         self.inputs: dict[str, Any] = dict(inputs)
         self.graph = Graph.build(terminals, inputs=tuple(self.inputs))
-        self.max_workers = max_workers
         self.fail_fast = bool(fail_fast)
         self.schedule = schedule
         self.executor = executor
         self.logger = resolve_logger(log)
         self._reporter = Reporter(self.logger, on_event)
+        self.max_workers = self._workers_for_limits(max_workers)
         unused = sorted(set(self.inputs) - self.graph.received_inputs())
         if unused:
             self._reporter.warning(
@@ -109,6 +130,25 @@ class Flow:
         self.started_at: float | None = None
         self.finished_at: float | None = None
         self._running = threading.Lock()  # held for the whole of run()/resume()
+
+    def _workers_for_limits(self, max_workers: int) -> int:
+        """No silent cap: ``max_workers`` left at its default grows to the largest
+        ``max_concurrency`` of a Limit in the graph, so that Limit is the bound; an
+        explicit ``max_workers`` below it stays, with one warning saying so."""
+        top: tuple[int, str] | None = None
+        for td in self.graph.tasks:
+            n = td.limit.max_concurrency if td.limit is not None else None
+            if n is not None and (top is None or n > top[0]):
+                top = (n, td.name)
+        if top is None or top[0] <= max_workers:
+            return int(max_workers)
+        if max_workers is DEFAULT_MAX_WORKERS:
+            return top[0]
+        self._reporter.warning(
+            f"Flow(max_workers={int(max_workers)}) is below the Limit(max_concurrency={top[0]}) "
+            f"of task '{top[1]}': max_workers bounds it, at most {int(max_workers)} bodies run "
+            f"at once; raise max_workers, or leave it out to let the Limit bound them")
+        return int(max_workers)
 
     # ----- running -------------------------------------------------------------
 
@@ -158,14 +198,23 @@ class Flow:
 
     def _execute(self, kept: dict[int, StepResult], force: set[int],
                  partial: dict[int, list[ItemResult | None]]) -> dict[str, StepResult]:
-        plan = self._journal_plan(force) if self._journal is not None else None
-        scheduler = Scheduler(self.graph, max_workers=self.max_workers,
-                              fail_fast=self.fail_fast, schedule=self.schedule,
-                              executor=self.executor, reporter=self._reporter, plan=plan,
-                              inputs=self.inputs)
+        from .interrupts import Catcher
+
+        # Ctrl-C is flowing's for the whole run, keys included (see interrupts.py)
+        with Catcher() as catcher:
+            plan = self._journal_plan(force) if self._journal is not None else None
+            scheduler = Scheduler(self.graph, max_workers=self.max_workers,
+                                  fail_fast=self.fail_fast, schedule=self.schedule,
+                                  executor=self.executor, reporter=self._reporter, plan=plan,
+                                  inputs=self.inputs)
+            self._run_scheduler(scheduler, catcher, kept, partial)
+        return self.results
+
+    def _run_scheduler(self, scheduler: Scheduler, catcher: Any, kept: dict[int, StepResult],
+                       partial: dict[int, list[ItemResult | None]]) -> None:
         self.started_at = time.time()
         try:
-            scheduler.run(kept, partial)
+            scheduler.run(kept, partial, catcher)
         finally:
             self.finished_at = time.time()
             tasks = self.graph.tasks
@@ -176,7 +225,6 @@ class Flow:
             self.why = {tasks[i].name: str(why) for i, why in scheduler.why.items()
                         if (r := scheduler.results[i]) is not None and not r.cached}
             self._interrupted_items = scheduler.unfinished_items()
-        return self.results
 
     def _journal_plan(self, force: set[int]) -> JournalPlan:
         assert self._journal is not None
@@ -187,6 +235,7 @@ class Flow:
         when it is released, from its dependencies' values: see JournalPlan)."""
         import hashlib
 
+        from .interrupts import guarded
         from .stepkey import Behaviour, Keyer, Uncacheable
 
         # A new Keyer per run: fingerprints read module constants, and a fix made at
@@ -199,7 +248,11 @@ class Flow:
         for i, td in enumerate(g.tasks):
             gate_names = g.gate_inputs.get(i, ((), ()))
             inputs = {n: self.inputs[n] for n in (*g.inputs[i], *gate_names[0], *gate_names[1])}
-            found = keyer.behaviour(td, inputs)
+            raised: list[BaseException] = []
+            found = guarded(keyer.behaviour, td, inputs, fallback=None, seen=raised)
+            if found is None:  # a value's own code raised a BaseException while fingerprinted
+                found = Uncacheable(td.name, "fingerprinting a value it reads raised "
+                                    + (error_line(raised[0], 80) if raised else "an error"))
             if isinstance(found, Uncacheable):
                 if warn:
                     self._reporter.warning(found.message)
@@ -317,18 +370,19 @@ class Flow:
     def summary(self) -> str:
         """One line per task and a totals line."""
         g = self.graph
-        width = max((len(td.name) for td in g.tasks), default=4)
+        names = [printable(td.name) for td in g.tasks]  # one line per task, whatever the name
+        width = max((len(name) for name in names), default=4)
         lines = []
         counts = {s: 0 for s in StepState}
         cached = 0
         for i, td in enumerate(g.tasks):
             r = self.results.get(td.name)
             if r is None:
-                lines.append(f"{'not run':<9} {td.name:<{width}}")
+                lines.append(f"{'not run':<9} {names[i]:<{width}}")
                 continue
             counts[r.state] += 1
             cached += r.cached
-            parts = [f"{r.state.value:<9}", f"{td.name:<{width}}",
+            parts = [f"{r.state.value:<9}", f"{names[i]:<{width}}",
                      f"{format_duration(r.duration_ms):>6}"]
             if r.attempts > 1:
                 parts.append(f"attempts={r.attempts}")
@@ -337,7 +391,7 @@ class Flow:
             if r.cached:
                 parts.append("[cached]")
             if r.items is not None:
-                parts.append(items_line(r.items))
+                parts.append(items_line(r.items, allowed=td.allowed_failures(len(r.items))))
             if r.state is StepState.FAILED and r.items is None:
                 parts.append(error_line(r.error) or safe_str(r.reason or ""))
             elif r.state is not StepState.FAILED and r.reason:
@@ -345,7 +399,7 @@ class Flow:
             why = self.why.get(td.name)
             if why and not r.cached:
                 parts.append(f"(ran: {why})")
-            lines.append("  ".join(p for p in parts if p))
+            lines.append(printable("  ".join(p for p in parts if p)))
         total = (f"{len(g)} task{'' if len(g) == 1 else 's'}: {counts[StepState.SUCCEEDED]} succeeded, "
                  f"{counts[StepState.FAILED]} failed, {counts[StepState.SKIPPED]} skipped")
         if cached:

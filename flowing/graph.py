@@ -375,12 +375,21 @@ def _short(value: object) -> str:
     return safe_repr(value, 80)
 
 
+class CycleError(ValueError):
+    """The tasks' ``depends_on`` form a cycle; ``cycle`` lists its names, the first
+    repeated at the end (``['a', 'b', 'a']``: a depends on b, which depends on a)."""
+
+    def __init__(self, message: str, cycle: list[str]) -> None:
+        super().__init__(message)
+        self.cycle = cycle
+
+
 def _raise_cycle(path: list[TaskDef], back_to: TaskDef) -> None:
     """``path`` is the depth-first stack; its last task depends on ``back_to``."""
-    cycle = path[path.index(back_to):] + [back_to]
-    names = " -> ".join(td.name for td in cycle)
-    raise ValueError(f"the tasks form a cycle: {names} (each depends on the next); "
-                     f"remove one of these dependencies")
+    cycle = [td.name for td in path[path.index(back_to):] + [back_to]]
+    names = " -> ".join(cycle)
+    raise CycleError(f"the tasks form a cycle: {names} (each depends on the next); "
+                     f"remove one of these dependencies", cycle)
 
 
 # --- signatures ---------------------------------------------------------------

@@ -79,8 +79,12 @@ def _read_retry_after(error: object) -> tuple[float | None, str | None]:
         return None, None
     try:
         hint = getattr(error, "retry_after", None)
-    except Exception as exc:
+    except BaseException as exc:  # SystemExit from a property too: the hint is ignored
         from .events import error_line
+        from .interrupts import is_terminal
+
+        if is_terminal(exc):
+            raise
 
         return None, f"its retry_after raised {error_line(exc, 80)}; ignored"
     if hint is None:
@@ -97,7 +101,11 @@ def _read_retry_after(error: object) -> tuple[float | None, str | None]:
             seconds = float(hint) if real else math.nan
         except OverflowError:  # an int beyond any float: huge, but finite
             seconds = MAX_RETRY_AFTER_S * 2 if hint > 0 else -1.0
-    except Exception:
+    except BaseException as exc:  # a number type whose own code raises (SystemExit too)
+        from .interrupts import is_terminal
+
+        if is_terminal(exc):
+            raise
         real, seconds = False, math.nan
     if not real:
         return None, f"its retry_after is {shown}, not a number of seconds; ignored"

@@ -246,6 +246,22 @@ def returns_unloadable():
     return Unloadable()
 
 
+class ExitsOnLoad:
+    """Pickles fine; rebuilding it raises SystemExit (in the flow's process)."""
+
+    def __reduce__(self):
+        return (_exit_on_load, ())
+
+
+def _exit_on_load():
+    raise SystemExit("exit while unpickling")
+
+
+@task
+def returns_exits_on_load():
+    return ExitsOnLoad()
+
+
 class NeedsTwoArgs(Exception):
     """Pickles, but unpickling calls NeedsTwoArgs(message) and fails."""
 
@@ -513,6 +529,13 @@ def test_a_value_that_cannot_be_rebuilt_here_fails_its_task_not_the_pool(spawn_p
     assert r.state is StepState.FAILED and isinstance(r.error, CannotShip)
     assert "returns_unloadable" in str(r.error) and "cannot rebuild" in str(r.error)
     healthy(spawn_pool)
+
+
+def test_a_value_whose_unpickling_raises_system_exit_is_cannot_ship(spawn_pool):
+    r = Flow(returns_exits_on_load, executor=spawn_pool, log=False).run()["returns_exits_on_load"]
+    assert r.state is StepState.FAILED and isinstance(r.error, CannotShip), r
+    assert "return value" in str(r.error) and "SystemExit" in str(r.error)
+    assert r.attempts == 1  # CannotShip is never retried
 
 
 # ----- a killed worker ------------------------------------------------------------------

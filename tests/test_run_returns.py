@@ -107,20 +107,29 @@ def test_an_exception_whose_str_raises_inside_a_for_each_item_does_not_escape_ru
     repr(r)
 
 
-def test_a_retry_after_property_that_raises_is_ignored_with_one_warning():
+@pytest.mark.parametrize("raised", [RuntimeError("no header"), SystemExit(2),
+                                    KeyboardInterrupt()], ids=type)
+@pytest.mark.parametrize("fails", [1, 2])
+def test_a_retry_after_property_that_raises_is_ignored_with_one_warning(raised, fails):
     class Throttled(Exception):
         @property
         def retry_after(self):
-            raise RuntimeError("no header")
+            raise raised
 
     calls = []
 
     @task(retry=1, retry_backoff_base_ms=0)
     def call():
         calls.append(1)
-        if len(calls) == 1:
+        if len(calls) <= fails:
             raise Throttled("429")
         return "ok"
+
+    if fails == 2:  # every attempt fails: neither the retry nor the body's error is lost
+        res = run_bounded(Flow(call, log=False))
+        assert res["call"].state is StepState.FAILED and res["call"].attempts == 2
+        assert isinstance(res["call"].error, Throttled)
+        return
 
     handler = ListHandler()
     import logging
