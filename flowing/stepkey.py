@@ -632,10 +632,9 @@ class _Failed(Exception):
         self.result = result
 
 
-class Keyer:
-    """Step keys for one run. Every fingerprint (function, class, value) is
-    computed once per Keyer, however many tasks read it; make a new Keyer for
-    each run so that changed module values are seen. Thread-safe.
+class _Fingerprints:
+    """Fingerprints of the user's functions and classes, and of values, for one
+    run (the state and the walk behind ``Keyer``).
 
     The user's functions and classes form a graph (helpers, methods,
     recursion), possibly with cycles. Each strongly connected component
@@ -676,189 +675,7 @@ class Keyer:
         self._top: list[object] | None = None     # pass 0: the nodes a task's parts start from
         self._reached: dict[tuple[int, ...], dict[str, str]] = {}
 
-    # --- public -------------------------------------------------------------------------
-
-    def behaviour(self, td: TaskDef, inputs: Mapping[str, object]) -> Behaviour | Uncacheable:
-        """The fingerprint of what ``td`` does (everything in its key but its
-        dependencies' values), or why it has none this run. Never raises."""
-        with self._lock:
-            name = _task_name(td)
-            try:
-                return self._behaviour(td, name, inputs)
-            except _Failed as failed:
-                return failed.result
-            except KeyboardInterrupt:
-                raise
-            except BaseException as exc:  # a hostile object this module did not foresee
-                return Uncacheable(name, f"its key could not be computed "
-                                         f"({digest.type_label(type(exc))})")
-            finally:
-                self._top = None
-
-    def task_key(self, td: TaskDef, dep_digests: Sequence[str] | Mapping[str, str],
-                 inputs: Mapping[str, object]) -> str | Uncacheable:
-        """The step key of ``td`` given its dependencies' value digests (see
-        ``compute_step_key``), or why it has none this run. Never raises."""
-        found = self.behaviour(td, inputs)
-        if isinstance(found, Uncacheable):
-            return found
-        return found.key(_deps_digest(dep_digests))
-
-    def value_digest(self, value: object) -> str | None:
-        """``digest.value_digest`` with this run's memo."""
-        with self._lock:
-            return digest.value_digest(value, self._values)
-
-    def item_key(self, task_key: str, item: object, index: int | None = None) -> str | None:
-        """The key of one ``for_each`` item: ``task_key`` (the task's behaviour with
-        the digests of its other dependencies, see ``step_key``) and the item's
-        content as it is now, never its position unless ``index`` is given (a body
-        that reads ``current().item_index``); None when the item has no stable
-        content. Never memoised: an item changed in place gets its new key."""
-        with self._lock:
-            try:
-                chunk = Canonical(None, self._hook, _HOOKED).chunk(item)
-            except KeyboardInterrupt:
-                raise
-            except BaseException:  # no stable content, or a hostile __reduce__ (SystemExit)
-                return None
-        h = hashlib.sha256(_ITEM_PREFIX)
-        h.update(_frame(b"task", _text(str(task_key))))
-        if index is not None:
-            h.update(_frame(b"index", b"%d" % index))
-        h.update(_frame(b"item", chunk))
-        return h.hexdigest()
-
-    def fingerprint(self, obj: object) -> str | None:
-        """Hex digest of what ``obj`` (usually a callable) does and holds; None
-        when it has no stable content."""
-        with self._lock:
-            try:
-                chunk = self._chunk(obj)
-            except KeyboardInterrupt:
-                raise
-            except BaseException:
-                return None
-        return hashlib.sha256(_FP_PREFIX + chunk).hexdigest()
-
-    def explain(self, obj: object) -> str | None:
-        """Why ``obj`` has no fingerprint ("closure variable 'conn' holds a
-        socket.socket with no stable content"), or None if it has one."""
-        with self._lock:
-            try:
-                self._chunk(obj)
-            except Unstable as e:
-                return _describe(e, obj, "the value")
-            except Exception as exc:
-                return f"the value could not be read ({digest.type_label(type(exc))})"
-        return None
-
-    # --- keys -----------------------------------------------------------------------------
-
-    def _behaviour(self, td: TaskDef, name: str, inputs: Mapping[str, object]) -> Behaviour:
-        h = hashlib.sha256(_STEP_PREFIX)
-        parts: dict[str, bytes] = {"keys": _STEP_PREFIX}
-        version = getattr(td, "version", None)
-        top: list[object] = []
-        self._top = top
-        roots: list[object] = []
-        if version is not None:
-            if type(version) is not str:
-                raise _Failed(Uncacheable(name, f"version= must be a string, got a "
-                                                f"{digest.type_label(type(version))}",
-                                          "write @task(version=\"2\")"))
-            h.update(_frame(b"version", _text(version)))
-            parts["version"] = _text(version)
-            # the code is not looked at, but what it reads through current() still counts
-            code = getattr(getattr(td, "fn", None), "__code__", None)
-            reads_current = isinstance(code, types.CodeType) and _code_info(code).current
-        else:
-            h.update(_frame(b"body", self._part(td.fn, name, "its body")))
-            # the body and gates themselves are roots of "why": a memoised read meets no node
-            roots.append(td.fn)
-            for gate in _GATES:
-                fn = getattr(td, gate, None)
-                if fn is None:
-                    h.update(_GATE_ABSENT[gate])
-                else:
-                    h.update(_frame(_text(gate), self._part(fn, name, f"its {gate}= callable")))
-                    roots.append(fn)
-            reaches = self._reaches_current
-            reads_current = bool(reaches) and any(id(node) in reaches for node in top)
-        for_each = getattr(td, "for_each", None)
-        each = b"-" if for_each is None else _text(str(for_each))
-        h.update(_frame(b"each", each))
-        parts["each"] = each
-        given = []
-        for input_name, value in sorted(((str(n), v) for n, v in inputs.items()),
-                                        key=lambda nv: nv[0]):
-            try:
-                chunk = self._chunk(value)
-            except Unstable as e:
-                e.name = input_name
-                raise _Failed(Uncacheable(name, _describe(e, value, f"input '{input_name}'"),
-                                          _INPUT_FIX)) from None
-            given.append(_frame(b"input", _text(input_name)) + chunk)
-            parts[f"input:{input_name}"] = chunk
-        h.update(_frame(b"inputs", b"".join(given)))
-        if reads_current:
-            # what current() tells the body: its task name and its attempt budget
-            h.update(_frame(b"current", _text(f"{name}\n{getattr(td, 'retry', 0)!r}")))
-        roots.extend(top)
-        return Behaviour(h, lambda: self._parts_of(tuple(roots), parts), bool(reads_current))
-
-    def _parts_of(self, roots: tuple[object, ...], own: dict[str, bytes]) -> dict[str, str]:
-        """A task's parts: ``own`` and those of every node reachable from ``roots``."""
-        with self._lock:
-            reached = self._reach(roots)
-        parts = dict(reached)
-        parts.update((name, _short(chunk)) for name, chunk in own.items())
-        return parts
-
-    def _own_parts(self, node: object) -> dict[str, bytes]:
-        """What "why" names of one node (read again, now: every node it refers
-        to has its fingerprint, so this is one cheap pass)."""
-        found = self._own.get(id(node))
-        if found is not None:
-            return found
-        own: dict[str, bytes] = {}
-        try:
-            if isinstance(node, type):
-                own[f"class:{_node_label(node).rpartition('<locals>.')[2]}"] = \
-                    self._class_parts(node)
-            else:
-                self._function_parts(node, own)  # type: ignore[arg-type]
-        except KeyboardInterrupt:
-            raise
-        except BaseException:  # changed meanwhile, or hostile: only the wording of "why" suffers
-            pass
-        self._own[id(node)] = own
-        return own
-
-    def _reach(self, roots: tuple[object, ...]) -> dict[str, str]:
-        """The own parts of every node reachable from ``roots``."""
-        ids = tuple(sorted({id(r) for r in roots}))
-        found = self._reached.get(ids)
-        if found is not None:
-            return found
-        parts: dict[str, str] = {}
-        seen: set[int] = set()
-        todo = list(roots)
-        while todo:
-            node = todo.pop()
-            k = id(node)
-            if k in seen:
-                continue
-            seen.add(k)
-            for part, chunk in self._own_parts(node).items():
-                fp = _short(chunk)
-                old = parts.get(part)
-                # two functions of one name: both count, in a stable order
-                parts[part] = fp if old is None or old == fp else _short(
-                    _text("/".join(sorted((old, fp)))))
-            todo.extend(self._refs.get(k, ()))
-        self._reached[ids] = parts
-        return parts
+    # --- the hook: the user's code, by content ----------------------------------------------
 
     def _part(self, fn: object, task: str, where: str) -> bytes:
         try:
@@ -871,7 +688,6 @@ class Keyer:
     def _chunk(self, value: object) -> bytes:
         return self._canon.chunk(value)
 
-    # --- the hook: the user's code, by content ----------------------------------------------
 
     def _hook(self, obj: object) -> bytes | None:
         t = type(obj)
@@ -1201,6 +1017,200 @@ class Keyer:
                 raise
             out.append(_frame(b"attr", _text(key)) + chunk)
         return b"".join(out)
+
+
+class Keyer(_Fingerprints):
+    """Step keys for one run. Every fingerprint (function, class, value) is
+    computed once per Keyer, however many tasks read it; make a new Keyer for
+    each run so that changed module values are seen. Thread-safe.
+
+    The walk over the user's code is ``_Fingerprints``'s; "why" parts and
+    step keys are built here.
+    """
+
+    # --- public -------------------------------------------------------------------------
+
+    def behaviour(self, td: TaskDef, inputs: Mapping[str, object]) -> Behaviour | Uncacheable:
+        """The fingerprint of what ``td`` does (everything in its key but its
+        dependencies' values), or why it has none this run. Never raises."""
+        with self._lock:
+            name = _task_name(td)
+            try:
+                return self._behaviour(td, name, inputs)
+            except _Failed as failed:
+                return failed.result
+            except KeyboardInterrupt:
+                raise
+            except BaseException as exc:  # a hostile object this module did not foresee
+                return Uncacheable(name, f"its key could not be computed "
+                                         f"({digest.type_label(type(exc))})")
+            finally:
+                self._top = None
+
+    def task_key(self, td: TaskDef, dep_digests: Sequence[str] | Mapping[str, str],
+                 inputs: Mapping[str, object]) -> str | Uncacheable:
+        """The step key of ``td`` given its dependencies' value digests (see
+        ``compute_step_key``), or why it has none this run. Never raises."""
+        found = self.behaviour(td, inputs)
+        if isinstance(found, Uncacheable):
+            return found
+        return found.key(_deps_digest(dep_digests))
+
+    def value_digest(self, value: object) -> str | None:
+        """``digest.value_digest`` with this run's memo."""
+        with self._lock:
+            return digest.value_digest(value, self._values)
+
+    def item_key(self, task_key: str, item: object, index: int | None = None) -> str | None:
+        """The key of one ``for_each`` item: ``task_key`` (the task's behaviour with
+        the digests of its other dependencies, see ``step_key``) and the item's
+        content as it is now, never its position unless ``index`` is given (a body
+        that reads ``current().item_index``); None when the item has no stable
+        content. Never memoised: an item changed in place gets its new key."""
+        with self._lock:
+            try:
+                chunk = Canonical(None, self._hook, _HOOKED).chunk(item)
+            except KeyboardInterrupt:
+                raise
+            except BaseException:  # no stable content, or a hostile __reduce__ (SystemExit)
+                return None
+        h = hashlib.sha256(_ITEM_PREFIX)
+        h.update(_frame(b"task", _text(str(task_key))))
+        if index is not None:
+            h.update(_frame(b"index", b"%d" % index))
+        h.update(_frame(b"item", chunk))
+        return h.hexdigest()
+
+    def fingerprint(self, obj: object) -> str | None:
+        """Hex digest of what ``obj`` (usually a callable) does and holds; None
+        when it has no stable content."""
+        with self._lock:
+            try:
+                chunk = self._chunk(obj)
+            except KeyboardInterrupt:
+                raise
+            except BaseException:
+                return None
+        return hashlib.sha256(_FP_PREFIX + chunk).hexdigest()
+
+    def explain(self, obj: object) -> str | None:
+        """Why ``obj`` has no fingerprint ("closure variable 'conn' holds a
+        socket.socket with no stable content"), or None if it has one."""
+        with self._lock:
+            try:
+                self._chunk(obj)
+            except Unstable as e:
+                return _describe(e, obj, "the value")
+            except Exception as exc:
+                return f"the value could not be read ({digest.type_label(type(exc))})"
+        return None
+
+    # --- keys -----------------------------------------------------------------------------
+
+    def _behaviour(self, td: TaskDef, name: str, inputs: Mapping[str, object]) -> Behaviour:
+        h = hashlib.sha256(_STEP_PREFIX)
+        parts: dict[str, bytes] = {"keys": _STEP_PREFIX}
+        version = getattr(td, "version", None)
+        top: list[object] = []
+        self._top = top
+        roots: list[object] = []
+        if version is not None:
+            if type(version) is not str:
+                raise _Failed(Uncacheable(name, f"version= must be a string, got a "
+                                                f"{digest.type_label(type(version))}",
+                                          "write @task(version=\"2\")"))
+            h.update(_frame(b"version", _text(version)))
+            parts["version"] = _text(version)
+            # the code is not looked at, but what it reads through current() still counts
+            code = getattr(getattr(td, "fn", None), "__code__", None)
+            reads_current = isinstance(code, types.CodeType) and _code_info(code).current
+        else:
+            h.update(_frame(b"body", self._part(td.fn, name, "its body")))
+            # the body and gates themselves are roots of "why": a memoised read meets no node
+            roots.append(td.fn)
+            for gate in _GATES:
+                fn = getattr(td, gate, None)
+                if fn is None:
+                    h.update(_GATE_ABSENT[gate])
+                else:
+                    h.update(_frame(_text(gate), self._part(fn, name, f"its {gate}= callable")))
+                    roots.append(fn)
+            reaches = self._reaches_current
+            reads_current = bool(reaches) and any(id(node) in reaches for node in top)
+        for_each = getattr(td, "for_each", None)
+        each = b"-" if for_each is None else _text(str(for_each))
+        h.update(_frame(b"each", each))
+        parts["each"] = each
+        given = []
+        for input_name, value in sorted(((str(n), v) for n, v in inputs.items()),
+                                        key=lambda nv: nv[0]):
+            try:
+                chunk = self._chunk(value)
+            except Unstable as e:
+                e.name = input_name
+                raise _Failed(Uncacheable(name, _describe(e, value, f"input '{input_name}'"),
+                                          _INPUT_FIX)) from None
+            given.append(_frame(b"input", _text(input_name)) + chunk)
+            parts[f"input:{input_name}"] = chunk
+        h.update(_frame(b"inputs", b"".join(given)))
+        if reads_current:
+            # what current() tells the body: its task name and its attempt budget
+            h.update(_frame(b"current", _text(f"{name}\n{getattr(td, 'retry', 0)!r}")))
+        roots.extend(top)
+        return Behaviour(h, lambda: self._parts_of(tuple(roots), parts), bool(reads_current))
+
+    def _parts_of(self, roots: tuple[object, ...], own: dict[str, bytes]) -> dict[str, str]:
+        """A task's parts: ``own`` and those of every node reachable from ``roots``."""
+        with self._lock:
+            reached = self._reach(roots)
+        parts = dict(reached)
+        parts.update((name, _short(chunk)) for name, chunk in own.items())
+        return parts
+
+    def _own_parts(self, node: object) -> dict[str, bytes]:
+        """What "why" names of one node (read again, now: every node it refers
+        to has its fingerprint, so this is one cheap pass)."""
+        found = self._own.get(id(node))
+        if found is not None:
+            return found
+        own: dict[str, bytes] = {}
+        try:
+            if isinstance(node, type):
+                own[f"class:{_node_label(node).rpartition('<locals>.')[2]}"] = \
+                    self._class_parts(node)
+            else:
+                self._function_parts(node, own)  # type: ignore[arg-type]
+        except KeyboardInterrupt:
+            raise
+        except BaseException:  # changed meanwhile, or hostile: only the wording of "why" suffers
+            pass
+        self._own[id(node)] = own
+        return own
+
+    def _reach(self, roots: tuple[object, ...]) -> dict[str, str]:
+        """The own parts of every node reachable from ``roots``."""
+        ids = tuple(sorted({id(r) for r in roots}))
+        found = self._reached.get(ids)
+        if found is not None:
+            return found
+        parts: dict[str, str] = {}
+        seen: set[int] = set()
+        todo = list(roots)
+        while todo:
+            node = todo.pop()
+            k = id(node)
+            if k in seen:
+                continue
+            seen.add(k)
+            for part, chunk in self._own_parts(node).items():
+                fp = _short(chunk)
+                old = parts.get(part)
+                # two functions of one name: both count, in a stable order
+                parts[part] = fp if old is None or old == fp else _short(
+                    _text("/".join(sorted((old, fp)))))
+            todo.extend(self._refs.get(k, ()))
+        self._reached[ids] = parts
+        return parts
 
 
 def _task_name(td: object) -> str:
