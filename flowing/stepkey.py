@@ -237,7 +237,8 @@ Chains = frozenset[tuple[str, ...]]
 class _CodeInfo:
     """What a code object (with its nested code) contributes to a fingerprint."""
 
-    __slots__ = ("digest", "globals", "chains", "imports", "dynamic", "computed", "current")
+    __slots__ = ("digest", "globals", "chains", "imports", "dynamic", "computed", "current",
+                 "reaches")
 
     def __init__(self, digest_: bytes, scan: _Scan) -> None:
         self.digest = digest_
@@ -252,6 +253,7 @@ class _CodeInfo:
         # a module imported inside: ("import", name, level, *attrs))
         self.computed = frozenset(scan.computed)
         self.current = scan.current  # may read flowing.current()
+        self.reaches = bool(self.imports or self.dynamic or self.computed)  # beyond globals
 
 
 class _Scan:
@@ -889,17 +891,8 @@ class _Fingerprints:
                 chains = {c[1:] for c in info.chains if c[0] == name}
                 out.append(_frame(b"global", _text(name)) + self._global(
                     namespace[name], chains, name, "global", set(), own, where + name))
-        for builtin, what in info.dynamic:
-            if builtin not in namespace:  # (a name of the module's own is not the builtin)
-                raise _unfollowed(what)
-        for modname_, level, chains_ in info.imports:
-            module, absname = _import(modname_, level, namespace)
-            out.append(_frame(b"import", _text(absname)))
-            if module is not None:
-                out.append(self._global(module, set(chains_), absname, "module", set(), own,
-                                        absname))
-        for chain in info.computed:
-            _check_computed(chain, namespace)
+        if info.reaches:
+            self._imports(info, namespace, out, own)
         for var, cell in zip(code.co_freevars, fn.__closure__ or ()):
             try:
                 content = cell.cell_contents
@@ -923,7 +916,7 @@ class _Fingerprints:
             out.append(_frame(b"kwdefault", _text(key)) + chunk)
             if own is not None:
                 _own_part(own, f"default:{label}.{key}", kwdefaults[key], chunk)
-        attrs = getattr(fn, "__dict__", None)
+        attrs = fn.__dict__
         if attrs:  # function attributes (``f.retries = 3`` at module level)
             label = label or _node_label(fn)
             for key in sorted(k for k in attrs if type(k) is str):
@@ -934,6 +927,22 @@ class _Fingerprints:
         if info.current or self._saw_current:
             self._current.add(id(fn))
         return b"".join(out)
+
+    def _imports(self, info: _CodeInfo, namespace: dict[str, object], out: list[bytes],
+                 own: dict[str, bytes] | None) -> None:
+        """What a function reaches beyond its globals: the modules it imports itself,
+        and the reads flowing cannot follow (raised as Unstable)."""
+        for builtin, what in info.dynamic:
+            if builtin not in namespace:  # (a name of the module's own is not the builtin)
+                raise _unfollowed(what)
+        for modname, level, chains in info.imports:
+            module, absname = _import(modname, level, namespace)
+            out.append(_frame(b"import", _text(absname)))
+            if module is not None:
+                out.append(self._global(module, set(chains), absname, "module", set(), own,
+                                        absname))
+        for chain in info.computed:
+            _check_computed(chain, namespace)
 
     def _value(self, value: object, kind: str, name: str) -> bytes:
         """The encoding of a value read by a node: ``kind`` and ``name`` say
