@@ -7,8 +7,10 @@ The pattern: a ``cache=False`` step reads the outside world (it lists the
 folder, with a content digest per file) and runs every time; a ``for_each``
 step handles each file; items are journaled under their *content*, so a run
 re-parses only new or changed files, and the report re-runs only when the
-parsed values changed (early cutoff). The demo runs four times, each in a
-fresh process, and prints what ran::
+parsed values changed (early cutoff). Editing a step so that it returns the
+same values (its docstring, a refactor) re-runs only that step: no
+``version=`` pin is needed. The demo runs four times, each in a fresh
+process, and prints what ran::
 
     run 1 (first):           ran listing, parse x3, report
     run 2 (nothing changed): ran listing

@@ -369,9 +369,10 @@ class FlowFinished(Event):
 
 class TaskStarted(Event):
     """An attempt of a task starts. ``why``: why it runs although a journal is open
-    (``"a dependency's value changed"``, ``"expired (older than cache_ttl_s=60)"``,
-    ``"cache=False"``, ``"not cached: <which value>"``, ``"re-run on request"``), None
-    when it simply has no entry yet."""
+    (``"code of 'scale' changed"``, ``"'up' returned a different value"``,
+    ``"expired (older than cache_ttl_s=60)"``, ``"cache=False"``, ``"not cached: <which
+    value>"``, ``"re-run on request"``: see ``flowing.why``), None when it simply has no
+    entry yet."""
 
     __slots__ = ("at", "task", "attempt", "detached", "why")
     task: str

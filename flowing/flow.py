@@ -155,6 +155,7 @@ class Flow:
     def run(self) -> dict[str, StepResult]:
         """A fresh run: results are cleared (overrides and journaled tasks are kept)."""
         with self._exclusive():
+            self._dry_run_exit(dict(self._overrides), set())
             self.results = {}
             return self._execute(dict(self._overrides), set(), {})
 
@@ -186,6 +187,7 @@ class Flow:
                     kept[i] = r
                 elif r.items is not None:
                     partial[i] = list(r.items)
+            self._dry_run_exit(kept, force)
             return self._execute(kept, force, partial)
 
     def _exclusive(self) -> _RunGuard:
@@ -220,52 +222,75 @@ class Flow:
                             if r is not None}
             self.retries = scheduler.retries
             self.last_attempt_started = scheduler.last_attempt_started
-            self.why = {tasks[i].name: why for i, why in scheduler.why.items()
+            self.why = {tasks[i].name: str(why) for i, why in scheduler.why.items()
                         if (r := scheduler.results[i]) is not None and not r.cached}
             self._interrupted_items = scheduler.unfinished_items()
 
     def _journal_plan(self, force: set[int]) -> JournalPlan:
         assert self._journal is not None
-        keyer, keys, cacheable, uncacheable = self._step_keys()
-        return JournalPlan(self._journal, keys, cacheable, keyer, force, uncacheable)
+        return self._plan(self._journal, force, warn=True)
 
-    def _step_keys(self) -> tuple[Any, list[str], list[bool], dict[int, str]]:
+    def _plan(self, journal: Journal, force: set[int], warn: bool) -> JournalPlan:
+        """Each task's behaviour, fingerprinted once for the run (its key is completed
+        when it is released, from its dependencies' values: see JournalPlan)."""
+        import hashlib
+
         from .interrupts import guarded
-        from .stepkey import Keyer, Uncacheable
+        from .stepkey import Behaviour, Keyer, Uncacheable
 
         # A new Keyer per run: fingerprints read module constants, and a fix made at
         # run time (a flag flipped before resume()) must give a new key.
         keyer = Keyer()
-        keys: list[str] = []
-        cacheable: list[bool] = []
+        behaviours: list[Behaviour | None] = []
+        bases: list[str] = []
         uncacheable: dict[int, str] = {}
         g = self.graph
-        for i, (td, deps) in enumerate(zip(g.tasks, g.deps)):
-            dep_keys = [keys[d] for d in deps]
+        for i, td in enumerate(g.tasks):
             gate_names = g.gate_inputs.get(i, ((), ()))
             inputs = {n: self.inputs[n] for n in (*g.inputs[i], *gate_names[0], *gate_names[1])}
             raised: list[BaseException] = []
-            key = guarded(keyer.task_key, td, dep_keys, inputs, fallback=None, seen=raised)
-            if key is None:  # a value's own code raised a BaseException while fingerprinted
-                key = Uncacheable(td.name, "fingerprinting a value it reads raised "
-                                  + (error_line(raised[0], 80) if raised else "an error"))
-            if isinstance(key, Uncacheable):
-                import hashlib
-
-                self._reporter.warning(key.message)
-                # "task 'x': not cached this run: <which value>; <the fix>" -> the middle
-                why = key.message.split(": ", 1)[-1].split("; ", 1)[0]
-                uncacheable[i] = why.replace("not cached this run: ", "not cached: ", 1)
-                # a stand-in, so the keys of its dependents still chain
-                h = hashlib.sha256(b"flowing-uncacheable/" + td.name.encode("utf-8", "replace"))
-                for k in sorted(dep_keys):
-                    h.update(k.encode())
-                keys.append(h.hexdigest())
-                cacheable.append(False)
+            found = guarded(keyer.behaviour, td, inputs, fallback=None, seen=raised)
+            if found is None:  # a value's own code raised a BaseException while fingerprinted
+                found = Uncacheable(td.name, "fingerprinting a value it reads raised "
+                                    + (error_line(raised[0], 80) if raised else "an error"))
+            if isinstance(found, Uncacheable):
+                if warn:
+                    self._reporter.warning(found.message)
+                uncacheable[i] = found.what
+                behaviours.append(None)
+                bases.append(hashlib.sha256(b"flowing-uncacheable/"
+                                            + td.name.encode("utf-8", "replace")).hexdigest())
             else:
-                keys.append(key)
-                cacheable.append(True)
-        return keyer, keys, cacheable, uncacheable
+                behaviours.append(found)
+                bases.append(found.digest)
+        return JournalPlan(journal, behaviours, bases, keyer, force, uncacheable)
+
+    def dry_run(self) -> dict[str, str]:
+        """What ``run()`` would do now, per task name, calling no body, gate or
+        ``for_each`` source: ``"replay"``, ``"run: <why>"`` or ``"maybe: <why>"``."""
+        with self._exclusive():
+            return self._dry_run(dict(self._overrides), set())
+
+    def _dry_run(self, kept: dict[int, StepResult], force: set[int]) -> dict[str, str]:
+        from .dryrun import dry_run
+
+        plan = None if self._journal is None else self._plan(self._journal, force, warn=False)
+        return dry_run(self.graph, plan, kept)
+
+    def _dry_run_exit(self, kept: dict[int, StepResult], force: set[int]) -> None:
+        """``FLOWING_DRY_RUN=1``: print what a run would do and exit before anything runs."""
+        if os.environ.get("FLOWING_DRY_RUN", "").strip() not in ("1", "true", "yes"):
+            return
+        import sys
+
+        table = self._dry_run(kept, force)
+        width = max((len(n) for n in table), default=4)
+        lines = [f"flowing dry run (FLOWING_DRY_RUN=1): {len(table)} "
+                 f"task{'' if len(table) == 1 else 's'}, nothing was run"]
+        lines += [f"  {safe_str(name):<{width}}  {what}" for name, what in table.items()]
+        sys.stderr.write("\n".join(lines) + "\n")
+        sys.stderr.flush()
+        raise SystemExit(0)
 
     def override(self, task: TaskDef | str, value: Any) -> None:
         """Record ``value`` as the task's SUCCEEDED result without running it."""
@@ -277,11 +302,10 @@ class Flow:
             if self._journal is not None:
                 from .digest import value_digest
 
-                keys = self._step_keys()[1]
-                key = keys[i]
-                # under a key of its own (step key and name): see scheduler.override_key
-                self._journal.record(override_key(key, td.name), td.name,
-                                     [keys[d] for d in g.deps[i]], value, "override",
+                plan = self._plan(self._journal, set(), warn=False)
+                # under a key of its own (behaviour and name): see JournalPlan.override_entry
+                key = override_key(plan.bases[i], td.name)
+                self._journal.record(key, td.name, [], value, "override",
                                      digest=value_digest(value))
             now = time.time()
             result = StepResult(td.name, StepState.SUCCEEDED, value, step_key=key,

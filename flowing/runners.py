@@ -155,7 +155,7 @@ import sys
 import threading
 import time
 from array import array
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any, Protocol
 
 from . import attempt as A
@@ -187,8 +187,8 @@ class Shared(RunSignals):
     task starts. The journal does its own locking.
     """
 
-    __slots__ = ("inbox", "stop_reason", "fail_fast", "journal", "tasks", "keys", "dep_keys",
-                 "fused_next", "digest", "closed")
+    __slots__ = ("inbox", "stop_reason", "fail_fast", "journal", "tasks", "keys", "deps",
+                 "parts", "fused_next", "digest", "closed")
 
     def __init__(self, tasks: list[TaskDef], deps: list[tuple[int, ...]], fail_fast: bool,
                  journal: Journal | None, keys: list[str] | None) -> None:
@@ -198,8 +198,13 @@ class Shared(RunSignals):
         self.fail_fast = fail_fast
         self.journal = journal
         self.tasks = tasks
-        self.keys = keys                       # step key per task, or None without a journal
-        self.dep_keys = None if keys is None else [[keys[d] for d in ds] for ds in deps]
+        # step key per task, or None without a journal; the scheduler sets a task's key
+        # when it is released (it covers its dependencies' values)
+        self.keys = keys
+        self.deps = deps
+        # per task, what its key was computed from (short fingerprints, for "why"),
+        # set with its key
+        self.parts: list[Mapping[str, str] | None] = [None] * len(tasks)
         self.fused_next = array("i", [-1]) * len(tasks)  # index of the fused successor, or -1
         self.digest: RunDigests | None = None  # value digests, with a journal
         self.closed = False  # the run has returned or raised: nothing is journaled any more
@@ -208,6 +213,11 @@ class Shared(RunSignals):
         if self.stop_reason is None:
             self.stop_reason = reason
         self.stopping.set()
+
+    def dep_keys(self, i: int) -> list[str]:
+        """The keys of the entries task i was computed from (its dependencies')."""
+        keys = self.keys
+        return [] if keys is None else [keys[d] for d in self.deps[i]]
 
     def record(self, outcome: Outcome) -> None:
         """Journal a success; called by whichever thread sees it first.
@@ -237,7 +247,7 @@ class Shared(RunSignals):
             if changed is not None:
                 store = False
                 outcome.warning = changed
-        dep_keys = self.dep_keys[job.task] if self.dep_keys is not None else []
+        dep_keys = self.dep_keys(job.task)
         if job.mode == A.ITEM:
             # the task's own dependencies too: the task may have no entry of its
             # own (some items failed), and ``journal forget`` must still reach its items
@@ -250,7 +260,8 @@ class Shared(RunSignals):
                            durable=False)
         else:
             journal.record(job.key, job.td.name, dep_keys, outcome.value, "task",
-                           digest=digest, inputs=job.in_digest, store=store)
+                           digest=digest, inputs=job.in_digest, store=store,
+                           parts=self.parts[job.task])
 
     def fail_fast_trips(self, outcome: Outcome) -> bool:
         job = outcome.job

@@ -19,14 +19,15 @@ Scheduling policy
   never skip a job they were handed. So tasks ready together are handed over
   together (as far as ``max_workers`` allows, see ``capacity``) and all run,
   whichever of them fails first.
-* Replay (with a journal): when a task is released, it is replayed instead
-  of run if the journal holds its step key, computed from the same
-  dependency values (the entry's ``inputs`` digest equals the digest of the
-  dependency values now), not older than ``cache_ttl_s``, and the task is
-  cacheable (``cache=True``, every value in its key has stable content).
-  A dependency that re-ran to an identical value therefore does not force
-  its dependents (early cutoff). ``for_each`` items are replayed the same
-  way, each keyed by its content.
+* Replay (with a journal): when a task is released, its step key is
+  completed from its behaviour (fingerprinted when the run started) and the
+  content digests of its dependencies' values (``JournalPlan.settle``); it
+  is replayed instead of run if the journal holds that key, not older than
+  ``cache_ttl_s``, and the task is cacheable (``cache=True``, every value in
+  its key has stable content). A dependency that re-ran to an identical
+  value therefore does not force its dependents (early cutoff). ``for_each``
+  items are replayed the same way, each keyed by its content. Why a task
+  runs again is a ``why.Why`` (``JournalPlan.verdict``), worded at the edge.
 * At most ``max_workers`` jobs are in flight. A task's ``Limit`` further
   bounds its bodies in flight and their start rate across every flow of the
   process (jobs wait for it in FIFO order). A sync body that timed out keeps
@@ -76,6 +77,7 @@ import itertools
 import queue
 import time
 from array import array
+from collections.abc import Iterator, Mapping
 from typing import TYPE_CHECKING, Any
 
 from . import attempt as A
@@ -96,12 +98,15 @@ from .events import (
 from .interrupts import Catcher, guarded
 from .results import Deferred, Failed, ItemResult, StepResult, StepState
 from .runners import WAKE, Runner, Shared, open_runner
+from .why import Why, WhyKind, changed
 
 if TYPE_CHECKING:
     from .events import Reporter
     from .graph import Graph
     from .journal import Journal
     from .limits import Limit
+    from .stepkey import Behaviour
+    from .tasks import TaskDef
 
 PENDING, HELD, QUEUED, RUNNING, DONE = range(5)
 
@@ -155,26 +160,124 @@ def override_key(key: str, name: str) -> str:
     return hashlib.sha256(f"flowing-override/{key}/{name}".encode("utf-8", "replace")).hexdigest()
 
 
+class Parts(Mapping[str, str]):
+    """What a task's key is made of (``Behaviour.parts`` and ``dep:<name>`` per
+    dependency value), as short fingerprints for "why"; worked out only when
+    read (journaling a task that ran, or explaining why it runs), never for a
+    task that replays."""
+
+    __slots__ = ("_behaviour", "_pairs", "_parts")
+
+    def __init__(self, behaviour: Behaviour | None, pairs: list[tuple[str, str | None]]) -> None:
+        self._behaviour = behaviour
+        self._pairs = pairs
+        self._parts: dict[str, str] | None = None
+
+    def _all(self) -> dict[str, str]:
+        if self._parts is None:
+            parts = dict(self._behaviour.parts) if self._behaviour is not None else {}
+            for name, d in self._pairs:
+                parts[f"dep:{name}"] = "-" if d is None else d[:12]
+            self._parts = parts
+        return self._parts
+
+    def __getitem__(self, key: str) -> str:
+        return self._all()[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._all())
+
+    def __len__(self) -> int:
+        return len(self._all())
+
+
 class JournalPlan:
     """What a journaled run needs, computed by the Flow before it starts.
 
-    ``keys[i]``       step key of task i (always a str: an uncacheable task gets
-                      a stand-in, so its dependents' keys still chain)
-    ``cacheable[i]``  False when task i's key could not cover every value it
-                      depends on (it then neither replays nor journals a value)
-    ``keyer``         the run's Keyer (item keys, value digests)
+    ``behaviours[i]`` task i's ``stepkey.Behaviour`` (its key but for its
+                      dependencies' values), or None when it could not cover every
+                      value the task depends on (it then neither replays nor
+                      journals a value)
+    ``bases[i]``      its behaviour's digest, or a stand-in for an uncacheable task
+                      (overrides are journaled under it, see ``override_key``)
+    ``keys[i]``       its step key: ``bases[i]`` until the task is released, then
+                      ``stepkey.step_key`` of its behaviour and the digests of its
+                      dependencies' values (``Scheduler._settle``)
+    ``keyer``         the run's Keyer (item keys)
     ``force``         tasks that must run even if journaled (resume(from_tasks))
     ``uncacheable``   why each uncacheable task is (for ``Flow.why`` and the log)
     """
 
-    def __init__(self, journal: Journal, keys: list[str], cacheable: list[bool], keyer: Any,
-                 force: set[int], uncacheable: dict[int, str] | None = None) -> None:
+    def __init__(self, journal: Journal, behaviours: list[Behaviour | None], bases: list[str],
+                 keyer: Any, force: set[int], uncacheable: dict[int, str] | None = None) -> None:
         self.journal = journal
-        self.keys = keys
-        self.cacheable = cacheable
+        self.behaviours = behaviours
+        self.bases = bases
+        self.keys = list(bases)
+        self.cacheable = [b is not None for b in behaviours]
         self.keyer = keyer
         self.force = force
-        self.uncacheable = uncacheable or {}  # task -> "not cached: <which value>"
+        self.uncacheable = uncacheable or {}  # task -> the value that has no stable content
+
+    def settle(self, i: int, pairs: list[tuple[str, str | None]]) -> tuple[str, str | None,
+                                                                          Parts]:
+        """Task i's step key, dependencies' digest and parts, from (dependency name,
+        value digest) pairs (a digest None: that value has no stable content)."""
+        from .digest import inputs_digest
+
+        in_digest = inputs_digest(pairs)
+        b = self.behaviours[i]
+        if b is not None and in_digest is not None:
+            key = b.key(in_digest)
+        else:  # a stand-in: recorded as a marker, so ``journal forget`` still follows
+            import hashlib
+
+            key = hashlib.sha256(f"flowing-uncacheable/{self.bases[i]}/{in_digest}"
+                                 .encode()).hexdigest()
+        return key, in_digest, Parts(b, pairs)
+
+    def verdict(self, i: int, td: TaskDef, key: str, in_digest: str | None,
+                parts: Mapping[str, str], explain: bool = True) -> Why | None:
+        """None if the entry under ``key`` may replay task i; else why not (what
+        changed only when ``explain``: it reads the task's newest entry)."""
+        journal = self.journal
+        why = self.blocked(i, td)
+        if why is not None:
+            return why
+        if in_digest is None:
+            return Why(WhyKind.UNSTABLE_DEP)
+        meta = journal.peek(key)
+        if meta is None:
+            if not explain:
+                return Why(WhyKind.NO_ENTRY)
+            return changed(parts, journal.latest_parts(td.name), journal.has_task(td.name))
+        ttl = td.cache_ttl_s
+        if ttl is not None and time.time() - meta[0] > ttl:
+            return Why(WhyKind.EXPIRED, detail=f"{ttl:g}")
+        return None
+
+    def blocked(self, i: int, td: TaskDef) -> Why | None:
+        """Why task i runs whatever the journal holds, if it does."""
+        if i in self.force:
+            return Why(WhyKind.FORCED)
+        if not td.cache:
+            return Why(WhyKind.CACHE_FALSE)
+        if self.behaviours[i] is None:
+            return Why(WhyKind.NOT_CACHED, detail=self.uncacheable.get(i, "its key"))
+        return None
+
+    def override_entry(self, i: int, td: TaskDef, key: str) -> str | None:
+        """The journal key of an override of task i that stands now, if any: an
+        override stands whatever its dependencies' values are, until the task
+        runs again under its key."""
+        if i in self.force:
+            return None
+        okey = override_key(self.bases[i], td.name)
+        over = self.journal.peek(okey)
+        if over is None:
+            return None
+        normal = self.journal.peek(key)
+        return okey if normal is None or over[0] >= normal[0] else None
 
 
 class _FanOut:
@@ -218,7 +321,7 @@ class Scheduler:
         self.status = bytearray(n)
         self.waiting = array("i", bytes(4 * n))  # set for pending tasks in _prepare
         self.digests: list[Any] = [_UNKNOWN] * n if plan is not None else []
-        self.why: dict[int, str] = {}  # why a journaled task ran again
+        self.why: dict[int, Why] = {}  # why a journaled task ran again
         # released tasks (by index) and retries/items (as Jobs) waiting for a slot, FIFO
         self.ready: collections.deque[Job | int] = collections.deque()
         self.in_digests: dict[int, str] = {}  # released, not started: their inputs digest
@@ -478,7 +581,7 @@ class Scheduler:
             return
         in_digest = None
         if self.plan is not None:
-            in_digest = self._in_digest(i)
+            in_digest = self._settle(i)
             if self._replay(i, in_digest) or not self._load_deps(i):
                 return
         if self._not_started(i):
@@ -628,7 +731,8 @@ class Scheduler:
             self.running_since.setdefault(i, now)
             why = self.why.get(i) if attempt == 1 else None
             self.emit(TaskStarted(now, self.graph.tasks[i].name, attempt,
-                                  bool(self.graph.detached[i]), why))
+                                  bool(self.graph.detached[i]),
+                                  None if why is None else str(why)))
 
     # ----- replay (journal) ---------------------------------------------------
 
@@ -645,13 +749,25 @@ class Scheduler:
                 d = self.digests[i] = None
         return d  # type: ignore[no-any-return]
 
+    def _dep_digests(self, i: int, skip: int = -1) -> list[tuple[str, str | None]]:
+        g = self.graph
+        return [(g.tasks[d].name, self._digest_of(d)) for d in g.deps[i] if d != skip]
+
     def _in_digest(self, i: int, skip: int = -1) -> str | None:
         """Digest of the dependency values task i is about to be computed from
         (without dependency ``skip``: a for_each source, whose items count one by one)."""
         from .digest import inputs_digest  # journaled runs only
 
-        g = self.graph
-        return inputs_digest((g.tasks[d].name, self._digest_of(d)) for d in g.deps[i] if d != skip)
+        return inputs_digest(self._dep_digests(i, skip))
+
+    def _settle(self, i: int) -> str | None:
+        """Task i is released: its key from its dependencies' values, and what the
+        key is made of (journaled with its value). Returns the dependencies' digest."""
+        assert self.plan is not None and self.keys is not None
+        key, in_digest, parts = self.plan.settle(i, self._dep_digests(i))
+        self.keys[i] = key
+        self.shared.parts[i] = parts if self.plan.behaviours[i] is not None else None
+        return in_digest
 
     def _storable(self, i: int, in_digest: str | None) -> bool:
         plan = self.plan
@@ -662,37 +778,15 @@ class Scheduler:
         """Whether the journal entry under ``key`` may replay task i (or one of its
         items). When it may not and the journal knows the task from an earlier run,
         ``self.why`` says why it runs again (a first run needs no explaining)."""
-        why = self._why_not(i, key, in_digest)
+        assert self.plan is not None and self.journal is not None
+        td = self.graph.tasks[i]
+        explain = not item and self.journal.has_task(td.name)
+        why = self.plan.verdict(i, td, key, in_digest, self.shared.parts[i] or {}, explain)
         if why is None:
             return True
-        assert self.journal is not None
-        if why and not item and self.journal.has_task(self.graph.tasks[i].name):
+        if explain:
             self.why[i] = why
         return False
-
-    def _why_not(self, i: int, key: str, in_digest: str | None) -> str | None:
-        """None if the entry under ``key`` may be replayed; else why not."""
-        plan = self.plan
-        assert plan is not None and self.journal is not None
-        td = self.graph.tasks[i]
-        if i in plan.force:
-            return "re-run on request"
-        meta = self.journal.peek(key)
-        if not td.cache:
-            return "cache=False"
-        if not plan.cacheable[i]:
-            return plan.uncacheable.get(i, "not cached this run")
-        if in_digest is None:
-            return "a dependency's value has no stable content"
-        if meta is None:
-            return "new key: its code, an input or an upstream step changed"
-        t, _digest, inputs = meta
-        if inputs != in_digest:
-            return "a dependency's value changed"
-        ttl = td.cache_ttl_s
-        if ttl is not None and time.time() - t > ttl:
-            return f"expired (older than cache_ttl_s={ttl:g})"
-        return None
 
     def _replay(self, i: int, in_digest: str | None) -> bool:
         """Finish task i from the journal if its entry may be used. True if it was."""
@@ -700,20 +794,18 @@ class Scheduler:
         key = self.keys[i]
         td = self.graph.tasks[i]
         hit = None
-        if i not in self.plan.force:
-            # an override stands whatever the dependencies' values are, until the task
-            # runs again under the same key
-            okey = override_key(key, td.name)
-            over, normal = self.journal.peek(okey), self.journal.peek(key)
-            if over is not None and (normal is None or over[0] >= normal[0]):
-                hit = self.journal.get(okey, lazy=True)
+        okey = self.plan.override_entry(i, td, key)
+        if okey is not None:
+            hit = self.journal.get(okey, lazy=True)
+            if hit is not None:
+                self.keys[i] = okey  # its dependents' entries name the entry they used
         if hit is None:
             if not self._usable(i, key, in_digest):
                 return False
             # a value stored beside the journal is read when something needs it
             hit = self.journal.get(key, lazy=True)
         if hit is None:
-            self.why[i] = "its journaled value could not be loaded"
+            self.why[i] = Why(WhyKind.UNLOADABLE)
             return False
         now = time.time()
         items: Any = None
@@ -871,11 +963,16 @@ class Scheduler:
         plan = self.plan
         others = None
         item_store = False
+        base = None  # the items' common part of their keys: behaviour and other dependencies
+        behaviour = None
         if plan is not None:
             source_index = next(d for d in self.graph.deps[i]
                                 if self.graph.tasks[d].name == source_name)
             others = self._in_digest(i, skip=source_index)
             item_store = self._storable(i, others)
+            behaviour = plan.behaviours[i]
+            if behaviour is not None and others is not None:
+                base = behaviour.key(others)
         task_inputs = self._task_inputs(i)
         catcher = self.catcher
         for index, item in enumerate(items):
@@ -887,8 +984,11 @@ class Scheduler:
                 fan.remaining -= 1
                 continue
             key = None
-            if plan is not None and plan.cacheable[i]:
-                key = guarded(plan.keyer.item_key, plan.keys[i], item, fallback=None)
+            if plan is not None and base is not None and behaviour is not None:
+                # the item's content as it is now (never a memo: a source may refresh
+                # an object in place), and its index when the body can read it
+                key = guarded(plan.keyer.item_key, base, item,
+                              index if behaviour.current else None, fallback=None)
                 if key is not None and self._usable(i, key, others, item=True):
                     assert self.journal is not None
                     hit = self.journal.get(key)
@@ -967,9 +1067,9 @@ class Scheduler:
                 digest = digests(values)
                 self.digests[i] = digest
                 try:
-                    self.journal.record(key, td.name, self.shared.dep_keys[i]
-                                        if self.shared.dep_keys is not None else [], values,
+                    self.journal.record(key, td.name, self.shared.dep_keys(i), values,
                                         "task", digest=digest, inputs=in_digest,
+                                        parts=self.shared.parts[i],
                                         # with cache_ttl_s, a list holding replayed
                                         # items must not look fresh as a whole
                                         store=self._storable(i, in_digest)

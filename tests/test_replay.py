@@ -178,9 +178,9 @@ def test_cache_false_source_early_cutoff_and_changed_value(journal, calls, tmp_p
     changed.run()
     assert calls.take() == {"latest": 1, "total": 1, "report": 1}
     assert changed.value("report") == "total=10"
-    assert changed.why["total"] == "a dependency's value changed"
+    assert changed.why["total"] == "'latest' returned a different value"
     assert "cache=False" in changed.why["latest"]
-    assert "(ran: a dependency's value changed)" in changed.summary()
+    assert "(ran: 'latest' returned a different value)" in changed.summary()
 
 
 def test_a_dependency_that_reran_to_the_same_value_does_not_force_dependents(journal, calls):
@@ -515,8 +515,8 @@ def test_a_task_that_runs_under_a_new_key_says_so(journal):
     Flow(fetch, journal_path=journal, inputs={"base_url": "http://a"}, log=False).run()
     flow = Flow(fetch, journal_path=journal, inputs={"base_url": "http://b"}, log=False)
     flow.run()
-    assert flow.why == {"fetch": "new key: its code, an input or an upstream step changed"}
-    assert "(ran: new key" in flow.summary()
+    assert flow.why == {"fetch": "input 'base_url' changed"}
+    assert "(ran: input 'base_url' changed)" in flow.summary()
 
 
 def test_a_first_run_explains_nothing(journal):

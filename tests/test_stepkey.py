@@ -498,8 +498,8 @@ def test_async_functions_are_fingerprinted():
 def test_key_changes_with_the_version_prefix(monkeypatch):
     td = _td(plain_body)
     before = compute_step_key(td, [])
-    assert STEP_KEY_VERSION == 2
-    monkeypatch.setattr(stepkey, "_STEP_PREFIX", b"flowing-step/3/x")
+    assert STEP_KEY_VERSION == 3
+    monkeypatch.setattr(stepkey, "_STEP_PREFIX", b"flowing-step/4/x")
     assert compute_step_key(td, []) != before
 
 
