@@ -272,7 +272,7 @@ def _work(job: Job | None, shared: Shared, call: A.BodyCall = A.call_here) -> No
             return
         if job.announce:
             shared.inbox.put(Outcome(job, A.STARTED, started_at=time.time()))
-        outcome = run_attempt(job, call)
+        outcome = run_attempt(job, A.call_here if job.td.local else call)
         successor = None
         if outcome.kind is A.SUCCEEDED and job.mode == A.TASK:
             s = shared.fused_next[job.task]
@@ -445,17 +445,22 @@ class EventLoopRunner:
 
 
 class Mixed:
-    """Sync jobs to one runner, coroutine jobs to an event loop made on first use."""
+    """Sync jobs to one runner, coroutine jobs to an event loop made on first use;
+    with a ``remote`` runner (an executor that ships), every job of a task that is
+    not ``local=True`` goes there instead."""
 
-    def __init__(self, sync: Runner, shared: Shared) -> None:
+    def __init__(self, sync: Runner, shared: Shared, remote: Runner | None = None) -> None:
         self._sync = sync
         self._shared = shared
+        self._remote = remote
         self._loop: EventLoopRunner | None = None
-        self.fuses = sync.fuses
-        self.queues_ahead = sync.queues_ahead
+        self.fuses = sync.fuses and (remote is None or remote.fuses)
+        self.queues_ahead = sync.queues_ahead and (remote is None or remote.queues_ahead)
 
     def submit(self, job: Job) -> None:
-        if job.td.is_async:
+        if self._remote is not None and not job.td.local:
+            self._remote.submit(job)
+        elif job.td.is_async:
             if self._loop is None:
                 self._loop = EventLoopRunner(self._shared)
             self._loop.submit(job)
@@ -463,6 +468,8 @@ class Mixed:
             self._sync.submit(job)
 
     def close(self) -> None:
+        if self._remote is not None:
+            self._remote.close()
         self._sync.close()
         if self._loop is not None:
             self._loop.close()
@@ -483,9 +490,10 @@ def open_runner(executor: Any, max_workers: int, shared: Shared,
     elif _is_thread_pool(executor):
         sync = ExecutorRunner(executor, shared)
     else:
-        remote = RemoteCall(executor)
-        # coroutine bodies are shipped too, and run with asyncio.run in the worker
-        return ThreadRunner(max_workers, shared, remote)
+        # coroutine bodies are shipped too, and run with asyncio.run in the worker;
+        # local=True tasks run on the run's own threads (and event loop)
+        remote = ThreadRunner(max_workers, shared, RemoteCall(executor))
+        return Mixed(ThreadRunner(max_workers, shared), shared, remote)
     return Mixed(sync, shared) if has_async else sync
 
 
@@ -600,6 +608,18 @@ def _load_body(blob: bytes) -> Callable[..., Any]:
     return fn
 
 
+def _missing_module(exc: BaseException, what: str) -> str | None:
+    """The message for a module the worker cannot import, or None for other errors."""
+    name = getattr(exc, "name", None) if isinstance(exc, ImportError) else None
+    if not isinstance(name, str) or not name:
+        return None
+    return (f"{what} needs the module '{name}', which the worker cannot import "
+            f"({_describe(exc)}); install '{name.partition('.')[0]}' on the workers (the "
+            f"version the script uses), or mark the task @task(local=True) to run it in "
+            f"the flow's process (flowing ships itself and the modules of the script's "
+            f"folder, not packages found elsewhere)")
+
+
 def _describe(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {safe_str(exc)}"
 
@@ -675,6 +695,9 @@ def run_shipped(body_blob: bytes, call_blob: bytes, cloud: bool) -> tuple[int, A
     try:
         fn = _load_body(body_blob)
     except BaseException as exc:
+        missing = _missing_module(exc, "its body")
+        if missing:
+            return _UNSHIPPABLE, missing
         return _UNSHIPPABLE, (f"its body could not be loaded in the worker ({_describe(exc)}); "
                               f"the worker must be able to import the body's module (install "
                               f"it there); a script run with a spawn or forkserver pool needs "
@@ -683,6 +706,9 @@ def run_shipped(body_blob: bytes, call_blob: bytes, cloud: bool) -> tuple[int, A
     try:
         kwargs, fields, left, is_async = pickle.loads(call_blob)
     except BaseException as exc:
+        missing = _missing_module(exc, "its arguments")
+        if missing:
+            return _UNSHIPPABLE, missing
         return _UNSHIPPABLE, (f"its arguments could not be unpickled in the worker "
                               f"({_describe(exc)}); pass plain data, or values whose classes "
                               f"the worker can import")
@@ -795,6 +821,7 @@ class RemoteCall:
         self._gathers = self._dask and callable(getattr(executor, "gather", None))
         self._to_gather: list[tuple[Any, list[Any]]] = []  # (future, box), under _lock
         self._gathering = threading.Lock()  # held by the one thread gathering a batch
+        self._target: tuple[Callable[..., Any], tuple[Any, ...]] | None = None  # Dask only
 
     def __call__(self, job: Job, kwargs: dict[str, Any]) -> Any:
         body = self._body_blob(job)
@@ -807,7 +834,8 @@ class RemoteCall:
         try:
             if self._dask:
                 key = f"{job.td.name}-{next(self._count)}-{self._token}"
-                future = self._executor.submit(run_shipped, body, call, self._cloud,
+                target, prefix = self._dask_target()
+                future = self._executor.submit(target, *prefix, body, call, self._cloud,
                                                pure=False, key=key)
             else:
                 future = self._executor.submit(run_shipped, body, call, self._cloud)
@@ -825,6 +853,23 @@ class RemoteCall:
         except Exception as exc:  # not what run_shipped returns: the executor ran something else
             raise self._engine_error(job, exc, "lost it") from exc
         return self._unpack(job, code, data)
+
+    def _dask_target(self) -> tuple[Callable[..., Any], tuple[Any, ...]]:
+        """What Dask runs: ``run_shipped`` when the workers import flowing and the
+        script's modules themselves, else ``shipping.ENTRY`` with the bundle that
+        ``shipping.prepare`` sent them (once per run and client; see shipping.py)."""
+        with self._lock:
+            if self._target is None:
+                from . import shipping
+
+                client = getattr(self._executor, "_client", self._executor)
+                try:
+                    shipped = shipping.prepare(client)
+                except Exception:  # a closed client: the submit itself will say so
+                    shipped = None
+                self._target = ((run_shipped, ()) if shipped is None
+                                else (shipping.ENTRY, shipped))
+            return self._target
 
     def _wait(self, job: Job, future: Any, deadline: float | None) -> Any:
         """The engine's result for ``future``, waiting at most until ``deadline``."""

@@ -85,12 +85,14 @@ class TaskDef:
     reads the outside world (never replayed from a journal);
     ``cache_ttl_s`` (seconds > 0, or None) is the age beyond which a
     journaled result is not replayed (ignored when ``cache=False``).
+    ``local=True``: the body always runs in the flow's own process, whatever
+    the Flow's ``executor=`` (writing outputs, reading local files).
     """
 
     __slots__ = ("name", "fn", "depends_on", "retry", "retry_backoff_base_ms",
                  "retry_max_backoff_ms", "retry_on", "timeout_s", "detached", "when",
                  "validate", "retry_until", "for_each", "limit", "version", "cache",
-                 "cache_ttl_s", "is_async", "__weakref__")
+                 "cache_ttl_s", "local", "is_async", "__weakref__")
 
     name: str
     fn: Callable[..., Any]
@@ -109,6 +111,7 @@ class TaskDef:
     version: str | None
     cache: bool
     cache_ttl_s: float | None
+    local: bool
     is_async: bool
 
     def __init__(self, fn: Callable[..., Any], *,
@@ -127,7 +130,8 @@ class TaskDef:
                  limit: Limit | None = None,
                  version: str | None = None,
                  cache: bool = True,
-                 cache_ttl_s: float | None = None) -> None:
+                 cache_ttl_s: float | None = None,
+                 local: bool = False) -> None:
         fn = _check_body(fn)
         name = _check_name(fn, name)
         self.name = name
@@ -152,6 +156,7 @@ class TaskDef:
         self.version = _check_version(name, version)
         self.cache = _check_bool(name, "cache", cache)
         self.cache_ttl_s = _check_ttl(name, cache_ttl_s)
+        self.local = _check_bool(name, "local", local)
         self.is_async = _is_async(fn)
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
@@ -242,7 +247,8 @@ def task(fn: _Body, *,
          limit: Limit | None = None,
          version: str | None = None,
          cache: bool = True,
-         cache_ttl_s: float | None = None) -> TaskDef: ...
+         cache_ttl_s: float | None = None,
+         local: bool = False) -> TaskDef: ...
 
 
 @overload
@@ -262,7 +268,8 @@ def task(fn: None = None, *,
          limit: Limit | None = None,
          version: str | None = None,
          cache: bool = True,
-         cache_ttl_s: float | None = None) -> Callable[[_Body], TaskDef]: ...
+         cache_ttl_s: float | None = None,
+         local: bool = False) -> Callable[[_Body], TaskDef]: ...
 
 
 def task(fn: _Body | None = None, *,
@@ -281,7 +288,8 @@ def task(fn: _Body | None = None, *,
          limit: Limit | None = None,
          version: str | None = None,
          cache: bool = True,
-         cache_ttl_s: float | None = None) -> TaskDef | Callable[[_Body], TaskDef]:
+         cache_ttl_s: float | None = None,
+         local: bool = False) -> TaskDef | Callable[[_Body], TaskDef]:
     """Declare a step. Use as ``@task``, ``@task(...)`` or ``task(fn, name=...)``.
 
     Each dependency's value is passed to the body as the keyword argument
@@ -296,7 +304,7 @@ def task(fn: _Body | None = None, *,
                      retry_max_backoff_ms=retry_max_backoff_ms, retry_on=retry_on,
                      timeout_s=timeout_s, detached=detached, when=when, validate=validate,
                      retry_until=retry_until, for_each=for_each, limit=limit,
-                     version=version, cache=cache, cache_ttl_s=cache_ttl_s)
+                     version=version, cache=cache, cache_ttl_s=cache_ttl_s, local=local)
         _registry.append(td)
         return td
 
