@@ -356,3 +356,31 @@ def test_a_script_as_main_on_dask_and_journal_replay_in_a_fresh_process(tmp_path
     second = run_child([sys.executable, str(path), journal], repo_env)
     assert second["from_main"] == ["succeeded", value, True]  # replayed, not re-run
     assert second["tail"] == ["succeeded", value["pid"], False]
+
+
+@task(depends_on=[where], local=True)
+def kept_here(where):
+    return {"pid": os.getpid(), "from": where["pid"]}
+
+
+async def _kept_async(where):
+    return {"pid": os.getpid(), "from": where["pid"]}
+
+
+kept_here_async = task(_kept_async, name="kept_here_async", depends_on=[where], local=True)
+
+
+@pytest.mark.parametrize("local", [kept_here, kept_here_async], ids=["sync", "async"])
+def test_a_local_step_runs_in_the_flow_process_between_remote_ones(engine, client, local):
+    @task(depends_on=[local])
+    def after(**deps):
+        (value,) = deps.values()
+        return {"pid": os.getpid(), "got": value}
+
+    results = Flow(after, executor=engine, log=False).run()
+    pids = worker_pids(client)
+    assert all(r.state is StepState.SUCCEEDED for r in results.values()), results
+    w, k, a = (results[n].value for n in ("where", local.name, "after"))
+    assert w["pid"] in pids and a["pid"] in pids
+    assert k == {"pid": FLOW_PID, "from": w["pid"]}  # its input came back from a worker
+    assert a["got"] == k  # and its value went out to a worker
