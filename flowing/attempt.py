@@ -19,8 +19,12 @@ always in the flow's process.
 
 Where the body itself runs is the caller's choice: ``run_attempt`` takes a
 ``call`` (``call_here`` runs it on this thread, with ``timeout_s`` enforced by
-abandoning a daemon thread; ``runners.RemoteCall`` ships it to another
-process). Each sets ``flowing.current()`` for the body.
+abandoning a daemon thread). Each sets ``flowing.current()`` for the body. A
+body that completes later, elsewhere (``runners.RemoteRunner``: another
+process, no thread waiting for it) uses the two halves of ``run_attempt``:
+``begin_attempt`` (gates, start, deadline) before it is shipped and
+``finish_attempt`` (the verdict) when its value or error comes back; both
+never raise.
 """
 
 from __future__ import annotations
@@ -478,20 +482,36 @@ def exit_if_forked(pid: int, status: int) -> None:
         os._exit(status)
 
 
-def run_attempt(job: Job, call: BodyCall = call_here) -> Outcome:
-    """Run one job with a sync body (on a worker thread). Never raises."""
-    started = None
+def begin_attempt(job: Job) -> tuple[float, Outcome | None]:
+    """The part of an attempt before its body (start stamp, gates, deadline), in the
+    flow's process. -> (start, the attempt's verdict, or None: call the body now).
+    Never raises."""
     try:
-        started, early = _begin(job)
-        if early is not None:
-            return early
-        try:
-            value = call(job, job.body_kwargs())
-        except BaseException as exc:
-            return verdict(job, None, exc, started)
-        return verdict(job, value, None, started)
+        return _begin(job)
+    except BaseException as exc:
+        return time.time(), broken_outcome(job, exc, None)
+
+
+def finish_attempt(job: Job, started: float, value: Any,
+                   error: BaseException | None) -> Outcome:
+    """The part after the body: the verdict from its value or error (``retry_until``,
+    retries), wherever and whenever the body ran. Never raises."""
+    try:
+        return verdict(job, value, error, started)
     except BaseException as exc:
         return broken_outcome(job, exc, started)
+
+
+def run_attempt(job: Job, call: BodyCall = call_here) -> Outcome:
+    """Run one job with a sync body (on a worker thread). Never raises."""
+    started, early = begin_attempt(job)
+    if early is not None:
+        return early
+    try:
+        value = call(job, job.body_kwargs())
+    except BaseException as exc:
+        return finish_attempt(job, started, None, exc)
+    return finish_attempt(job, started, value, None)
 
 
 async def run_attempt_async(job: Job) -> Outcome:

@@ -272,7 +272,7 @@ def _work(job: Job | None, shared: Shared, call: A.BodyCall = A.call_here) -> No
             return
         if job.announce:
             shared.inbox.put(Outcome(job, A.STARTED, started_at=time.time()))
-        outcome = run_attempt(job, A.call_here if job.td.local else call)
+        outcome = run_attempt(job, call)
         successor = None
         if outcome.kind is A.SUCCEEDED and job.mode == A.TASK:
             s = shared.fused_next[job.task]
@@ -490,9 +490,11 @@ def open_runner(executor: Any, max_workers: int, shared: Shared,
     elif _is_thread_pool(executor):
         sync = ExecutorRunner(executor, shared)
     else:
+        from .remote import RemoteRunner
+
         # coroutine bodies are shipped too, and run with asyncio.run in the worker;
         # local=True tasks run on the run's own threads (and event loop)
-        remote = ThreadRunner(max_workers, shared, RemoteCall(executor))
+        remote = RemoteRunner(executor, max_workers, shared)
         return Mixed(ThreadRunner(max_workers, shared), shared, remote)
     return Mixed(sync, shared) if has_async else sync
 
@@ -795,14 +797,14 @@ def engine_kind(executor: Any) -> str:
 
 
 class RemoteCall:
-    """Ships each body call to a process-based executor or a Dask client and waits.
+    """Ships body calls to a process-based executor or a Dask client.
 
-    Called on one of the run's daemon worker threads, with the attempt's
-    ``kwargs``: pickles the body (once per function and run) and the call,
-    submits ``run_shipped``, waits until the attempt's deadline, and
-    unpickles what comes back. The engine only ever carries bytes. With a
-    Dask ``Client`` the values that finish together are fetched in one
-    ``gather`` (``client.get_executor()`` fetches them one by one).
+    ``start`` pickles the body (once per function and run) and the call and
+    submits ``run_shipped``; ``result``, once the engine's future is done,
+    unpickles what came back. No thread waits in between (see
+    ``remote.RemoteRunner``). The engine only ever carries bytes. With a Dask
+    ``Client`` the values that finish together are fetched in one ``gather``
+    (``client.get_executor()`` fetches them one by one).
     """
 
     def __init__(self, executor: Any) -> None:
@@ -823,7 +825,9 @@ class RemoteCall:
         self._gathering = threading.Lock()  # held by the one thread gathering a batch
         self._target: tuple[Callable[..., Any], tuple[Any, ...]] | None = None  # Dask only
 
-    def __call__(self, job: Job, kwargs: dict[str, Any]) -> Any:
+    def start(self, job: Job, kwargs: dict[str, Any]) -> Any:
+        """Pickle and submit the body call; -> the engine's future. Raises CannotShip
+        (what could not be pickled) or CannotRun (a refused submit)."""
         body = self._body_blob(job)
         deadline = job.deadline
         left = None if deadline is None else max(0.0, deadline - time.time())
@@ -843,16 +847,31 @@ class RemoteCall:
             raise self._engine_error(job, exc, "refused it") from exc
         with self._lock:
             self._futures.add(future)
+        return future
+
+    def result(self, job: Job, future: Any) -> Any:
+        """The body's value from its finished ``future`` (raises the body's exception,
+        or the engine's failure as CannotShip/WorkerLost/PoolBroken)."""
+        with self._lock:
+            self._futures.discard(future)
         try:
-            outcome = self._wait(job, future, deadline)
-        finally:
-            with self._lock:
-                self._futures.discard(future)
+            if self._gathers and future.status == "finished":
+                outcome = self._gather(future)
+            else:
+                outcome = future.result(timeout=0)
+        except Exception as exc:
+            raise self._engine_error(job, exc, "lost it") from exc
         try:
             code, data = outcome
         except Exception as exc:  # not what run_shipped returns: the executor ran something else
             raise self._engine_error(job, exc, "lost it") from exc
         return self._unpack(job, code, data)
+
+    def forget(self, future: Any) -> None:
+        """The attempt is over without its value (timed out): cancel the call."""
+        with self._lock:
+            self._futures.discard(future)
+        self._cancel(future)
 
     def _dask_target(self) -> tuple[Callable[..., Any], tuple[Any, ...]]:
         """What Dask runs: ``run_shipped`` when the workers import flowing and the
@@ -870,40 +889,6 @@ class RemoteCall:
                 self._target = ((run_shipped, ()) if shipped is None
                                 else (shipping.ENTRY, shipped))
             return self._target
-
-    def _wait(self, job: Job, future: Any, deadline: float | None) -> Any:
-        """The engine's result for ``future``, waiting at most until ``deadline``."""
-        if self._gathers:
-            self._wait_done(job, future, deadline)
-            if future.status == "finished":
-                try:
-                    return self._gather(future)
-                except Exception as exc:
-                    raise self._engine_error(job, exc, "lost it") from exc
-        while True:
-            left = None if deadline is None else max(0.0, deadline - time.time())
-            try:
-                return future.result(timeout=left)
-            except Exception as exc:
-                if deadline is None or not _is_timeout(exc):
-                    raise self._engine_error(job, exc, "lost it") from exc
-                if time.time() < deadline - 0.01:
-                    continue  # woke before the deadline (a clock step): wait on
-                job.cancelled = True
-                self._cancel(future)
-                raise A.timeout_error(job) from None
-
-    def _wait_done(self, job: Job, future: Any, deadline: float | None) -> None:
-        """Wait until the Dask task has finished (or failed), without fetching its value."""
-        done = threading.Event()
-        future.add_done_callback(lambda f: done.set())
-        while not done.wait(None if deadline is None else max(0.0, deadline - time.time())):
-            assert deadline is not None
-            if time.time() < deadline - 0.01:
-                continue  # woke before the deadline (a clock step): wait on
-            job.cancelled = True
-            self._cancel(future)
-            raise A.timeout_error(job)
 
     def _gather(self, future: Any) -> Any:
         """Fetch a finished Dask task's value, together with every other value that
@@ -1048,12 +1033,6 @@ def _cannot_load(exc: BaseException) -> bool:
         return True
     text = safe_str(exc).lower()
     return "deserializ" in text or "no module named" in text
-
-
-def _is_timeout(exc: BaseException) -> bool:
-    import concurrent.futures
-
-    return isinstance(exc, (TimeoutError, concurrent.futures.TimeoutError))
 
 
 def _is_cancelled(exc: BaseException) -> bool:

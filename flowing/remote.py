@@ -1,0 +1,219 @@
+"""The runner for bodies in other processes (process pools, loky, Dask), driven by the
+engine's completion callbacks: no flow-side thread waits on a remote body.
+
+An attempt is split in two (``attempt.begin_attempt`` / ``finish_attempt``):
+
+1. ``submit(job)`` (scheduler thread): the attempt begins — its start stamp and
+   deadline — and the call is shipped (``RemoteCall.start``). A job with gates
+   (``when``/``validate``, a ``for_each`` task's listing) begins on one of the
+   run's finisher threads instead, since gates are user code.
+2. The engine's future calls back (``add_done_callback``: concurrent.futures and
+   Dask futures both have it) on the engine's own thread; the callback only hands
+   the call to a finisher thread, which fetches and unpickles the value
+   (``RemoteCall.result``), takes the verdict (``retry_until``, retries), journals
+   a success and posts the outcome on ``shared.inbox``.
+
+Finisher threads: daemon threads of the run, started on demand up to
+``max_workers``, running short pieces of work from one queue; a thread is never
+held by a body running elsewhere.
+
+Deadlines: one daemon thread per run keeps the deadlines of timed calls in a heap.
+At a call's deadline the attempt fails with ``TimeoutError`` (retried if
+``retry_on`` allows) and the engine's future is cancelled (a queued call is
+dropped; a running one is given up by the worker itself at the same deadline, see
+``runners.run_shipped``). Whichever comes first — the callback or the deadline —
+settles the call; the other is ignored (``_Call.settle``).
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import queue
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+from . import attempt as A
+from .attempt import Job, Outcome
+from .runners import RemoteCall, Shared, _report
+
+
+class _Threads:
+    """Daemon threads started on demand (up to ``limit``), running callables."""
+
+    def __init__(self, limit: int, name: str) -> None:
+        self._queue: queue.SimpleQueue[Callable[[], None] | None] = queue.SimpleQueue()
+        self._limit = max(1, limit)
+        self._name = name
+        self._lock = threading.Lock()
+        self._threads = 0
+        self._idle = 0
+
+    def run(self, fn: Callable[[], None]) -> None:
+        self._queue.put(fn)
+        with self._lock:
+            if self._idle or self._threads >= self._limit:
+                return
+            self._threads += 1
+        threading.Thread(target=self._loop, daemon=True,
+                         name=f"{self._name}-{self._threads}").start()
+
+    def _loop(self) -> None:
+        get = self._queue.get
+        while True:
+            with self._lock:
+                self._idle += 1
+            fn = get()
+            with self._lock:
+                self._idle -= 1
+            if fn is None:
+                return
+            fn()
+
+    def close(self) -> None:
+        with self._lock:
+            n = self._threads
+        for _ in range(n):
+            self._queue.put(None)
+
+
+class _Call:
+    """One shipped body call in flight."""
+
+    __slots__ = ("job", "started", "future", "_settled", "_lock")
+
+    def __init__(self, job: Job, started: float) -> None:
+        self.job = job
+        self.started = started
+        self.future: Any = None
+        self._settled = False
+        self._lock = threading.Lock()
+
+    def settle(self) -> bool:
+        """True for the first caller only (the completion or the deadline)."""
+        with self._lock:
+            if self._settled:
+                return False
+            self._settled = True
+            return True
+
+
+class _Deadlines:
+    """One daemon thread that fails calls whose deadline passed."""
+
+    def __init__(self, expire: Callable[[_Call], None]) -> None:
+        self._expire = expire
+        self._heap: list[tuple[float, int, _Call]] = []
+        self._seq = itertools.count()
+        self._cond = threading.Condition()
+        self._thread: threading.Thread | None = None
+        self._closed = False
+
+    def add(self, deadline: float, call: _Call) -> None:
+        with self._cond:
+            heapq.heappush(self._heap, (deadline, next(self._seq), call))
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._loop, daemon=True,
+                                                name="flowing-remote-deadlines")
+                self._thread.start()
+            self._cond.notify()
+
+    def _loop(self) -> None:
+        while True:
+            with self._cond:
+                if self._closed:
+                    return
+                now = time.time()
+                due = []
+                while self._heap and self._heap[0][0] <= now:
+                    due.append(heapq.heappop(self._heap)[2])
+                if not due:
+                    wait = None if not self._heap else self._heap[0][0] - now
+                    self._cond.wait(wait)
+                    continue
+            for call in due:
+                self._expire(call)
+
+    def close(self) -> None:
+        with self._cond:
+            self._closed = True
+            self._cond.notify()
+
+
+class RemoteRunner:
+    """Ships every job's body to a process-based executor or a Dask client."""
+
+    fuses = False
+    queues_ahead = False
+
+    def __init__(self, executor: Any, max_workers: int, shared: Shared) -> None:
+        self._remote = RemoteCall(executor)
+        self._shared = shared
+        self._threads = _Threads(max_workers, "flowing-finisher")
+        self._deadlines = _Deadlines(self._expire)
+
+    def submit(self, job: Job) -> None:
+        if job.gates and (job.mode == A.GATE or job.td.when is not None
+                          or job.td.validate is not None):
+            self._threads.run(lambda: self._begin(job))  # gates are user code
+        else:
+            self._begin(job)
+
+    def _begin(self, job: Job) -> None:
+        shared = self._shared
+        if shared.interrupted:
+            return
+        if job.announce:
+            shared.inbox.put(Outcome(job, A.STARTED, started_at=time.time()))
+        started, early = A.begin_attempt(job)
+        if early is not None:
+            _report(early, shared)
+            return
+        call = _Call(job, started)
+        try:
+            call.future = self._remote.start(job, job.body_kwargs())
+        except BaseException as exc:  # could not ship, or the engine refused it
+            call.settle()
+            error = exc
+            self._threads.run(lambda: self._finish(call, None, error))
+            return
+        if job.deadline is not None:
+            self._deadlines.add(job.deadline, call)
+        call.future.add_done_callback(lambda _: self._done(call))
+
+    def _done(self, call: _Call) -> None:
+        """The engine's callback (its thread): hand the call to a finisher."""
+        if call.settle():
+            self._threads.run(lambda: self._fetch(call))
+
+    def _fetch(self, call: _Call) -> None:
+        try:
+            value = self._remote.result(call.job, call.future)
+        except BaseException as exc:
+            self._finish(call, None, exc)
+            return
+        self._finish(call, value, None)
+
+    def _expire(self, call: _Call) -> None:
+        """A call's deadline passed (deadline thread)."""
+        if not call.settle():
+            return
+        job = call.job
+        job.cancelled = True
+        self._remote.forget(call.future)
+        self._threads.run(lambda: self._finish(call, None, A.timeout_error(job)))
+
+    def _finish(self, call: _Call, value: Any, error: BaseException | None) -> None:
+        try:
+            outcome = A.finish_attempt(call.job, call.started, value, error)
+        except BaseException as exc:  # finish_attempt never raises; belt and braces
+            outcome = A.broken_outcome(call.job, exc, call.started)
+        _report(outcome, self._shared)
+
+    def close(self) -> None:
+        """Cancel what is still pending on the engine; let the threads go."""
+        self._remote.close()
+        self._deadlines.close()
+        self._threads.close()
