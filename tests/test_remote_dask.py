@@ -10,6 +10,7 @@ worker then reaches the flow at once, as ``WorkerLost``.
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -384,3 +385,13 @@ def test_a_local_step_runs_in_the_flow_process_between_remote_ones(engine, clien
     assert w["pid"] in pids and a["pid"] in pids
     assert k == {"pid": FLOW_PID, "from": w["pid"]}  # its input came back from a worker
     assert a["got"] == k  # and its value went out to a worker
+
+
+def test_the_dask_example_runs_on_a_local_cluster(repo_env, tmp_path):
+    example = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                           "examples", "dask_cluster.py")
+    proc = subprocess.run([sys.executable, example], cwd=tmp_path, env=repo_env,
+                          capture_output=True, text=True, timeout=180)
+    assert proc.returncode == 0, proc.stderr
+    assert "8 items on 2 Dask worker slot(s)" in proc.stdout
+    assert re.search(r"bodies ran in [12] worker process\(es\)", proc.stdout), proc.stdout
