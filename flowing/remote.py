@@ -37,7 +37,10 @@ from typing import Any
 
 from . import attempt as A
 from .attempt import Job, Outcome
-from .runners import RemoteCall, Shared, _report
+from .runners import _OK, RemoteCall, Shared, _report
+
+# A process pool's value up to this size is unpickled on the engine's callback thread.
+_QUICK_BYTES = 64 * 1024
 
 
 class _Threads:
@@ -146,10 +149,11 @@ class RemoteRunner:
     """Ships every job's body to a process-based executor or a Dask client."""
 
     fuses = False
-    queues_ahead = False
+    queues_ahead = True  # calls wait in the engine's own queue for its free workers
 
     def __init__(self, executor: Any, max_workers: int, shared: Shared) -> None:
         self._remote = RemoteCall(executor)
+        self._dask = self._remote.dask
         self._shared = shared
         self._threads = _Threads(max_workers, "flowing-finisher")
         self._deadlines = _Deadlines(self._expire)
@@ -184,9 +188,26 @@ class RemoteRunner:
         call.future.add_done_callback(lambda _: self._done(call))
 
     def _done(self, call: _Call) -> None:
-        """The engine's callback (its thread): hand the call to a finisher."""
-        if call.settle():
+        """The engine's callback (its thread): hand the call to a finisher, or finish
+        it right here when that is quick and runs no user code (see ``_quick``)."""
+        if not call.settle():
+            return
+        if self._quick(call):
+            self._fetch(call)
+        else:
             self._threads.run(lambda: self._fetch(call))
+
+    def _quick(self, call: _Call) -> bool:
+        """A process pool's small value, with no ``retry_until`` and no journal: its
+        verdict is a success needing no user code nor I/O. (A Dask value is fetched
+        over the network: always on a finisher thread, in batches.)"""
+        if self._dask or call.job.td.retry_until is not None or self._shared.journal is not None:
+            return False
+        try:
+            code, data = call.future.result(timeout=0)
+        except BaseException:
+            return False
+        return code == _OK and isinstance(data, bytes) and len(data) <= _QUICK_BYTES
 
     def _fetch(self, call: _Call) -> None:
         try:

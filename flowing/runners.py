@@ -810,7 +810,7 @@ class RemoteCall:
     def __init__(self, executor: Any) -> None:
         self._executor = executor
         self._kind = engine_kind(executor)
-        self._dask = self._kind == "dask"
+        self._dask = self.dask = self._kind == "dask"
         self._cloud = self._kind != "pickle"
         self._dumps = _dumps_for(self._cloud)
         self._bodies: dict[int, tuple[Any, bytes]] = {}  # id(fn) -> (fn, pickled body)
@@ -857,8 +857,8 @@ class RemoteCall:
         try:
             if self._gathers and future.status == "finished":
                 outcome = self._gather(future)
-            else:
-                outcome = future.result(timeout=0)
+            else:  # done: a Dask error is fetched from the cluster
+                outcome = future.result()
         except Exception as exc:
             raise self._engine_error(job, exc, "lost it") from exc
         try:
