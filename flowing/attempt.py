@@ -38,6 +38,7 @@ from typing import TYPE_CHECKING, Any
 from . import context
 from . import retry as retry_policy
 from .events import safe_repr, safe_str
+from .results import Deferred
 from .retry import RetryUntilRejected
 
 if TYPE_CHECKING:
@@ -114,13 +115,18 @@ class Job:
                    False, self.key, self.first_started, self.signals, self.inputs,
                    self.item_value, self.in_digest, self.store)
 
-    def body_kwargs(self) -> dict[str, Any]:
+    def shipped_kwargs(self) -> dict[str, Any]:
+        """The body's arguments as they are: a value kept on the cluster stays there."""
         return self.kwargs if not self.inputs else {**self.kwargs, **self.inputs}
+
+    def body_kwargs(self) -> dict[str, Any]:
+        """The body's arguments, in this process (values kept remote are fetched)."""
+        return here(self.shipped_kwargs())
 
     def gate_kwargs(self, gate: int) -> dict[str, Any]:
         """Keyword arguments of gate 0 (when) or 1 (validate)."""
         extra = None if self.gate_inputs is None else self.gate_inputs[gate]
-        return {**self.kwargs, **extra} if extra else self.kwargs
+        return here({**self.kwargs, **extra} if extra else self.kwargs)
 
     def label(self) -> str:
         """``task 'x'`` or ``task 'x' item 3 ('a.csv')``, for messages."""
@@ -161,6 +167,17 @@ class Job:
             return "Ctrl-C"
         why = getattr(s, "stop_reason", None)
         return why if isinstance(why, str) else "the run is stopping"
+
+
+def here(kwargs: dict[str, Any]) -> dict[str, Any]:
+    """``kwargs`` with every value that was kept where it was made (``Deferred``, e.g.
+    a Dask step's value, ``remote.RemoteValue``) fetched into this process: the one
+    place where user code in the flow's process (a local body, a gate, listing
+    ``for_each`` items) receives dependency values."""
+    for value in kwargs.values():
+        if isinstance(value, Deferred):
+            return {k: v.load() if isinstance(v, Deferred) else v for k, v in kwargs.items()}
+    return kwargs
 
 
 class Outcome:
@@ -356,6 +373,8 @@ def _list_items(job: Job, started: float) -> Outcome:
                        finished_at=time.time())
 
     try:
+        if isinstance(source, Deferred):
+            source = source.load()
         if isinstance(source, (str, bytes, bytearray, dict)):
             raise TypeError("not a list of items")
         plain = type(source) is list or type(source) is tuple

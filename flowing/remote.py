@@ -37,10 +37,13 @@ from typing import Any
 
 from . import attempt as A
 from .attempt import Job, Outcome
-from .runners import _OK, RemoteCall, Shared, _report
+from .runners import _OK, RemoteCall, RemoteValue, Shared, _report
 
 # A process pool's value up to this size is unpickled on the engine's callback thread.
 _QUICK_BYTES = 64 * 1024
+# Kept Dask values fetched at the end of a run: each at most, and all together at most.
+_SMALL_BYTES = 1 << 20
+_SMALL_TOTAL = 64 << 20
 
 
 class _Threads:
@@ -85,11 +88,12 @@ class _Threads:
 class _Call:
     """One shipped body call in flight."""
 
-    __slots__ = ("job", "started", "future", "_settled", "_lock")
+    __slots__ = ("job", "started", "future", "keep", "_settled", "_lock")
 
-    def __init__(self, job: Job, started: float) -> None:
+    def __init__(self, job: Job, started: float, keep: bool) -> None:
         self.job = job
         self.started = started
+        self.keep = keep  # its value stays on the cluster (see RemoteRunner._keeps)
         self.future: Any = None
         self._settled = False
         self._lock = threading.Lock()
@@ -154,9 +158,13 @@ class RemoteRunner:
     def __init__(self, executor: Any, max_workers: int, shared: Shared) -> None:
         self._remote = RemoteCall(executor)
         self._dask = self._remote.dask
+        # a Dask Client (its concurrent.futures face cannot pass futures on)
+        self._keeps_values = self._remote.client is not None and self._remote.client is executor
         self._shared = shared
         self._threads = _Threads(max_workers, "flowing-finisher")
         self._deadlines = _Deadlines(self._expire)
+        self._kept: list[RemoteValue] = []  # values left on the cluster, for close()
+        self._kept_lock = threading.Lock()
 
     def submit(self, job: Job) -> None:
         if job.gates and (job.mode == A.GATE or job.td.when is not None
@@ -175,9 +183,9 @@ class RemoteRunner:
         if early is not None:
             _report(early, shared)
             return
-        call = _Call(job, started)
+        call = _Call(job, started, self._keeps(job))
         try:
-            call.future = self._remote.start(job, job.body_kwargs())
+            call.future = self._remote.start(job, job.shipped_kwargs(), call.keep)
         except BaseException as exc:  # could not ship, or the engine refused it
             call.settle()
             error = exc
@@ -192,15 +200,29 @@ class RemoteRunner:
         it right here when that is quick and runs no user code (see ``_quick``)."""
         if not call.settle():
             return
-        if self._quick(call):
+        try:
+            quick = self._quick(call)
+        except Exception:  # never leave a call unsettled
+            quick = False
+        if quick:
             self._fetch(call)
         else:
             self._threads.run(lambda: self._fetch(call))
 
+    def _keeps(self, job: Job) -> bool:
+        """Whether this attempt's value stays on the cluster (SPEC §7b): Dask, a whole
+        task (items come back: the scheduler lists them), no ``retry_until`` (it
+        reads the value here) and no journal (it writes the value here)."""
+        return (self._keeps_values and job.mode == A.TASK and job.td.retry_until is None
+                and self._shared.journal is None)
+
     def _quick(self, call: _Call) -> bool:
-        """A process pool's small value, with no ``retry_until`` and no journal: its
-        verdict is a success needing no user code nor I/O. (A Dask value is fetched
-        over the network: always on a finisher thread, in batches.)"""
+        """A kept Dask success, or a process pool's small value, with no
+        ``retry_until`` and no journal: its verdict is a success needing no user
+        code nor I/O. (Other Dask values are fetched over the network: on a
+        finisher thread, in batches.)"""
+        if call.keep:
+            return bool(call.future.status == "finished")
         if self._dask or call.job.td.retry_until is not None or self._shared.journal is not None:
             return False
         try:
@@ -211,10 +233,13 @@ class RemoteRunner:
 
     def _fetch(self, call: _Call) -> None:
         try:
-            value = self._remote.result(call.job, call.future)
+            value = self._remote.result(call.job, call.future, call.keep)
         except BaseException as exc:
             self._finish(call, None, exc)
             return
+        if isinstance(value, RemoteValue):
+            with self._kept_lock:
+                self._kept.append(value)
         self._finish(call, value, None)
 
     def _expire(self, call: _Call) -> None:
@@ -234,7 +259,32 @@ class RemoteRunner:
         _report(outcome, self._shared)
 
     def close(self) -> None:
-        """Cancel what is still pending on the engine; let the threads go."""
+        """Cancel what is still pending on the engine; let the threads go; fetch the
+        small values kept on the cluster (see ``_fetch_small``)."""
         self._remote.close()
         self._deadlines.close()
         self._threads.close()
+        with self._kept_lock:
+            kept, self._kept = self._kept, []
+        if kept and not self._shared.interrupted:
+            self._fetch_small(kept)
+
+    def _fetch_small(self, kept: list[RemoteValue]) -> None:
+        """One ``gather`` of the kept values of at most ``_SMALL_BYTES`` each (as the
+        cluster measured them), up to ``_SMALL_TOTAL`` in all: results stay readable
+        once the client is closed. Bigger values stay remote until read."""
+        client: Any = self._remote.client
+        left = [v for v in kept if not v.fetched]
+        try:
+            sizes = client.nbytes(keys=[v.future.key for v in left], summary=False)
+            small, total = [], 0
+            for v in left:
+                size = sizes.get(v.future.key)
+                if isinstance(size, int) and size <= _SMALL_BYTES and total + size <= _SMALL_TOTAL:
+                    small.append(v)
+                    total += size
+            if small:
+                for v, value in zip(small, client.gather([v.future for v in small])):
+                    v.set(value)
+        except Exception:  # a closed client, a lost worker: read on first use (or say why)
+            pass

@@ -20,6 +20,19 @@ class StepState(str, enum.Enum):
         return self.value
 
 
+class Deferred:
+    """A value read on first use: a replayed value stored beside the journal.
+
+    ``load()`` returns the value or raises (``flowing.journal.ValueUnavailable``
+    when a stored value turns out missing or damaged).
+    """
+
+    __slots__ = ()
+
+    def load(self) -> Any:
+        raise NotImplementedError
+
+
 class StepResult(Record):
     """The outcome of one task in one run.
 
@@ -30,11 +43,17 @@ class StepResult(Record):
     per input item, in input order (also when the task was replayed: each item
     is then ``cached``); their ``attempts`` is the largest item's.
     ``detached`` tells a detached side-effect from a main task.
+
+    A replayed value stored beside the journal is read on first access to
+    ``value`` (or ``items``), and kept; if it cannot be loaded then, that
+    access raises ``JournalError`` naming the task (the next run recomputes it).
     """
 
-    __slots__ = ("name", "state", "value", "error", "_duration_ms", "attempts", "step_key",
-                 "cached", "reason", "traceback", "started_at", "finished_at", "items",
+    __slots__ = ("name", "state", "_value", "error", "_duration_ms", "attempts", "step_key",
+                 "cached", "reason", "traceback", "started_at", "finished_at", "_items",
                  "detached")
+    _public = ("name", "state", "value", "error", "duration_ms", "attempts", "step_key",
+               "cached", "reason", "traceback", "started_at", "finished_at", "items", "detached")
 
     # Spelled out rather than inherited: one is built per task, on the hot path.
     def __init__(self, name: str, state: StepState, value: Any = None,
@@ -45,7 +64,7 @@ class StepResult(Record):
                  items: list[ItemResult] | None = None, detached: bool = False) -> None:
         self.name = name
         self.state = state
-        self.value = value
+        self._value = value
         self.error = error
         self._duration_ms = duration_ms  # None: derived from the timestamps
         self.attempts = attempts
@@ -55,8 +74,38 @@ class StepResult(Record):
         self.traceback = traceback
         self.started_at = started_at
         self.finished_at = finished_at
-        self.items = items
+        self._items = items
         self.detached = detached
+
+    @property
+    def value(self) -> Any:
+        v = self._value
+        if isinstance(v, Deferred):
+            v = self._value = v.load()
+        return v
+
+    @value.setter
+    def value(self, value: Any) -> None:
+        self._value = value
+
+    @property
+    def value_loaded(self) -> bool:
+        """False while ``value`` is a replayed value not read yet (reading it loads it)."""
+        return not isinstance(self._value, Deferred) and not isinstance(self._items, Deferred)
+
+    @property
+    def items(self) -> list[ItemResult] | None:
+        v = self._items
+        if isinstance(v, Deferred):
+            v = self._items = v.load()
+        return v
+
+    @items.setter
+    def items(self, items: list[ItemResult] | None) -> None:
+        self._items = items
+
+    def _asdict(self) -> dict[str, Any]:
+        return {name: getattr(self, name, None) for name in self._public}
 
     @property
     def duration_ms(self) -> float:

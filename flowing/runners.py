@@ -157,6 +157,7 @@ from . import context
 from .attempt import Job, NoRetry, Outcome, RunSignals, run_attempt, run_attempt_async
 from .events import safe_repr, safe_str
 from .interrupts import is_terminal
+from .results import Deferred
 
 if TYPE_CHECKING:
     from concurrent.futures import Executor, Future
@@ -587,6 +588,8 @@ _OK = 0          # data: the pickled value
 _RAISED = 1      # data: the pickled (exception, formatted traceback)
 _UNSHIPPABLE = 2  # data: str, what could not be (un)pickled in the worker
 _TIMED_OUT = 3   # data: None; the worker gave up on the body at its deadline
+_KEPT = 4        # data: the value itself, kept on the worker (run_shipped's keep)
+KEPT_TAG = "flowing: not kept"  # args[0] of the RuntimeError run_shipped(keep) raises
 
 # Worker side: bodies already unpickled, by their pickled bytes (bounded).
 _bodies: dict[bytes, Callable[..., Any]] = {}
@@ -678,8 +681,28 @@ async def _await_body(awaitable: Any, deadline: float | None) -> Any:
     return body.result()
 
 
-def run_shipped(body_blob: bytes, call_blob: bytes, cloud: bool) -> tuple[int, Any]:
+def run_shipped(body_blob: bytes, call_blob: bytes, cloud: bool, keep: bool = False,
+                names: tuple[str, ...] = (), *values: Any) -> Any:
     """Runs in the worker: unpickle the body and its call, run it, pickle what it gives.
+
+    ``names``/``values``: arguments that were kept on the cluster (Dask hands the
+    values of the futures passed for them). ``keep`` (Dask, a whole task's
+    attempt): the value is returned as it is, to stay on the worker until a
+    dependent or the flow asks for it; anything else is raised as
+    ``RuntimeError(KEPT_TAG, code, data)`` (a builtin class: the scheduler
+    never needs flowing to hold it), so a finished task means a success.
+    """
+    code, data = _run_shipped(body_blob, call_blob, cloud, keep, names, values)
+    if not keep:
+        return code, data
+    if code == _KEPT:
+        return data
+    raise RuntimeError(KEPT_TAG, code, data)
+
+
+def _run_shipped(body_blob: bytes, call_blob: bytes, cloud: bool, keep: bool,
+                 names: tuple[str, ...], values: tuple[Any, ...]) -> tuple[int, Any]:
+    """The body of ``run_shipped``: -> (code, data).
 
     Everything that can fail here comes back as a value: the body's own
     exception, and what could not be unpickled or pickled. So any exception
@@ -714,6 +737,8 @@ def run_shipped(body_blob: bytes, call_blob: bytes, cloud: bool) -> tuple[int, A
         return _UNSHIPPABLE, (f"its arguments could not be unpickled in the worker "
                               f"({_describe(exc)}); pass plain data, or values whose classes "
                               f"the worker can import")
+    for name, value in zip(names, values):
+        kwargs[name] = value
     deadline = None if left is None else time.time() + left
     snapshot = context.Snapshot((*fields, deadline))
     if deadline is None:
@@ -735,6 +760,10 @@ def run_shipped(body_blob: bytes, call_blob: bytes, cloud: bool) -> tuple[int, A
     dumps = _dumps_for(cloud)
     if ok:
         try:
+            if keep:  # it must be able to travel later (to a dependent, or here)
+                if type(value) not in _PLAIN:
+                    _pickle_to_nothing(value)
+                return _KEPT, value
             return _OK, dumps(value)
         except BaseException as exc:
             return _UNSHIPPABLE, (f"its return value ({_type_name(value)}) cannot be pickled "
@@ -759,6 +788,25 @@ def run_shipped(body_blob: bytes, call_blob: bytes, cloud: bool) -> tuple[int, A
     stand_in = RuntimeError(f"{type(error).__name__}: {safe_str(error)} (the exception itself "
                             f"could not be sent back from the worker: {_describe(problem)})")
     return _RAISED, dumps((stand_in, tb))
+
+
+_PLAIN = frozenset({bytes, bytearray, str, int, float, bool, type(None)})
+
+
+class _Discard:
+    """A file that keeps nothing: pickling into it checks a value without a copy."""
+
+    def write(self, data: Any) -> int:
+        return len(data)
+
+
+def _pickle_to_nothing(value: Any) -> None:
+    """Raise what pickling ``value`` with cloudpickle raises (the bytes are dropped)."""
+    import importlib
+    import pickle
+
+    cloudpickle: Any = importlib.import_module("cloudpickle")
+    cloudpickle.Pickler(_Discard(), protocol=pickle.HIGHEST_PROTOCOL).dump(value)
 
 
 def _rebuild_exception(cls: type[BaseException], args: tuple[Any, ...],
@@ -796,6 +844,54 @@ def engine_kind(executor: Any) -> str:
     return "pickle"
 
 
+class RemoteValue(Deferred):
+    """A Dask step's value kept on the worker that made it (SPEC §7b).
+
+    Its remote dependents receive it there (its future is an argument of their
+    submit); ``load()`` fetches it into this process, once, the first time
+    something here needs it: a ``local=True`` body, a gate, listing
+    ``for_each`` items, ``StepResult.value``/``flow.value``. At the end of a
+    run, the small ones are fetched in one ``gather`` (``RemoteRunner.close``)
+    so that results stay readable after the client closes; a big one is
+    fetched on first use, while the client is open.
+    """
+
+    __slots__ = ("future", "task", "_value", "_lock")
+
+    def __init__(self, future: Any, task: str) -> None:
+        self.future = future
+        self.task = task
+        self._value: Any = _UNFETCHED
+        self._lock = threading.Lock()
+
+    @property
+    def fetched(self) -> bool:
+        return self._value is not _UNFETCHED
+
+    def load(self) -> Any:
+        with self._lock:
+            if self._value is _UNFETCHED:
+                try:
+                    self._value = self.future.result()
+                except Exception as exc:
+                    raise WorkerLost(
+                        f"task '{self.task}': its value, kept on the Dask cluster, could not "
+                        f"be fetched ({_describe(exc)}); read results before the client "
+                        f"closes (small values are fetched at the end of the run)") from exc
+            return self._value
+
+    def set(self, value: Any) -> None:
+        with self._lock:
+            if self._value is _UNFETCHED:
+                self._value = value
+
+    def __repr__(self) -> str:
+        return f"<value of task '{self.task}' on the Dask cluster>"
+
+
+_UNFETCHED = object()
+
+
 class RemoteCall:
     """Ships body calls to a process-based executor or a Dask client.
 
@@ -811,6 +907,7 @@ class RemoteCall:
         self._executor = executor
         self._kind = engine_kind(executor)
         self._dask = self.dask = self._kind == "dask"
+        self.client = getattr(executor, "_client", executor) if self._dask else None
         self._cloud = self._kind != "pickle"
         self._dumps = _dumps_for(self._cloud)
         self._bodies: dict[int, tuple[Any, bytes]] = {}  # id(fn) -> (fn, pickled body)
@@ -825,10 +922,21 @@ class RemoteCall:
         self._gathering = threading.Lock()  # held by the one thread gathering a batch
         self._target: tuple[Callable[..., Any], tuple[Any, ...]] | None = None  # Dask only
 
-    def start(self, job: Job, kwargs: dict[str, Any]) -> Any:
+    def start(self, job: Job, kwargs: dict[str, Any], keep: bool = False) -> Any:
         """Pickle and submit the body call; -> the engine's future. Raises CannotShip
-        (what could not be pickled) or CannotRun (a refused submit)."""
+        (what could not be pickled) or CannotRun (a refused submit).
+
+        A dependency value kept on the cluster (``RemoteValue``) is passed as its
+        future: Dask hands the value to the worker from where it was made.
+        ``keep``: the value is to stay on the worker (see ``run_shipped``)."""
         body = self._body_blob(job)
+        names: tuple[str, ...] = ()
+        futures: tuple[Any, ...] = ()
+        if self._dask:
+            names = tuple(k for k, v in kwargs.items() if isinstance(v, RemoteValue))
+            if names:
+                futures = tuple(kwargs[n].future for n in names)
+                kwargs = {k: v for k, v in kwargs.items() if k not in names}
         deadline = job.deadline
         left = None if deadline is None else max(0.0, deadline - time.time())
         try:
@@ -839,8 +947,8 @@ class RemoteCall:
             if self._dask:
                 key = f"{job.td.name}-{next(self._count)}-{self._token}"
                 target, prefix = self._dask_target()
-                future = self._executor.submit(target, *prefix, body, call, self._cloud,
-                                               pure=False, key=key)
+                future = self._executor.submit(target, *prefix, body, call, self._cloud, keep,
+                                               names, *futures, pure=False, key=key)
             else:
                 future = self._executor.submit(run_shipped, body, call, self._cloud)
         except Exception as exc:
@@ -849,11 +957,25 @@ class RemoteCall:
             self._futures.add(future)
         return future
 
-    def result(self, job: Job, future: Any) -> Any:
+    def result(self, job: Job, future: Any, keep: bool = False) -> Any:
         """The body's value from its finished ``future`` (raises the body's exception,
-        or the engine's failure as CannotShip/WorkerLost/PoolBroken)."""
+        or the engine's failure as CannotShip/WorkerLost/PoolBroken). ``keep``: a
+        success is a ``RemoteValue``; nothing is fetched but a failure."""
         with self._lock:
             self._futures.discard(future)
+        if keep:
+            if future.status == "finished":
+                return RemoteValue(future, job.td.name)
+            try:
+                error = future.exception()
+            except BaseException as exc:
+                if is_terminal(exc):
+                    raise
+                raise self._engine_error(job, exc, "lost it") from exc
+            args: tuple[Any, ...] = getattr(error, "args", ())
+            if type(error) is RuntimeError and len(args) == 3 and args[0] == KEPT_TAG:
+                return self._unpack(job, args[1], args[2])
+            raise self._engine_error(job, error or RuntimeError("no result"), "lost it")
         try:
             if self._gathers and future.status == "finished":
                 outcome = self._gather(future)
@@ -881,9 +1003,8 @@ class RemoteCall:
             if self._target is None:
                 from . import shipping
 
-                client = getattr(self._executor, "_client", self._executor)
                 try:
-                    shipped = shipping.prepare(client)
+                    shipped = shipping.prepare(self.client)
                 except Exception:  # a closed client: the submit itself will say so
                     shipped = None
                 self._target = ((run_shipped, ()) if shipped is None

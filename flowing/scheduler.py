@@ -88,7 +88,7 @@ from .events import (
     safe_str,
 )
 from .results import ItemResult, StepResult, StepState
-from .runners import WAKE, Runner, Shared, open_runner
+from .runners import WAKE, RemoteValue, Runner, Shared, open_runner
 
 if TYPE_CHECKING:
     from .events import Reporter
@@ -459,7 +459,8 @@ class Scheduler:
         for d in self.graph.deps[i]:
             r = results[d]
             assert r is not None
-            kwargs[r.name] = r.value
+            # a value kept on the cluster goes to the dependent as it is (runners.RemoteValue)
+            kwargs[r.name] = r._value if type(r._value) is RemoteValue else r.value
         return kwargs
 
     def _make_job(self, i: int) -> Job:

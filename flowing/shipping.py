@@ -55,7 +55,7 @@ _PREFIX = "flowing-ship-"
 
 
 def _entry(bundle: str, names: tuple[str, ...], body_blob: bytes, call_blob: bytes,
-           cloud: bool) -> tuple[int, Any]:
+           cloud: bool, *rest: Any) -> Any:
     """Runs on a Dask worker (shipped by value: standard library only)."""
     import sys
 
@@ -82,8 +82,11 @@ def _entry(bundle: str, names: tuple[str, ...], body_blob: bytes, call_blob: byt
                 except Exception:
                     path = bundle
                 if not os.path.exists(path):
-                    return 2, (f"the bundle of flowing and the script's modules ({bundle}) "
-                               f"did not reach this worker; run again")
+                    why = (f"the bundle of flowing and the script's modules ({bundle}) "
+                           f"did not reach this worker; run again")
+                    if rest and rest[0]:  # keep: see runners.run_shipped
+                        raise RuntimeError("flowing: not kept", 2, why)
+                    return 2, why
                 if state.path in sys.path:
                     sys.path.remove(state.path)
                 for name in list(sys.modules):
@@ -99,10 +102,12 @@ def _entry(bundle: str, names: tuple[str, ...], body_blob: bytes, call_blob: byt
     try:
         from flowing.runners import run_shipped
     except BaseException as exc:
+        if rest and rest[0]:  # keep: see runners.run_shipped
+            raise RuntimeError("flowing: not kept", 2, f"flowing cannot be imported on the "
+                               f"worker ({type(exc).__name__}: {exc})") from None
         return 2, (f"flowing cannot be imported on the worker ({type(exc).__name__}: {exc}); "
                    f"run again, or install flowing on the workers")
-    result: tuple[int, Any] = run_shipped(body_blob, call_blob, cloud)
-    return result
+    return run_shipped(body_blob, call_blob, cloud, *rest)
 
 
 def _probe(names: tuple[str, ...]) -> list[str]:
