@@ -2,9 +2,9 @@
 
 from .context import Cancelled, RunContext, current
 from .flow import Flow
-from .limits import Limit
 from .graph import CycleError
-from .results import ItemResult, StepResult, StepState
+from .limits import Limit
+from .results import Failed, ItemResult, StepResult, StepState
 from .retry import RetryUntilRejected
 from .runners import CannotRun, CannotShip, PoolBroken, WorkerLost
 from .scheduler import ItemsFailed
@@ -28,4 +28,4 @@ __all__ = ["task", "TaskDef", "Flow", "StepState", "StepResult", "ItemResult", "
            "current", "Cancelled", "RunContext",
            "clear_registry", "compute_step_key", "STEP_KEY_VERSION", "RetryUntilRejected",
            "ItemsFailed", "JournalError", "CycleError", "CannotShip", "WorkerLost", "PoolBroken",
-           "CannotRun"]
+           "CannotRun", "Failed"]

@@ -17,6 +17,21 @@ failed, value kept). The gates run once per task, in the job of its first
 attempt (for ``for_each`` tasks, in a job of their own before the fan-out),
 always in the flow's process.
 
+Told to stop. ``verdict`` is the one place that decides whether a body
+ended while it was told to stop (deadline, Ctrl-C, fail_fast): such an
+outcome is marked ``stopped`` and the journal's entry point refuses it. A
+body that heard the stop (``current().cancelled()`` returned True to it) and
+returned a value FAILS with ``Cancelled`` (the value may be partial; it is
+kept in the result); one that never asked SUCCEEDS unjournaled.
+
+Listing a ``for_each`` source (``_list_items``) is part of the GATE job's
+attempt: in adaptive ``islice`` chunks, against ``timeout_s``, stopped by
+Ctrl-C and fail_fast, and at most ``MAX_ITEMS`` items.
+
+A body that ``os.fork()``s and whose child returns into this module's code
+(or ``runners.run_shipped``): the child leaves with ``os._exit`` at once
+(``exit_if_forked``), it never runs on as a copy of the run's worker.
+
 Where the body itself runs is the caller's choice: ``run_attempt`` takes a
 ``call`` (``call_here`` runs it on this thread, with ``timeout_s`` enforced by
 abandoning a daemon thread). Each sets ``flowing.current()`` for the body. A
@@ -80,7 +95,8 @@ class Job:
 
     __slots__ = ("task", "td", "kwargs", "inputs", "attempt", "mode", "item", "item_value",
                  "gates", "key", "first_started", "announce", "deadline", "cancelled",
-                 "settled", "signals", "in_digest", "store", "gate_inputs", "saw_stop")
+                 "settled", "signals", "in_digest", "store", "gate_inputs", "saw_stop",
+                 "abandoned")
 
     def __init__(self, task: int, td: TaskDef, kwargs: dict[str, Any], attempt: int = 1,
                  mode: int = TASK, item: int | None = None, gates: bool = True,
@@ -109,6 +125,8 @@ class Job:
         self.signals = signals        # the run's stop signals
         # Flow inputs (when's, validate's) gates name, or None
         self.gate_inputs: tuple[dict[str, Any], dict[str, Any]] | None = None
+        # a sync body that timed out and still runs on its abandoned thread, or None
+        self.abandoned: Abandoned | None = None
 
     def retry_job(self) -> Job:
         return Job(self.task, self.td, self.kwargs, self.attempt + 1, self.mode, self.item,
@@ -178,6 +196,34 @@ def here(kwargs: dict[str, Any]) -> dict[str, Any]:
         if isinstance(value, Deferred):
             return {k: v.load() if isinstance(v, Deferred) else v for k, v in kwargs.items()}
     return kwargs
+
+
+class Abandoned:
+    """A timed-out sync body still running on the daemon thread ``call_here`` left it
+    on. ``then(fn)`` asks for ``fn()`` (on that thread) when the body ends; it
+    returns False, calling nothing, if the body has ended already. ``end()`` is
+    called by whoever sees the end first (it may be called twice)."""
+
+    __slots__ = ("_lock", "_ended", "_then")
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._ended = False
+        self._then: Callable[[], object] | None = None
+
+    def end(self) -> None:
+        with self._lock:
+            self._ended = True
+            then, self._then = self._then, None
+        if then is not None:
+            then()
+
+    def then(self, fn: Callable[[], object]) -> bool:
+        with self._lock:
+            if self._ended:
+                return False
+            self._then = fn
+            return True
 
 
 class Outcome:
@@ -341,8 +387,10 @@ def broken_outcome(job: Job, exc: BaseException, started: float | None) -> Outco
 
 
 # The most items a for_each source may list: past it the task fails (a source that never
-# ends would otherwise eat all memory). Split such work into batches.
-MAX_ITEMS = 10_000_000
+# ends would otherwise eat all memory). Each item costs about half a kilobyte and 20 µs of
+# scheduling (a million items: ~0.5 GB, ~20 s), so beyond this, batches are the better
+# design: a for_each over chunks of items.
+MAX_ITEMS = 1_000_000
 
 # Listing takes items in chunks that each last about this long (seconds), so that the
 # deadline, Ctrl-C and fail_fast are looked at between chunks even for a C iterator.
@@ -453,6 +501,8 @@ def call_here(job: Job, kwargs: dict[str, Any]) -> Any:
     keeps running in the background (``current().cancelled()`` turns True so
     it can stop itself), its result is discarded, and being a daemon it never
     holds the interpreter open at exit. The worker is free again at the deadline.
+    ``job.abandoned`` then tells when the body really ends (the scheduler keeps
+    the task's Limit slot until then).
     """
     fn = job.td.fn
     pid = os.getpid()
@@ -480,12 +530,20 @@ def call_here(job: Job, kwargs: dict[str, Any]) -> Any:
             exit_if_forked(pid, 0 if box and box[0][1] is None else 1)
             context.leave(token)
             finished.set()
+            # read after the set: either this sees the worker's Abandoned or the
+            # worker sees ``finished`` (both may: end() is idempotent)
+            left = job.abandoned
+            if left is not None:
+                left.end()
 
     thread = threading.Thread(target=body, daemon=True,
                               name=f"flowing-body-{job.td.name}-{job.attempt}")
     thread.start()
     if not finished.wait(max(0.0, job.deadline - time.time())):
         job.cancelled = True
+        abandoned = job.abandoned = Abandoned()
+        if finished.is_set():
+            abandoned.end()
         raise timeout_error(job)
     value, error = box[0]
     if error is not None:

@@ -31,16 +31,19 @@ once (see ``Memo``).
   differ); ``fractions.Fraction``; ``uuid.UUID``; ``pathlib`` paths (type
   and text); compiled ``re`` patterns (pattern and flags).
 * Enum members: their class, name and value.
-* Classes and functions as code: library ones (standard library,
-  site-packages, this package) by module and qualified name; the user's own
-  classes by their bare qualified name (their module's name differs between
-  running a file as a script and importing it; so two classes of yours with
-  the same qualified name in two modules count as one). A user's function is
-  encoded by name only when that name reaches it (like ``pickle``);
-  a lambda or a nested function of the user has no stable content here
-  (step keys, in ``stepkey``, digest user code by content instead).
-  A library function made inside another function (a decorator's wrapper):
-  its name and the values it closes over. Modules by name.
+* ``flowing.Failed`` (a tolerated failed item): its index, item, and its
+  error's type name and message (text taken when it was made, with any
+  ``0x...`` address masked), not the exception object, whose state may hold
+  anything.
+* Classes and functions by module and qualified name (``module_name``: a
+  script's ``__main__`` is named as its file would be imported, so running
+  a file and importing it agree, and two classes of one name in two modules
+  differ). A user's function is encoded by name only when that name reaches
+  it (like ``pickle``); a lambda or a nested function of the user has no
+  stable content here (step keys, in ``stepkey``, digest user code by
+  content instead). A library function made inside another function (a
+  decorator's wrapper): its name and the values it closes over. Modules by
+  name.
 * Bound methods: the bound object (by content) and the function;
   ``functools.partial``: function, arguments, keywords and attributes;
   ``staticmethod``, ``classmethod``, ``property``,
@@ -57,27 +60,54 @@ once (see ``Memo``).
   dict items sorted (in order for an ``OrderedDict``). A name given instead
   of a reduction must reach the object, as ``pickle`` checks. Dataclasses,
   namedtuples, ``SimpleNamespace``, ``deque``, exceptions, loggers (by
-  name), numpy arrays and most library objects fall in here. Nothing is
-  ever read from a memory address or a ``repr``.
+  name) and most library objects fall in here. Nothing is ever read from a
+  memory address or a ``repr``.
+* Buffers, read in place (no copy): numpy arrays (exact ``ndarray``) by
+  dtype, shape and their elements' bytes in C order whatever the memory
+  layout (non-contiguous ones in copies of at most ``_CHUNK`` bytes); pandas
+  ``DataFrame``, ``Series``, ``Index``, ``RangeIndex`` (exact types) by
+  labels, index, ``attrs`` and each column; ``array.array``, memoryviews,
+  and bytes or bytearrays over 1 KiB (hashed in place, to the same piece a
+  copy would give). Arrays and columns of Python objects (object dtype,
+  pandas extension columns as their dtype and Python values) element by
+  element, through the fast encoding below. numpy and pandas are never
+  imported here: their types are recognised once their modules are loaded.
 * A value met again inside itself (a list that contains itself, a tree whose
   nodes point to their parent) is encoded as a back-reference: how many levels
   up the path the enclosing object sits.
+
+The fast encoding
+-----------------
+``value_digest`` first tries the C pickler (see ``_Pickler``, below): plain
+data (None, bool, int, float, str, bytes, list, tuple, dict) is written at C
+speed, and ``persistent_id`` puts the canonical rules where pickle is not
+canonical (dict order, sets, NaN) and the canonical encoding above for every
+other object. Its digest is ``sha256("flowing-value/2/pickle\n" + stream)``;
+a value pickle refuses (a cycle) gets ``sha256("flowing-value/2/canonical\n"
++ encoding)`` instead. Which encoding a value takes depends on its content
+only, and the two prefixes never meet, so the rules above hold for both.
+Pickle's memo is off: a shared object is encoded in full where it occurs,
+so ``[a, a]`` and ``[a, copy(a)]`` digest alike. ``digest_info`` also says
+whether the value is immutable (numbers, strings, bytes, None, tuples,
+frozensets only), for ``inplace``.
 
 What has no stable content
 --------------------------
 A value whose ``__reduce_ex__`` refuses (generators, locks, sockets, open
 files, database connections), or raises anything, or names a global that is
-not this object; nesting deeper than 100 levels; more than 20,000,000
-pieces. Any of these inside a container or an object's state makes the whole
-value unstable. Internally this raises ``Unstable``, whose ``what`` and ``reason``
-say which value, of what type and where inside (``.session.sock``,
-``[3]``, ``['key']``) it was met.
+not this object; nesting deeper than 100 levels; a reduce iterator that hands
+out 10,000,000 items beyond its length hint (one that never ends). Size is no
+limit: a large value is large, not unstable. Any of these inside a container
+or an object's state makes the whole value unstable. Internally this raises
+``Unstable``, whose ``what`` and ``reason`` say which value, of what type and
+where inside (``.session.sock``, ``[3]``, ``['key']``) it was met.
 
-``Memo`` caches, for one run, the encoding of each value digested at top
-level and of each piece large enough to be hashed, by ``id()``, and keeps
-those objects alive so that an ``id()`` is never reused for another object
-while the memo lives. Values are assumed not to change while a memo is in
-use.
+``Memo`` caches, for one run, the digest of each value digested at top
+level and the encoding of each piece large enough to be hashed, by ``id()``,
+and keeps those objects alive so that an ``id()`` is never reused for another
+object while the memo lives. Values are assumed not to change while a memo
+is in use: it serves step keys (code constants, closure values, read once
+per run), never the digests of task values (``inplace.RunDigests``).
 """
 
 from __future__ import annotations
@@ -85,7 +115,10 @@ from __future__ import annotations
 import copyreg
 import functools
 import hashlib
+import operator
 import os
+import pickle
+import re
 import site
 import sys
 import sysconfig
@@ -97,11 +130,12 @@ from typing import Any
 __all__ = ["value_digest", "Memo", "Unstable", "Canonical", "type_name", "is_user_module",
            "is_user_function", "is_user_class", "type_label", "clear_cache"]
 
-DIGEST_VERSION = 1
-_PREFIX = f"flowing-value/{DIGEST_VERSION}\n".encode()
+DIGEST_VERSION = 2
+_PREFIX = f"flowing-value/{DIGEST_VERSION}/canonical\n".encode()
+_FAST_PREFIX = f"flowing-value/{DIGEST_VERSION}/pickle\n".encode()
 
 _MAX_DEPTH = 100           # nesting levels of one value
-_BUDGET = 20_000_000       # pieces encoded for one top-level value
+_EXTRA_ITEMS = 10_000_000  # items a reduce's iterator may hand out beyond its length hint
 _HASH_OVER = 1024          # pieces longer than this are replaced by their SHA-256
 _NO_REACH = 1 << 62        # "no back-reference seen"
 _OWN_PACKAGE = __name__.partition(".")[0]
@@ -124,13 +158,37 @@ def inputs_digest(named: Iterable[tuple[str, str | None]]) -> str | None:
 def value_digest(value: object, memo: Memo | None = None) -> str | None:
     """Hex SHA-256 of the canonical encoding of ``value``'s content, or None
     when it has no stable content. Never raises."""
+    return digest_info(value, memo)[0]
+
+
+def digest_info(value: object, memo: Memo | None = None) -> tuple[str | None, bool]:
+    """``(value_digest(value), immutable)``: ``immutable`` is True when the value
+    is made only of numbers, strings, bytes, None, tuples and frozensets, so
+    that it cannot change once digested. Never raises."""
+    if memo is not None:
+        hit = memo._digests.get(id(value))
+        if hit is not None:
+            return hit[1], hit[2]
+    found: tuple[str | None, bool]
     try:
-        chunk = Canonical(memo).chunk(value)
+        found = _digest(value, memo)
     except KeyboardInterrupt:
         raise
     except BaseException:  # Unstable, or anything a hostile object managed to raise
-        return None
-    return hashlib.sha256(_PREFIX + chunk).hexdigest()
+        found = None, False
+    if memo is not None:
+        memo._digests[id(value)] = (value, *found)
+    return found
+
+
+def _digest(value: object, memo: Memo | None) -> tuple[str, bool]:
+    canonical = Canonical(memo)
+    try:
+        h = hashlib.sha256(_FAST_PREFIX)
+        mutable = _fast_stream(value, canonical, h.update)
+        return h.hexdigest(), not mutable
+    except _Fallback:
+        return hashlib.sha256(_PREFIX + canonical.chunk(value)).hexdigest(), False
 
 
 class Unstable(Exception):
@@ -193,16 +251,18 @@ class Memo:
     is in use. A memo is not tied to a thread, but is meant for one run.
     """
 
-    __slots__ = ("_entries",)
+    __slots__ = ("_entries", "_digests")
 
     def __init__(self) -> None:
         self._entries: dict[int, tuple[object, bytes | Unstable]] = {}
+        self._digests: dict[int, tuple[object, str | None, bool]] = {}
 
     def __len__(self) -> int:
-        return len(self._entries)
+        return len(self._entries) + len(self._digests)
 
     def clear(self) -> None:
         self._entries.clear()
+        self._digests.clear()
 
 
 # --- atoms ------------------------------------------------------------------------------
@@ -228,11 +288,22 @@ def _enc_complex(x: complex) -> bytes:
     return b"c%s;%s;" % (float.__repr__(x.real).encode(), float.__repr__(x.imag).encode())
 
 
+def _sha(head: bytes, buffer: Any) -> bytes:
+    """SHA-256 of ``head`` followed by ``buffer``'s bytes, read in place."""
+    h = hashlib.sha256(head)
+    h.update(buffer)
+    return h.digest()
+
+
 def _enc_bytes(x: bytes) -> bytes:
+    if len(x) > _HASH_OVER:  # hashed in place: what hashing b"b<n>:<bytes>" gives
+        return b"#" + _sha(b"b%d:" % len(x), x)
     return b"b%d:%s" % (len(x), x)
 
 
 def _enc_bytearray(x: bytearray) -> bytes:
+    if len(x) > _HASH_OVER:
+        return b"#" + _sha(b"y%d:" % len(x), x)
     return b"y%d:%s" % (len(x), bytes(x))
 
 
@@ -337,15 +408,70 @@ def is_user_class(cls: type) -> bool:
 
 
 def _qualified(module: object, qualname: str) -> str:
-    """``module.qualname`` for library names, the bare qualname for the user's."""
-    if not isinstance(module, str) or is_user_module(module):
+    """``module.qualname``, with a script's ``__main__`` named as if imported
+    (see ``module_name``)."""
+    if not isinstance(module, str):
         return qualname
-    return f"{module}.{qualname}"
+    return f"{module_name(module)}.{qualname}"
+
+
+_main_names: dict[str, tuple[object, str]] = {}  # __main__ -> (the module seen, its name)
+
+
+def module_name(module: str) -> str:
+    """The name a module has when imported: itself, except for ``__main__``.
+
+    A script's ``__main__`` is named as ``import`` would name its file, so
+    that running a file as a script and importing it as a module agree:
+    ``__spec__.name`` when it was started with ``python -m``; otherwise the
+    file's path relative to the ``sys.path`` entry nearest to it (the longest
+    one holding it), with ``/`` as ``.`` and without ``.py`` (``__init__``
+    names its package). ``__main__`` with no file (``python -c``, an
+    interactive session) keeps its name. ``__mp_main__`` (the script, in a
+    process started by ``multiprocessing``) is named the same way.
+    """
+    if module != "__main__" and module != "__mp_main__":
+        return module
+    main = sys.modules.get(module)
+    cached = _main_names.get(module)
+    if cached is not None and cached[0] is main:
+        return cached[1]
+    name = _main_module_name(main)
+    if name == "__mp_main__":
+        name = "__main__"
+    _main_names[module] = (main, name)
+    return name
+
+
+def _main_module_name(main: object) -> str:
+    spec = getattr(main, "__spec__", None)
+    spec_name = getattr(spec, "name", None)
+    if isinstance(spec_name, str) and spec_name and spec_name != "__main__":
+        return spec_name  # python -m pkg.mod (python -m pkg: pkg.__main__)
+    file = getattr(main, "__file__", None)
+    if not isinstance(file, str) or not file.endswith(".py"):
+        return "__main__"
+    path = os.path.realpath(file)
+    best: str | None = None
+    for entry in sys.path:
+        if not isinstance(entry, str):
+            continue
+        root = os.path.realpath(entry or os.getcwd())
+        rel = os.path.relpath(path, root)
+        if rel.startswith(os.pardir) or os.path.isabs(rel):
+            continue
+        parts = rel[:-3].split(os.sep)
+        if parts[-1] == "__init__":
+            parts.pop()
+        if parts and all(p.isidentifier() for p in parts):
+            dotted = ".".join(parts)
+            if best is None or len(dotted) < len(best):
+                best = dotted
+    return best if best is not None else os.path.basename(path)[:-3]
 
 
 def type_name(cls: type) -> str:
-    """``module.qualname`` for library types; the bare qualname for the user's
-    own, whose module name depends on how the program was started."""
+    """``module.qualname`` of a class (``module_name`` for a script's own)."""
     qualname = getattr(cls, "__qualname__", None)
     if not isinstance(qualname, str):
         qualname = str(type.__dict__["__name__"].__get__(cls, type))
@@ -353,8 +479,13 @@ def type_name(cls: type) -> str:
 
 
 def type_label(cls: type) -> str:
-    """A type's name for messages (``socket.socket``, ``list``): never raises."""
+    """A type's name for messages (``socket.socket``, ``list``; the user's own
+    classes by their qualified name): never raises."""
     try:
+        qualname = getattr(cls, "__qualname__", None)
+        module = getattr(cls, "__module__", None)
+        if isinstance(qualname, str) and (not isinstance(module, str) or is_user_module(module)):
+            return qualname
         name = type_name(cls)
     except Exception:
         return "object"
@@ -375,6 +506,9 @@ def type_label(cls: type) -> str:
 #   C M G g B p W e     class, module, global name, library closure, bound method,
 #                       partial, wrapped callable, enum member
 #   R L K 2 -           reduce, its list items, its dict items, (dict, slots) state, absent
+#   @A @O @a            numpy array (by buffer), numpy array of objects, array.array
+#   @F @R @I @J @X      DataFrame, Series, Index, RangeIndex, pandas extension values
+#   %                   the fast encoding's digest of a list of Python objects
 #   ^                   back-reference to an enclosing object (a cycle), by distance
 #   !                   reserved for the hook's encodings
 
@@ -394,7 +528,7 @@ class Canonical:
     call taints only that call.
     """
 
-    __slots__ = ("_memo", "_hook", "_hook_types", "_active", "_reach", "_budget", "taint")
+    __slots__ = ("_memo", "_hook", "_hook_types", "_active", "_reach", "taint", "_fast_owners")
 
     def __init__(self, memo: Memo | None = None, hook: Hook | None = None,
                  hook_types: tuple[type, ...] = ()) -> None:
@@ -404,17 +538,17 @@ class Canonical:
         self._hook_types = hook_types if hook is not None else ()
         self._active: dict[int, int] = {}  # id -> depth, of the objects being encoded
         self._reach = _NO_REACH  # shallowest object a back-reference pointed to
-        self._budget = _BUDGET
         self.taint = 0
+        self._fast_owners: set[int] = set()  # arrays and columns in _enc_objects now
 
     def chunk(self, value: object) -> bytes:
         """The canonical encoding of ``value``; raises ``Unstable``.
 
         Re-entrant: a hook may call it for another value; each call has its
-        own cycle detection and budget.
+        own cycle detection.
         """
-        saved = self._active, self._reach, self._budget, self.taint
-        self._active, self._reach, self._budget, self.taint = {}, _NO_REACH, _BUDGET, 0
+        saved = self._active, self._reach, self.taint
+        self._active, self._reach, self.taint = {}, _NO_REACH, 0
         try:
             f = _ATOMS.get(type(value))
             if f is not None:
@@ -432,7 +566,7 @@ class Canonical:
                            f"with no stable content (reading it raised {type_label(type(exc))})",
                            transient=True) from None
         finally:
-            self._active, self._reach, self._budget, self.taint = saved
+            self._active, self._reach, self.taint = saved
 
     # The recursive core. Atoms are encoded inline by the container loops.
     def _enc(self, x: object, depth: int) -> bytes:
@@ -456,9 +590,6 @@ class Canonical:
             return b"^%x;" % (depth - at)
         if depth > _MAX_DEPTH:
             raise Unstable(type_label(t), "nested too deeply to fingerprint", transient=True)
-        self._budget -= 1
-        if self._budget < 0:
-            raise Unstable(type_label(t), "too large to fingerprint", transient=True)
         self._active[k] = depth
         outer_reach, self._reach = self._reach, _NO_REACH
         taint = self.taint
@@ -486,9 +617,6 @@ class Canonical:
         out: list[bytes] = []
         append = out.append
         atoms = _ATOMS
-        self._budget -= len(xs)
-        if self._budget < 0:
-            raise Unstable("collection", "too large to fingerprint", transient=True)
         i = 0
         try:
             for v in xs:
@@ -516,9 +644,6 @@ class Canonical:
                 step = f".{key}" if attrs and type(key) is str else _key_step(key)
                 raise e.within(step) from None
             out.append(ek + ev)
-            self._budget -= 1
-        if self._budget < 0:
-            raise Unstable("mapping", "too large to fingerprint", transient=True)
         return out
 
     def _dispatch(self, x: Any, t: type, depth: int) -> bytes:
@@ -690,20 +815,31 @@ def _refusal(exc: BaseException) -> str:
 
 
 def _bounded_list(items: Any) -> list[Any]:
-    """Reduce's list items, within the budget (an iterator may never end)."""
+    """Reduce's list items: an iterator that hands out far more than its length
+    hint promised never ends (a hostile reduce), so it is cut off."""
     out = []
+    limit = _item_limit(items)
     for n, item in enumerate(items):
-        if n > _BUDGET:
-            raise Unstable("iterator", "too large to fingerprint", transient=True)
+        if n > limit:
+            raise Unstable("iterator", "that never ends", transient=True)
         out.append(item)
     return out
 
 
+def _item_limit(items: Any) -> int:
+    try:
+        hint = operator.length_hint(items, 0)
+    except Exception:  # a hostile __length_hint__
+        hint = 0
+    return max(hint, 0) + _EXTRA_ITEMS
+
+
 def _bounded(items: Any) -> Any:
-    """Iterate reduce's dict items, each a (key, value) pair, within the budget."""
+    """Iterate reduce's dict items, each a (key, value) pair (see ``_bounded_list``)."""
+    limit = _item_limit(items)
     for n, pair in enumerate(items):
-        if n > _BUDGET:
-            raise Unstable("iterator", "too large to fingerprint", transient=True)
+        if n > limit:
+            raise Unstable("iterator", "that never ends", transient=True)
         if type(pair) is not tuple or len(pair) != 2:
             raise Unstable("dict item", "with no stable content")
         yield pair
@@ -762,6 +898,20 @@ def _special(t: type) -> Special | None:
     if t is functools.cached_property:
         return _enc_cached_property
     modules = sys.modules
+    np = modules.get("numpy")
+    if np is not None and t is getattr(np, "ndarray", None):
+        return _remember(t, _enc_ndarray)
+    pd = modules.get("pandas")
+    if pd is not None:
+        for cls, enc in ((getattr(pd, "DataFrame", None), _enc_frame),
+                         (getattr(pd, "Series", None), _enc_series),
+                         (getattr(pd, "RangeIndex", None), _enc_range_index),
+                         (getattr(pd, "Index", None), _enc_index)):
+            if t is cls:
+                return _remember(t, enc)
+    ar = modules.get("array")
+    if ar is not None and t is ar.array:
+        return _remember(t, _enc_pyarray)
     dt = modules.get("datetime")
     if dt is not None:
         for cls, enc in ((dt.datetime, _enc_datetime), (dt.date, _enc_date),
@@ -780,6 +930,9 @@ def _special(t: type) -> Special | None:
     rx = modules.get("re")
     if rx is not None and t is rx.Pattern:
         return _remember(t, _enc_pattern)
+    res = modules.get(_OWN_PACKAGE + ".results")
+    if res is not None and t is res.Failed:
+        return _remember(t, _enc_failed)
     pl = modules.get("pathlib")
     if pl is not None:
         for cls in (pl.PurePosixPath, pl.PureWindowsPath, pl.PosixPath, pl.WindowsPath):
@@ -796,6 +949,21 @@ def _remember(t: type, enc: Special) -> Special:
     return enc
 
 
+def _enc_failed(c: Canonical, x: Any, depth: int) -> bytes:
+    try:
+        item = c._enc(x.item, depth)
+    except Unstable as e:
+        raise e.within(".item") from None
+    # a message naming an object by its address ("<Session at 0x7f3a...>") must not
+    # make the digest differ between processes
+    message = _ADDRESS.sub("0x?", str(x.message))
+    return _frame(b"!F", c._enc(x.index, depth) + item + _enc_str(str(x.error_type))
+                  + _enc_str(message))
+
+
+_ADDRESS = re.compile(r"0x[0-9a-fA-F]{4,}")
+
+
 def _enc_mapping_proxy(c: Canonical, x: Any, depth: int) -> bytes:
     return _frame(b"P", b"".join(sorted(c._pairs(x.items(), depth))))
 
@@ -809,7 +977,114 @@ def _enc_slice(c: Canonical, x: slice, depth: int) -> bytes:
 
 
 def _enc_memoryview(c: Canonical, x: memoryview, depth: int) -> bytes:
-    return _frame(b"v", _enc_str(x.format) + c._enc(x.shape, depth) + _enc_bytes(x.tobytes()))
+    return _frame(b"v", _enc_str(x.format) + c._enc(x.shape, depth) + _enc_buffer(x))
+
+
+def _enc_buffer(x: memoryview) -> bytes:
+    """A buffer's bytes (in C order) as ``_enc_bytes`` encodes them; a large
+    C-contiguous one is hashed in place."""
+    if x.nbytes > _HASH_OVER and x.c_contiguous:
+        return b"#" + _sha(b"b%d:" % x.nbytes, x.cast("B") if x.ndim <= 1 else x)
+    return _enc_bytes(x.tobytes())
+
+
+def _enc_pyarray(c: Canonical, x: Any, depth: int) -> bytes:
+    with memoryview(x) as view:
+        return _frame(b"@a", _enc_str(x.typecode) + _enc_buffer(view))
+
+
+# numpy and pandas: recognised by type (never imported here), their data read in
+# place. An array is its dtype (byte order, fields, units), its shape and its
+# elements' bytes in C order, whatever its memory layout: a C-contiguous array
+# is hashed where it lies, any other in copies of at most _CHUNK bytes. An
+# array of Python objects is encoded element by element.
+
+_CHUNK = 4 << 20
+
+
+def _enc_ndarray(c: Canonical, x: Any, depth: int) -> bytes:
+    head = c._enc(x.dtype, depth) + c._enc(tuple(x.shape), depth)
+    if x.dtype.hasobject:
+        return _frame(b"@O", head + _enc_objects(c, x, x.ravel().tolist(), depth))
+    h = hashlib.sha256()
+    _hash_array(h, x, sys.modules["numpy"])
+    return _frame(b"@A", head + h.digest())
+
+
+def _hash_array(h: Any, x: Any, np: Any) -> None:
+    if x.flags.c_contiguous:
+        if x.size:
+            h.update(x.reshape(-1).view(np.uint8))
+        return
+    row = x.itemsize
+    for n in x.shape[1:]:
+        row *= n
+    if row > _CHUNK:
+        for i in range(x.shape[0]):
+            _hash_array(h, x[i], np)
+        return
+    step = max(1, _CHUNK // max(row, 1))
+    for i in range(0, x.shape[0], step):
+        h.update(np.ascontiguousarray(x[i:i + step]).reshape(-1).view(np.uint8))
+
+
+def _enc_objects(c: Canonical, owner: object, items: list[Any], depth: int) -> bytes:
+    """Python objects in an array or a column (``owner``): through the fast
+    encoding when it takes them (strings, numbers...), else one by one.
+
+    One by one too when a hook is set (a stand-in of the hook met inside the
+    fast encoding's own ``chunk`` calls would not taint this piece), and when
+    ``owner`` is met again inside its own elements (a cycle through the fast
+    encoding, which starts each object afresh: the canonical encoder, whose
+    cycle detection spans this ``chunk``, takes over)."""
+    key = id(owner)
+    if c._hook is None and key not in c._fast_owners:
+        c._fast_owners.add(key)
+        try:
+            return b"%" + _fast_hash(items, c)
+        except _Fallback:
+            pass
+        finally:
+            c._fast_owners.discard(key)
+    return c._enc(items, depth)
+
+
+def _enc_values(c: Canonical, x: Any, depth: int) -> bytes:
+    """The values of a pandas Series or Index: in place when numpy holds them,
+    else (extension types: strings, categories, nullable integers) their dtype
+    and their values as Python objects."""
+    dtype = x.dtype
+    if isinstance(dtype, sys.modules["numpy"].dtype):
+        return c._enc(x.to_numpy(copy=False), depth)
+    # As Python objects, _ROWS at a time: memory stays bounded.
+    values = x.array
+    parts = [_enc_objects(c, x, values[i:i + _ROWS].to_numpy(dtype=object).tolist(), depth)
+             for i in range(0, len(values), _ROWS)]
+    return _frame(b"@X", c._enc(dtype, depth) + b"%d;" % len(values) + b"".join(parts))
+
+
+_ROWS = 1 << 16
+
+
+def _enc_frame(c: Canonical, x: Any, depth: int) -> bytes:
+    parts = [c._enc(x.columns, depth), c._enc(x.index, depth),
+             c._state(dict(x.attrs), depth), b"T" if x.flags.allows_duplicate_labels else b"F"]
+    for j in range(x.shape[1]):
+        parts.append(_enc_values(c, x.iloc[:, j], depth))
+    return _frame(b"@F", b"".join(parts))
+
+
+def _enc_series(c: Canonical, x: Any, depth: int) -> bytes:
+    return _frame(b"@R", c._enc(x.name, depth) + c._enc(x.index, depth)
+                  + c._state(dict(x.attrs), depth) + _enc_values(c, x, depth))
+
+
+def _enc_index(c: Canonical, x: Any, depth: int) -> bytes:
+    return _frame(b"@I", c._enc(x.name, depth) + _enc_values(c, x, depth))
+
+
+def _enc_range_index(c: Canonical, x: Any, depth: int) -> bytes:
+    return _frame(b"@J", b"%x;%x;%x;" % (x.start, x.stop, x.step) + c._enc(x.name, depth))
 
 
 def _enc_method_wrapper(c: Canonical, x: Any, depth: int) -> bytes:
@@ -879,3 +1154,111 @@ def _enc_path(c: Canonical, x: Any, depth: int) -> bytes:
 
 def _enc_pattern(c: Canonical, x: Any, depth: int) -> bytes:
     return _frame(b"~", c._enc(x.pattern, depth) + b"%x;" % x.flags)
+
+
+# --- the fast encoding: the C pickler, canonical where pickle is not ---------------------
+#
+# Plain data (None, bool, int, str, bytes, list, tuple, and float but NaN) is
+# written by the C pickler (protocol 5, ``fast`` mode: no memo, so a shared
+# object is written in full wherever it occurs and ``[a, a]`` reads as
+# ``[a, copy(a)]``; a cycle makes pickle refuse, and the value is encoded by the
+# canonical encoder instead). ``persistent_id`` sees every object first and
+# replaces what pickle would not write canonically by a persistent id (a
+# BINPERSID opcode follows it, so an id never reads as plain data):
+#   dict          the dict with its items in canonical order (keys sorted by their
+#                 encoding; keys other than str, int, bytes, bool, None make the
+#                 dict go through the canonical encoder)
+#   set, frozenset  ("S"/"Z", members sorted by their encoding) (same rule)
+#   NaN           ("n",): every NaN alike
+#   anything else ("c", its canonical encoding): classes and functions by module and
+#                 name, numpy arrays and pandas frames by their buffers, objects by
+#                 their state
+# The stream is a pickle program that rebuilds the value (ids aside), so two
+# values with one stream are equal. It is hashed as it is written.
+
+_PLAIN = frozenset({str, int, type(None), bool, bytes, tuple})
+_KEY_TYPES = frozenset({str, int, bytes, bool, type(None)})
+_NAN = ("n",)
+
+
+class _Fallback(Exception):
+    """The value needs the canonical encoder (a cycle, nesting pickle refuses)."""
+
+
+class _Sink:
+    __slots__ = ("write",)
+
+    def __init__(self, write: Callable[[Any], object]) -> None:
+        self.write = write
+
+
+def _key_bytes(k: object) -> bytes:
+    return _ATOMS[type(k)](k)
+
+
+class _Pickler(pickle.Pickler):
+    def __init__(self, write: Callable[[Any], object], canonical: Canonical) -> None:
+        super().__init__(_Sink(write), protocol=5)
+        self.fast = True
+        self.canonical = canonical
+        self.orders: dict[tuple[Any, ...], tuple[tuple[Any, ...], Callable[[Any], Any] | None]] = {}
+        self.mutable = False
+
+    def persistent_id(self, obj: Any) -> Any:
+        t = type(obj)
+        if t in _PLAIN:
+            return None
+        if t is float:
+            return None if obj == obj else _NAN
+        if t is dict:
+            self.mutable = True
+            return self._dict(obj)
+        if t is list:
+            self.mutable = True
+            return None
+        if t is frozenset or t is set:
+            if t is set:
+                self.mutable = True
+            if _KEY_TYPES.issuperset(map(type, obj)):
+                return ("Z" if t is frozenset else "S", tuple(sorted(obj, key=_key_bytes)))
+        self.mutable = True
+        return ("c", self.canonical.chunk(obj))
+
+    def _dict(self, d: dict[Any, Any]) -> Any:
+        keys = tuple(d)
+        if not _KEY_TYPES.issuperset(map(type, keys)):
+            return ("c", self.canonical.chunk(d))
+        orders = self.orders
+        found = orders.get(keys)
+        if found is None:
+            ordered = tuple(sorted(keys, key=_key_bytes))
+            getter: Callable[[Any], Any] | None = (
+                operator.itemgetter(*ordered) if len(ordered) > 1 else None)
+            if len(orders) > 4096:
+                orders.clear()
+            found = orders[keys] = (ordered, getter if ordered != keys else None)
+        ordered, getter = found
+        if getter is None:  # already in canonical order
+            return d
+        return dict(zip(ordered, getter(d)))
+
+
+def _fast_stream(value: object, canonical: Canonical, write: Callable[[Any], object]) -> bool:
+    """Write the fast encoding of ``value``; True if it met anything mutable.
+    Raises ``Unstable``, or ``_Fallback`` when pickle refuses the structure."""
+    pickler = _Pickler(write, canonical)
+    try:
+        pickler.dump(value)
+    except (Unstable, KeyboardInterrupt):
+        raise
+    except Exception:  # cycles (ValueError), nesting (RecursionError), pickle's own refusals
+        raise _Fallback from None
+    return pickler.mutable
+
+
+def _fast_hash(value: object, canonical: Canonical) -> bytes:
+    """SHA-256 of the fast encoding of ``value`` (for the elements of arrays and
+    columns holding Python objects)."""
+    h = hashlib.sha256(_FAST_PREFIX)
+    _fast_stream(value, canonical, h.update)
+    return h.digest()

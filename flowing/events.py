@@ -268,21 +268,25 @@ def _item_state(it: object) -> str:
     return value if type(value) is str else "?"
 
 
-def items_line(items: Sequence[Any] | None, width: int = MAX_LINE, listed: int = 3) -> str:
+def items_line(items: Sequence[Any] | None, width: int = MAX_LINE, listed: int = 3,
+               allowed: int | None = None) -> str:
     """One line on the items of a ``for_each`` task, failures first named::
 
         40 items: 38 ok (12 cached), 2 failed: item 16 (17): HTTPError: 500; item 28 (29): ...
+        60 items: 57 ok, 3 failed (allowed 6): item 4 ('doc-4'): HTTPError: 404; ...
 
-    ``items`` are ``ItemResult``s (None for an item that never finished).
+    ``items`` are ``ItemResult``s (None for an item that never finished);
+    ``allowed``: the task's ``allow_failed_items`` as a count, if it has one.
     Never raises; at most ``width`` characters.
     """
     try:
-        return _items_line(items, width, listed)
+        return _items_line(items, width, listed, allowed)
     except Exception:  # a half-built result must not break a summary
         return clip(f"{len(items or ())} items", width)
 
 
-def _items_line(items: Sequence[Any] | None, width: int, listed: int) -> str:
+def _items_line(items: Sequence[Any] | None, width: int, listed: int,
+                allowed: int | None = None) -> str:
     items = list(items or ())
     ok = cached = failed = skipped = not_run = 0
     bad: list[Any] = []
@@ -305,7 +309,8 @@ def _items_line(items: Sequence[Any] | None, width: int, listed: int) -> str:
         return text
     parts = [f"{ok} ok" + (f" ({cached} cached)" if cached else "")]
     if failed:
-        parts.append(f"{failed} failed")
+        parts.append(f"{failed} failed" + (f" (allowed {allowed})" if allowed is not None
+                                           else ""))
     if skipped:
         parts.append(f"{skipped} skipped")
     if not_run:
@@ -412,25 +417,30 @@ class TaskRetrying(Event):
 
 
 class TaskSucceeded(Event):
-    """``items``: the ``ItemResult``s of a ``for_each`` task, else None."""
+    """``items``: the ``ItemResult``s of a ``for_each`` task, else None; ``allowed``:
+    how many items its ``allow_failed_items`` lets fail, else None."""
 
-    __slots__ = ("at", "task", "attempts", "duration_ms", "detached", "items")
+    __slots__ = ("at", "task", "attempts", "duration_ms", "detached", "items", "allowed")
     task: str
     attempts: int
     duration_ms: float
     detached: bool
     items: Sequence[Any] | None
+    allowed: int | None
 
     def __init__(self, at: float, task: str, attempts: int, duration_ms: float,
-                 detached: bool = False, items: Sequence[Any] | None = None) -> None:
+                 detached: bool = False, items: Sequence[Any] | None = None,
+                 allowed: int | None = None) -> None:
         self.at, self.task, self.attempts, self.duration_ms = at, task, attempts, duration_ms
-        self.detached, self.items = detached, items
+        self.detached, self.items, self.allowed = detached, items, allowed
 
 
 class TaskFailed(Event):
-    """``items``: the ``ItemResult``s of a ``for_each`` task, else None."""
+    """``items``: the ``ItemResult``s of a ``for_each`` task, else None; ``allowed``:
+    how many items its ``allow_failed_items`` lets fail, else None."""
 
-    __slots__ = ("at", "task", "attempts", "duration_ms", "error", "reason", "detached", "items")
+    __slots__ = ("at", "task", "attempts", "duration_ms", "error", "reason", "detached", "items",
+                 "allowed")
     task: str
     attempts: int
     duration_ms: float
@@ -438,12 +448,15 @@ class TaskFailed(Event):
     reason: str | None
     detached: bool
     items: Sequence[Any] | None
+    allowed: int | None
 
     def __init__(self, at: float, task: str, attempts: int, duration_ms: float,
                  error: BaseException | None = None, reason: str | None = None,
-                 detached: bool = False, items: Sequence[Any] | None = None) -> None:
+                 detached: bool = False, items: Sequence[Any] | None = None,
+                 allowed: int | None = None) -> None:
         self.at, self.task, self.attempts, self.duration_ms = at, task, attempts, duration_ms
         self.error, self.reason, self.detached, self.items = error, reason, detached, items
+        self.allowed = allowed
 
 
 class TaskSkipped(Event):
@@ -522,6 +535,13 @@ def resolve_logger(log: object) -> logging.Logger | None:
     return logger
 
 
+def _contain(exc: BaseException) -> None:
+    """Swallow what user code (a hook, a logging handler, a value's ``__str__``) raised
+    while reporting, ``SystemExit`` included; re-raise only the terminal's Ctrl-C."""
+    if is_terminal(exc):
+        raise exc
+
+
 # ----- the reporter -----------------------------------------------------------------
 
 class Reporter:
@@ -550,19 +570,19 @@ class Reporter:
     def emit(self, event: Event) -> None:
         try:
             self._track(event)
-        except Exception:  # bookkeeping for log lines: never worth breaking a run
-            pass
+        except BaseException as exc:  # bookkeeping for log lines: never worth breaking a run
+            _contain(exc)
         if self.logger is not None:
             try:
                 self._log(event)
-            except Exception as exc:  # formatting must never break the run
+            except BaseException as exc:  # formatting, a logging handler: never break the run
+                _contain(exc)
                 self._warn_quietly(f"could not log {type_name(event)}: {error_line(exc)}")
         if self.on_event is not None:
             try:
                 self.on_event(event)
             except BaseException as exc:  # SystemExit too: a hook never ends the run
-                if is_terminal(exc):
-                    raise
+                _contain(exc)
                 if not self._hook_failed:
                     self._hook_failed = True
                     self._warn_quietly("on_event hook raised "
@@ -580,8 +600,8 @@ class Reporter:
                 logger = logging.getLogger(LOGGER_NAME)
             if logger is not None:
                 logger.warning(clip(printable(message, 4 * MAX_LINE), MAX_LINE - len(_PREFIX)))
-        except Exception:
-            pass
+        except BaseException as exc:
+            _contain(exc)
 
     def _track(self, event: Event) -> None:
         """What the log lines need beyond one event: run totals, attempt starts."""
@@ -627,16 +647,19 @@ class Reporter:
         else:
             logger.info(line)
 
-    def tick(self, done: int, total: int, running: Mapping[str, float]) -> None:
+    def tick(self, done: int, total: int, running: Mapping[str, float],
+             items: Mapping[str, tuple[int, int, int, float]] | None = None) -> None:
         """Progress, called by the scheduler thread about once a second during a run.
 
-        ``running`` maps the name of each running task to its start (epoch s).
+        ``running`` maps the name of each running task to its start (epoch s);
+        ``items``, the name of each running ``for_each`` task to (items done,
+        total, in flight, start of its first item).
         """
         if self._progress is not None:
             try:
-                self._progress.tick(done, total, running)
-            except Exception:  # progress is a nicety: never let it break a run
-                pass
+                self._progress.tick(done, total, running, items)
+            except BaseException as exc:  # progress is a nicety: never let it break a run
+                _contain(exc)
 
     def warning(self, message: object) -> None:
         """A one-line warning on the run's logger (nothing with ``log=False``)."""
@@ -644,8 +667,8 @@ class Reporter:
             try:
                 if self._progress is not None:
                     self._progress.clear()
-            except Exception:
-                pass
+            except BaseException as exc:
+                _contain(exc)
             self._warn_quietly(clip(message, MAX_LINE - len(_PREFIX)))
 
 
@@ -686,12 +709,13 @@ def log_line(event: Event) -> str | None:
         why = f" ({clip(event.why, WHY_WIDTH)})" if event.why is not None else ""
         return _cap(f"start   {_name(event)} attempt={event.attempt}{tag}{why}")
     if isinstance(event, TaskSucceeded):
-        items = f": {items_line(event.items)}" if event.items is not None else ""
+        items = (f": {items_line(event.items, allowed=event.allowed)}"
+                 if event.items is not None else "")
         return _cap(f"ok      {_name(event)} {format_duration(event.duration_ms)} "
                     f"attempts={event.attempts}{tag}{items}")
     if isinstance(event, TaskFailed):
         if event.items is not None:
-            why = items_line(event.items)
+            why = items_line(event.items, allowed=event.allowed)
         else:
             why = _why(event.error, event.reason)
         return _cap(f"FAILED  {_name(event)} {format_duration(event.duration_ms)} "

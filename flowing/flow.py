@@ -33,6 +33,17 @@ if TYPE_CHECKING:
 SCHEDULES = ("eager", "layers")
 
 
+class _DefaultWorkers(int):
+    """The default of ``Flow(max_workers=...)``: 5, and told apart from a 5 the caller
+    wrote (by identity), so that a Limit's concurrency can raise it (see
+    ``Flow.__init__``). It prints, compares and computes as the int 5."""
+
+    __slots__ = ()
+
+
+DEFAULT_MAX_WORKERS: int = _DefaultWorkers(5)
+
+
 def run_ok(graph: Graph, results: Sequence[StepResult | None]) -> bool:
     """``Flow.ok``: no main task FAILED, and every main task SUCCEEDED or was
     SKIPPED by a gate — its own ``when`` returned falsy, or it was skipped only
@@ -67,7 +78,8 @@ class Flow:
     in the graph, and checks the whole graph before anything runs.
     """
 
-    def __init__(self, *terminals: TaskDef, max_workers: int = 5, fail_fast: bool = True,
+    def __init__(self, *terminals: TaskDef, max_workers: int = DEFAULT_MAX_WORKERS,
+                 fail_fast: bool = True,
                  journal_path: str | Any | None = None, executor: Executor | Any | None = None,
                  schedule: str = "eager", log: bool | logging.Logger = True,
                  on_event: Any = None, inputs: Mapping[str, Any] | None = None) -> None:
@@ -89,12 +101,12 @@ class Flow:
                             f"got {inputs!r}")
         self.inputs: dict[str, Any] = dict(inputs)
         self.graph = Graph.build(terminals, inputs=tuple(self.inputs))
-        self.max_workers = max_workers
         self.fail_fast = bool(fail_fast)
         self.schedule = schedule
         self.executor = executor
         self.logger = resolve_logger(log)
         self._reporter = Reporter(self.logger, on_event)
+        self.max_workers = self._workers_for_limits(max_workers)
         unused = sorted(set(self.inputs) - self.graph.received_inputs())
         if unused:
             self._reporter.warning(
@@ -118,6 +130,25 @@ class Flow:
         self.started_at: float | None = None
         self.finished_at: float | None = None
         self._running = threading.Lock()  # held for the whole of run()/resume()
+
+    def _workers_for_limits(self, max_workers: int) -> int:
+        """No silent cap: ``max_workers`` left at its default grows to the largest
+        ``max_concurrency`` of a Limit in the graph, so that Limit is the bound; an
+        explicit ``max_workers`` below it stays, with one warning saying so."""
+        top: tuple[int, str] | None = None
+        for td in self.graph.tasks:
+            n = td.limit.max_concurrency if td.limit is not None else None
+            if n is not None and (top is None or n > top[0]):
+                top = (n, td.name)
+        if top is None or top[0] <= max_workers:
+            return int(max_workers)
+        if max_workers is DEFAULT_MAX_WORKERS:
+            return top[0]
+        self._reporter.warning(
+            f"Flow(max_workers={int(max_workers)}) is below the Limit(max_concurrency={top[0]}) "
+            f"of task '{top[1]}': max_workers bounds it, at most {int(max_workers)} bodies run "
+            f"at once; raise max_workers, or leave it out to let the Limit bound them")
+        return int(max_workers)
 
     # ----- running -------------------------------------------------------------
 
@@ -336,7 +367,7 @@ class Flow:
             if r.cached:
                 parts.append("[cached]")
             if r.items is not None:
-                parts.append(items_line(r.items))
+                parts.append(items_line(r.items, allowed=td.allowed_failures(len(r.items))))
             if r.state is StepState.FAILED and r.items is None:
                 parts.append(error_line(r.error) or safe_str(r.reason or ""))
             elif r.state is not StepState.FAILED and r.reason:

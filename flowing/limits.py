@@ -6,6 +6,15 @@ in every flow of the process. Its counters are guarded by its own lock;
 schedulers admit jobs through ``try_acquire`` and give slots back with
 ``release``. Periods must be finite: ``(1, 1e9)`` is a rate, ``(1, inf)`` is
 refused.
+
+Rates. ``rate=(N, period)`` spaces starts evenly, one every ``period / N``
+(a generic cell rate algorithm: a start is due ``period / N`` after the
+previous one's due time); ``burst=k`` lets up to k start back to back after
+a quiet spell. On top, no window of ``period`` seconds ever holds more than
+N starts (the admission times of the last N starts are kept, with a margin
+of 3% of the period, 10 ms to 250 ms, for the hand-off between admission
+and the request reaching the service). So a
+service that counts N requests per period as they arrive never sees more.
 """
 
 from __future__ import annotations
@@ -65,7 +74,8 @@ class Limit:
 
     Share one instance between tasks that call the same service::
 
-        github = Limit(max_concurrency=4, rate="10/s")
+        github = Limit(max_concurrency=4, rate="10/s")   # one start every 0.1 s
+        bursty = Limit(rate="10/s", burst=5)              # up to 5 back to back
 
         @task(limit=github)
         def fetch_repo(): ...
@@ -80,11 +90,11 @@ class Limit:
     and are called when a slot frees.
     """
 
-    __slots__ = ("max_concurrency", "rate", "rate_count", "rate_period", "_lock", "_in_flight",
-                 "_starts", "_waiters")
+    __slots__ = ("max_concurrency", "rate", "burst", "rate_count", "rate_period", "_lock",
+                 "_in_flight", "_starts", "_due", "_waiters")
 
     def __init__(self, max_concurrency: int | None = None,
-                 rate: str | tuple[int, float] | None = None) -> None:
+                 rate: str | tuple[int, float] | None = None, burst: int = 1) -> None:
         if max_concurrency is not None and (
                 not isinstance(max_concurrency, int) or isinstance(max_concurrency, bool)
                 or max_concurrency < 1):
@@ -98,7 +108,12 @@ class Limit:
             self.rate_count, self.rate_period = None, None
         else:
             self.rate_count, self.rate_period = parse_rate(rate)
-        self._lock = threading.Lock()      # guards the three fields below
+        if not isinstance(burst, int) or isinstance(burst, bool) or burst < 1:
+            raise ValueError(f"Limit burst={burst!r} must be an int >= 1 (how many bodies may "
+                             f"start back to back; 1 spaces every start evenly)")
+        self.burst = burst
+        self._due = -math.inf              # when the next start is due (spacing)
+        self._lock = threading.Lock()      # guards the counters
         self._in_flight = 0
         self._starts: collections.deque[float] = collections.deque(maxlen=self.rate_count or 1)
         self._waiters: set[Callable[[], None]] = set()
@@ -117,18 +132,24 @@ class Limit:
         with self._lock:
             if self.max_concurrency is not None and self._in_flight >= self.max_concurrency:
                 return float("inf")
-            if self.rate_count is not None and self.rate_period is not None \
-                    and len(self._starts) == self.rate_count:
-                # Admission precedes the body's first line by a thread hand-off; the
-                # margin keeps two bursts apart by more than that, so no window of the
-                # period ever sees more than rate_count bodies start.
-                margin = min(max(self.rate_period * 0.01, 0.005), 0.05)
-                ready_at = self._starts[0] + self.rate_period + margin
+            count, period = self.rate_count, self.rate_period
+            if count is not None and period is not None:
+                interval = period / count
+                # spacing: due one interval after the previous due time, burst-1 early
+                ready_at = self._due - (self.burst - 1) * interval
+                if len(self._starts) == count:
+                    # Admission precedes the body's first line by a thread hand-off, and
+                    # its request reaches the service a moment later still; both vary
+                    # under load. The margin (3% of the period, 10 ms to 250 ms) keeps
+                    # starts N apart by more than that, so no window of the period ever
+                    # sees more than rate_count arrive.
+                    margin = min(max(period * 0.03, 0.01), 0.25)
+                    ready_at = max(ready_at, self._starts[0] + period + margin)
                 if ready_at > now:
                     return ready_at - now
-            self._in_flight += 1
-            if self.rate_count is not None:
+                self._due = max(self._due, now) + interval
                 self._starts.append(now)
+            self._in_flight += 1
             return None
 
     def release(self) -> None:
@@ -138,6 +159,40 @@ class Limit:
             waiters = list(self._waiters)
         for wake in waiters:
             wake()
+
+    def release_when(self, on_end: Callable[[Callable[[], None]], bool], grace_s: float,
+                     overstayed: Callable[[], object]) -> None:
+        """Free one admitted slot when a body that timed out really ends.
+
+        ``on_end(fn)`` asks for ``fn()`` when the body ends and returns False
+        if it has ended already (then the slot is freed now). A body still
+        running ``grace_s`` seconds later gets its slot taken back anyway, after
+        calling ``overstayed()`` (a warning), so a hung body never holds a slot
+        for good. The wait is a daemon timer: it never holds the process open.
+        """
+        lock = threading.Lock()
+        held = [True]
+
+        def give_back(late: bool) -> None:
+            with lock:
+                if not held[0]:
+                    return
+                held[0] = False
+            if late:
+                try:
+                    overstayed()
+                except Exception:  # a warning that cannot be written frees the slot all the same
+                    pass
+            else:
+                timer.cancel()
+            self.release()
+
+        timer = threading.Timer(grace_s, give_back, (True,))
+        timer.daemon = True
+        if not on_end(lambda: give_back(False)):
+            self.release()
+            return
+        timer.start()
 
     def add_waiter(self, wake: Callable[[], None]) -> None:
         with self._lock:
@@ -149,7 +204,7 @@ class Limit:
 
     def __reduce__(self) -> tuple[Any, ...]:
         # Shipped to another process (inside a task): the declaration only.
-        return (Limit, (self.max_concurrency, self.rate))
+        return (Limit, (self.max_concurrency, self.rate, self.burst))
 
     def __repr__(self) -> str:
         parts = []
@@ -157,4 +212,6 @@ class Limit:
             parts.append(f"max_concurrency={self.max_concurrency}")
         if self.rate is not None:
             parts.append(f"rate={self.rate!r}")
+        if self.burst != 1:
+            parts.append(f"burst={self.burst}")
         return f"Limit({', '.join(parts)})"

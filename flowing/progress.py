@@ -15,6 +15,12 @@
   running for longer than ``HEARTBEAT_S``::
 
       flowing: still running: fetch 42s, parse 12s; 3/10 done, 45s elapsed
+
+A running ``for_each`` task says how far its items are, in both lines: done
+of total, items in flight, and the time left at the pace so far (items done
+per second since its first item started; ``?`` before one is done)::
+
+      flowing: still running: fetch 42s (120/300 items, 5 in flight, ~1m03s left); ...
 """
 
 from __future__ import annotations
@@ -79,8 +85,23 @@ def _age(seconds: float) -> str:
     return f"{seconds:.1f}s" if seconds < 60 else format_duration(seconds * 1000)
 
 
-def running_list(running: Mapping[str, float], now: float, width: int) -> str:
-    """``a 8.1s, b 0.6s, +2 more`` (longest-running first) in at most ``width`` chars."""
+# A running for_each task's items: (done, total, in flight, first item's start, epoch s).
+ItemsProgress = tuple[int, int, int, float]
+
+
+def items_progress(progress: ItemsProgress, now: float) -> str:
+    """``120/300 items, 5 in flight, ~1m03s left`` (``?`` left before any item is done)."""
+    done, total, in_flight, started = progress
+    left = "?"
+    if done > 0 and now > started:
+        left = "~" + _age((now - started) / done * (total - done))
+    return f"{done}/{total} items, {in_flight} in flight, {left} left"
+
+
+def running_list(running: Mapping[str, float], now: float, width: int,
+                 items: Mapping[str, ItemsProgress] | None = None) -> str:
+    """``a 8.1s, b 0.6s, +2 more`` (longest-running first) in at most ``width`` chars;
+    a task in ``items`` (a running for_each) also says how far its items are."""
     from .events import clip
 
     ages = sorted(((now - t, name) for name, t in running.items()), reverse=True)
@@ -88,6 +109,9 @@ def running_list(running: Mapping[str, float], now: float, width: int) -> str:
     used = 0
     for k, (age, name) in enumerate(ages):
         part = f"{clip(name, 40)} {_age(age)}"
+        fan = items.get(name) if items else None
+        if fan is not None:
+            part += f" ({items_progress(fan, now)})"
         rest = len(ages) - k - 1
         more = len(f", +{rest} more") if rest else 0
         if parts and used + 2 + len(part) + more > width:
@@ -116,17 +140,18 @@ class Progress:
                      and _is_tty(self.stream))
         self.last_beat = started_at
 
-    def tick(self, done: int, total: int, running: Mapping[str, float]) -> None:
+    def tick(self, done: int, total: int, running: Mapping[str, float],
+             items: Mapping[str, ItemsProgress] | None = None) -> None:
         if not self.enabled:
             return
         now = time.time()
         if self.live:
-            self._draw_live(done, total, running, now)
+            self._draw_live(done, total, running, now, items)
         else:
-            self._heartbeat(done, total, running, now)
+            self._heartbeat(done, total, running, now, items)
 
     def _draw_live(self, done: int, total: int, running: Mapping[str, float],
-                   now: float) -> None:
+                   now: float, items: Mapping[str, ItemsProgress] | None = None) -> None:
         import shutil
 
         from .events import clip
@@ -135,11 +160,12 @@ class Progress:
         width = max(20, columns - 1)  # never wrap: a wrapped line cannot be redrawn
         head = f"flowing: {done}/{total} done, {_age(now - self.started_at)}"
         if running:
-            head += " | running: " + running_list(running, now, max(10, width - len(head) - 12))
+            head += " | running: " + running_list(running, now, max(10, width - len(head) - 12),
+                                                  items)
         _draw(self.stream, clip(head, width))
 
     def _heartbeat(self, done: int, total: int, running: Mapping[str, float],
-                   now: float) -> None:
+                   now: float, items: Mapping[str, ItemsProgress] | None = None) -> None:
         interval = HEARTBEAT_S
         if now - self.last_beat < interval:
             return
@@ -149,7 +175,7 @@ class Progress:
         tail = f"; {done}/{total} done, {_age(now - self.started_at)} elapsed"
         from .events import MAX_LINE
         room = MAX_LINE - len("flowing: still running: ") - len(tail)
-        self.logger.info("still running: %s%s", running_list(running, now, room), tail)
+        self.logger.info("still running: %s%s", running_list(running, now, room, items), tail)
 
     def clear(self) -> None:
         if self.live:

@@ -251,7 +251,7 @@ def _failed_item(it: Any) -> dict[str, Any]:
     return entry
 
 
-def _items_summary(items: Sequence[Any]) -> dict[str, Any]:
+def _items_summary(items: Sequence[Any], allowed: int | None = None) -> dict[str, Any]:
     """Counts of a ``for_each`` task's items and its failed items (index, item repr,
     attempts, error); ``line`` says the same in one line."""
     summary: dict[str, Any] = {"total": len(items), "succeeded": 0, "failed": 0,
@@ -268,7 +268,9 @@ def _items_summary(items: Sequence[Any]) -> dict[str, Any]:
         summary["retried"] += (_int(getattr(it, "attempts", 0)) or 0) > 1
         if it.state is not StepState.SUCCEEDED:
             failed.append(it)
-    summary["line"] = items_line(items, width=300)
+    summary["line"] = items_line(items, width=300, allowed=allowed)
+    if allowed is not None:
+        summary["allowed_failures"] = allowed
     summary["failed_indices"] = [_int(getattr(it, "index", None))
                                  for it in failed[:MAX_LISTED]]
     if len(failed) > MAX_LISTED:
@@ -321,7 +323,9 @@ def _task_report(flow: RunView, i: int, td: Any, r: Any,
             entry["traceback"] = tb if len(tb) <= TRACEBACK_MAX_CHARS else (
                 "..." + tb[-(TRACEBACK_MAX_CHARS - 3):])
         if r.items is not None:
-            entry["items"] = _items_summary(r.items)
+            allowing = getattr(td, "allowed_failures", None)
+            entry["items"] = _items_summary(r.items, allowing(len(r.items))
+                                            if callable(allowing) else None)
         else:
             entry.update(_value_fields(r.value))
     if retries:
@@ -380,7 +384,8 @@ def build_report(flow: RunView) -> dict[str, Any]:
       not_run, cached, retried (counts); ``line`` (the same in one line, with
       the first failures); failed_indices; ``failed_items``: [{index, item (a
       short repr of the input item), label (``item 16 (17)``), state,
-      attempts, error}] (at most ``MAX_FAILED_ITEMS``); first_failure.
+      attempts, error}] (at most ``MAX_FAILED_ITEMS``); first_failure;
+      ``allowed_failures`` (with ``allow_failed_items``: how many may fail).
     """
     from . import __version__
 
@@ -448,7 +453,8 @@ def _mermaid_status(r: Any) -> str:
         if (_int(r.attempts) or 0) > 1:
             bits.append(f"{r.attempts} attempts")
         if items is not None:
-            bits.append(f"{len(items)} items")
+            bad = _bad_items(items)
+            bits.append(f"{len(items)} items" + (f", {bad} failed" if bad else ""))
         return "succeeded " + ", ".join(bits)
     if r.state is StepState.FAILED:
         if items is not None and r.error is not None:

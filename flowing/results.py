@@ -1,11 +1,22 @@
-"""What a run produces: the state of each task and its result record."""
+"""What a run produces: the state of each task and its result record.
+
+``Failed`` stands in a ``for_each`` task's value at the position of each item
+that failed when ``allow_failed_items`` tolerated it. It is falsy and keeps
+``index``, ``item`` and ``error``, plus ``error_type`` and ``message`` (text
+taken once, when it is made, with ``safe_str``). Its content, for digests
+(``digest.py``) and equality, is the index, the item, the error's type and
+message: never an address, so a value holding ``Failed`` objects has the
+same digest in every process. It pickles with its error; an error that
+cannot be pickled travels as a ``RuntimeError`` carrying its type and
+message.
+"""
 
 from __future__ import annotations
 
 import enum
 from typing import Any
 
-from .events import safe_repr, safe_str
+from .events import safe_repr, safe_str, type_name
 from .records import Record
 
 
@@ -165,3 +176,53 @@ class ItemResult(Record):
                  if self.error is not None else "")
         return (f"ItemResult({self.index}, {self.state.value}, attempts={self.attempts}"
                 f"{', cached' if self.cached else ''}{extra})")
+
+
+class Failed:
+    """A ``for_each`` item that failed for good, in the task's value (falsy).
+
+    ``allow_failed_items`` lets the task succeed anyway; its dependents see
+    one ``Failed`` per missing item and can tell it by ``if not r`` or
+    ``isinstance(r, flowing.Failed)``.
+    """
+
+    __slots__ = ("index", "item", "error", "error_type", "message")
+
+    def __init__(self, index: int, item: Any, error: BaseException | None,
+                 error_type: str | None = None, message: str | None = None) -> None:
+        self.index = index
+        self.item = item
+        self.error = error
+        self.error_type = type_name(error) if error_type is None else error_type
+        self.message = safe_str(error, 500) if message is None else message
+
+    def __bool__(self) -> bool:
+        return False
+
+    def __repr__(self) -> str:
+        return (f"Failed({self.index}, {safe_repr(self.item, 40)}, "
+                f"{self.error_type}: {safe_str(self.message, 120)})")
+
+    def __eq__(self, other: object) -> bool:
+        if type(other) is not Failed:
+            return NotImplemented
+        if (self.index, self.error_type, self.message) != (
+                other.index, other.error_type, other.message):
+            return False
+        try:
+            return bool(self.item is other.item or self.item == other.item)
+        except Exception:  # an item whose __eq__ raises
+            return False
+
+    def __hash__(self) -> int:
+        return hash((self.index, self.error_type, self.message))
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        import pickle
+
+        error: BaseException | None = self.error
+        try:
+            pickle.loads(pickle.dumps(error))
+        except Exception:
+            error = RuntimeError(f"{self.error_type}: {self.message}")
+        return (Failed, (self.index, self.item, error, self.error_type, self.message))

@@ -30,6 +30,11 @@ The kinds
                    worker with ``asyncio.run``).
 ``Mixed``          routes each job to the sync or the async runner.
 
+A Dask error saying the cluster could not deserialize the call (its
+scheduler or workers lack flowing or the body's module) is ``CannotShip``,
+never ``WorkerLost``; a value whose unpickling raises anything (even
+``SystemExit``) is ``CannotShip`` too, never the body's own error.
+
 Every attempt goes through ``attempt.run_attempt``/``run_attempt_async``,
 which never raise: that is the one boundary that makes every job produce an
 outcome. What can still be lost is a whole worker (a killed process, a dead
@@ -130,7 +135,8 @@ Bodies still running for another reason (Ctrl-C, or no ``timeout_s``) are
 the engine's business. ``ProcessPoolExecutor``: ``shutdown()`` and the exit
 hook wait for them to end, ``shutdown(wait=False)`` included. A terminal's
 Ctrl-C reaches the workers too, whose bodies then end with
-KeyboardInterrupt, so the process exits at once; a SIGINT sent to the flow's
+KeyboardInterrupt, so the process exits at once (workers forked during a
+run get Python's default SIGINT handler back: ``interrupts.py``); a SIGINT sent to the flow's
 process alone does not: to exit without waiting, terminate the workers
 (``for p in multiprocessing.active_children(): p.terminate()``, or
 ``terminate_workers()`` from Python 3.14). loky:
@@ -162,6 +168,7 @@ from .results import Deferred
 if TYPE_CHECKING:
     from concurrent.futures import Executor, Future
 
+    from .inplace import RunDigests
     from .journal import Journal
     from .tasks import TaskDef
 
@@ -174,9 +181,11 @@ class Shared(RunSignals):
 
     ``inbox`` is the one queue through which every outcome comes back.
     ``stopping`` (from RunSignals) is set by a worker the instant a main task
-    fails for good under fail_fast, or by the scheduler on Ctrl-C; workers read
-    it before starting a queued job or a fused successor. The journal does
-    its own locking.
+    fails for good under fail_fast, or by the scheduler on Ctrl-C; bodies see
+    it through ``current().cancelled()`` and a worker reads it before going on
+    to a fused successor. A job already handed to a runner is never skipped
+    for it: the scheduler decides, from the failures it has seen, whether a
+    task starts. The journal does its own locking.
     """
 
     __slots__ = ("inbox", "stop_reason", "fail_fast", "journal", "tasks", "keys", "dep_keys",
@@ -193,7 +202,7 @@ class Shared(RunSignals):
         self.keys = keys                       # step key per task, or None without a journal
         self.dep_keys = None if keys is None else [[keys[d] for d in ds] for ds in deps]
         self.fused_next = array("i", [-1]) * len(tasks)  # index of the fused successor, or -1
-        self.digest: Callable[[Any], str | None] | None = None  # value digests, with a journal
+        self.digest: RunDigests | None = None  # value digests, with a journal
         self.closed = False  # the run has returned or raised: nothing is journaled any more
 
     def stop(self, reason: str) -> None:
@@ -203,6 +212,10 @@ class Shared(RunSignals):
 
     def record(self, outcome: Outcome) -> None:
         """Journal a success; called by whichever thread sees it first.
+
+        Refuses (first lines) an outcome whose body was told to stop
+        (``Outcome.stopped``, decided in ``attempt.verdict``) and everything
+        once the run is ``closed``: a worker finishing late never writes.
 
         The value's content digest is computed here, on the worker, so that
         dependents can be replayed by value (early cutoff) without the
@@ -218,20 +231,13 @@ class Shared(RunSignals):
         digest = self.digest(outcome.value) if self.digest is not None else None
         outcome.digest = digest
         store = job.store
-        if store and job.in_digest is not None and self.digest is not None:
-            # The dependency values must still be what their digests say: a body that
-            # changed one in place (its own or another's dependency) must not be
-            # journaled as computed from the original.
-            from .digest import inputs_digest
-
-            source = job.td.for_each if job.mode == A.ITEM else None
-            now = inputs_digest((name, self.digest(value)) for name, value in job.kwargs.items()
-                                if name != source)
-            if now != job.in_digest:
+        if store and self.digest is not None:
+            # A body that changed a dependency's value in place must not be journaled
+            # as computed from the original (the policy: flowing.inplace).
+            changed = self.digest.check_job(job)
+            if changed is not None:
                 store = False
-                outcome.warning = (f"{job.label()}: a dependency's value changed in place while "
-                                   f"it ran, so its result is not journaled; build new values "
-                                   f"instead of changing the ones a task received")
+                outcome.warning = changed
         dep_keys = self.dep_keys[job.task] if self.dep_keys is not None else []
         if job.mode == A.ITEM:
             # the task's own dependencies too: the task may have no entry of its
@@ -264,13 +270,8 @@ def _work(job: Job | None, shared: Shared, call: A.BodyCall = A.call_here) -> No
     while job is not None:
         if shared.interrupted:
             return
-        if (shared.stopping.is_set() and job.attempt == 1 and job.mode != A.ITEM
-                and not job.td.detached):
-            # queued before fail_fast (or Ctrl-C) stopped the run: it never starts
-            now = time.time()
-            shared.inbox.put(Outcome(job, A.SKIPPED, reason=f"not started: {shared.stop_reason}",
-                                     started_at=now, finished_at=now))
-            return
+        # No fail_fast check here: whether a job may start was decided by the scheduler
+        # when it handed the job over (a failure it had not seen then never skips it).
         if job.announce:
             shared.inbox.put(Outcome(job, A.STARTED, started_at=time.time()))
         outcome = run_attempt(job, call)

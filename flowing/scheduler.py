@@ -13,7 +13,12 @@ Scheduling policy
   reason naming that dependency.
 * fail_fast: once a main task has FAILED for good, no new main task starts.
   Started tasks (retries and for_each items included) run to the end; tasks
-  that never started are SKIPPED with a reason naming the failure.
+  that never started are SKIPPED with a reason naming the failure. "Started"
+  means handed to the runner: the scheduler thread decides it, from the
+  failures it has taken off the inbox, when it hands a task over; workers
+  never skip a job they were handed. So tasks ready together are handed over
+  together (as far as ``max_workers`` allows, see ``capacity``) and all run,
+  whichever of them fails first.
 * Replay (with a journal): when a task is released, it is replayed instead
   of run if the journal holds its step key, computed from the same
   dependency values (the entry's ``inputs`` digest equals the digest of the
@@ -24,7 +29,10 @@ Scheduling policy
   way, each keyed by its content.
 * At most ``max_workers`` jobs are in flight. A task's ``Limit`` further
   bounds its bodies in flight and their start rate across every flow of the
-  process (jobs wait for it in FIFO order).
+  process (jobs wait for it in FIFO order). A sync body that timed out keeps
+  its Limit slot until it really ends, or ``linger_grace`` seconds past its
+  deadline (then with one warning naming the task); its worker slot is free
+  at the deadline.
 * A failed attempt that may be retried frees its slot and comes back after
   its backoff through a timer; waiting never holds a worker.
 * Chain fusion (own threads, no journal, no timeouts): when a task's only
@@ -66,14 +74,12 @@ import collections
 import heapq
 import itertools
 import queue
-import threading
 import time
 from array import array
 from typing import TYPE_CHECKING, Any
 
 from . import attempt as A
 from .attempt import Job, Outcome
-from .interrupts import Catcher, digest_or_none, guarded
 from .events import (
     FlowFinished,
     FlowStarted,
@@ -87,7 +93,8 @@ from .events import (
     safe_repr,
     safe_str,
 )
-from .results import ItemResult, StepResult, StepState
+from .interrupts import Catcher, guarded
+from .results import Failed, ItemResult, StepResult, StepState
 from .runners import WAKE, RemoteValue, Runner, Shared, open_runner
 
 if TYPE_CHECKING:
@@ -103,6 +110,16 @@ _STATE_OF = {A.SUCCEEDED: SUCCEEDED, A.FAILED: FAILED, A.SKIPPED: SKIPPED}
 
 # The longest the scheduler sleeps without looking around (timers, progress).
 MAX_WAIT_S = 1.0
+
+# A sync body that timed out keeps its Limit slot while it still runs, for at most
+# this long after its deadline, or timeout_s if that is longer (see _give_back).
+LINGER_GRACE_S = 5.0
+
+
+def linger_grace(timeout_s: float | None) -> float:
+    """Seconds past its deadline a timed-out body may keep its Limit slot."""
+    return max(LINGER_GRACE_S, timeout_s or 0.0)
+
 
 # Put in the inbox by our SIGINT handler to wake the loop.
 _INTERRUPT = object()
@@ -151,13 +168,14 @@ class JournalPlan:
 class _FanOut:
     """Progress of one running for_each task."""
 
-    __slots__ = ("items", "remaining", "started_at", "stopped")
+    __slots__ = ("items", "remaining", "started_at", "stopped", "running")
 
     def __init__(self, n: int) -> None:
         self.items: list[ItemResult | None] = [None] * n  # per item, as they finish
         self.remaining = n
         self.started_at: float | None = None
         self.stopped = False  # an item ended while told to stop: the list is not journaled
+        self.running = 0  # item jobs handed to the runner, verdict not yet taken
 
 
 class Scheduler:
@@ -178,7 +196,9 @@ class Scheduler:
         self.inputs = inputs or {}
         self.shared = Shared(graph.tasks, graph.deps, fail_fast, self.journal, self.keys)
         if plan is not None:
-            self.shared.digest = digest_or_none
+            from .inplace import RunDigests
+
+            self.shared.digest = RunDigests()
         has_async = any(td.is_async for td in graph.tasks)
         self.runner: Runner = open_runner(executor, max_workers, self.shared, has_async)
         n = len(graph)
@@ -221,6 +241,10 @@ class Scheduler:
         self._in_finish = False
         self._warned: set[str] = set()
         self.catcher = Catcher()  # the run's Ctrl-C handler (set by run())
+        # fail_fast as this thread saw it: set when it takes a main task's failure, and
+        # read only when it hands a task to the runner (see _not_started)
+        self.stop_seen: str | None = None
+        self._lingered: set[str] = set()  # tasks warned about a body outlasting its grace
         inbox = self.shared.inbox
         self._wake = lambda: inbox.put(WAKE)  # a Limit slot freed (maybe by another flow)
 
@@ -243,15 +267,15 @@ class Scheduler:
         started = time.time()
         self.partial_items = partial_items
         self.catcher = catcher
-        emit = self.emit
-        if emit:
-            emit(FlowStarted(started, len(g), len(g.layers), self.max_workers,
-                             "layers" if self.layered else "eager"))
         # Ctrl-C from now on only sets catcher.seen and wakes the loop, which raises
         # KeyboardInterrupt itself between two outcomes: one raised at an arbitrary
         # bytecode could drop an outcome the loop had just taken off the inbox.
         inbox = self.shared.inbox
         catcher.wake = lambda: inbox.put(_INTERRUPT)  # SimpleQueue.put: signal-safe
+        emit = self.emit
+        if emit:
+            emit(FlowStarted(started, len(g), len(g.layers), self.max_workers,
+                             "layers" if self.layered else "eager"))
         try:
             if catcher.seen:
                 raise KeyboardInterrupt
@@ -353,7 +377,12 @@ class Scheduler:
         g = self.graph
         done = len(g) - self.unfinished
         running = {g.tasks[i].name: t for i, t in self.running_since.items()}
-        self.reporter.tick(done, len(g), running)
+        now = time.time()
+        # jobs queued ahead at the runner are not running yet: at most max_workers are
+        items = {g.tasks[i].name: (len(fan.items) - fan.remaining, len(fan.items),
+                                   min(fan.running, self.max_workers), fan.started_at or now)
+                 for i, fan in self.fanouts.items()}
+        self.reporter.tick(done, len(g), running, items)
 
     def _wait_time(self) -> float:
         due = MAX_WAIT_S
@@ -440,8 +469,7 @@ class Scheduler:
             in_digest = self._in_digest(i)
             if self._replay(i, in_digest):
                 return
-        if self.shared.stopping.is_set() and not g.detached[i]:
-            self._finish(i, self._skipped(i, f"not started: {self.shared.stop_reason}"))
+        if self._not_started(i):
             return
         self.status[i] = QUEUED
         if in_digest is not None:
@@ -496,9 +524,7 @@ class Scheduler:
         while ready and self.in_flight < capacity:
             entry = ready.popleft()
             if type(entry) is int:  # a released task: its first attempt starts now
-                if self.shared.stopping.is_set() and not self.graph.detached[entry]:
-                    self._finish(entry, self._skipped(
-                        entry, f"not started: {self.shared.stop_reason}"))
+                if self._not_started(entry):
                     continue
                 entry = self._make_job(entry)
             self._start(entry)  # type: ignore[arg-type]
@@ -529,19 +555,28 @@ class Scheduler:
 
     def _stopped_before_start(self, job: Job) -> bool:
         """fail_fast: a main task that has not started yet is skipped instead."""
-        if (job.attempt == 1 and job.mode != A.ITEM and self.shared.stopping.is_set()
-                and not job.td.detached):
-            self._finish(job.task, self._skipped(job.task,
-                                                 f"not started: {self.shared.stop_reason}"))
-            return True
-        return False
+        return job.attempt == 1 and job.mode != A.ITEM and self._not_started(job.task)
+
+    def _not_started(self, i: int) -> bool:
+        """The one fail_fast boundary: main task i, about to be handed to a runner, is
+        skipped if this thread has seen a main task fail (``stop_seen``). It is asked
+        only here, never by a worker, so tasks handed over together before the
+        failure was seen all run, whichever thread gets to them first."""
+        if self.stop_seen is None or self.graph.detached[i]:
+            return False
+        self._finish(i, self._skipped(i, f"not started: {self.stop_seen}"))
+        return True
 
     def _start(self, job: Job) -> None:
         if job.td.limit is None or job.mode == A.GATE:
             if self._stopped_before_start(job):
                 return
         self.in_flight += 1
-        if job.mode != A.ITEM:
+        if job.mode == A.ITEM:
+            fan = self.fanouts.get(job.task)
+            if fan is not None:
+                fan.running += 1
+        else:
             self.status[job.task] = RUNNING
             if self.in_flight <= self.max_workers:
                 self._start_event(job.task, job.attempt)
@@ -568,7 +603,8 @@ class Scheduler:
         d = self.digests[i]
         if d is _UNKNOWN:
             r = self.results[i]
-            d = self.digests[i] = digest_or_none(r.value) if r is not None else None
+            assert self.shared.digest is not None
+            d = self.digests[i] = self.shared.digest(r.value) if r is not None else None
         return d  # type: ignore[no-any-return]
 
     def _in_digest(self, i: int, skip: int = -1) -> str | None:
@@ -687,10 +723,14 @@ class Scheduler:
             self._warn(o.warning)
         if o.next_job is None:
             self.in_flight -= 1
+        if job.mode == A.ITEM:
+            fan = self.fanouts.get(job.task)
+            if fan is not None:
+                fan.running -= 1
         limit = job.td.limit
         if limit is not None and job.mode != A.GATE:
             self.admitted.discard(job)
-            limit.release()
+            self._give_back(job, limit)
             if self.parked.get(limit):
                 self.busy_limits.add(limit)
         if o.kind is A.RETRY:
@@ -719,6 +759,29 @@ class Scheduler:
         self._finish(i, result)
         if successor is not None:
             self._start_event(successor.task, 1)
+
+    def _give_back(self, job: Job, limit: Limit) -> None:
+        """Free the Limit slot of a job whose verdict came. A sync body that timed out
+        but still runs (``job.abandoned``) keeps it until it really ends, so the
+        Limit stays a true bound on what the service sees; one still running
+        ``linger_grace`` seconds after its deadline gives it back with a warning."""
+        abandoned = job.abandoned
+        if abandoned is None or limit.max_concurrency is None:
+            limit.release()  # a rate counts starts only: nothing to hold
+            return
+        grace = linger_grace(job.td.timeout_s)
+        reporter, name = self.reporter, job.td.name
+        warned = self._lingered
+
+        def overstayed() -> None:
+            if name not in warned:
+                warned.add(name)
+                reporter.warning(
+                    f"task '{name}': body still running {grace:g}s past its timeout; its "
+                    f"Limit slot is given back, so one more may start; make the body "
+                    f"honour timeout_s (e.g. pass it on to the call)")
+
+        limit.release_when(abandoned.then, grace, overstayed)
 
     def _record(self, o: Outcome) -> None:
         try:
@@ -772,7 +835,10 @@ class Scheduler:
             others = self._in_digest(i, skip=source_index)
             item_store = self._storable(i, others)
         task_inputs = self._task_inputs(i)
+        catcher = self.catcher
         for index, item in enumerate(items):
+            if not index & 1023 and catcher.seen:
+                raise KeyboardInterrupt  # Ctrl-C: a huge fan-out must not delay it
             prior = previous[index] if previous is not None else None
             if prior is not None and prior.state is SUCCEEDED:
                 fan.items[index] = prior
@@ -816,6 +882,13 @@ class Scheduler:
             self._complete_fan(i)
 
     def _complete_fan(self, i: int) -> None:
+        """All items of for_each task i are done: its result.
+
+        With ``allow_failed_items``, a task with at most that many failed items
+        SUCCEEDS, holding a ``Failed`` at each failed item's position; it is then
+        not journaled as a whole (its succeeded items were, one by one), so the
+        next run replays them and retries only the failed ones.
+        """
         fan = self.fanouts.pop(i)
         td = self.graph.tasks[i]
         items: list[ItemResult] = [r for r in fan.items if r is not None]
@@ -824,24 +897,30 @@ class Scheduler:
         finished = max(ends) if ends else now
         started = fan.started_at or finished
         failures = [r for r in items if r.state is not SUCCEEDED]
+        allowed = td.allowed_failures(len(items))
         values = [r.value for r in items]
         attempts = max((r.attempts for r in items), default=0)
         key = None if self.keys is None else self.keys[i]
         detached = bool(self.graph.detached[i])
-        if not failures:
+        if failures and allowed is not None and len(failures) <= allowed:
+            values = [r.value if r.state is SUCCEEDED else Failed(r.index, r.item, r.error)
+                      for r in items]
+            result = StepResult(td.name, SUCCEEDED, values, None, (finished - started) * 1000,
+                                attempts, key, False, None, None, started, finished, items,
+                                detached)
+        elif not failures:
             result = StepResult(td.name, SUCCEEDED, values, None, (finished - started) * 1000,
                                 attempts, key, all(r.cached for r in items) and bool(items),
                                 None, None, started, finished, items, detached)
             if self.journal is not None and key is not None:
-                from .digest import inputs_digest
-
+                digests = self.shared.digest
+                assert digests is not None
                 in_digest = self._in_digest(i)
-                deps = self.graph.deps[i]
-                if in_digest is not None and in_digest != inputs_digest(
-                        (r.name, digest_or_none(r.value)) for d in deps
-                        if (r := self.results[d]) is not None):
+                if in_digest is not None and not digests.fan_out_unchanged(
+                        i, ((r.name, r.value) for d in self.graph.deps[i]
+                            if (r := self.results[d]) is not None), in_digest):
                     in_digest = None  # a dependency changed in place meanwhile: not stored
-                digest = digest_or_none(values)
+                digest = digests(values)
                 self.digests[i] = digest
                 try:
                     self.journal.record(key, td.name, self.shared.dep_keys[i]
@@ -857,11 +936,13 @@ class Scheduler:
                     self._warn(f"task '{td.name}': could not journal its result ({safe_str(exc)})")
         else:
             first = failures[0]
+            beyond = "" if allowed is None else f", more than allowed ({allowed})"
             error = ItemsFailed(
-                f"task '{td.name}': {len(failures)} of {len(items)} items failed; first: "
-                f"{item_failure(first.index, first.item, first.error)}", failures)
+                f"task '{td.name}': {len(failures)} of {len(items)} items failed{beyond}; "
+                f"first: {item_failure(first.index, first.item, first.error)}", failures)
             result = StepResult(td.name, FAILED, values, error, (finished - started) * 1000,
-                                attempts, key, False, f"{len(failures)} item(s) failed",
+                                attempts, key, False, f"{len(failures)} item(s) failed"
+                                + ("" if allowed is None else f" (allowed {allowed})"),
                                 first.traceback, started, finished, items, detached)
         self._finish(i, result)
 
@@ -907,7 +988,9 @@ class Scheduler:
         self.layer_left[g.layer[i]] -= 1
         if self.emit:
             self.running_since.pop(i, None)
-            self._result_event(result, bool(detached))
+            self._result_event(result, bool(detached),
+                               None if result.items is None
+                               else g.tasks[i].allowed_failures(len(result.items)))
         if result.state is SUCCEEDED:
             waiting = self.waiting
             for j in g.dependents[i]:
@@ -917,6 +1000,8 @@ class Scheduler:
         else:
             if result.state is FAILED and not detached and self.fail_fast:
                 self.shared.stop(f"fail_fast: '{result.name}' failed")
+                if self.stop_seen is None:
+                    self.stop_seen = self.shared.stop_reason
             verb = "failed" if result.state is FAILED else "was skipped"
             for j in g.dependents[i]:
                 if status[j] == PENDING:
@@ -941,14 +1026,15 @@ class Scheduler:
             for j in held:
                 self._enqueue_task(j)
 
-    def _result_event(self, r: StepResult, detached: bool) -> None:
+    def _result_event(self, r: StepResult, detached: bool, allowed: int | None) -> None:
         assert self.emit is not None
         now = time.time()
         if r.state is SUCCEEDED:
-            self.emit(TaskSucceeded(now, r.name, r.attempts, r.duration_ms, detached, r.items))
+            self.emit(TaskSucceeded(now, r.name, r.attempts, r.duration_ms, detached, r.items,
+                                    allowed))
         elif r.state is FAILED:
             self.emit(TaskFailed(now, r.name, r.attempts, r.duration_ms, r.error, r.reason,
-                                 detached, r.items))
+                                 detached, r.items, allowed))
         else:
             self.emit(TaskSkipped(now, r.name, r.reason or "", detached))
 

@@ -27,6 +27,11 @@ platform's timers are clamped: ``timeout_s`` to ``threading.TIMEOUT_MAX``
 seconds (about 292 years on 64-bit platforms), the backoffs to the same
 bound in milliseconds. They are stored as floats.
 
+Tolerated item failures. ``allow_failed_items`` (only with ``for_each``) is an
+int >= 0 (how many items may fail) or a float in (0, 1) (a share of the
+items, rounded down: 0.1 of 45 items allows 4); ``allowed_failures(n)``
+gives the count for n items.
+
 Pickling. A TaskDef pickles by reference when the attribute of its
 function's module at the function's ``__qualname__`` is this TaskDef (a
 ``@task`` at module level, ``__main__`` included, or in a class body): the
@@ -92,7 +97,7 @@ class TaskDef:
     __slots__ = ("name", "fn", "depends_on", "retry", "retry_backoff_base_ms",
                  "retry_max_backoff_ms", "retry_on", "timeout_s", "detached", "when",
                  "validate", "retry_until", "for_each", "limit", "version", "cache",
-                 "cache_ttl_s", "local", "is_async", "__weakref__")
+                 "cache_ttl_s", "local", "allow_failed_items", "is_async", "__weakref__")
 
     name: str
     fn: Callable[..., Any]
@@ -112,6 +117,7 @@ class TaskDef:
     cache: bool
     cache_ttl_s: float | None
     local: bool
+    allow_failed_items: int | float | None
     is_async: bool
 
     def __init__(self, fn: Callable[..., Any], *,
@@ -131,7 +137,8 @@ class TaskDef:
                  version: str | None = None,
                  cache: bool = True,
                  cache_ttl_s: float | None = None,
-                 local: bool = False) -> None:
+                 local: bool = False,
+                 allow_failed_items: int | float | None = None) -> None:
         fn = _check_body(fn)
         name = _check_name(fn, name)
         self.name = name
@@ -157,7 +164,18 @@ class TaskDef:
         self.cache = _check_bool(name, "cache", cache)
         self.cache_ttl_s = _check_ttl(name, cache_ttl_s)
         self.local = _check_bool(name, "local", local)
+        self.allow_failed_items = _check_allowance(name, allow_failed_items, self.for_each)
         self.is_async = _is_async(fn)
+
+    def allowed_failures(self, items: int) -> int | None:
+        """How many of ``items`` items may fail with the task still SUCCEEDED
+        (``allow_failed_items``: a count, or a share rounded down), or None."""
+        allow = self.allow_failed_items
+        if allow is None:
+            return None
+        if isinstance(allow, int):
+            return allow
+        return int(math.floor(allow * items + 1e-9))
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         return self.fn(*args, **kwargs)
@@ -248,7 +266,8 @@ def task(fn: _Body, *,
          version: str | None = None,
          cache: bool = True,
          cache_ttl_s: float | None = None,
-         local: bool = False) -> TaskDef: ...
+         local: bool = False,
+         allow_failed_items: int | float | None = None) -> TaskDef: ...
 
 
 @overload
@@ -269,7 +288,8 @@ def task(fn: None = None, *,
          version: str | None = None,
          cache: bool = True,
          cache_ttl_s: float | None = None,
-         local: bool = False) -> Callable[[_Body], TaskDef]: ...
+         local: bool = False,
+         allow_failed_items: int | float | None = None) -> Callable[[_Body], TaskDef]: ...
 
 
 def task(fn: _Body | None = None, *,
@@ -289,7 +309,8 @@ def task(fn: _Body | None = None, *,
          version: str | None = None,
          cache: bool = True,
          cache_ttl_s: float | None = None,
-         local: bool = False) -> TaskDef | Callable[[_Body], TaskDef]:
+         local: bool = False,
+         allow_failed_items: int | float | None = None) -> TaskDef | Callable[[_Body], TaskDef]:
     """Declare a step. Use as ``@task``, ``@task(...)`` or ``task(fn, name=...)``.
 
     Each dependency's value is passed to the body as the keyword argument
@@ -304,7 +325,8 @@ def task(fn: _Body | None = None, *,
                      retry_max_backoff_ms=retry_max_backoff_ms, retry_on=retry_on,
                      timeout_s=timeout_s, detached=detached, when=when, validate=validate,
                      retry_until=retry_until, for_each=for_each, limit=limit,
-                     version=version, cache=cache, cache_ttl_s=cache_ttl_s, local=local)
+                     version=version, cache=cache, cache_ttl_s=cache_ttl_s, local=local,
+                     allow_failed_items=allow_failed_items)
         _registry.append(td)
         return td
 
@@ -577,3 +599,26 @@ def _check_for_each(name: str, for_each: object, deps: list[TaskDef]) -> str | N
                          f"dependencies (depends_on has: {have}); add that task to "
                          f"depends_on or fix the name")
     return for_each
+
+
+def _check_allowance(name: str, allow: object, for_each: str | None) -> int | float | None:
+    """``allow_failed_items``: None, an int >= 0 (a count) or a float in (0, 1) (a share),
+    and only on a ``for_each`` task."""
+    if allow is None:
+        return None
+    if isinstance(allow, bool) or not isinstance(allow, numbers.Real):
+        raise TypeError(f"task '{name}': allow_failed_items must be an int >= 0 (how many items "
+                        f"may fail) or a float in (0, 1) (what share may fail), got "
+                        f"{_short(allow)}")
+    if for_each is None:
+        raise ValueError(f"task '{name}': allow_failed_items is for for_each tasks (it says how "
+                         f"many items may fail); add for_each='<dependency>' or remove it")
+    if isinstance(allow, numbers.Integral):  # an int, numpy's ints too
+        if allow < 0:
+            raise ValueError(f"task '{name}': allow_failed_items={allow} must be >= 0")
+        return int(allow)
+    allow = _as_float(name, "allow_failed_items", allow, "an int >= 0 or a float in (0, 1)")
+    if not 0.0 < allow < 1.0:  # NaN fails too
+        raise ValueError(f"task '{name}': allow_failed_items={allow!r} as a float is a share of "
+                         f"the items and must be in (0, 1); write an int for a count")
+    return float(allow)

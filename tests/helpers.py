@@ -38,3 +38,22 @@ class ListHandler(logging.Handler):
         return [r.getMessage() for r in self.records]
 
     lines = messages
+
+
+class captured_log:
+    """A logger of the test's own whose records are kept: ``with captured_log() as (logger,
+    handler): Flow(..., log=logger)``."""
+
+    _count = 0
+
+    def __enter__(self):
+        captured_log._count += 1
+        self.logger = logging.getLogger(f"test.flowing.captured.{captured_log._count}")
+        self.logger.setLevel(logging.DEBUG)
+        self.logger.propagate = False
+        self.handler = ListHandler()
+        self.logger.addHandler(self.handler)
+        return self.logger, self.handler
+
+    def __exit__(self, *exc):
+        self.logger.removeHandler(self.handler)

@@ -3,12 +3,16 @@ value's own code while flowing digests it (a dependency value, an input, a closu
 value, an item) and a SystemExit from an on_event hook never escape run()."""
 
 import logging
+import os
+import signal
+import subprocess
+import sys
+import time
 
 import pytest
+from helpers import ListHandler
 
 from flowing import Flow, StepState, task
-
-from helpers import ListHandler
 
 
 class InterruptingValue:
@@ -109,3 +113,70 @@ def test_system_exit_from_on_event_is_logged_once_and_ignored():
     assert calls[0] == "FlowStarted" and calls[-1] == "FlowFinished"
     hook_lines = [m for m in handler.messages if "on_event" in m]
     assert len(hook_lines) == 1 and "SystemExit" in hook_lines[0], handler.messages
+
+
+SLOW_KEY = """
+import sys, time
+from flowing import Flow, task
+
+class SlowToDigest:
+    def __reduce_ex__(self, protocol):
+        sys.stdout.write("keying\\n"); sys.stdout.flush()
+        time.sleep(30)
+        return (SlowToDigest, ())
+
+slow = SlowToDigest()
+
+@task
+def t():
+    return repr(slow)
+
+try:
+    Flow(t, journal_path=sys.argv[1], log=False).run()
+    print("NOT INTERRUPTED", flush=True)
+except KeyboardInterrupt:
+    print("INTERRUPTED", flush=True)
+"""
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals")
+def test_a_real_ctrl_c_while_keys_are_computed_still_interrupts(tmp_path, repo_env):
+    """The containment never swallows the terminal's Ctrl-C, even in user code that
+    flowing runs while computing keys (before the scheduler loop)."""
+    proc = subprocess.Popen([sys.executable, "-u", "-c", SLOW_KEY, str(tmp_path / "j.jsonl")],
+                            env=repo_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, start_new_session=True)
+    try:
+        assert proc.stdout.readline().strip() == "keying"
+        sent = time.monotonic()
+        os.kill(proc.pid, signal.SIGINT)
+        out, err = proc.communicate(timeout=25)  # the digest sleeps 30 s
+        took = time.monotonic() - sent
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    assert out.split() == ["INTERRUPTED"], (out, err)
+    assert took < 5, took
+
+
+def test_a_logging_handler_raising_system_exit_never_ends_the_run():
+    class Exiting(logging.Handler):
+        def emit(self, record):
+            raise SystemExit("handler")
+
+    log = logging.getLogger("test-base-exceptions-handler")
+    log.addHandler(Exiting())
+    log.setLevel(logging.DEBUG)
+    log.propagate = False
+
+    @task
+    def a():
+        return 1
+
+    @task(depends_on=[a])
+    def b(a):
+        raise ValueError("logged as a failure")
+
+    results = _run(Flow(b, log=log))
+    assert results["a"].value == 1 and results["b"].state is StepState.FAILED

@@ -303,7 +303,7 @@ class FreshEachTime:
 
 
 def test_endless_reductions_end(monkeypatch):
-    monkeypatch.setattr(digest, "_BUDGET", 10_000)
+    monkeypatch.setattr(digest, "_EXTRA_ITEMS", 10_000)
     assert value_digest(EndlessItems()) is None
     assert value_digest(FreshEachTime()) is None
 

@@ -16,20 +16,25 @@ from flowing import Cancelled, Flow, StepState, task
 from flowing import attempt as A
 
 
-def test_endless_source_with_timeout_fails_with_timeout_error(monkeypatch):
-    monkeypatch.setattr(A, "MAX_ITEMS", 10**12)  # only the deadline can end this listing
+def listing(make_source, *others, timeout_s=None):
+    """Run ``each`` over ``make_source()`` (with ``others`` beside it); its result."""
 
     @task
     def src():
-        return itertools.repeat(0)  # endless, listed at C speed
+        return make_source()
 
-    @task(depends_on=[src], for_each="src", timeout_s=0.3)
+    @task(depends_on=[src], for_each="src", timeout_s=timeout_s)
     def each(src):
         return src
 
-    flow = Flow(each, log=False)
+    flow = Flow(each, *others, log=False)
     flow.run()
-    r = flow.results["each"]
+    return flow.results["each"]
+
+
+def test_endless_source_with_timeout_fails_with_timeout_error(monkeypatch):
+    monkeypatch.setattr(A, "MAX_ITEMS", 10**12)  # only the deadline can end this listing
+    r = listing(lambda: itertools.repeat(0), timeout_s=0.3)  # endless, listed at C speed
     assert r.state is StepState.FAILED and isinstance(r.error, TimeoutError)
     assert "timeout_s=0.3" in str(r.error) and "'each'" in str(r.error)
 
@@ -37,35 +42,13 @@ def test_endless_source_with_timeout_fails_with_timeout_error(monkeypatch):
 def test_the_reported_case_returns():
     """``itertools.count()`` with timeout_s=1, as reported: whichever comes first on this
     machine, the deadline or the ceiling, the task fails and run() returns."""
-
-    @task
-    def src():
-        return itertools.count()
-
-    @task(depends_on=[src], for_each="src", timeout_s=1)
-    def each(src):
-        return src
-
-    flow = Flow(each, log=False)
-    flow.run()
-    r = flow.results["each"]
+    r = listing(itertools.count, timeout_s=1)
     assert r.state is StepState.FAILED and isinstance(r.error, (TimeoutError, ValueError))
 
 
 def test_endless_source_without_timeout_fails_at_the_ceiling(monkeypatch):
     monkeypatch.setattr(A, "MAX_ITEMS", 5_000)
-
-    @task
-    def src():
-        return (i for i in itertools.count())
-
-    @task(depends_on=[src], for_each="src")
-    def each(src):
-        return src
-
-    flow = Flow(each, log=False)
-    flow.run()
-    r = flow.results["each"]
+    r = listing(lambda: (i for i in itertools.count()))
     assert r.state is StepState.FAILED and isinstance(r.error, ValueError)
     assert "5,000" in str(r.error) and "batches" in str(r.error)
     assert r.items is None  # no item ran
@@ -73,20 +56,8 @@ def test_endless_source_without_timeout_fails_at_the_ceiling(monkeypatch):
 
 def test_a_list_over_the_ceiling_fails_and_one_at_it_runs(monkeypatch):
     monkeypatch.setattr(A, "MAX_ITEMS", 3)
-    n = {"items": 3}
-
-    @task
-    def src():
-        return list(range(n["items"]))
-
-    @task(depends_on=[src], for_each="src")
-    def each(src):
-        return src * 2
-
-    flow = Flow(each, log=False)
-    assert flow.run()["each"].value == [0, 2, 4]
-    n["items"] = 4
-    r = flow.run()["each"]
+    assert listing(lambda: [0, 1, 2]).value == [0, 1, 2]
+    r = listing(lambda: [0, 1, 2, 3])
     assert r.state is StepState.FAILED and "more than 3 items" in r.reason
 
 
@@ -98,38 +69,20 @@ def test_source_blocked_in_next_is_failed_at_its_deadline():
         never.wait()  # a daemon worker thread stays here: abandoned, as a timed-out body
         yield 2
 
-    @task
-    def src():
-        return blocked()
-
-    @task(depends_on=[src], for_each="src", timeout_s=0.5)
-    def each(src):
-        return src
-
-    flow = Flow(each, log=False)
-    flow.run()
-    r = flow.results["each"]
+    r = listing(blocked, timeout_s=0.5)
     assert r.state is StepState.FAILED and isinstance(r.error, TimeoutError)
     never.set()
 
 
-def test_fail_fast_stops_the_listing():
+def test_fail_fast_stops_the_listing(monkeypatch):
+    monkeypatch.setattr(A, "MAX_ITEMS", 10**12)  # only fail_fast can end this listing
+
     @task
     def boom():
         time.sleep(0.2)
         raise ValueError("boom")
 
-    @task
-    def src():
-        return itertools.count()
-
-    @task(depends_on=[src], for_each="src")
-    def each(src):
-        return src
-
-    flow = Flow(each, boom, log=False)
-    flow.run()
-    r = flow.results["each"]
+    r = listing(lambda: itertools.repeat(0), boom)
     assert r.state is StepState.FAILED and isinstance(r.error, Cancelled), r
     assert "fail_fast" in str(r.error)
 

@@ -5,6 +5,8 @@ summary() at one line per task, and log lines escape control and bidi characters
 import logging
 
 from helpers import ListHandler
+from hypothesis import given
+from hypothesis import strategies as st
 
 from flowing import Flow, task
 from flowing.events import printable
@@ -53,3 +55,15 @@ def test_one_escaping_function_for_the_cli_and_the_log():
     assert cli._printable is printable
     assert printable("a\u202eb\nc") == "a\\u202eb\\nc"
     assert printable("x" * 50, 10) == "xxxxxxx..."
+
+
+@given(st.text(), st.one_of(st.none(), st.integers(min_value=3, max_value=80)))
+def test_printable_output_is_one_printable_line_and_stable(text, width):
+    out = printable(text, width)
+    assert out.isprintable() and "\n" not in out
+    if width is not None:
+        assert len(out) <= width
+    else:
+        assert printable(out) == out  # escaping twice changes nothing more
+        if text.isprintable():
+            assert out == text

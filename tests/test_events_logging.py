@@ -710,3 +710,42 @@ def test_start_line_says_why_a_journaled_task_ran_again(tmp_path, user_logger):
     starts = {m.split()[1]: m for m in handler.messages if m.startswith("start")}
     assert starts["listing"] == "start   listing attempt=1 (cache=False)"
     assert starts["size"].startswith("start   size attempt=1 (") and "changed" in starts["size"]
+
+
+# ----- progress of a long for_each in a pipe ------------------------------------------------
+
+import re  # noqa: E402
+
+
+def test_heartbeat_of_a_for_each_names_items_in_flight_and_time_left(user_logger, fast_ticks):
+    logger, handler = user_logger
+
+    @task
+    def ids():
+        return list(range(24))
+
+    @task(depends_on=[ids], for_each="ids")
+    def work(ids):
+        time.sleep(0.05)
+        return ids
+
+    Flow(work, max_workers=3, log=logger).run()
+    beats = [m for m in handler.messages if m.startswith("still running")]
+    assert beats, handler.messages
+    pattern = re.compile(r"work \d+\.\ds \((\d+)/24 items, (\d+) in flight, (~\S+|\?) left\)")
+    seen = [pattern.search(m) for m in beats]
+    assert all(seen), beats
+    done = [int(m.group(1)) for m in seen if m]
+    assert done == sorted(done) and all(0 <= d <= 24 for d in done)
+    assert all(int(m.group(2)) <= 3 for m in seen if m)  # never more than max_workers
+    assert any(m.group(3).startswith("~") for m in seen if m)  # an estimate once items are done
+
+
+def test_items_progress_estimates_from_the_pace_so_far():
+    now = 1000.0
+    assert progress.items_progress((10, 40, 3, now - 5.0), now) == (
+        "10/40 items, 3 in flight, ~15.0s left")
+    assert progress.items_progress((0, 40, 3, now - 5.0), now) == "0/40 items, 3 in flight, ? left"
+    assert progress.items_progress((40, 40, 0, now - 5.0), now).endswith("~0.0s left")
+    text = progress.running_list({"work": now - 2.0}, now, 200, {"work": (1, 4, 1, now - 2.0)})
+    assert text == "work 2.0s (1/4 items, 1 in flight, ~6.0s left)"

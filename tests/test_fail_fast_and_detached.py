@@ -357,3 +357,82 @@ def test_when_false_is_not_a_failure_for_fail_fast():
     assert res["gated"].state is StepState.SKIPPED
     assert all(res[f"other{i}"].ok for i in range(3))
     assert flow.ok  # a task skipped by its own gate keeps the run ok (SPEC 3)
+
+
+def test_a_sibling_ready_beside_an_instant_failure_always_runs():
+    """SPEC §5: tasks ready together start together (as far as max_workers allows); a
+    failure seen later never skips one of them, whichever worker gets to it first."""
+    ran = []
+
+    @task
+    def a():
+        raise ValueError("fails at once")
+
+    @task
+    def b():
+        ran.append(1)
+        return "b"
+
+    for _ in range(300):
+        res = Flow(a, b, log=False).run()
+        assert res["a"].state is StepState.FAILED
+        assert res["b"].state is StepState.SUCCEEDED, res["b"].reason
+    assert len(ran) == 300
+
+
+def test_siblings_on_a_callers_executor_all_run_too():
+    from concurrent.futures import ThreadPoolExecutor
+
+    @task
+    def a():
+        raise ValueError("fails at once")
+
+    siblings = [task(lambda: 1, name=f"s{k}") for k in range(3)]
+    with ThreadPoolExecutor(4) as pool:
+        for _ in range(100):
+            res = Flow(a, *siblings, executor=pool, max_workers=4, log=False).run()
+            assert all(res[f"s{k}"].ok for k in range(3)), [res[f"s{k}"].reason
+                                                             for k in range(3)]
+
+
+def test_a_task_released_after_the_failure_was_seen_is_skipped():
+    gate = threading.Event()
+
+    @task
+    def a():
+        raise ValueError("boom")
+
+    @task
+    def slow():
+        gate.wait(WAIT)
+        return 1
+
+    @task(depends_on=[slow])
+    def after(slow):
+        return slow
+
+    def on_event(event):  # on the scheduler thread: it has now seen a's failure
+        if getattr(event, "task", None) == "a" and type(event).__name__ == "TaskFailed":
+            gate.set()
+
+    flow = Flow(a, after, log=False, on_event=on_event)
+    res = flow.run()
+    assert res["slow"].ok  # ready at the start: it ran
+    assert res["after"].state is StepState.SKIPPED
+    assert res["after"].reason == "not started: fail_fast: 'a' failed"
+
+
+def test_a_limited_sibling_ready_beside_an_instant_failure_always_runs():
+    from flowing import Limit
+
+    @task
+    def a():
+        raise ValueError("fails at once")
+
+    @task(limit=Limit(max_concurrency=1))
+    def b():
+        return "b"
+
+    for _ in range(100):
+        res = Flow(a, b, log=False).run()
+        assert res["b"].ok, res["b"].reason

@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from flowing import Flow, task
+from flowing import CycleError, Flow, task
 from flowing.graph import Graph, _from_code, _from_inspect, check_signature
 
 
@@ -148,11 +148,15 @@ def test_cycle_is_shown():
         return 1
 
     a.depends_on.append(b)
-    with pytest.raises(ValueError) as info:
+    with pytest.raises(CycleError) as info:  # a ValueError, importable from flowing
         Flow(b, log=False)
+    assert isinstance(info.value, ValueError)
     message = str(info.value)
     assert "cycle" in message
     assert "a -> b -> a" in message or "b -> a -> b" in message
+    cycle = info.value.cycle
+    assert cycle[0] == cycle[-1] and sorted(cycle[:-1]) == ["a", "b"]
+    assert " -> ".join(cycle) in message
 
 
 def test_self_cycle():

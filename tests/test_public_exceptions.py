@@ -15,7 +15,6 @@ from flowing import (
     Cancelled,
     CannotRun,
     CannotShip,
-    CycleError,
     Flow,
     ItemsFailed,
     JournalError,
@@ -46,24 +45,6 @@ def test_import_flowing_stays_lazy():
                              os.path.dirname(os.path.abspath(flowing.__file__)))})
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "[]", out.stdout
-
-
-def test_cycle_error_shows_the_cycle():
-    @task
-    def a(**kw):
-        return 1
-
-    @task(depends_on=[a])
-    def b(a):
-        return 1
-
-    a.depends_on.append(b)
-    with pytest.raises(CycleError) as info:
-        Flow(b, log=False)
-    assert isinstance(info.value, ValueError)
-    cycle = info.value.cycle
-    assert cycle[0] == cycle[-1] and sorted(cycle[:-1]) == ["a", "b"]
-    assert " -> ".join(cycle) in str(info.value)
 
 
 def test_items_failed_and_cancelled_are_the_classes_raised():

@@ -21,7 +21,7 @@ FAIL_FAST = textwrap.dedent("""
 
     @task
     def flaky():
-        time.sleep(0.3)
+        time.sleep(0.5)
         if os.environ.get("BROKEN") == "1":
             raise ConnectionError("transient")
         return 0
@@ -38,7 +38,7 @@ FAIL_FAST = textwrap.dedent("""
 
     @task
     def steady():                # never asks: finishes its whole work
-        time.sleep(1.0)
+        time.sleep(1.5)
         return 100
 
     @task(depends_on=[flaky, count, steady])

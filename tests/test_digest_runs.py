@@ -1,0 +1,127 @@
+"""Digests within runs: no size cliff, one digest per value, and the check that
+a body did not change its dependencies in place (flowing.inplace)."""
+
+import logging
+
+import pytest
+from helpers import ListHandler
+from test_replay import Calls
+
+from flowing import Flow, inplace, task
+from flowing.digest import inputs_digest, value_digest
+
+
+@pytest.fixture
+def calls(tmp_path):
+    return Calls(tmp_path / "calls.txt")
+
+
+def test_a_25_million_element_list_is_big_not_unstable(tmp_path, calls):
+    journal = str(tmp_path / "run.jsonl")
+
+    def build():
+        @task(cache=False)
+        def big():
+            return [0] * 25_000_000
+
+        @task(depends_on=[big])
+        def size(big):
+            calls.hit("size")
+            return len(big)
+
+        return size
+
+    first = Flow(build(), journal_path=journal, log=False)
+    first.run()
+    assert first.value("size") == 25_000_000
+    second = Flow(build(), journal_path=journal, log=False)
+    second.run()
+    assert second.results["size"].cached  # the source re-ran to the same value
+    assert calls.take() == {"size": 1}
+
+
+def test_items_that_change_a_side_input_in_place_are_not_journaled(tmp_path, calls):
+    journal = str(tmp_path / "run.jsonl")
+
+    def build():
+        @task
+        def seen():
+            return []
+
+        @task
+        def nums():
+            return [1, 2, 3, 4]
+
+        @task(depends_on=[nums, seen], for_each="nums")
+        def each(nums, seen):
+            calls.hit("each")
+            seen.append(nums)  # changes a value every item reads
+            return nums * 10
+
+        return each
+
+    handler = ListHandler()
+    logger = logging.getLogger("test-side-input-in-place")
+    logger.handlers[:] = [handler]
+    logger.setLevel(logging.DEBUG)
+    logger.propagate = False
+    first = Flow(build(), journal_path=journal, log=logger)
+    first.run()
+    assert first.value("each") == [10, 20, 30, 40]
+    assert calls.take() == {"each": 4}
+    warned = [m for m in handler.messages if "changed in place" in m]
+    assert len(warned) == 1 and "task 'each'" in warned[0], handler.messages
+    second = Flow(build(), journal_path=journal, log=False)
+    second.run()
+    assert second.value("each") == [10, 20, 30, 40]
+    assert calls.take() == {"each": 4}  # nothing was journaled as computed from []
+
+
+def test_items_reading_an_unchanged_side_input_replay(tmp_path, calls):
+    journal = str(tmp_path / "run.jsonl")
+
+    def build():
+        @task
+        def table():
+            return {f"k{i}": [i] for i in range(1000)}
+
+        @task
+        def keys():
+            return [f"k{i}" for i in range(0, 1000, 50)]
+
+        @task(depends_on=[keys, table], for_each="keys")
+        def look(keys, table):
+            calls.hit("look")
+            return table[keys][0]
+
+        return look
+
+    Flow(build(), journal_path=journal, log=False).run()
+    assert calls.take() == {"look": 20}
+    again = Flow(build(), journal_path=journal, log=False)
+    again.run()
+    assert again.value("look") == list(range(0, 1000, 50))
+    assert calls.take() == {}
+
+
+def test_immutable_values_are_digested_once_mutable_ones_at_each_check(monkeypatch):
+    seen = []
+    real = inplace.digest_info
+
+    def counting(value):
+        seen.append(type(value).__name__)
+        return real(value)
+
+    monkeypatch.setattr(inplace, "digest_info", counting)
+    digests = inplace.RunDigests()
+    frozen = tuple(range(1000))
+    table = {"a": [1, 2]}
+    expected = inputs_digest([("frozen", digests(frozen)), ("table", digests(table))])
+    assert expected == inputs_digest([("frozen", value_digest(frozen)),
+                                      ("table", value_digest(table))])
+    seen.clear()
+    for _ in range(3):
+        assert digests.unchanged([("frozen", frozen), ("table", table)], expected)
+    assert seen == ["dict"] * 3  # the tuple cannot change: never read again
+    table["a"].append(3)  # a change deep inside is seen
+    assert not digests.unchanged([("frozen", frozen), ("table", table)], expected)
