@@ -9,6 +9,7 @@ Every body records ``os.getpid()``: the workers' pids prove where bodies ran."""
 
 from __future__ import annotations
 
+import ast
 import json
 import os
 import subprocess
@@ -193,3 +194,58 @@ def test_a_cluster_that_cannot_deserialize_the_call_is_cannot_ship(cluster):
     first, text = proc.stdout.split("\n", 1)
     assert first == "CannotShip 1", proc.stdout
     assert "'hello'" in text and "install flowing" in text
+
+
+BIG = '''\
+import os
+import resource
+import sys
+
+from distributed import Client
+from flowing import Flow, task
+
+MB = 1 << 20
+
+
+@task
+def load():
+    return b"x" * (300 * MB)
+
+
+@task(depends_on=[load])
+def size(load):
+    return {"pid": os.getpid(), "size": len(load)}
+
+
+@task(depends_on=[size], local=True)
+def sink(size):
+    return {"here": os.getpid(), **size}
+
+
+if __name__ == "__main__":
+    with Client(sys.argv[1], timeout=30) as client:
+        results = Flow(sink, executor=client, log=False).run()
+        print("SINK", results["sink"].value)
+        print("SCRIPT", os.getpid())
+        print("LOADED", results["load"].value_loaded)
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024
+        print("PEAK_MB", peak)
+        print("READ", len(results["load"].value))  # on first access, while the client is open
+'''
+
+
+def test_a_300mb_value_stays_on_the_workers(cluster, project):
+    address, workers, _ = cluster
+    (project / "big.py").write_text(BIG)
+    env = clean_env()
+    env["PYTHONPATH"] = REPO
+    proc = subprocess.run([sys.executable, "big.py", address], cwd=project, env=env,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    out = dict(line.split(" ", 1) for line in proc.stdout.splitlines() if " " in line)
+    sink = ast.literal_eval(out["SINK"])
+    assert sink["size"] == 300 << 20 and sink["pid"] in workers
+    assert sink["here"] == int(out["SCRIPT"])
+    assert out["LOADED"] == "False"  # never fetched by the run itself
+    assert int(out["PEAK_MB"]) < 150, out["PEAK_MB"]  # the 300 MB never came here
+    assert int(out["READ"]) == 300 << 20  # and can still be read when asked for

@@ -395,3 +395,49 @@ def test_the_dask_example_runs_on_a_local_cluster(repo_env, tmp_path):
     assert proc.returncode == 0, proc.stderr
     assert "8 items on 2 Dask worker slot(s)" in proc.stdout
     assert re.search(r"bodies ran in [12] worker process\(es\)", proc.stdout), proc.stdout
+
+
+@task
+def two_megabytes():
+    return b"y" * (2 << 20)
+
+
+@task(depends_on=[two_megabytes])
+def measured(two_megabytes):
+    return {"pid": os.getpid(), "size": len(two_megabytes)}
+
+
+def test_a_value_stays_on_the_worker_until_it_is_read(client):
+    results = Flow(measured, executor=client, log=False).run()
+    big, small = results["two_megabytes"], results["measured"]
+    assert big.state is StepState.SUCCEEDED and small.state is StepState.SUCCEEDED
+    assert not big.value_loaded  # handed worker to worker, never brought here
+    assert small.value["size"] == 2 << 20 and small.value["pid"] in worker_pids(client)
+    assert big.value == b"y" * (2 << 20)  # fetched on first access
+    assert big.value_loaded
+
+
+def test_small_values_are_readable_after_the_client_closes_big_ones_say_why(client):
+    with distributed.Client(client.scheduler.address, timeout=30) as other:
+        results = Flow(measured, executor=other, log=False).run()
+    assert results["measured"].value["size"] == 2 << 20  # fetched at the end of the run
+    with pytest.raises(WorkerLost, match="task 'two_megabytes'.*before the client closes"):
+        _ = results["two_megabytes"].value
+
+
+def test_a_kept_value_reaches_gates_local_steps_and_items_as_itself(client):
+    seen = []
+
+    @task(depends_on=[two_megabytes], when=lambda two_megabytes: seen.append(
+        type(two_megabytes).__name__) or True, local=True)
+    def here(two_megabytes):
+        seen.append(type(two_megabytes).__name__)
+        return [len(two_megabytes)] * 3
+
+    @task(depends_on=[here, two_megabytes], for_each=here)
+    def each(here, two_megabytes):
+        return here == len(two_megabytes)
+
+    r = Flow(each, executor=client, log=False).run()["each"]
+    assert r.state is StepState.SUCCEEDED and r.value == [True] * 3
+    assert seen == ["bytes", "bytes"]
