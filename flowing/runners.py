@@ -19,16 +19,19 @@ The kinds
 ---------
 ``ThreadRunner``   daemon threads owned by the run (the default). Each runs a
                    whole attempt — gates, body, verdict, journal write — and
-                   then any fused successor. With a ``RemoteCall`` (process
-                   pools, loky, Dask) the thread still runs the attempt, but
-                   ships the body call itself to the engine and waits for it
-                   (see below).
+                   then any fused successor.
+``remote.RemoteRunner`` process pools, loky, Dask: ships each body call with a
+                   ``RemoteCall`` (below) and finishes the attempt when the
+                   engine's future calls back; no thread waits for a body.
 ``ExecutorRunner`` a caller's thread-based ``concurrent.futures`` executor: the
                    whole attempt runs on it (never shut down here).
 ``EventLoopRunner`` one asyncio loop on a daemon thread for ``async def`` bodies
                    (in-process runs only; remote engines run coroutines in the
                    worker with ``asyncio.run``).
-``Mixed``          routes each job to the sync or the async runner.
+``Mixed``          routes each job to the sync or the async runner, and, with an
+                   executor that ships, every job not ``local=True`` to the
+                   remote runner (``local=True`` bodies stay on the run's own
+                   threads and event loop).
 
 A Dask error saying the cluster could not deserialize the call (its
 scheduler or workers lack flowing or the body's module) is ``CannotShip``,
@@ -46,7 +49,7 @@ Bodies in other processes (``RemoteCall``)
 Which executors ship: any executor that is not a ``ThreadPoolExecutor``
 (``ProcessPoolExecutor`` in every start method, loky, a Dask ``Client`` or
 ``client.get_executor()``). Only the body call travels; everything else —
-scheduling, ``when``/``validate`` and ``retry_until`` (on the flow's worker
+scheduling, ``when``/``validate`` and ``retry_until`` (on the flow's
 threads), retries and their backoff, ``Limit``, the journal (written by the
 flow's process alone), events and reports — stays in the flow's process and
 behaves as with threads. ``max_workers`` bounds the bodies handed to the
@@ -55,15 +58,20 @@ engine at once: set it to the engine's slots (``ProcessPoolExecutor(4)`` ->
 the engine fed between tiny bodies, but see Timeouts. Every call ships its
 arguments: a ``for_each`` item ships its item and the task's other
 dependencies whole, so keep big shared data out of task values (load it
-in the body). A value always comes back to the flow's process (results,
-gates, the journal and dependents need it): on Dask a graph costs about
-what ``client.submit`` plus ``client.gather`` of every value cost.
+in the body). A process pool's value comes back to the flow's process. On
+a Dask ``Client`` without a journal a whole task's value stays on the worker
+that made it (``RemoteValue``): remote dependents get it as a future
+argument, and it comes here only when something here needs it (a
+``local=True`` body, a gate, listing ``for_each`` items, ``retry_until``,
+``StepResult.value``); with a journal, or ``client.get_executor()``, values
+come back as with process pools.
 
 What ships, and the pickling rules. The flow pickles the body once per
 function and run, and each call's arguments (dependency values, Flow inputs,
 the ``current()`` facts) into bytes itself; the worker runs ``run_shipped``
-(so the workers must be able to import flowing) and pickles the value back
-into bytes. The engine only ever carries bytes, and every (un)pickling
+(on Dask flowing sends itself to workers that lack it: see shipping.py) and
+pickles the value back into bytes (a kept Dask value is only checked to
+pickle). The engine only ever carries bytes, and every (un)pickling
 happens inside flowing's own ``try``: a failure is the task's error
 (``CannotShip``, never retried) saying what could not be pickled — the body,
 which argument, the return value — and how to fix it; it never breaks the
