@@ -186,14 +186,13 @@ class RemoteRunner:
         call = _Call(job, started, self._keeps(job))
         try:
             call.future = self._remote.start(job, job.shipped_kwargs(), call.keep)
+            if job.deadline is not None:
+                self._deadlines.add(job.deadline, call)
+            call.future.add_done_callback(lambda _: self._done(call))
         except BaseException as exc:  # could not ship, or the engine refused it
-            call.settle()
-            error = exc
-            self._threads.run(lambda: self._finish(call, None, error))
-            return
-        if job.deadline is not None:
-            self._deadlines.add(job.deadline, call)
-        call.future.add_done_callback(lambda _: self._done(call))
+            if call.settle():
+                error = exc
+                self._threads.run(lambda: self._finish(call, None, error))
 
     def _done(self, call: _Call) -> None:
         """The engine's callback (its thread): hand the call to a finisher, or finish
