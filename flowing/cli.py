@@ -90,6 +90,10 @@ def _cmd_show(args: argparse.Namespace) -> int:
             f"({_plural(kinds['task'], 'task result')}, {_plural(kinds['item'], 'item')}, "
             f"{_plural(kinds['override'], 'override')}) for {_plural(len(tasks), 'task')}; "
             f"{human_size(on_disk)} on disk")
+    stored = {e.stored: e.stored_size for e in latest.values() if e.stored is not None}
+    if stored:
+        line += (f" + {_plural(len(stored), 'stored value')}, {human_size(sum(stored.values()))} "
+                 f"beside it")
     stale = total - len(latest)
     if stale:
         line += (f"; {_plural(stale, 'superseded entry', 'superseded entries')} "
@@ -115,8 +119,9 @@ def _cmd_forget(args: argparse.Namespace) -> int:
         print(f"forgot {_printable(name)}: {describe(entries)}")
     for name, entries in sorted(r.downstream.items()):
         print(f"forgot {_printable(name)}: {describe(entries)} (downstream)")
+    freed = f" ({human_size(r.values_freed)} of stored values removed)" if r.values_freed else ""
     print(f"journal {args.path!r}: {_plural(r.removed, 'entry', 'entries')} "
-          f"removed, {r.kept} kept; the forgotten tasks will run again next time")
+          f"removed, {r.kept} kept{freed}; the forgotten tasks will run again next time")
     return 0
 
 
@@ -124,7 +129,8 @@ def _cmd_compact(args: argparse.Namespace) -> int:
     r = compact(args.path, _logger())
     print(f"before: {_plural(r.lines_before, 'line')}, {human_size(r.bytes_before)}"
           + (f" ({r.unreadable} unreadable)" if r.unreadable else ""))
-    print(f"after:  {_plural(r.entries_after, 'line')}, {human_size(r.bytes_after)}")
+    print(f"after:  {_plural(r.entries_after, 'line')}, {human_size(r.bytes_after)}"
+          + (f"; {human_size(r.values_freed)} of stored values removed" if r.values_freed else ""))
     return 0
 
 

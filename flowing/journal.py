@@ -43,19 +43,55 @@ Every other line is one entry, whose fields always come in this order::
             (dict with str keys, list, str, int, finite float, bool, None; no
             tuples, no subclasses).
             ``pickle``: ``value`` is a base64 string of a pickle (protocol 5).
+            ``file``: the value is stored beside the journal (see below);
+            ``value`` is ``{"sha256":"<hex of the file's bytes>","size":N}``.
             ``none``: no value (``null``): a marker that never replays but
             keeps the chain of dependency keys whole for ``journal forget``.
+            ``gone``: no value (``null``): the value of the entries before it
+            under this key could not be loaded when it was needed (damaged
+            or missing): they never replay again. Name, deps and digests are
+            copied from the entry it retires.
+``parts``   optional, before ``value`` (written since 0.3.0 for tasks and
+            overrides): ``{"code:scale":"1a2b…",…}``, short fingerprints of
+            what the key was computed from, so a later run can say what
+            changed (``flowing.why``). Never used to replay.
 ``value``   always the last field, so a reader finds where the header ends
             by searching for ``,"value":`` (that byte sequence cannot occur
             earlier: a quote inside a JSON string is escaped).
 
-A key may appear several times; the latest valid line with a value wins.
+A key may appear several times; the latest valid line with a value wins
+(a later ``gone`` line retires it).
 Blank lines are ignored; any other line that fails these checks is skipped
 with one warning (past 20 such lines, the rest are counted in one summary
-warning). Opening reads the file once, in 1 MiB pieces, checks each line's
-checksum and parses only its header: the index keeps offsets and a few small
-fields per key (time, digests), never values; ``get`` reads the one line it
-needs.
+warning). Opening reads the file in 1 MiB pieces, checks each line's checksum and
+parses only its header: the index keeps offsets and a few small fields per
+key (time, digests), never values; ``get`` reads the one line it needs and
+checks it is the line the index describes. A journal over 1 MiB keeps its
+index in SQLite beside it (flowing.journalindex), so a later open reads only
+the lines appended since; the file stays the source of truth. At the end of
+a run, ``checkpoint()`` writes held lines and saves the index when this
+process knows every line of the file (no other writer appended meanwhile).
+
+Values: in the line or beside it
+--------------------------------
+A value whose pickle (protocol 5, out-of-band buffers counted) is at most
+``valuestore.THRESHOLD`` (64 KiB) stays in its line: as JSON when it is
+plain JSON, else as a base64 pickle. A bigger one is written first to the
+folder ``<journal>.values/`` as raw bytes (pickle protocol 5, out-of-band
+buffers as they are; see flowing.valuestore for the file format, its
+durability and its cleanup), and the line, written after the file is
+durable, names it by the sha256 of its bytes.
+
+A value read back is checked before it is used: a line value is decoded and
+its content digest (``flowing.digest.value_digest``) must equal the entry's
+``digest`` (when one is recorded), so a value edited by hand, even with its
+checksum fixed up, is not replayed; a stored file must have the size and
+sha256 its line names. ``get(key, lazy=True)`` (what replay uses) checks a
+stored file cheaply (present, trusted, right size) and returns a
+``StoredValue`` that reads and verifies it on first use; if that fails, the
+entry is retired with a ``gone`` line and ``ValueUnavailable`` (a
+``JournalError``) names the task and says the next run computes it again.
+``compact`` and ``forget`` remove the stored files no kept entry names.
 
 Which files are journals (file safety)
 --------------------------------------
@@ -65,11 +101,16 @@ database; it can refuse to follow a symbolic link (``SQLITE_OPEN_NOFOLLOW``);
 its side files get the database's permissions; and a side file left by a
 crashed writer is dealt with by the next opener. flowing does the same:
 
-- A file is a flowing journal when its first line is a header (any version
-  this flowing knows), or a valid entry (a journal written by 0.1.0, which
-  had no header). An empty file, or one holding only a torn start of a header
-  or of a first entry (a crash while the journal was being created), is a new
-  journal: opening it writes the header.
+- A file is a flowing journal when its first line is a whole header (any
+  version this flowing knows), or a valid entry (a journal written by 0.1.0,
+  which had no header). An empty file is a new journal. Anything else, a
+  one-line file without a newline included (``{"format":"flowing-journal"``
+  or a lone ``{``), is not ours. flowing never leaves a torn header: a new
+  journal's header is written and fsynced in a temporary file first, which is
+  then hard-linked to the path (failing, like ``O_EXCL``, if the path
+  exists); an empty file gets its header the same way, by a rename over it.
+  So a crash during creation leaves no file, or an empty one, or a whole
+  header.
 - flowing never appends to, compacts or rewrites any other non-empty file:
   it raises ``JournalError`` naming the path and the fix, and leaves the file
   byte-for-byte untouched (nor its mtime). A header of a newer format version
@@ -104,7 +145,14 @@ they write a new file next to the journal and ``os.replace`` it in; a writer
 that then gets the lock notices the path now names another inode, reopens it
 and re-indexes before writing. ``fsync`` runs after both locks are released,
 and writers that finished their append while another thread was in ``fsync``
-share the next one (group commit). A forked child reopens the file on its
+share the next one (group commit). ``for_each`` items go further: their
+lines are held in memory (``record(durable=False)``) and written with one
+``os.write`` and one fsync with the lines that follow, at the latest when
+the held lines pass 1 MiB or 0.2 s, when ``flush()`` is called (the
+scheduler does so before a ``for_each`` task completes, and at the end of a
+run) or at ``close``. An item counts as acknowledged only once its task
+completes (only then may dependents start or the run report it), so the
+SPEC's "lose at most what is being written" holds. A forked child reopens the file on its
 first ``record``: it would otherwise share the parent's open file description
 and so its flock.
 
@@ -112,12 +160,16 @@ Crash safety
 ------------
 The file is only ever appended to (rewrites go to a new file that is fsynced
 before it atomically replaces the old one, and the directory is fsynced
-after). ``record`` returns only after ``fsync``, so a returned entry survives
-a crash or power cut. A crash can therefore damage only lines whose write or
-fsync had not finished: the entries being written at that moment. Such a
-line is incomplete, has no newline or fails its checksum, so readers skip it
-(one warning) and its task simply re-runs; the lines before it were
-complete and are never touched again. The next writer cuts an incomplete
+after). ``record`` returns only after ``fsync`` (items: see group commit
+above), so a returned entry survives a crash or power cut. A stored value's
+file is durable (file and folder fsynced) before the line naming it is
+written, so no line can name a torn file; a killed writer leaves at most a
+temporary file in the folder, removed by the next opener. A crash can
+therefore damage only lines whose write or fsync had not finished: the
+entries being written at that moment. Such a line is incomplete, has no
+newline or fails its checksum, so readers skip it (one warning) and its
+task simply re-runs; the lines before it were complete and are never
+touched again. The next writer cuts an incomplete
 tail off before appending (it holds the exclusive lock, so no live writer
 can be in the middle of that line), so a new line never gets glued to it.
 
@@ -128,6 +180,10 @@ therefore loaded only if the journal file is owned by the current user and
 is not writable by group or others (``chmod 600 PATH``). Otherwise one
 warning explains why, pickled entries are treated as absent (those tasks
 re-run) and JSON entries are still used. New journals are created 0600.
+Stored values are pickles too: each is loaded only if the journal is
+trusted AND the value folder and the file itself are owned by the current
+user and not writable by group or others (and are a real directory and a
+regular file: no links are followed).
 """
 
 from __future__ import annotations
@@ -146,12 +202,15 @@ import re
 import stat
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["Journal", "JournalError", "Hit", "Entry", "iter_entries", "forget", "compact",
-           "human_size",
+from . import journalindex, valuestore
+from .results import Deferred
+
+__all__ = ["Journal", "JournalError", "ValueUnavailable", "StoredValue", "Hit", "Entry",
+           "iter_entries", "forget", "compact", "human_size",
            "ForgetResult", "CompactResult", "KINDS", "FORMAT_NAME", "FORMAT_VERSION", "HEADER"]
 
 FORMAT_NAME = "flowing-journal"
@@ -169,9 +228,13 @@ _HEAD_MAX = 4 << 20                 # longer lines are checksummed while streami
 _MAX_LINE_WARNINGS = 20             # past this, skipped lines are summarised in one warning
 _PICKLE_PROTOCOL = 5                # readable by every supported Python (>= 3.8)
 _PREVIEW_BYTES = 256
+_PENDING_BYTES = 1 << 20            # group commit: held item lines are written past this size
+_PENDING_S = 0.2                    # ... or once the oldest has waited this long (seconds)
 _MAX_TIME = float(2 ** 53)          # |t| beyond this is not a time any writer produced
-_ENCODINGS = frozenset({"json", "pickle", "none"})
+_ENCODINGS = frozenset({"json", "pickle", "none", "file", "gone"})
+_JSON, _PICKLE, _FILE = 0, 1, 2     # how an indexed entry holds its value
 _MISSING = object()
+_HEX64 = re.compile(r"[0-9a-f]{64}")
 # Opened without following a symlink at the path, without blocking on a FIFO, and
 # without ever becoming a controlling terminal; only regular files are then kept.
 _OPEN_FLAGS = os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY
@@ -197,6 +260,61 @@ class Hit:
     t: float               # epoch seconds the entry was written
 
 
+class ValueUnavailable(JournalError):
+    """A replayed value stored beside the journal could not be loaded when it was needed.
+
+    The message names the task and says the next run computes it again (the
+    journal no longer replays that entry).
+    """
+
+
+_UNLOADED: Any = object()
+
+
+class StoredValue(Deferred):
+    """A replayed value not read yet: ``load()`` reads and verifies it on first use.
+
+    A failed load (file missing, damaged, not trusted) invalidates the entry
+    in the journal and raises ``ValueUnavailable``; so does every later call.
+    """
+
+    __slots__ = ("_journal", "key", "name", "sha256", "size", "_lock", "_error", "_value")
+
+    def __init__(self, journal: Journal, key: str, name: str, sha256: str, size: int) -> None:
+        self._journal = journal
+        self.key, self.name, self.sha256, self.size = key, name, sha256, size
+        self._lock = threading.Lock()
+        self._error: ValueUnavailable | None = None
+        self._value: Any = _UNLOADED
+
+    def load(self) -> Any:
+        with self._lock:
+            if self._value is not _UNLOADED:
+                return self._value
+            if self._error is not None:
+                raise self._error
+            j = self._journal
+            try:
+                if not j._trusted():
+                    raise valuestore.StoreError(f"journal {j.path!r} is not trusted for pickles")
+                self._value = valuestore.load(j._abspath, self.sha256, self.size)
+                return self._value
+            except (valuestore.StoreError, OSError, MemoryError) as e:
+                why = _safe_text(e)
+            try:
+                j.invalidate(self.key)
+            except OSError:
+                pass
+            self._error = ValueUnavailable(
+                f"task {self.name!r}: its journaled value could not be loaded ({why}); journal "
+                f"{j.path!r} no longer replays it, so the next run computes it again")
+            j._logger.warning("%s", self._error)
+            raise self._error
+
+    def __repr__(self) -> str:
+        return f"<journaled value of {self.name!r}, {human_size(self.size)}, not loaded>"
+
+
 # ---------------------------------------------------------------- encoding
 
 def _is_plain_json(v: Any) -> bool:
@@ -213,8 +331,17 @@ def _is_plain_json(v: Any) -> bool:
     return False
 
 
-def _encode_value(value: Any) -> tuple[str, str]:
-    """Return (enc, JSON text of the value field). Raises if it cannot be stored."""
+def _encode_value(value: Any) -> tuple[str, str, tuple[bytes, list[memoryview]] | None]:
+    """(enc, JSON text of the value field, big pickle to store beside the journal or None).
+
+    Raises if the value cannot be stored.
+    """
+    try:
+        frame, bufs = valuestore.dumps(value)
+    except RecursionError:  # too deep for pickle: plain JSON may still hold it
+        frame, bufs = b"", []
+    if frame and valuestore.pickled_size(frame, bufs) > valuestore.THRESHOLD:
+        return "file", "", (frame, bufs)
     try:
         if _is_plain_json(value):
             text = json.dumps(value, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
@@ -222,20 +349,37 @@ def _encode_value(value: Any) -> tuple[str, str]:
                 text.encode("utf-8")
             except UnicodeEncodeError:  # lone surrogates: keep them as \\u escapes
                 text = json.dumps(value, separators=(",", ":"), allow_nan=False)
-            return "json", text
+            return "json", text, None
     except (RecursionError, ValueError):
         # Too deep for json, or an int too long for str(): fall through to pickle.
         pass
-    data = pickle.dumps(value, protocol=_PICKLE_PROTOCOL)
-    return "pickle", '"' + base64.b64encode(data).decode("ascii") + '"'
+    if not frame or bufs:  # (a small value with out-of-band buffers: pickle it in-band)
+        frame = pickle.dumps(value, protocol=_PICKLE_PROTOCOL)
+    return "pickle", '"' + base64.b64encode(frame).decode("ascii") + '"', None
+
+
+# ASCII text that JSON-encodes as itself (no quote, backslash or control character)
+_PLAIN_TEXT = re.compile(r'[ !#-\[\]-~]*')
+
+
+def _json_str(s: str | None) -> str:
+    if s is None:
+        return "null"
+    return '"' + s + '"' if _PLAIN_TEXT.fullmatch(s) else json.dumps(s)
 
 
 def _make_line(key: str, kind: str, name: str, deps: list[str], t: float, enc: str,
-               value_text: str, digest: str | None = None, inputs: str | None = None) -> bytes:
-    rest = ('"key":' + json.dumps(key) + ',"kind":"' + kind + '","name":' + json.dumps(name)
-            + ',"deps":' + json.dumps(deps, separators=(",", ":")) + ',"t":' + ("%.3f" % t)
-            + ',"digest":' + json.dumps(digest) + ',"inputs":' + json.dumps(inputs)
-            + ',"enc":"' + enc + '","value":' + value_text + "}").encode("utf-8")
+               value_text: str, digest: str | None = None, inputs: str | None = None,
+               parts: Mapping[str, str] | None = None) -> bytes:
+    rest = ('"key":' + _json_str(key) + ',"kind":"' + kind + '","name":' + _json_str(name)
+            + ',"deps":[' + ",".join(map(_json_str, deps)) + '],"t":' + ("%.3f" % t)
+            + ',"digest":' + _json_str(digest) + ',"inputs":' + _json_str(inputs)
+            + ',"enc":"' + enc + '"'
+            # (a part named "value" would read as the value field: never written)
+            + ('' if parts is None else ',"parts":' + json.dumps(
+                {k: v for k, v in parts.items() if k != "value"}, separators=(",", ":"),
+                sort_keys=True))
+            + ',"value":' + value_text + "}").encode("utf-8")
     return b'%s%08x",%s\n' % (_PREFIX, binascii.crc32(rest), rest)
 
 
@@ -263,21 +407,21 @@ _FAST_HEADER = re.compile(
     rb'"name":"((?:[^"\\\x00-\x1f\x7f-\xff]|\\["\\/bfnrt]|\\u[0-9a-fA-F]{4})*)",'
     rb'"deps":\[((?:"[0-9a-f]{64}"(?:,"[0-9a-f]{64}")*)?)\],"t":([0-9]{1,15}\.[0-9]{3}),'
     rb'"digest":(null|"[0-9a-f]{64}"),"inputs":(null|"[0-9a-f]{64}"|"\*"),'
-    rb'"enc":"(json|pickle|none)"')
+    rb'"enc":"(json|pickle|none|file|gone)"(,"parts":\{.*\})?')
 
 
 def _fast_header(head: bytes | bytearray, end: int) -> dict[str, Any] | None:
     m = _FAST_HEADER.fullmatch(head, _HEAD, end)
     if m is None:
         return None
-    key, kind, name, deps, t, digest, inputs, enc = m.groups()
+    key, kind, name, deps, t, digest, inputs, enc, parts = m.groups()
     text = name.decode("ascii")
     return {"key": key.decode("ascii"), "kind": kind.decode("ascii"),
             "name": json.loads(b'"' + name + b'"') if "\\" in text else text,
             "deps": [d.decode("ascii") for d in deps[1:-1].split(b'","')] if deps else [],
             "t": float(t), "digest": None if digest == b"null" else digest[1:-1].decode("ascii"),
             "inputs": None if inputs == b"null" else inputs[1:-1].decode("ascii"),
-            "enc": enc.decode("ascii"), "v": 2}
+            "enc": enc.decode("ascii"), "v": 2, "parts": parts is not None}
 
 
 def _check(head: bytes | bytearray, crc_rest: int | None,
@@ -343,6 +487,8 @@ def _check(head: bytes | bytearray, crc_rest: int | None,
     if tt is int:
         hdr["t"] = float(t)
     hdr["v"] = version
+    found = hdr.get("parts")  # what "why" compares; not needed to replay: never fatal
+    hdr["parts"] = type(found) is dict and all(type(v) is str for v in found.values())
     return hdr, i + len(_VALUE_TAG), None
 
 
@@ -351,17 +497,17 @@ def _check(head: bytes | bytearray, crc_rest: int | None,
 _Scanned = tuple[int, int, int, "dict[str, Any] | None", int, bytes, "str | None"]
 
 
-def _scan(fd: int, end: int | None = None) -> Iterator[_Scanned]:
+def _scan(fd: int, end: int | None = None, start: int = 0, lineno: int = 0) -> Iterator[_Scanned]:
     """Yield every non-blank line of the file in order, validated.
 
     Reads with pread (the descriptor's offset is shared and untouched) in
     _CHUNK pieces; a line longer than _HEAD_MAX is checksummed while streaming
     so memory stays bounded whatever the file holds. An incomplete last line
-    (no newline) comes with the problem ``_TORN``.
+    (no newline) comes with the problem ``_TORN``. ``start`` (a line start)
+    skips what comes before it, ``lineno`` lines.
     """
-    pos = 0            # file offset of the next read
-    line_off = 0       # file offset where the current line starts
-    lineno = 0
+    pos = start        # file offset of the next read
+    line_off = start   # file offset where the current line starts
     part = bytearray()  # head of a line that spans chunks
     spanning = False   # True while a line continues into the next chunk
     part_len = 0       # bytes of that line seen so far
@@ -447,8 +593,7 @@ def _first_line(s: _Scanned) -> tuple[str, int]:
     """What the file's first non-blank line makes of the file.
 
     ("header", version), ("newer", version), ("entry", 0): a journal of 0.1.0,
-    ("new", 0): only a torn start of a header or first entry (a crash while
-    the journal was being created: it counts as empty), ("foreign", 0).
+    ("foreign", 0): anything else, a one-line file without a newline included.
     """
     lineno, _off, _length, _hdr, _vstart, head, problem = s
     if lineno != 1:
@@ -456,9 +601,8 @@ def _first_line(s: _Scanned) -> tuple[str, int]:
     if problem is None:
         return "entry", 0
     if problem is _TORN:
-        if (HEADER.startswith(head) or head.startswith(_HEADER_START)
-                or head.startswith(_PREFIX_V1) or _PREFIX_V1.startswith(head)):
-            return "new", 0
+        # A journal is created whole (its header is renamed into place), so a first
+        # line without a newline was never written by flowing: not ours to touch.
         return "foreign", 0
     v = _header_version(head)
     if v is None:
@@ -517,6 +661,8 @@ class Entry:
     digest: str | None = None   # content digest of the value, if recorded
     inputs: str | None = None   # digest of the dependency values, if recorded
     version: int = FORMAT_VERSION  # entry version (1: written by flowing 0.1.0)
+    stored: str | None = None   # enc "file": sha256 of the value's file beside the journal
+    stored_size: int = 0        # enc "file": bytes of that file
 
     @property
     def task(self) -> str:
@@ -556,6 +702,11 @@ def _preview(head: bytes, vstart: int, length: int, enc: str, width: int = 60) -
     vend = length - 2  # strip '}' and newline
     if enc == "none":
         return "<value not stored>"
+    if enc == "gone":
+        return "<value dropped: it could not be loaded>"
+    if enc == "file":
+        ref = _stored_ref(head[vstart:vend])
+        return "<damaged reference>" if ref is None else f"<stored value, {human_size(ref[1])}>"
     if enc == "pickle":
         n = max(0, vend - vstart - 2) * 3 // 4
         return f"<pickle, {human_size(n)}>"
@@ -565,10 +716,26 @@ def _preview(head: bytes, vstart: int, length: int, enc: str, width: int = 60) -
     return _escape(text, width)
 
 
+def _stored_ref(raw: bytes | bytearray) -> tuple[str, int] | None:
+    """(sha256, size) from the value field of an ``enc: file`` entry, or None if malformed."""
+    try:
+        ref = json.loads(raw)
+    except (ValueError, RecursionError):
+        return None
+    if type(ref) is not dict:
+        return None
+    sha, size = ref.get("sha256"), ref.get("size")
+    if type(sha) is not str or not _HEX64.fullmatch(sha) or type(size) is not int or size < 0:
+        return None
+    return sha, size
+
+
 def _entry(s: _Scanned) -> Entry:
     lineno, off, length, hdr, vstart, head, _ = s
     assert hdr is not None
-    return Entry(key=hdr["key"], name=hdr["name"], kind=hdr["kind"], dep_keys=tuple(hdr["deps"]),
+    ref = _stored_ref(head[vstart:length - 2]) if hdr["enc"] == "file" else None
+    return Entry(stored=None if ref is None else ref[0], stored_size=0 if ref is None else ref[1],
+                 key=hdr["key"], name=hdr["name"], kind=hdr["kind"], dep_keys=tuple(hdr["deps"]),
                  time=hdr["t"], size=length, enc=hdr["enc"],
                  preview=_preview(head, vstart, length, hdr["enc"]), offset=off, line=lineno,
                  digest=hdr["digest"], inputs=hdr["inputs"], version=hdr["v"])
@@ -583,7 +750,7 @@ def _journal_entries(fd: int, path: str, logger: logging.Logger, end: int,
         if first:
             first = False
             kind, version = _first_line(s)
-            if kind in ("header", "new"):
+            if kind == "header":
                 continue
             if kind == "newer":
                 raise _refusal(path, kind, version, "read", "choose another file")
@@ -683,16 +850,65 @@ def _open_regular(path: str, flags: int, creating: bool, shown: str | None = Non
     return _keep_regular(fd, shown)
 
 
+def _header_file(abspath: str, like: os.stat_result | None) -> str:
+    """A new temporary file next to the journal holding only the header, fsynced.
+
+    It has the permission bits (and, where allowed, owner) of ``like``, or 0600.
+    Its name follows the rewrite pattern, so a leftover is removed by the next opener.
+    """
+    d, base = os.path.split(abspath)
+    while True:
+        tmp = os.path.join(d, f".{base}.{os.urandom(8).hex()}.tmp")
+        try:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
+                         0o600)
+            break
+        except FileExistsError:
+            continue
+    try:
+        if like is not None:
+            valuestore.take_owner_and_mode(fd, like)
+        _write_all(fd, HEADER)
+        os.fsync(fd)
+    except BaseException:
+        os.close(fd)
+        _discard(tmp)
+        raise
+    os.close(fd)
+    return tmp
+
+
 def _open_or_create(path: str) -> tuple[int, bool]:
-    """Open the journal for appending, creating it (mode 0600) if missing: (fd, created)."""
+    """Open the journal for appending, creating it (mode 0600) if missing: (fd, created).
+
+    A new journal is written whole before it appears: its header goes to a
+    temporary file that is then hard-linked to the path (which, like
+    ``O_EXCL``, fails if the path exists), so no crash can leave a journal
+    with a torn header.
+    """
     flags = os.O_RDWR | os.O_APPEND | _OPEN_FLAGS
     created = False
     try:
-        try:
-            fd = os.open(path, flags | os.O_CREAT | os.O_EXCL, 0o600)
-            created = True
-        except FileExistsError:  # (also a symlink there: O_EXCL never follows one)
-            fd = os.open(path, flags)
+        for _ in range(100):
+            try:
+                fd = os.open(path, flags)
+                break
+            except FileNotFoundError:
+                pass
+            tmp = _header_file(os.path.abspath(path), None)
+            try:
+                os.link(tmp, path, follow_symlinks=False)
+                created = True
+            except FileExistsError:  # (also a symlink there: link never follows one)
+                pass
+            except FileNotFoundError:
+                if not os.path.isdir(os.path.dirname(os.path.abspath(path))):
+                    raise
+                continue  # our temporary file was taken for a leftover: try again
+            finally:
+                _discard(tmp)
+        else:
+            raise OSError(errno.EAGAIN, "the journal keeps being removed while it is opened")
     except OSError as e:
         raise _open_error(path, e, creating=True) from None
     return _keep_regular(fd, path), created
@@ -724,12 +940,7 @@ def _same_file(fd: int, path: str) -> bool:
 
 def _trust_problem(st: os.stat_result) -> str | None:
     """Why pickles in a file with this stat must not be loaded, or None if they may be."""
-    me = os.geteuid()
-    if st.st_uid != me:
-        return f"the file is owned by uid {st.st_uid}, not by you (uid {me})"
-    if st.st_mode & 0o022:
-        return f"the file is writable by group or others (mode {stat.S_IMODE(st.st_mode):04o})"
-    return None
+    return valuestore.trust_problem(st, "the file")
 
 
 def _temp_pattern(abspath: str) -> re.Pattern[str]:
@@ -763,6 +974,14 @@ def _remove_stale_temps(abspath: str, logger: logging.Logger) -> None:
             pass
 
 
+def _discard(path: str) -> None:
+    """Remove our temporary file, if it is still there."""
+    try:
+        os.unlink(path)
+    except OSError:
+        pass
+
+
 def _write_all(fd: int, data: bytes) -> None:
     n = os.write(fd, data)
     while n < len(data):  # short write (e.g. huge line, disk nearly full): finish it
@@ -774,10 +993,13 @@ def _write_all(fd: int, data: bytes) -> None:
 
 # ------------------------------------------------------------------ Journal
 
-# key -> (offset, length, value start in line, pickled?, t, digest, inputs) of the
-# latest valid entry that holds a value; digests packed by _pack.
-_Where = tuple[int, int, int, bool, float, "bytes | str | None", "bytes | str | None"]
-_HEX64 = re.compile(r"[0-9a-f]{64}")
+# key -> (offset, length, value start in line, _JSON/_PICKLE/_FILE, t, digest, inputs) of
+# the latest valid entry that holds a value; digests packed by _pack.
+_Where = tuple[int, int, int, int, float, "bytes | str | None", "bytes | str | None"]
+_CODES = {"json": _JSON, "pickle": _PICKLE, "file": _FILE}
+# what indexing a written line needs: key, kind, name, enc, t, digest, inputs, value start,
+# has parts
+_Held = tuple[str, str, str, str, float, "str | None", "str | None", int, bool]
 
 
 def _safe_text(e: BaseException) -> str:
@@ -810,10 +1032,16 @@ class Journal:
         self._abspath = os.path.abspath(path)
         self._fd = fd
         self._logger = logger
-        self._index: dict[str, _Where] = {}
-        # names of the tasks (not items) with an entry of any kind: a task that has one
-        # but not under its key now ran with a new key ("why did it run again?")
-        self._names: set[str] = set()
+        # key -> where its latest line with a value is; the names of the tasks (not
+        # items) with an entry of any kind (a task that has one but not under its key
+        # now ran with a new key: "why did it run again?"); task name -> (offset, value
+        # start) of its newest entry when that has parts. See flowing.journalindex.
+        self._idx = journalindex.Index()
+        self._stale_dbs: list[Any] = []    # connections inherited over fork: never used again
+        # The index describes every line up to this byte (and this many lines): -1 once
+        # another process appended after it (then only the next open catches up).
+        self._indexed_end = -1
+        self._indexed_lines = 0
         self._old_fds: list[int] = []      # replaced descriptors: an fsync may still use them
         self._pid = os.getpid()
         # Serialises appends among this process's threads (flock can't: threads share the descriptor).
@@ -829,6 +1057,9 @@ class Journal:
         self._trust: str | None = None     # why pickles are refused, or None
         self._trust_warned = False
         self._warned_keys: set[str] = set()
+        self._pending: list[tuple[bytes, _Held]] = []  # lines held by record(durable=False)
+        self._pending_bytes = 0
+        self._pending_since = 0.0          # time.monotonic() of the oldest held line
 
     # -- opening ---------------------------------------------------------
 
@@ -854,6 +1085,7 @@ class Journal:
                     if not self._load():
                         self._start_file()
                 _remove_stale_temps(self._abspath, logger)
+                valuestore.clean(self._abspath, None)  # temporary files of killed writers
             finally:
                 fcntl.flock(self._fd, fcntl.LOCK_UN)
             if created:
@@ -883,67 +1115,116 @@ class Journal:
     def _load(self) -> bool:
         """(Re)build the index; the caller holds a flock on a verified descriptor.
 
-        Returns False, with an empty index, if the file has no journal yet
-        (empty, or a torn header from a crash at creation). Raises
+        Returns False, with an empty index, if the file is empty. Raises
         JournalError if it is not a flowing journal or is of a newer format.
+        With a usable persisted index (flowing.journalindex), only the lines
+        past what it covers are read.
         """
         st = os.fstat(self._fd)
         self._trust = _trust_problem(st)
-        index: dict[str, _Where] = {}
-        names: set[str] = set()
+        self._idx.close()
+        idx = journalindex.Index()
+        start, lines = idx.attach(self._abspath, self._fd, st)
         warner = _Warner(self._logger, self.path)
         first = True
-        for s in _scan(self._fd, st.st_size):
+        covered = start  # end of the last whole line (a torn tail is cut by the next writer)
+        if start:
+            kind, version = _first_line(next(_scan(self._fd, st.st_size)))
+            if kind in ("foreign", "newer"):
+                idx.close()
+                raise _refusal(self.path, kind, version, "write to", "choose another journal_path")
+            first = False
+        for s in _scan(self._fd, st.st_size, start, lines):
             lineno, off, length, hdr, vstart, head, problem = s
+            if problem is not _TORN:
+                lines, covered = lineno, off + length
             if first:
                 first = False
                 kind, version = _first_line(s)
-                if kind == "new":
-                    self._index = {}
-                    return False
                 if kind in ("foreign", "newer"):
+                    idx.close()
                     raise _refusal(self.path, kind, version, "write to", "choose another journal_path")
                 if kind == "header":
                     continue
             if problem is not None:
                 warner.skip(lineno, off, problem)
             elif hdr is not None:
-                if hdr["kind"] != "item":
-                    names.add(hdr["name"])
-                if hdr["enc"] != "none":  # a marker without a value never replays
-                    index[hdr["key"]] = (off, length, vstart, hdr["enc"] == "pickle", hdr["t"],
-                                         _pack(hdr["digest"]), _pack(hdr["inputs"]))
+                kind, name, enc = hdr["kind"], hdr["name"], hdr["enc"]
+                if kind != "item":
+                    idx.names.add(name)
+                if kind == "task" and enc != "gone":
+                    idx.set_parts(name, (off, vstart) if hdr.get("parts") else None)
+                if enc == "gone":  # the value before it could not be loaded: never replay it
+                    idx.drop(hdr["key"])
+                elif enc != "none":  # a marker without a value never replays
+                    idx.put(hdr["key"], (off, length, vstart, _CODES[enc], hdr["t"],
+                                         _pack(hdr["digest"]), _pack(hdr["inputs"])))
         if first and st.st_size:  # nothing but blank lines
+            idx.close()
             raise _refusal(self.path, "foreign", 0, "write to", "choose another journal_path")
         warner.done()
-        self._index = index
-        self._names = names
+        if idx.db is not None and covered and (start == 0 or start < covered):
+            idx.save(self._fd, st, covered, lines, rebuild=start == 0)
+        self._idx = idx
+        self._indexed_end, self._indexed_lines = covered, lines
         return not first
 
     def _start_file(self) -> None:
-        """Write the header into an empty file (exclusive flock held) and fsync it."""
+        """Give an empty journal file its header (exclusive flock held on a verified fd).
+
+        A file holding just the header (same mode and owner) is renamed over the
+        empty one, so a crash leaves either the empty file or a whole header. Returns
+        with the exclusive flock held on the new file.
+        """
         try:
-            if os.fstat(self._fd).st_size:
-                os.ftruncate(self._fd, 0)  # a torn header or first line: a crash at creation
-            _write_all(self._fd, HEADER)
-            os.fsync(self._fd)
+            tmp = _header_file(self._abspath, os.fstat(self._fd))
+            try:
+                os.replace(tmp, self._abspath)
+            except BaseException:
+                _discard(tmp)
+                raise
+            _fsync_dir(self._abspath)
+            new = _open_regular(self._abspath, os.O_RDWR | os.O_APPEND, creating=False,
+                                shown=self.path)
         except OSError as e:
             raise JournalError(f"journal {self.path!r}: cannot write the journal header "
                                f"({e.strerror or e}); check free space and permissions, or "
                                f"choose another journal_path") from None
+        fcntl.flock(new, fcntl.LOCK_EX)
+        fcntl.flock(self._fd, fcntl.LOCK_UN)
+        self._old_fds.append(self._fd)
+        self._fd = new
         self._known_end = len(HEADER)
+        self._indexed_end, self._indexed_lines = len(HEADER), 1
 
     # -- reading ---------------------------------------------------------
 
     def __contains__(self, key: object) -> bool:
-        return key in self._index
+        return type(key) is str and self._idx.get(key) is not None
 
     def __len__(self) -> int:
-        return len(self._index)
+        return len(self._idx)
 
     def has_task(self, name: str) -> bool:
         """Whether the file holds an entry (value or marker) for the task ``name``."""
-        return name in self._names
+        return self._idx.has_name(name)
+
+    def latest_parts(self, name: str) -> dict[str, str] | None:
+        """The ``parts`` of the newest task entry named ``name`` (what
+        its key was computed from, as short fingerprints), or None if that entry
+        has none (written by flowing 0.2.0, or no entry)."""
+        where = self._idx.parts_at(name)
+        if where is None or self._closed:
+            return None
+        off, vstart = where
+        try:
+            head = os.pread(self._fd, vstart, off)
+            parts = json.loads(b"{" + head[_HEAD:vstart - len(_VALUE_TAG)] + b"}").get("parts")
+        except Exception:  # noqa: BLE001 - only used to word a reason
+            return None
+        if type(parts) is not dict:
+            return None
+        return {str(k): str(v) for k, v in parts.items()}
 
     def peek(self, key: str) -> tuple[float, str | None, str | None] | None:
         """(t, digest, inputs) of the latest entry for ``key`` holding a value, without loading it.
@@ -951,34 +1232,63 @@ class Journal:
         None if there is none, or if its value is a pickle this file may not
         load (see the trust rule; warned once).
         """
-        where = self._index.get(key)
+        where = self._idx.get(key)
         if where is None or self._closed or (where[3] and not self._trusted()):
             return None
         return where[4], _unpack(where[5]), _unpack(where[6])
 
-    def get(self, key: str) -> Hit | None:
-        """The latest journaled value of ``key`` with its digests, or None if absent or unloadable."""
-        where = self._index.get(key)
+    def get(self, key: str, lazy: bool = False) -> Hit | None:
+        """The latest journaled value of ``key`` with its digests, or None if absent or unloadable.
+
+        A value stored beside the journal is checked cheaply (present, trusted,
+        right size); with ``lazy`` it is not read: ``Hit.value`` is then a
+        ``StoredValue`` whose ``load()`` reads and verifies it. A value in the
+        line is read now and checked against its recorded digest.
+        """
+        where = self._idx.get(key)
         if where is None or self._closed:
             return None
-        off, length, vstart, pickled, t, digest, inputs = where
-        if pickled and not self._trusted():
+        off, length, vstart, code, t, digest, inputs = where
+        if code and not self._trusted():
             return None
         try:
             line = os.pread(self._fd, length, off)
+            # The index is a cache: the line must be the one it describes.
+            hdr, at, _problem = _check(line[:-1], None, None) if line[-1:] == b"\n" else (
+                None, 0, None)
+            if (hdr is None or hdr["key"] != key or at != vstart or _CODES.get(hdr["enc"]) != code
+                    or hdr["digest"] != _unpack(digest) or hdr["inputs"] != _unpack(inputs)):
+                raise ValueError("the journal changed under its index (it is rebuilt next time)")
             raw = line[vstart:length - 2]  # the value field, without '}' and newline
-            if pickled:
-                value = pickle.loads(base64.b64decode(raw[1:-1], validate=True))
+            if code == _FILE:
+                ref = _stored_ref(raw)
+                if ref is None:
+                    raise ValueError("its reference to a stored value is malformed")
+                why = valuestore.check(self._abspath, *ref)
+                if why is not None:
+                    raise valuestore.StoreError(why)
+                stored = StoredValue(self, key, self._name_at(off, vstart), ref[0], ref[1])
+                value = stored if lazy else stored.load()
             else:
-                value = json.loads(raw)
+                if code == _PICKLE:
+                    value = pickle.loads(base64.b64decode(raw[1:-1], validate=True))
+                else:
+                    value = json.loads(raw)
+                d = _unpack(digest)
+                if d is not None:
+                    from .digest import value_digest
+
+                    if value_digest(value) != d:
+                        raise ValueError("the value read does not match its recorded digest "
+                                         "(the line was edited or damaged)")
         except Exception as e:  # noqa: BLE001 - any failure to load means "not journaled"
             if key not in self._warned_keys:
                 self._warned_keys.add(key)
                 self._logger.warning("journal %r: task %r: journaled result could not be loaded "
-                                     "(%s: %s); it will run again",
-                                     self.path, self._name_at(off, vstart), type(e).__name__, e)
+                                     "(%s); it will run again", self.path,
+                                     self._name_at(off, vstart), _safe_text(e))
             return None
-        return Hit(value, _unpack(digest), _unpack(inputs), t)
+        return Hit(value, _unpack(digest), inputs=_unpack(inputs), t=t)
 
     def lookup(self, key: str) -> tuple[bool, Any]:
         """(True, value) if ``key`` is journaled and its value loads, else (False, None)."""
@@ -1016,14 +1326,24 @@ class Journal:
     # -- writing ---------------------------------------------------------
 
     def record(self, key: str, name: str, dep_keys: Sequence[str], value: Any, kind: str = "task",
-               *, digest: str | None = None, inputs: str | None = None, store: bool = True) -> bool:
+               *, digest: str | None = None, inputs: str | None = None, store: bool = True,
+               parts: Mapping[str, str] | None = None, durable: bool = True) -> bool:
         """Append one entry and fsync it. True if what was asked is durable.
 
         ``digest``: content digest of ``value``; ``inputs``: digest of the
         dependency values it was computed from (both stored as given, None
-        when unknown). ``store=False`` writes a value-less marker (``enc``
+        when unknown). ``parts``: short fingerprints of what the key was
+        computed from (``flowing.why``), kept in the line for ``latest_parts``.
+        ``store=False`` writes a value-less marker (``enc``
         ``none``) that never replays but keeps the chain of dependency keys
         for ``journal forget``; True then means the marker is durable.
+
+        ``durable=False`` (``for_each`` items) may hold the line back to share
+        one write and one fsync with the lines that follow it (group commit);
+        it is written by the next durable ``record``, by ``flush`` or
+        ``close``, or once the held lines pass _PENDING_BYTES or _PENDING_S.
+        True then means it will be written. A value big enough for the store
+        is always written (and fsynced) before the line that names it.
 
         Never raises for runtime problems: an unstorable value gives one
         warning, writes a marker and returns False; a write error disables the
@@ -1044,9 +1364,14 @@ class Journal:
             self._after_fork()
         wanted = True   # what the caller asked for will be in the file
         enc, text = "none", "null"
+        held = -1       # flock on a stored value file, kept until its line is written
         if store:
             try:
-                enc, text = _encode_value(value)
+                enc, text, big = _encode_value(value)
+                if big is not None:
+                    sha, size, held = valuestore.write(self._abspath, os.fstat(self._fd), *big)
+                    text = '{"sha256":"%s","size":%d}' % (sha, size)
+                    durable = True
             except KeyboardInterrupt:
                 raise
             except BaseException as e:  # any pickling failure (a __reduce__ may even exit)
@@ -1055,35 +1380,140 @@ class Journal:
                 # Still write a value-less marker: it never replays, but it keeps the
                 # chain of dependency keys whole, so ``journal forget`` can reach past it.
                 wanted = False
+                enc, text = "none", "null"
         t = time.time()
-        line = _make_line(key, kind, str(name), [str(d) for d in dep_keys], t, enc, text,
-                          digest, inputs)
-        vstart = line.find(_VALUE_TAG, _HEAD) + len(_VALUE_TAG)
+        name = str(name)
+        line = _make_line(key, kind, name, [str(d) for d in dep_keys], t, enc, text, digest,
+                          inputs, parts)
+        entry: _Held = (key, kind, name, enc, float("%.3f" % t), digest, inputs,
+                        line.find(_VALUE_TAG, _HEAD) + len(_VALUE_TAG), parts is not None)
+        try:
+            return self._write(line, entry, durable) and wanted
+        finally:
+            if held >= 0:
+                os.close(held)
+
+    def _write(self, line: bytes, entry: _Held, durable: bool = True) -> bool:
+        """Append ``line`` (with any held lines before it), then fsync unless it may wait."""
         with self._lock:
             if self._disabled is not None or self._closed:
                 return False
+            pending = self._pending
+            pending.append((line, entry))
+            self._pending_bytes += len(line)
+            if not durable:
+                if len(pending) == 1:
+                    self._pending_since = time.monotonic()
+                if (self._pending_bytes < _PENDING_BYTES
+                        and time.monotonic() - self._pending_since < _PENDING_S):
+                    return True
+            if not self._write_pending():
+                return False
+            seq = self._written
+        return self._sync(seq)
+
+    def _write_pending(self) -> bool:
+        """Write the held lines in one append (``_lock`` held); index them. False on error."""
+        held, self._pending, self._pending_bytes = self._pending, [], 0
+        if not held:
+            return True
+        data = held[0][0] if len(held) == 1 else b"".join([x[0] for x in held])
+        try:
+            fcntl.flock(self._fd, fcntl.LOCK_EX)
             try:
-                fcntl.flock(self._fd, fcntl.LOCK_EX)
+                if not _same_file(self._fd, self._abspath):
+                    self._reopen()
+                off = self._append(data)
+            finally:
+                fcntl.flock(self._fd, fcntl.LOCK_UN)
+        except OSError as e:
+            self._disable(e)
+            return False
+        if off == self._indexed_end:  # our lines follow what the index knows
+            self._indexed_end = off + len(data)
+            self._indexed_lines += len(held)
+        else:
+            self._indexed_end = -1
+        idx = self._idx
+        for line, (key, kind, name, enc, t, digest, inputs, vstart, has_parts) in held:
+            if enc == "gone":
+                idx.drop(key)
+            elif enc != "none":
+                idx.put(key, (off, len(line), vstart, _CODES[enc], t, _pack(digest), _pack(inputs)))
+            if kind != "item":
+                idx.names.add(name)
+                if kind == "task" and enc != "gone":
+                    idx.set_parts(name, (off, vstart) if has_parts else None)
+            off += len(line)
+        self._written += 1
+        return True
+
+    def checkpoint(self) -> None:
+        """Write held lines and, for a journal over 1 MiB whose every line this
+        process has indexed, persist the index (flowing.journalindex), so the next
+        open reads nothing it already knows. Called at the end of a run. Never raises."""
+        if self._pid != os.getpid():
+            return
+        self.flush()
+        with self._lock:
+            if self._closed or self._disabled is not None or self._indexed_end <= 0:
+                return
+            try:
+                fcntl.flock(self._fd, fcntl.LOCK_SH)
                 try:
-                    if not _same_file(self._fd, self._abspath):
-                        self._reopen()
-                    off = self._append(line)
+                    st = os.fstat(self._fd)
+                    if (not _same_file(self._fd, self._abspath)
+                            or st.st_size != self._indexed_end):
+                        return
+                    idx = self._idx
+                    if idx.db is None:
+                        if st.st_size < journalindex.MIN_INDEXED:
+                            return
+                        idx.attach(self._abspath, self._fd, st)  # (the overlay holds it all)
+                        rebuild = True
+                    else:
+                        rebuild = False
+                    idx.save(self._fd, st, st.st_size, self._indexed_lines, rebuild)
                 finally:
                     fcntl.flock(self._fd, fcntl.LOCK_UN)
-            except OSError as e:
-                self._disable(e)
-                return False
-            if enc != "none":
-                self._index[key] = (off, len(line), vstart, enc == "pickle", float("%.3f" % t),
-                                    _pack(digest), _pack(inputs))
-            if kind != "item":
-                self._names.add(str(name))
-            self._written += 1
-            seq = self._written
-        return self._sync(seq) and wanted
+            except OSError:
+                pass
 
-    def _append(self, line: bytes) -> int:
-        """Write ``line`` at the end (exclusive flock held); return its offset."""
+    def flush(self) -> bool:
+        """Write and fsync the lines ``record(durable=False)`` held back. True if all are durable."""
+        with self._lock:
+            if not self._pending:
+                return self._disabled is None
+            if self._disabled is not None or self._closed or not self._write_pending():
+                return False
+            seq = self._written
+        return self._sync(seq)
+
+    def invalidate(self, key: str) -> None:
+        """Never replay the current entry of ``key`` again (its value could not be loaded):
+        append a ``gone`` marker with the entry's name and dependencies, so the chain
+        ``journal forget`` follows stays whole."""
+        where = self._idx.get(key)
+        if where is None or self._closed or self._disabled is not None:
+            return
+        off, length, vstart = where[:3]
+        try:
+            hdr, _v, _p = _check(os.pread(self._fd, length, off)[:-1], None, None)
+        except OSError:
+            hdr = None
+        if hdr is None:
+            self._idx.drop(key)
+            return
+        t = time.time()
+        line = _make_line(key, hdr["kind"], hdr["name"], hdr["deps"], t, "gone", "null",
+                          hdr["digest"], hdr["inputs"])
+        if self._pid != os.getpid():
+            self._after_fork()
+        self._write(line, (key, hdr["kind"], hdr["name"], "gone", t, None, None, 0, False))
+        self._idx.drop(key)
+
+    def _append(self, data: bytes) -> int:
+        """Write ``data`` (whole lines) at the end (exclusive flock held); return its offset."""
         fd = self._fd
         size = os.fstat(fd).st_size
         if size != self._known_end and size > 0 and os.pread(fd, 1, size - 1) != b"\n":
@@ -1092,12 +1522,11 @@ class Journal:
             # rather than glue our line onto them.
             size = self._last_newline_end(size)
             os.ftruncate(fd, size)
-        data = line
         if size == 0:  # emptied since we opened it: a journal always starts with its header
-            data = HEADER + line
+            data = HEADER + data
         _write_all(fd, data)
         self._known_end = size + len(data)
-        return self._known_end - len(line)
+        return self._known_end - len(data) + (len(HEADER) if size == 0 else 0)
 
     def _last_newline_end(self, size: int) -> int:
         pos = size
@@ -1137,6 +1566,7 @@ class Journal:
         # thread locks may have been held by a parent thread at fork time: renew them.
         self._pid = os.getpid()
         self._lock = threading.Lock()
+        self._pending, self._pending_bytes = [], 0  # the parent's to write, not ours
         self._sync_cond = threading.Condition(threading.Lock())
         self._syncing = False
         self._known_end = -1
@@ -1149,7 +1579,12 @@ class Journal:
             self._lock_current(fcntl.LOCK_SH)
             try:
                 now = os.fstat(self._fd)
-                if (now.st_ino, now.st_dev) != (before.st_ino, before.st_dev):
+                if self._idx.db is not None:
+                    # never use (nor close) a database connection across fork
+                    self._stale_dbs.append(self._idx.db)
+                    self._idx.db = None
+                    self._load()
+                elif (now.st_ino, now.st_dev) != (before.st_ino, before.st_dev):
                     self._load()  # the file was rewritten meanwhile: offsets changed
             finally:
                 fcntl.flock(self._fd, fcntl.LOCK_UN)
@@ -1204,7 +1639,9 @@ class Journal:
         self._old_fds.clear()
 
     def close(self) -> None:
-        """Wait for pending fsyncs, then release the file. Idempotent."""
+        """Write held lines, wait for pending fsyncs, then release the file. Idempotent."""
+        if not self._closed and self._pid == os.getpid():
+            self.flush()
         with self._lock:
             if self._closed:
                 return
@@ -1213,6 +1650,8 @@ class Journal:
                     self._sync_cond.wait()
                 self._closed = True
             self._close_fds()
+            if self._pid == os.getpid():
+                self._idx.close()
 
     def __enter__(self) -> Journal:
         return self
@@ -1221,7 +1660,7 @@ class Journal:
         self.close()
 
     def __repr__(self) -> str:
-        return f"Journal({self.path!r}, {len(self._index)} keys{', closed' if self._closed else ''})"
+        return f"Journal({self.path!r}, {len(self._idx)} keys{', closed' if self._closed else ''})"
 
 
 # ---------------------------------------------------------------- rewrites
@@ -1233,6 +1672,7 @@ class CompactResult:
     entries_after: int
     bytes_after: int
     unreadable: int        # lines dropped because they could not be read
+    values_freed: int = 0  # bytes of stored values removed (nothing referred to them any more)
 
 
 @dataclass(frozen=True, slots=True)
@@ -1241,6 +1681,7 @@ class ForgetResult:
     downstream: dict[str, list[Entry]]  # other task -> removed entries (they used a forgotten result)
     removed: int                        # lines removed (all versions of every forgotten key)
     kept: int                           # entries left in the file
+    values_freed: int = 0               # bytes of stored values removed with them
 
 
 class _Exclusive:
@@ -1280,9 +1721,6 @@ class _Exclusive:
                 kind, version = _first_line(s)
                 if kind in ("foreign", "newer"):
                     raise _refusal(self.path, kind, version, doing, "check the path")
-                if kind == "new":
-                    _remove_stale_temps(self.abspath, self.logger)
-                    return [], 0, size, True
                 if kind == "header":
                     continue
             if s[6] is not None:
@@ -1311,16 +1749,7 @@ class _Exclusive:
                 continue
         try:
             with os.fdopen(tfd, "wb", buffering=_CHUNK) as out:
-                st = os.fstat(self.fd)
-                if st.st_uid != os.geteuid() or st.st_gid != os.getegid():
-                    try:  # keep the owner so its user can still write (and trust) the journal
-                        os.fchown(tfd, st.st_uid, st.st_gid)
-                    except OSError:
-                        pass
-                try:  # and its permission bits (after fchown, which may clear some)
-                    os.fchmod(tfd, stat.S_IMODE(st.st_mode) & 0o777)
-                except OSError:
-                    pass  # stays 0600
+                valuestore.take_owner_and_mode(tfd, os.fstat(self.fd))
                 total = len(HEADER)
                 out.write(HEADER)
                 for off, length in spans:
@@ -1336,10 +1765,7 @@ class _Exclusive:
                 os.fsync(out.fileno())
             os.replace(tmp, self.abspath)
         except BaseException:
-            try:
-                os.unlink(tmp)
-            except OSError:
-                pass
+            _discard(tmp)
             raise
         _fsync_dir(self.abspath)
         return total
@@ -1361,15 +1787,18 @@ def compact(path: str | os.PathLike[str], logger: logging.Logger) -> CompactResu
         # The latest line with a value per key (the one a run would replay); a key
         # that only ever had value-less markers keeps its latest marker (its
         # dependency chain still matters to `forget`).
+        # A ``gone`` marker (the value could not be loaded) outranks the lines before it.
         latest: dict[str, Entry] = {}
         for e in entries:
             held = latest.get(e.key)
-            if held is None or e.enc != "none" or held.enc == "none":
+            if held is None or e.enc != "none" or held.enc in ("none", "gone"):
                 latest[e.key] = e
-        keep = sorted((e.offset, e.size) for e in latest.values())
-        after = ex.replace_with(keep)
+        kept = sorted(latest.values(), key=lambda e: e.offset)
+        after = ex.replace_with([(e.offset, e.size) for e in kept])
+        _removed, freed = valuestore.clean(ex.abspath, _stored_of(kept))
     return CompactResult(lines_before=len(entries) + bad, bytes_before=size,
-                         entries_after=len(keep), bytes_after=after, unreadable=bad)
+                         entries_after=len(kept), bytes_after=after, unreadable=bad,
+                         values_freed=freed)
 
 
 def forget(path: str | os.PathLike[str], tasks: list[str], logger: logging.Logger) -> ForgetResult:
@@ -1427,14 +1856,24 @@ def forget(path: str | os.PathLike[str], tasks: list[str], logger: logging.Logge
                     gone.add(k)
                     todo.append(k)
         downstream: dict[str, list[Entry]] = {}
-        keep: list[tuple[int, int]] = []
+        keep: list[Entry] = []
         for e in entries:
             if e.key in seeds:
                 requested[seeds[e.key]].append(e)
             elif e.key in gone:
                 downstream.setdefault(e.task, []).append(e)
             else:
-                keep.append((e.offset, e.size))
-        ex.replace_with(keep)
+                keep.append(e)
+        ex.replace_with([(e.offset, e.size) for e in keep])
+        _removed, freed = valuestore.clean(ex.abspath, _stored_of(keep))
     removed = sum(map(len, requested.values())) + sum(map(len, downstream.values()))
-    return ForgetResult(requested=requested, downstream=downstream, removed=removed, kept=len(keep))
+    return ForgetResult(requested=requested, downstream=downstream, removed=removed,
+                        kept=len(keep), values_freed=freed)
+
+
+def _stored_of(entries: list[Entry]) -> set[str]:
+    """The stored values these entries (in file order) refer to, unless a later
+    ``gone`` marker of the same key says that value could not be loaded."""
+    last_gone = {e.key: e.offset for e in entries if e.enc == "gone"}
+    return {e.stored for e in entries
+            if e.stored is not None and e.offset > last_gone.get(e.key, -1)}

@@ -326,8 +326,11 @@ def _task_report(flow: RunView, i: int, td: Any, r: Any,
             allowing = getattr(td, "allowed_failures", None)
             entry["items"] = _items_summary(r.items, allowing(len(r.items))
                                             if callable(allowing) else None)
-        else:
+        elif getattr(r, "value_loaded", True):
             entry.update(_value_fields(r.value))
+        else:  # a replayed value stored beside the journal: not read just to be reported
+            entry.update(value_type="journaled value, not loaded",
+                         value_preview=safe_repr(getattr(r, "_value", None), 200))
     if retries:
         entry["retries"] = [
             {"attempt": _int(attempt), "item": _int(item), "started_at": _num(s, 6),

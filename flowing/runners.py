@@ -253,7 +253,10 @@ class Shared(RunSignals):
             assert self.keys is not None
             journal.record(job.key, f"{job.td.name}[{job.item}]",
                            [self.keys[job.task], *dep_keys], outcome.value, "item",
-                           digest=digest, inputs=job.in_digest, store=store)
+                           digest=digest, inputs=job.in_digest, store=store,
+                           # group commit: acknowledged when the task completes (the
+                           # scheduler flushes the journal then), so lines may share an fsync
+                           durable=False)
         else:
             journal.record(job.key, job.td.name, dep_keys, outcome.value, "task",
                            digest=digest, inputs=job.in_digest, store=store)

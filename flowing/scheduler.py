@@ -94,7 +94,7 @@ from .events import (
     safe_str,
 )
 from .interrupts import Catcher, guarded
-from .results import Failed, ItemResult, StepResult, StepState
+from .results import Deferred, Failed, ItemResult, StepResult, StepState
 from .runners import WAKE, RemoteValue, Runner, Shared, open_runner
 
 if TYPE_CHECKING:
@@ -125,6 +125,18 @@ def linger_grace(timeout_s: float | None) -> float:
 _INTERRUPT = object()
 
 _UNKNOWN = object()  # a digest not computed yet
+
+
+class _ReplayedItems(Deferred):
+    """The items of a replayed ``for_each`` task whose value is not read yet."""
+
+    __slots__ = ("scheduler", "task", "values")
+
+    def __init__(self, scheduler: Any, task: int, values: Deferred) -> None:
+        self.scheduler, self.task, self.values = scheduler, task, values
+
+    def load(self) -> Any:
+        return self.scheduler._replayed_items(self.task, self.values.load())
 
 
 class ItemsFailed(Exception):
@@ -467,7 +479,7 @@ class Scheduler:
         in_digest = None
         if self.plan is not None:
             in_digest = self._in_digest(i)
-            if self._replay(i, in_digest):
+            if self._replay(i, in_digest) or not self._load_deps(i):
                 return
         if self._not_started(i):
             return
@@ -480,6 +492,28 @@ class Scheduler:
             self.ready.append(i)
         else:
             self._queue(self._make_job(i))  # waits for its Limit
+
+    def _load_deps(self, i: int) -> bool:
+        """Read the replayed values task i is about to run on (they are loaded on first
+        use). A value that cannot be loaded fails task i, saying the next run recomputes
+        it (the journal no longer replays that entry). True if all are in memory."""
+        from .journal import JournalError
+
+        for d in self.graph.deps[i]:
+            r = self.results[d]
+            if r is None or r.value_loaded or type(r._value) is RemoteValue:
+                continue  # (a value kept on the cluster is fetched only where needed)
+            try:
+                r.value  # noqa: B018 - loads it
+            except JournalError as e:
+                now = time.time()
+                self._finish(i, StepResult(
+                    self.graph.tasks[i].name, FAILED, None, e, None, 0,
+                    None if self.keys is None else self.keys[i], False,
+                    f"dependency '{r.name}': its journaled value could not be loaded; the next "
+                    f"run computes it again", None, now, now, None, bool(self.graph.detached[i])))
+                return False
+        return True
 
     def _dep_values(self, i: int) -> dict[str, Any]:
         kwargs = {}
@@ -604,7 +638,12 @@ class Scheduler:
         if d is _UNKNOWN:
             r = self.results[i]
             assert self.shared.digest is not None
-            d = self.digests[i] = self.shared.digest(r.value) if r is not None else None
+            from .journal import JournalError
+
+            try:
+                d = self.digests[i] = self.shared.digest(r.value) if r is not None else None
+            except JournalError:  # a replayed value that cannot be loaded: no stable content
+                d = self.digests[i] = None
         return d  # type: ignore[no-any-return]
 
     def _in_digest(self, i: int, skip: int = -1) -> str | None:
@@ -668,18 +707,22 @@ class Scheduler:
             okey = override_key(key, td.name)
             over, normal = self.journal.peek(okey), self.journal.peek(key)
             if over is not None and (normal is None or over[0] >= normal[0]):
-                hit = self.journal.get(okey)
+                hit = self.journal.get(okey, lazy=True)
         if hit is None:
             if not self._usable(i, key, in_digest):
                 return False
-            hit = self.journal.get(key)
+            # a value stored beside the journal is read when something needs it
+            hit = self.journal.get(key, lazy=True)
         if hit is None:
             self.why[i] = "its journaled value could not be loaded"
             return False
         now = time.time()
-        items = None
+        items: Any = None
         if td.for_each is not None:
-            items = self._replayed_items(i, hit.value)
+            if isinstance(hit.value, Deferred):
+                items = _ReplayedItems(self, i, hit.value)
+            else:
+                items = self._replayed_items(i, hit.value)
         self.digests[i] = hit.digest if hit.digest is not None else _UNKNOWN
         result = StepResult(td.name, SUCCEEDED, hit.value, step_key=key, cached=True,
                             started_at=now, finished_at=now, items=items,
@@ -695,13 +738,13 @@ class Scheduler:
             return None
         source = None
         td = self.graph.tasks[i]
-        for d in self.graph.deps[i]:
-            if self.graph.tasks[d].name == td.for_each:
-                r = self.results[d]
-                source = r.value if r is not None else None
         try:
+            for d in self.graph.deps[i]:
+                if self.graph.tasks[d].name == td.for_each:
+                    r = self.results[d]
+                    source = r.value if r is not None else None
             items = list(source) if isinstance(source, (list, tuple)) else None
-        except Exception:
+        except Exception:  # (a source value that cannot be loaded: items without their input)
             items = None
         if items is not None and len(items) != len(values):
             items = None
@@ -889,6 +932,8 @@ class Scheduler:
         not journaled as a whole (its succeeded items were, one by one), so the
         next run replays them and retries only the failed ones.
         """
+        if self.journal is not None:
+            self.journal.flush()  # its items' lines (group commit): acknowledged from here on
         fan = self.fanouts.pop(i)
         td = self.graph.tasks[i]
         items: list[ItemResult] = [r for r in fan.items if r is not None]
@@ -1030,8 +1075,9 @@ class Scheduler:
         assert self.emit is not None
         now = time.time()
         if r.state is SUCCEEDED:
-            self.emit(TaskSucceeded(now, r.name, r.attempts, r.duration_ms, detached, r.items,
-                                    allowed))
+            # (a replayed for_each task's items are not read just to be reported)
+            self.emit(TaskSucceeded(now, r.name, r.attempts, r.duration_ms, detached,
+                                    r.items if r.value_loaded else None, allowed))
         elif r.state is FAILED:
             self.emit(TaskFailed(now, r.name, r.attempts, r.duration_ms, r.error, r.reason,
                                  detached, r.items, allowed))
@@ -1086,3 +1132,5 @@ class Scheduler:
                 job.td.limit.release()
         self.admitted.clear()
         self.runner.close()
+        if self.journal is not None:
+            self.journal.checkpoint()  # item lines still held (group commit); the index

@@ -339,16 +339,19 @@ def bodies_ended(log: str) -> set[str]:
 def _sample_journal(path: str) -> list[tuple[str, Any, str | None, str | None]]:
     """A journal of JSON, pickled, digest-less and marker entries; returns what has a value."""
     log, _ = logger()
-    rows = [("a" * 64, {"x": [1, 2, "é"]}, "d" * 64, "e" * 64),
-            ("b" * 64, (1, 2.5, None), "1" * 64, None),
+    from flowing.digest import value_digest  # a value read back is checked against it
+
+    rows = [("a" * 64, {"x": [1, 2, "é"]}, value_digest({"x": [1, 2, "é"]}), "e" * 64),
+            ("b" * 64, (1, 2.5, None), value_digest((1, 2.5, None)), None),
             ("c" * 64, "plain", None, None),
-            ("d" * 64, 10 ** 30, "2" * 64, "3" * 64)]
+            ("d" * 64, 10 ** 30, value_digest(10 ** 30), "3" * 64)]
     with Journal.open(path, log) as j:
         for k, v, dg, inp in rows:
             assert j.record(k, k[:3], [], v, digest=dg, inputs=inp)
         assert j.record("m" * 64, "marker", ["a" * 64], None, store=False)
-        assert j.record("z" * 64, "last", ["a" * 64], ["the", "last", ("entry",)], digest="9" * 64)
-    return [*rows, ("z" * 64, ["the", "last", ("entry",)], "9" * 64, None)]
+        last = ["the", "last", ("entry",)]
+        assert j.record("z" * 64, "last", ["a" * 64], last, digest=value_digest(last))
+    return [*rows, ("z" * 64, last, value_digest(last), None)]
 
 
 def _assert_holds(j: Journal, rows: list[tuple[str, Any, str | None, str | None]], why: str) -> None:
@@ -378,33 +381,76 @@ def test_truncation_at_every_offset_of_the_last_line(tmp_path):
         assert open(path, "rb").read().startswith(data[:start]), why
 
 
-def test_truncation_at_every_offset_of_the_header_counts_as_a_new_journal(tmp_path):
+def _assert_refused_untouched(path: str, why: str) -> None:
+    before = open(path, "rb").read()
+    os.utime(path, ns=(1_000_000_000_000_000_000, 1_000_000_000_000_000_000))
+    log, _cap = logger()
+    with pytest.raises(JournalError, match="not a flowing journal"):
+        Journal.open(path, log)
+    assert open(path, "rb").read() == before, why
+    assert os.stat(path).st_mtime_ns == 1_000_000_000_000_000_000, why
+
+
+def test_a_file_holding_a_cut_header_is_not_a_journal(tmp_path):
+    # flowing never leaves a torn header (a new journal is linked into place whole), so a
+    # one-line file without a newline is someone else's: refused, bytes and mtime unchanged.
     path = str(tmp_path / "run.jsonl")
-    for cut in range(len(HEADER)):
+    for cut in range(1, len(HEADER)):
         with open(path, "wb") as f:
             f.write(HEADER[:cut])
-        log, cap = logger()
-        with Journal.open(path, log) as j:
-            assert len(j) == 0
-            assert open(path, "rb").read() == HEADER  # written whole
-            assert j.record("a" * 64, "a", [], cut)
-        with Journal.open(path, log) as j:
-            assert j.get("a" * 64).value == cut  # type: ignore[union-attr]
-        assert cap.warnings == [], cut
-        assert open(path, "rb").read().count(HEADER) == 1
+        _assert_refused_untouched(path, f"cut at {cut}")
+    with open(path, "wb"):
+        pass
+    log, cap = logger()
+    with Journal.open(path, log) as j:  # an empty file is a new journal
+        assert len(j) == 0 and j.record("a" * 64, "a", [], 1)
+    assert open(path, "rb").read().startswith(HEADER) and cap.warnings == []
 
 
-def test_truncation_of_a_legacy_journals_only_line_counts_as_a_new_journal(tmp_path):
+@pytest.mark.parametrize("text", [b'{"format":"flowing-journal","note":"my data"}', b"{",
+                                  b'{"format":"flowing-journal","version":2}', b'{"v":1,"crc":"'])
+def test_one_line_files_without_a_newline_are_refused_untouched(tmp_path, text):
+    path = str(tmp_path / "data.json")
+    with open(path, "wb") as f:
+        f.write(text)
+    _assert_refused_untouched(path, repr(text))
+
+
+def test_a_cut_legacy_journals_only_line_is_not_a_journal(tmp_path):
     path = str(tmp_path / "run.jsonl")
     line = _v1_line("a" * 64, "a", '{"old":1}')
-    for cut in range(1, len(line)):
+    for cut in (1, 10, len(line) - 2, len(line) - 1):
         with open(path, "wb") as f:
             f.write(line[:cut])
-        log, cap = logger()
-        with Journal.open(path, log) as j:
-            assert len(j) == 0, cut
-        assert open(path, "rb").read() == HEADER, cut
-        assert cap.warnings == []
+        _assert_refused_untouched(path, f"cut at {cut}")
+
+
+def test_creating_a_journal_never_shows_a_partial_header(tmp_path):
+    # A reader polling the path while journals are created sees nothing or a whole header.
+    path = str(tmp_path / "run.jsonl")
+    log, _cap = logger()
+    stop = threading.Event()
+    seen: list[bytes] = []
+
+    def poll() -> None:
+        while not stop.is_set():
+            try:
+                with open(path, "rb") as f:
+                    seen.append(f.read())
+            except FileNotFoundError:
+                pass
+
+    t = threading.Thread(target=poll)
+    t.start()
+    try:
+        for _ in range(200):
+            Journal.open(path, log).close()
+            os.unlink(path)
+    finally:
+        stop.set()
+        t.join()
+    assert seen and all(data == HEADER for data in seen)
+    assert not [n for n in os.listdir(tmp_path) if n.endswith(".tmp")]
 
 
 def _v1_line(key: str, name: str, value_text: str, deps: str = "[]") -> bytes:

@@ -25,6 +25,7 @@ if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
 from flowing import journal as journal_mod  # noqa: E402
+from flowing.digest import value_digest  # noqa: E402
 from flowing.journal import HEADER, Hit, Journal, JournalError  # noqa: E402
 
 WRITER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "journal_fixtures", "writer.py")
@@ -214,7 +215,9 @@ def test_reopening_sees_the_latest_entry_per_key(jpath):
         assert len(j) == 2
 
 
-def test_large_values_longer_than_the_read_buffers(jpath, caplog_w):
+def test_large_values_longer_than_the_read_buffers(jpath, caplog_w, monkeypatch):
+    # Lines this long are only written with the value store off (or by 0.2.0).
+    monkeypatch.setattr(journal_mod.valuestore, "THRESHOLD", 1 << 40)
     big = "y" * (6 << 20)  # longer than a read chunk and than the in-memory head
     with Journal.open(jpath, LOG) as j:
         assert j.record(K("big"), "big", [], big)
@@ -583,24 +586,25 @@ def test_kill_9_loses_at_most_the_torn_last_line(jpath, caplog_w):
 # ------------------------------------------------- entry format 2: digests
 
 def test_record_with_digests_then_peek_and_get(jpath):
+    DA, DB = value_digest({"v": 1}), value_digest((1, 2))
     with Journal.open(jpath, LOG) as j:
         t0 = time.time()
-        assert j.record(K("a"), "a", [], {"v": 1}, digest="d" * 64, inputs="i" * 64) is True
-        assert j.record(K("b"), "b", [K("a")], (1, 2), digest="e" * 64) is True
+        assert j.record(K("a"), "a", [], {"v": 1}, digest=DA, inputs="i" * 64) is True
+        assert j.record(K("b"), "b", [K("a")], (1, 2), digest=DB) is True
         t, digest, inputs = j.peek(K("a"))
-        assert abs(t - t0) < 60 and (digest, inputs) == ("d" * 64, "i" * 64)
-        assert j.get(K("a")) == Hit({"v": 1}, "d" * 64, "i" * 64, t)
+        assert abs(t - t0) < 60 and (digest, inputs) == (DA, "i" * 64)
+        assert j.get(K("a")) == Hit({"v": 1}, DA, "i" * 64, t)
         assert j.peek(K("nope")) is None and j.get(K("nope")) is None
     with Journal.open(jpath, LOG) as j:  # the same from the file
-        assert j.get(K("a")) == Hit({"v": 1}, "d" * 64, "i" * 64, t)
+        assert j.get(K("a")) == Hit({"v": 1}, DA, "i" * 64, t)
         hit = j.get(K("b"))
-        assert hit is not None and (hit.value, hit.digest, hit.inputs) == ((1, 2), "e" * 64, None)
-        assert j.peek(K("b"))[1:] == ("e" * 64, None)
+        assert hit is not None and (hit.value, hit.digest, hit.inputs) == ((1, 2), DB, None)
+        assert j.peek(K("b"))[1:] == (DB, None)
         assert j.lookup(K("b")) == (True, (1, 2))  # the 0.1 API still answers
         (ea, eb) = j.entries()
         assert (ea.digest, ea.inputs, ea.version, eb.digest, eb.inputs) == (
-            "d" * 64, "i" * 64, 2, "e" * 64, None)
-    assert [(e["digest"], e["inputs"]) for e in lines(jpath)] == [("d" * 64, "i" * 64), ("e" * 64, None)]
+            DA, "i" * 64, 2, DB, None)
+    assert [(e["digest"], e["inputs"]) for e in lines(jpath)] == [(DA, "i" * 64), (DB, None)]
 
 
 def test_store_false_writes_a_marker_that_never_replays(jpath):
@@ -608,7 +612,7 @@ def test_store_false_writes_a_marker_that_never_replays(jpath):
         assert j.record(K("m"), "m", [K("dep")], "ignored", store=False, inputs="i" * 64) is True
         assert K("m") not in j and j.peek(K("m")) is None and j.get(K("m")) is None
         # a marker after a stored value leaves that value as the latest one *with* a value
-        assert j.record(K("v"), "v", [], 1, digest="a" * 64)
+        assert j.record(K("v"), "v", [], 1, digest=value_digest(1))
         assert j.record(K("v"), "v", [], 2, store=False)
         assert j.get(K("v")).value == 1  # type: ignore[union-attr]
     (m, v1, v2) = lines(jpath)
@@ -653,12 +657,12 @@ def test_a_0_1_journal_opens_reads_appends_and_compact_upgrades_it(jpath, caplog
     with Journal.open(jpath, LOG) as j:
         assert j.get(K("a")) == Hit({"x": 1}, None, None, 1763850000.0)
         assert j.peek(K("b")) == (1763850000.0, None, None)
-        assert j.record(K("c"), "c", [K("b")], 3, digest="c" * 64)
+        assert j.record(K("c"), "c", [K("b")], 3, digest=value_digest(3))
         assert [e.version for e in j.entries()] == [1, 1, 2]
     data = open(jpath, "rb").read()
     assert data.startswith(old) and HEADER not in data  # appended as it was
     with Journal.open(jpath, LOG) as j:
-        assert j.get(K("b")).value == [1, 2] and j.get(K("c")).digest == "c" * 64  # type: ignore[union-attr]
+        assert j.get(K("b")).value == [1, 2] and j.get(K("c")).digest == value_digest(3)  # type: ignore[union-attr]
     r = journal_mod.compact(jpath, LOG)
     assert (r.lines_before, r.entries_after) == (3, 3)
     data = open(jpath, "rb").read()
@@ -1018,17 +1022,22 @@ _hex64 = _st.text("0123456789abcdef", min_size=64, max_size=64)
 @_given(key=_hex64, kind=_st.sampled_from(["task", "item", "override"]), name=_st.text(),
         deps=_st.lists(_hex64, max_size=3), t=_st.floats(0, 2e9),
         digest=_st.none() | _hex64, inputs=_st.none() | _hex64 | _st.just("*"),
-        enc=_st.sampled_from(["json", "pickle", "none"]))
-def test_fast_header_parse_equals_the_json_parse(key, kind, name, deps, t, digest, inputs, enc):
+        enc=_st.sampled_from(["json", "pickle", "none", "file", "gone"]),
+        parts=_st.none() | _st.dictionaries(_st.text(), _st.text(max_size=12), max_size=3))
+def test_fast_header_parse_equals_the_json_parse(key, kind, name, deps, t, digest, inputs, enc,
+                                                 parts):
     import json as _json
 
     from flowing import journal as J
 
-    line = J._make_line(key, kind, name, deps, t, enc, "null", digest, inputs)[:-1]
+    line = J._make_line(key, kind, name, deps, t, enc, "null", digest, inputs, parts)[:-1]
     i = line.find(J._VALUE_TAG)
     general = _json.loads(b"{" + line[J._HEAD:i] + b"}")
+    assert general.pop("parts", None) == (None if parts is None else
+                                          {k: v for k, v in parts.items() if k != "value"})
     general["t"] = float(general["t"])
     general["v"] = 2
+    general["parts"] = parts is not None  # the index only notes that the line has them
     hdr, vstart, problem = J._check(line, None, None)
     assert problem is None and vstart == i + len(J._VALUE_TAG)
     assert hdr == general

@@ -21,6 +21,7 @@ from typing import Any
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(os.path.dirname(HERE)))
 
+from flowing.digest import value_digest  # noqa: E402
 from flowing.journal import Journal  # noqa: E402
 
 
@@ -30,7 +31,7 @@ def expected(name: str, max_bytes: int) -> tuple[str, Any, str, str | None]:
     n = int(h[:8], 16)
     pad = "x" * (n % max_bytes)
     value: Any = {"name": name, "pad": pad} if n % 3 else (name, pad)  # JSON or pickle
-    digest = hashlib.sha256(("value:" + name).encode()).hexdigest()
+    digest = value_digest(value)  # a value read back is checked against it
     inputs = None if n % 5 == 0 else hashlib.sha256(("inputs:" + name).encode()).hexdigest()
     return h, value, digest, inputs
 
