@@ -7,10 +7,15 @@ process. ``client.get_executor()`` works the same way.
 
 Here the cluster is a LocalCluster of two worker processes on this machine.
 For a real cluster, start ``dask scheduler`` and ``dask worker`` processes
-(with flowing and your task modules installed on the workers) and point the
-client at the scheduler instead:
+anywhere and point the client at the scheduler instead:
 
     client = Client("tcp://scheduler-host:8786")
+
+Nothing needs installing on the workers: when they cannot import flowing or
+this script's modules, flowing sends them itself. A step that must run on
+this machine (writing the outputs, reading local files) is declared
+``@task(local=True)``. If this script is killed, bodies running on the
+workers are lost and redone on the next run; journaled results are kept.
 
 Set ``max_workers`` to the number of bodies you want in flight on the
 cluster (e.g. ``sum(client.nthreads().values())``). Needs

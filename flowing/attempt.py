@@ -34,8 +34,12 @@ A body that ``os.fork()``s and whose child returns into this module's code
 
 Where the body itself runs is the caller's choice: ``run_attempt`` takes a
 ``call`` (``call_here`` runs it on this thread, with ``timeout_s`` enforced by
-abandoning a daemon thread; ``runners.RemoteCall`` ships it to another
-process). Each sets ``flowing.current()`` for the body.
+abandoning a daemon thread). Each sets ``flowing.current()`` for the body. A
+body that completes later, elsewhere (``runners.RemoteRunner``: another
+process, no thread waiting for it) uses the two halves of ``run_attempt``:
+``begin_attempt`` (gates, start, deadline) before it is shipped and
+``finish_attempt`` (the verdict) when its value or error comes back; both
+never raise.
 """
 
 from __future__ import annotations
@@ -49,6 +53,7 @@ from typing import TYPE_CHECKING, Any
 from . import context
 from . import retry as retry_policy
 from .events import safe_repr, safe_str
+from .results import Deferred
 from .retry import RetryUntilRejected
 
 if TYPE_CHECKING:
@@ -128,13 +133,18 @@ class Job:
                    False, self.key, self.first_started, self.signals, self.inputs,
                    self.item_value, self.in_digest, self.store)
 
-    def body_kwargs(self) -> dict[str, Any]:
+    def shipped_kwargs(self) -> dict[str, Any]:
+        """The body's arguments as they are: a value kept on the cluster stays there."""
         return self.kwargs if not self.inputs else {**self.kwargs, **self.inputs}
+
+    def body_kwargs(self) -> dict[str, Any]:
+        """The body's arguments, in this process (values kept remote are fetched)."""
+        return here(self.shipped_kwargs())
 
     def gate_kwargs(self, gate: int) -> dict[str, Any]:
         """Keyword arguments of gate 0 (when) or 1 (validate)."""
         extra = None if self.gate_inputs is None else self.gate_inputs[gate]
-        return {**self.kwargs, **extra} if extra else self.kwargs
+        return here({**self.kwargs, **extra} if extra else self.kwargs)
 
     def label(self) -> str:
         """``task 'x'`` or ``task 'x' item 3 ('a.csv')``, for messages."""
@@ -175,6 +185,17 @@ class Job:
             return "Ctrl-C"
         why = getattr(s, "stop_reason", None)
         return why if isinstance(why, str) else "the run is stopping"
+
+
+def here(kwargs: dict[str, Any]) -> dict[str, Any]:
+    """``kwargs`` with every value that was kept where it was made (``Deferred``, e.g.
+    a Dask step's value, ``remote.RemoteValue``) fetched into this process: the one
+    place where user code in the flow's process (a local body, a gate, listing
+    ``for_each`` items) receives dependency values."""
+    for value in kwargs.values():
+        if isinstance(value, Deferred):
+            return {k: v.load() if isinstance(v, Deferred) else v for k, v in kwargs.items()}
+    return kwargs
 
 
 class Abandoned:
@@ -400,6 +421,8 @@ def _list_items(job: Job, started: float) -> Outcome:
                        finished_at=time.time())
 
     try:
+        if isinstance(source, Deferred):
+            source = source.load()
         if isinstance(source, (str, bytes, bytearray, dict)):
             raise TypeError("not a list of items")
         plain = type(source) is list or type(source) is tuple
@@ -536,20 +559,36 @@ def exit_if_forked(pid: int, status: int) -> None:
         os._exit(status)
 
 
-def run_attempt(job: Job, call: BodyCall = call_here) -> Outcome:
-    """Run one job with a sync body (on a worker thread). Never raises."""
-    started = None
+def begin_attempt(job: Job) -> tuple[float, Outcome | None]:
+    """The part of an attempt before its body (start stamp, gates, deadline), in the
+    flow's process. -> (start, the attempt's verdict, or None: call the body now).
+    Never raises."""
     try:
-        started, early = _begin(job)
-        if early is not None:
-            return early
-        try:
-            value = call(job, job.body_kwargs())
-        except BaseException as exc:
-            return verdict(job, None, exc, started)
-        return verdict(job, value, None, started)
+        return _begin(job)
+    except BaseException as exc:
+        return time.time(), broken_outcome(job, exc, None)
+
+
+def finish_attempt(job: Job, started: float, value: Any,
+                   error: BaseException | None) -> Outcome:
+    """The part after the body: the verdict from its value or error (``retry_until``,
+    retries), wherever and whenever the body ran. Never raises."""
+    try:
+        return verdict(job, value, error, started)
     except BaseException as exc:
         return broken_outcome(job, exc, started)
+
+
+def run_attempt(job: Job, call: BodyCall = call_here) -> Outcome:
+    """Run one job with a sync body (on a worker thread). Never raises."""
+    started, early = begin_attempt(job)
+    if early is not None:
+        return early
+    try:
+        value = call(job, job.body_kwargs())
+    except BaseException as exc:
+        return finish_attempt(job, started, None, exc)
+    return finish_attempt(job, started, value, None)
 
 
 async def run_attempt_async(job: Job) -> Outcome:

@@ -19,16 +19,19 @@ The kinds
 ---------
 ``ThreadRunner``   daemon threads owned by the run (the default). Each runs a
                    whole attempt — gates, body, verdict, journal write — and
-                   then any fused successor. With a ``RemoteCall`` (process
-                   pools, loky, Dask) the thread still runs the attempt, but
-                   ships the body call itself to the engine and waits for it
-                   (see below).
+                   then any fused successor.
+``remote.RemoteRunner`` process pools, loky, Dask: ships each body call with a
+                   ``RemoteCall`` (below) and finishes the attempt when the
+                   engine's future calls back; no thread waits for a body.
 ``ExecutorRunner`` a caller's thread-based ``concurrent.futures`` executor: the
                    whole attempt runs on it (never shut down here).
 ``EventLoopRunner`` one asyncio loop on a daemon thread for ``async def`` bodies
                    (in-process runs only; remote engines run coroutines in the
                    worker with ``asyncio.run``).
-``Mixed``          routes each job to the sync or the async runner.
+``Mixed``          routes each job to the sync or the async runner, and, with an
+                   executor that ships, every job not ``local=True`` to the
+                   remote runner (``local=True`` bodies stay on the run's own
+                   threads and event loop).
 
 A Dask error saying the cluster could not deserialize the call (its
 scheduler or workers lack flowing or the body's module) is ``CannotShip``,
@@ -46,7 +49,7 @@ Bodies in other processes (``RemoteCall``)
 Which executors ship: any executor that is not a ``ThreadPoolExecutor``
 (``ProcessPoolExecutor`` in every start method, loky, a Dask ``Client`` or
 ``client.get_executor()``). Only the body call travels; everything else —
-scheduling, ``when``/``validate`` and ``retry_until`` (on the flow's worker
+scheduling, ``when``/``validate`` and ``retry_until`` (on the flow's
 threads), retries and their backoff, ``Limit``, the journal (written by the
 flow's process alone), events and reports — stays in the flow's process and
 behaves as with threads. ``max_workers`` bounds the bodies handed to the
@@ -55,15 +58,20 @@ engine at once: set it to the engine's slots (``ProcessPoolExecutor(4)`` ->
 the engine fed between tiny bodies, but see Timeouts. Every call ships its
 arguments: a ``for_each`` item ships its item and the task's other
 dependencies whole, so keep big shared data out of task values (load it
-in the body). A value always comes back to the flow's process (results,
-gates, the journal and dependents need it): on Dask a graph costs about
-what ``client.submit`` plus ``client.gather`` of every value cost.
+in the body). A process pool's value comes back to the flow's process. On
+a Dask ``Client`` without a journal a whole task's value stays on the worker
+that made it (``RemoteValue``): remote dependents get it as a future
+argument, and it comes here only when something here needs it (a
+``local=True`` body, a gate, listing ``for_each`` items, ``retry_until``,
+``StepResult.value``); with a journal, or ``client.get_executor()``, values
+come back as with process pools.
 
 What ships, and the pickling rules. The flow pickles the body once per
 function and run, and each call's arguments (dependency values, Flow inputs,
 the ``current()`` facts) into bytes itself; the worker runs ``run_shipped``
-(so the workers must be able to import flowing) and pickles the value back
-into bytes. The engine only ever carries bytes, and every (un)pickling
+(on Dask flowing sends itself to workers that lack it: see shipping.py) and
+pickles the value back into bytes (a kept Dask value is only checked to
+pickle). The engine only ever carries bytes, and every (un)pickling
 happens inside flowing's own ``try``: a failure is the task's error
 (``CannotShip``, never retried) saying what could not be pickled — the body,
 which argument, the return value — and how to fix it; it never breaks the
@@ -163,6 +171,7 @@ from . import context
 from .attempt import Job, NoRetry, Outcome, RunSignals, run_attempt, run_attempt_async
 from .events import safe_repr, safe_str
 from .interrupts import is_terminal
+from .results import Deferred
 
 if TYPE_CHECKING:
     from concurrent.futures import Executor, Future
@@ -460,17 +469,22 @@ class EventLoopRunner:
 
 
 class Mixed:
-    """Sync jobs to one runner, coroutine jobs to an event loop made on first use."""
+    """Sync jobs to one runner, coroutine jobs to an event loop made on first use;
+    with a ``remote`` runner (an executor that ships), every job of a task that is
+    not ``local=True`` goes there instead."""
 
-    def __init__(self, sync: Runner, shared: Shared) -> None:
+    def __init__(self, sync: Runner, shared: Shared, remote: Runner | None = None) -> None:
         self._sync = sync
         self._shared = shared
+        self._remote = remote
         self._loop: EventLoopRunner | None = None
-        self.fuses = sync.fuses
-        self.queues_ahead = sync.queues_ahead
+        self.fuses = sync.fuses and (remote is None or remote.fuses)
+        self.queues_ahead = sync.queues_ahead and (remote is None or remote.queues_ahead)
 
     def submit(self, job: Job) -> None:
-        if job.td.is_async:
+        if self._remote is not None and not job.td.local:
+            self._remote.submit(job)
+        elif job.td.is_async:
             if self._loop is None:
                 self._loop = EventLoopRunner(self._shared)
             self._loop.submit(job)
@@ -478,6 +492,8 @@ class Mixed:
             self._sync.submit(job)
 
     def close(self) -> None:
+        if self._remote is not None:
+            self._remote.close()
         self._sync.close()
         if self._loop is not None:
             self._loop.close()
@@ -498,9 +514,12 @@ def open_runner(executor: Any, max_workers: int, shared: Shared,
     elif _is_thread_pool(executor):
         sync = ExecutorRunner(executor, shared)
     else:
-        remote = RemoteCall(executor)
-        # coroutine bodies are shipped too, and run with asyncio.run in the worker
-        return ThreadRunner(max_workers, shared, remote)
+        from .remote import RemoteRunner
+
+        # coroutine bodies are shipped too, and run with asyncio.run in the worker;
+        # local=True tasks run on the run's own threads (and event loop)
+        remote = RemoteRunner(executor, max_workers, shared)
+        return Mixed(ThreadRunner(max_workers, shared), shared, remote)
     return Mixed(sync, shared) if has_async else sync
 
 
@@ -592,6 +611,8 @@ _OK = 0          # data: the pickled value
 _RAISED = 1      # data: the pickled (exception, formatted traceback)
 _UNSHIPPABLE = 2  # data: str, what could not be (un)pickled in the worker
 _TIMED_OUT = 3   # data: None; the worker gave up on the body at its deadline
+_KEPT = 4        # data: the value itself, kept on the worker (run_shipped's keep)
+KEPT_TAG = "flowing: not kept"  # args[0] of the RuntimeError run_shipped(keep) raises
 
 # Worker side: bodies already unpickled, by their pickled bytes (bounded).
 _bodies: dict[bytes, Callable[..., Any]] = {}
@@ -613,6 +634,18 @@ def _load_body(blob: bytes) -> Callable[..., Any]:
             _bodies.clear()
         _bodies[blob] = fn
     return fn
+
+
+def _missing_module(exc: BaseException, what: str) -> str | None:
+    """The message for a module the worker cannot import, or None for other errors."""
+    name = getattr(exc, "name", None) if isinstance(exc, ImportError) else None
+    if not isinstance(name, str) or not name:
+        return None
+    return (f"{what} needs the module '{name}', which the worker cannot import "
+            f"({_describe(exc)}); install '{name.partition('.')[0]}' on the workers (the "
+            f"version the script uses), or mark the task @task(local=True) to run it in "
+            f"the flow's process (flowing ships itself and the modules of the script's "
+            f"folder, not packages found elsewhere)")
 
 
 def _describe(exc: BaseException) -> str:
@@ -671,8 +704,28 @@ async def _await_body(awaitable: Any, deadline: float | None) -> Any:
     return body.result()
 
 
-def run_shipped(body_blob: bytes, call_blob: bytes, cloud: bool) -> tuple[int, Any]:
+def run_shipped(body_blob: bytes, call_blob: bytes, cloud: bool, keep: bool = False,
+                names: tuple[str, ...] = (), *values: Any) -> Any:
     """Runs in the worker: unpickle the body and its call, run it, pickle what it gives.
+
+    ``names``/``values``: arguments that were kept on the cluster (Dask hands the
+    values of the futures passed for them). ``keep`` (Dask, a whole task's
+    attempt): the value is returned as it is, to stay on the worker until a
+    dependent or the flow asks for it; anything else is raised as
+    ``RuntimeError(KEPT_TAG, code, data)`` (a builtin class: the scheduler
+    never needs flowing to hold it), so a finished task means a success.
+    """
+    code, data = _run_shipped(body_blob, call_blob, cloud, keep, names, values)
+    if not keep:
+        return code, data
+    if code == _KEPT:
+        return data
+    raise RuntimeError(KEPT_TAG, code, data)
+
+
+def _run_shipped(body_blob: bytes, call_blob: bytes, cloud: bool, keep: bool,
+                 names: tuple[str, ...], values: tuple[Any, ...]) -> tuple[int, Any]:
+    """The body of ``run_shipped``: -> (code, data).
 
     Everything that can fail here comes back as a value: the body's own
     exception, and what could not be unpickled or pickled. So any exception
@@ -690,6 +743,9 @@ def run_shipped(body_blob: bytes, call_blob: bytes, cloud: bool) -> tuple[int, A
     try:
         fn = _load_body(body_blob)
     except BaseException as exc:
+        missing = _missing_module(exc, "its body")
+        if missing:
+            return _UNSHIPPABLE, missing
         return _UNSHIPPABLE, (f"its body could not be loaded in the worker ({_describe(exc)}); "
                               f"the worker must be able to import the body's module (install "
                               f"it there); a script run with a spawn or forkserver pool needs "
@@ -698,9 +754,14 @@ def run_shipped(body_blob: bytes, call_blob: bytes, cloud: bool) -> tuple[int, A
     try:
         kwargs, fields, left, is_async = pickle.loads(call_blob)
     except BaseException as exc:
+        missing = _missing_module(exc, "its arguments")
+        if missing:
+            return _UNSHIPPABLE, missing
         return _UNSHIPPABLE, (f"its arguments could not be unpickled in the worker "
                               f"({_describe(exc)}); pass plain data, or values whose classes "
                               f"the worker can import")
+    for name, value in zip(names, values):
+        kwargs[name] = value
     deadline = None if left is None else time.time() + left
     snapshot = context.Snapshot((*fields, deadline))
     if deadline is None:
@@ -722,6 +783,10 @@ def run_shipped(body_blob: bytes, call_blob: bytes, cloud: bool) -> tuple[int, A
     dumps = _dumps_for(cloud)
     if ok:
         try:
+            if keep:  # it must be able to travel later (to a dependent, or here)
+                if type(value) not in _PLAIN:
+                    _pickle_to_nothing(value)
+                return _KEPT, value
             return _OK, dumps(value)
         except BaseException as exc:
             return _UNSHIPPABLE, (f"its return value ({_type_name(value)}) cannot be pickled "
@@ -746,6 +811,25 @@ def run_shipped(body_blob: bytes, call_blob: bytes, cloud: bool) -> tuple[int, A
     stand_in = RuntimeError(f"{type(error).__name__}: {safe_str(error)} (the exception itself "
                             f"could not be sent back from the worker: {_describe(problem)})")
     return _RAISED, dumps((stand_in, tb))
+
+
+_PLAIN = frozenset({bytes, bytearray, str, int, float, bool, type(None)})
+
+
+class _Discard:
+    """A file that keeps nothing: pickling into it checks a value without a copy."""
+
+    def write(self, data: Any) -> int:
+        return len(data)
+
+
+def _pickle_to_nothing(value: Any) -> None:
+    """Raise what pickling ``value`` with cloudpickle raises (the bytes are dropped)."""
+    import importlib
+    import pickle
+
+    cloudpickle: Any = importlib.import_module("cloudpickle")
+    cloudpickle.Pickler(_Discard(), protocol=pickle.HIGHEST_PROTOCOL).dump(value)
 
 
 def _rebuild_exception(cls: type[BaseException], args: tuple[Any, ...],
@@ -783,21 +867,70 @@ def engine_kind(executor: Any) -> str:
     return "pickle"
 
 
-class RemoteCall:
-    """Ships each body call to a process-based executor or a Dask client and waits.
+class RemoteValue(Deferred):
+    """A Dask step's value kept on the worker that made it (SPEC §7b).
 
-    Called on one of the run's daemon worker threads, with the attempt's
-    ``kwargs``: pickles the body (once per function and run) and the call,
-    submits ``run_shipped``, waits until the attempt's deadline, and
-    unpickles what comes back. The engine only ever carries bytes. With a
-    Dask ``Client`` the values that finish together are fetched in one
-    ``gather`` (``client.get_executor()`` fetches them one by one).
+    Its remote dependents receive it there (its future is an argument of their
+    submit); ``load()`` fetches it into this process, once, the first time
+    something here needs it: a ``local=True`` body, a gate, listing
+    ``for_each`` items, ``StepResult.value``/``flow.value``. At the end of a
+    run, the small ones are fetched in one ``gather`` (``RemoteRunner.close``)
+    so that results stay readable after the client closes; a big one is
+    fetched on first use, while the client is open.
+    """
+
+    __slots__ = ("future", "task", "_value", "_lock")
+
+    def __init__(self, future: Any, task: str) -> None:
+        self.future = future
+        self.task = task
+        self._value: Any = _UNFETCHED
+        self._lock = threading.Lock()
+
+    @property
+    def fetched(self) -> bool:
+        return self._value is not _UNFETCHED
+
+    def load(self) -> Any:
+        with self._lock:
+            if self._value is _UNFETCHED:
+                try:
+                    self._value = self.future.result()
+                except Exception as exc:
+                    raise WorkerLost(
+                        f"task '{self.task}': its value, kept on the Dask cluster, could not "
+                        f"be fetched ({_describe(exc)}); read results before the client "
+                        f"closes (small values are fetched at the end of the run)") from exc
+            return self._value
+
+    def set(self, value: Any) -> None:
+        with self._lock:
+            if self._value is _UNFETCHED:
+                self._value = value
+
+    def __repr__(self) -> str:
+        return f"<value of task '{self.task}' on the Dask cluster>"
+
+
+_UNFETCHED = object()
+
+
+class RemoteCall:
+    """Ships body calls to a process-based executor or a Dask client.
+
+    ``start`` pickles the body (once per function and run) and the call and
+    submits ``run_shipped``; ``result``, once the engine's future is done,
+    unpickles what came back. No thread waits in between (see
+    ``remote.RemoteRunner``). The engine only ever carries bytes. With a Dask
+    ``Client`` the values that finish together are fetched in one ``gather``
+    (``client.get_executor()`` fetches them one by one).
     """
 
     def __init__(self, executor: Any) -> None:
         self._executor = executor
         self._kind = engine_kind(executor)
-        self._dask = self._kind == "dask"
+        self._dask = self.dask = self._kind == "dask"
+        self.client = getattr(executor, "_client", executor) if self._dask else None
         self._cloud = self._kind != "pickle"
         self._dumps = _dumps_for(self._cloud)
         self._bodies: dict[int, tuple[Any, bytes]] = {}  # id(fn) -> (fn, pickled body)
@@ -810,9 +943,23 @@ class RemoteCall:
         self._gathers = self._dask and callable(getattr(executor, "gather", None))
         self._to_gather: list[tuple[Any, list[Any]]] = []  # (future, box), under _lock
         self._gathering = threading.Lock()  # held by the one thread gathering a batch
+        self._target: tuple[Callable[..., Any], tuple[Any, ...]] | None = None  # Dask only
 
-    def __call__(self, job: Job, kwargs: dict[str, Any]) -> Any:
+    def start(self, job: Job, kwargs: dict[str, Any], keep: bool = False) -> Any:
+        """Pickle and submit the body call; -> the engine's future. Raises CannotShip
+        (what could not be pickled) or CannotRun (a refused submit).
+
+        A dependency value kept on the cluster (``RemoteValue``) is passed as its
+        future: Dask hands the value to the worker from where it was made.
+        ``keep``: the value is to stay on the worker (see ``run_shipped``)."""
         body = self._body_blob(job)
+        names: tuple[str, ...] = ()
+        futures: tuple[Any, ...] = ()
+        if self._dask:
+            names = tuple(k for k, v in kwargs.items() if isinstance(v, RemoteValue))
+            if names:
+                futures = tuple(kwargs[n].future for n in names)
+                kwargs = {k: v for k, v in kwargs.items() if k not in names}
         deadline = job.deadline
         left = None if deadline is None else max(0.0, deadline - time.time())
         try:
@@ -822,58 +969,70 @@ class RemoteCall:
         try:
             if self._dask:
                 key = f"{job.td.name}-{next(self._count)}-{self._token}"
-                future = self._executor.submit(run_shipped, body, call, self._cloud,
-                                               pure=False, key=key)
+                target, prefix = self._dask_target()
+                future = self._executor.submit(target, *prefix, body, call, self._cloud, keep,
+                                               names, *futures, pure=False, key=key)
             else:
                 future = self._executor.submit(run_shipped, body, call, self._cloud)
         except Exception as exc:
             raise self._engine_error(job, exc, "refused it") from exc
         with self._lock:
             self._futures.add(future)
+        return future
+
+    def result(self, job: Job, future: Any, keep: bool = False) -> Any:
+        """The body's value from its finished ``future`` (raises the body's exception,
+        or the engine's failure as CannotShip/WorkerLost/PoolBroken). ``keep``: a
+        success is a ``RemoteValue``; nothing is fetched but a failure."""
+        with self._lock:
+            self._futures.discard(future)
+        if keep:
+            if future.status == "finished":
+                return RemoteValue(future, job.td.name)
+            try:
+                error = future.exception()
+            except BaseException as exc:
+                if is_terminal(exc):
+                    raise
+                raise self._engine_error(job, exc, "lost it") from exc
+            args: tuple[Any, ...] = getattr(error, "args", ())
+            if type(error) is RuntimeError and len(args) == 3 and args[0] == KEPT_TAG:
+                return self._unpack(job, args[1], args[2])
+            raise self._engine_error(job, error or RuntimeError("no result"), "lost it")
         try:
-            outcome = self._wait(job, future, deadline)
-        finally:
-            with self._lock:
-                self._futures.discard(future)
+            if self._gathers and future.status == "finished":
+                outcome = self._gather(future)
+            else:  # done: a Dask error is fetched from the cluster
+                outcome = future.result()
+        except Exception as exc:
+            raise self._engine_error(job, exc, "lost it") from exc
         try:
             code, data = outcome
         except Exception as exc:  # not what run_shipped returns: the executor ran something else
             raise self._engine_error(job, exc, "lost it") from exc
         return self._unpack(job, code, data)
 
-    def _wait(self, job: Job, future: Any, deadline: float | None) -> Any:
-        """The engine's result for ``future``, waiting at most until ``deadline``."""
-        if self._gathers:
-            self._wait_done(job, future, deadline)
-            if future.status == "finished":
-                try:
-                    return self._gather(future)
-                except Exception as exc:
-                    raise self._engine_error(job, exc, "lost it") from exc
-        while True:
-            left = None if deadline is None else max(0.0, deadline - time.time())
-            try:
-                return future.result(timeout=left)
-            except Exception as exc:
-                if deadline is None or not _is_timeout(exc):
-                    raise self._engine_error(job, exc, "lost it") from exc
-                if time.time() < deadline - 0.01:
-                    continue  # woke before the deadline (a clock step): wait on
-                job.cancelled = True
-                self._cancel(future)
-                raise A.timeout_error(job) from None
+    def forget(self, future: Any) -> None:
+        """The attempt is over without its value (timed out): cancel the call."""
+        with self._lock:
+            self._futures.discard(future)
+        self._cancel(future)
 
-    def _wait_done(self, job: Job, future: Any, deadline: float | None) -> None:
-        """Wait until the Dask task has finished (or failed), without fetching its value."""
-        done = threading.Event()
-        future.add_done_callback(lambda f: done.set())
-        while not done.wait(None if deadline is None else max(0.0, deadline - time.time())):
-            assert deadline is not None
-            if time.time() < deadline - 0.01:
-                continue  # woke before the deadline (a clock step): wait on
-            job.cancelled = True
-            self._cancel(future)
-            raise A.timeout_error(job)
+    def _dask_target(self) -> tuple[Callable[..., Any], tuple[Any, ...]]:
+        """What Dask runs: ``run_shipped`` when the workers import flowing and the
+        script's modules themselves, else ``shipping.ENTRY`` with the bundle that
+        ``shipping.prepare`` sent them (once per run and client; see shipping.py)."""
+        with self._lock:
+            if self._target is None:
+                from . import shipping
+
+                try:
+                    shipped = shipping.prepare(self.client)
+                except Exception:  # a closed client: the submit itself will say so
+                    shipped = None
+                self._target = ((run_shipped, ()) if shipped is None
+                                else (shipping.ENTRY, shipped))
+            return self._target
 
     def _gather(self, future: Any) -> Any:
         """Fetch a finished Dask task's value, together with every other value that
@@ -1018,12 +1177,6 @@ def _cannot_load(exc: BaseException) -> bool:
         return True
     text = safe_str(exc).lower()
     return "deserializ" in text or "no module named" in text
-
-
-def _is_timeout(exc: BaseException) -> bool:
-    import concurrent.futures
-
-    return isinstance(exc, (TimeoutError, concurrent.futures.TimeoutError))
 
 
 def _is_cancelled(exc: BaseException) -> bool:

@@ -97,7 +97,7 @@ from .events import (
 )
 from .interrupts import Catcher, guarded
 from .results import Deferred, Failed, ItemResult, StepResult, StepState
-from .runners import WAKE, Runner, Shared, open_runner
+from .runners import WAKE, RemoteValue, Runner, Shared, open_runner
 from .why import Why, WhyKind, changed
 
 if TYPE_CHECKING:
@@ -604,8 +604,8 @@ class Scheduler:
 
         for d in self.graph.deps[i]:
             r = self.results[d]
-            if r is None or r.value_loaded:
-                continue
+            if r is None or r.value_loaded or type(r._value) is RemoteValue:
+                continue  # (a value kept on the cluster is fetched only where needed)
             try:
                 r.value  # noqa: B018 - loads it
             except JournalError as e:
@@ -624,7 +624,8 @@ class Scheduler:
         for d in self.graph.deps[i]:
             r = results[d]
             assert r is not None
-            kwargs[r.name] = r.value
+            # a value kept on the cluster goes to the dependent as it is (runners.RemoteValue)
+            kwargs[r.name] = r._value if type(r._value) is RemoteValue else r.value
         return kwargs
 
     def _make_job(self, i: int) -> Job:

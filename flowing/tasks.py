@@ -90,12 +90,14 @@ class TaskDef:
     reads the outside world (never replayed from a journal);
     ``cache_ttl_s`` (seconds > 0, or None) is the age beyond which a
     journaled result is not replayed (ignored when ``cache=False``).
+    ``local=True``: the body always runs in the flow's own process, whatever
+    the Flow's ``executor=`` (writing outputs, reading local files).
     """
 
     __slots__ = ("name", "fn", "depends_on", "retry", "retry_backoff_base_ms",
                  "retry_max_backoff_ms", "retry_on", "timeout_s", "detached", "when",
                  "validate", "retry_until", "for_each", "limit", "version", "cache",
-                 "cache_ttl_s", "allow_failed_items", "is_async", "__weakref__")
+                 "cache_ttl_s", "local", "allow_failed_items", "is_async", "__weakref__")
 
     name: str
     fn: Callable[..., Any]
@@ -114,6 +116,7 @@ class TaskDef:
     version: str | None
     cache: bool
     cache_ttl_s: float | None
+    local: bool
     allow_failed_items: int | float | None
     is_async: bool
 
@@ -134,6 +137,7 @@ class TaskDef:
                  version: str | None = None,
                  cache: bool = True,
                  cache_ttl_s: float | None = None,
+                 local: bool = False,
                  allow_failed_items: int | float | None = None) -> None:
         fn = _check_body(fn)
         name = _check_name(fn, name)
@@ -159,6 +163,7 @@ class TaskDef:
         self.version = _check_version(name, version)
         self.cache = _check_bool(name, "cache", cache)
         self.cache_ttl_s = _check_ttl(name, cache_ttl_s)
+        self.local = _check_bool(name, "local", local)
         self.allow_failed_items = _check_allowance(name, allow_failed_items, self.for_each)
         self.is_async = _is_async(fn)
 
@@ -261,6 +266,7 @@ def task(fn: _Body, *,
          version: str | None = None,
          cache: bool = True,
          cache_ttl_s: float | None = None,
+         local: bool = False,
          allow_failed_items: int | float | None = None) -> TaskDef: ...
 
 
@@ -282,6 +288,7 @@ def task(fn: None = None, *,
          version: str | None = None,
          cache: bool = True,
          cache_ttl_s: float | None = None,
+         local: bool = False,
          allow_failed_items: int | float | None = None) -> Callable[[_Body], TaskDef]: ...
 
 
@@ -302,6 +309,7 @@ def task(fn: _Body | None = None, *,
          version: str | None = None,
          cache: bool = True,
          cache_ttl_s: float | None = None,
+         local: bool = False,
          allow_failed_items: int | float | None = None) -> TaskDef | Callable[[_Body], TaskDef]:
     """Declare a step. Use as ``@task``, ``@task(...)`` or ``task(fn, name=...)``.
 
@@ -317,7 +325,7 @@ def task(fn: _Body | None = None, *,
                      retry_max_backoff_ms=retry_max_backoff_ms, retry_on=retry_on,
                      timeout_s=timeout_s, detached=detached, when=when, validate=validate,
                      retry_until=retry_until, for_each=for_each, limit=limit,
-                     version=version, cache=cache, cache_ttl_s=cache_ttl_s,
+                     version=version, cache=cache, cache_ttl_s=cache_ttl_s, local=local,
                      allow_failed_items=allow_failed_items)
         _registry.append(td)
         return td

@@ -10,6 +10,7 @@ worker then reaches the flow at once, as ``WorkerLost``.
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -356,3 +357,87 @@ def test_a_script_as_main_on_dask_and_journal_replay_in_a_fresh_process(tmp_path
     second = run_child([sys.executable, str(path), journal], repo_env)
     assert second["from_main"] == ["succeeded", value, True]  # replayed, not re-run
     assert second["tail"] == ["succeeded", value["pid"], False]
+
+
+@task(depends_on=[where], local=True)
+def kept_here(where):
+    return {"pid": os.getpid(), "from": where["pid"]}
+
+
+async def _kept_async(where):
+    return {"pid": os.getpid(), "from": where["pid"]}
+
+
+kept_here_async = task(_kept_async, name="kept_here_async", depends_on=[where], local=True)
+
+
+@pytest.mark.parametrize("local", [kept_here, kept_here_async], ids=["sync", "async"])
+def test_a_local_step_runs_in_the_flow_process_between_remote_ones(engine, client, local):
+    @task(depends_on=[local])
+    def after(**deps):
+        (value,) = deps.values()
+        return {"pid": os.getpid(), "got": value}
+
+    results = Flow(after, executor=engine, log=False).run()
+    pids = worker_pids(client)
+    assert all(r.state is StepState.SUCCEEDED for r in results.values()), results
+    w, k, a = (results[n].value for n in ("where", local.name, "after"))
+    assert w["pid"] in pids and a["pid"] in pids
+    assert k == {"pid": FLOW_PID, "from": w["pid"]}  # its input came back from a worker
+    assert a["got"] == k  # and its value went out to a worker
+
+
+def test_the_dask_example_runs_on_a_local_cluster(repo_env, tmp_path):
+    example = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                           "examples", "dask_cluster.py")
+    proc = subprocess.run([sys.executable, example], cwd=tmp_path, env=repo_env,
+                          capture_output=True, text=True, timeout=180)
+    assert proc.returncode == 0, proc.stderr
+    assert "8 items on 2 Dask worker slot(s)" in proc.stdout
+    assert re.search(r"bodies ran in [12] worker process\(es\)", proc.stdout), proc.stdout
+
+
+@task
+def two_megabytes():
+    return b"y" * (2 << 20)
+
+
+@task(depends_on=[two_megabytes])
+def measured(two_megabytes):
+    return {"pid": os.getpid(), "size": len(two_megabytes)}
+
+
+def test_a_value_stays_on_the_worker_until_it_is_read(client):
+    results = Flow(measured, executor=client, log=False).run()
+    big, small = results["two_megabytes"], results["measured"]
+    assert big.state is StepState.SUCCEEDED and small.state is StepState.SUCCEEDED
+    assert not big.value_loaded  # handed worker to worker, never brought here
+    assert small.value["size"] == 2 << 20 and small.value["pid"] in worker_pids(client)
+    assert big.value == b"y" * (2 << 20)  # fetched on first access
+    assert big.value_loaded
+
+
+def test_small_values_are_readable_after_the_client_closes_big_ones_say_why(client):
+    with distributed.Client(client.scheduler.address, timeout=30) as other:
+        results = Flow(measured, executor=other, log=False).run()
+    assert results["measured"].value["size"] == 2 << 20  # fetched at the end of the run
+    with pytest.raises(WorkerLost, match="task 'two_megabytes'.*before the client closes"):
+        _ = results["two_megabytes"].value
+
+
+def test_a_kept_value_reaches_gates_local_steps_and_items_as_itself(client):
+    seen = []
+
+    @task(depends_on=[two_megabytes], when=lambda two_megabytes: seen.append(
+        type(two_megabytes).__name__) or True, local=True)
+    def here(two_megabytes):
+        seen.append(type(two_megabytes).__name__)
+        return [len(two_megabytes)] * 3
+
+    @task(depends_on=[here, two_megabytes], for_each=here)
+    def each(here, two_megabytes):
+        return here == len(two_megabytes)
+
+    r = Flow(each, executor=client, log=False).run()["each"]
+    assert r.state is StepState.SUCCEEDED and r.value == [True] * 3
+    assert seen == ["bytes", "bytes"]

@@ -791,3 +791,37 @@ def test_ctrl_c_returns_promptly(target, tmp_path, repo_env):
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
         proc.wait(timeout=10)
+
+
+@task
+def naps():
+    return list(range(16))
+
+
+@task(depends_on=[naps], for_each=naps)
+def nap(naps):
+    time.sleep(0.2)
+    return os.getpid()
+
+
+@pytest.mark.parametrize("method", ["fork"])
+def test_no_flow_thread_waits_for_a_remote_body(method, pools):
+    """16 bodies in flight on a pool of 2: the flow holds no thread per body (they
+    complete through the engine's callbacks), unlike one blocked thread each."""
+    seen: list[int] = []
+    done = threading.Event()
+
+    def sample():
+        while not done.is_set():
+            seen.append(sum(t.name.startswith("flowing-") for t in threading.enumerate()))
+            time.sleep(0.01)
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    try:
+        r = Flow(nap, executor=pools(method), max_workers=16, log=False).run()["nap"]
+    finally:
+        done.set()
+        sampler.join(5)
+    assert r.state is StepState.SUCCEEDED and FLOW_PID not in r.value and len(r.value) == 16
+    assert seen and max(seen) <= 3, max(seen)  # finishers and deadlines, not one per body

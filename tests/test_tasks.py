@@ -693,3 +693,20 @@ def test_pickled_tasks_run_in_a_fresh_process(tmp_path, repo_env, monkeypatch):
                           capture_output=True, timeout=60)
     assert done.returncode == 0, done.stderr.decode()
     assert done.stdout.split() == [b"42", b"63"]
+
+
+@pytest.mark.parametrize("bad", [1, "yes", None, 0.0])
+def test_local_must_be_a_bool_naming_the_task(bad):
+    with pytest.raises(TypeError, match=r"task 'f': local must be True or False"):
+        task(lambda: 1, name="f", local=bad)
+
+
+def test_local_without_an_executor_changes_nothing():
+    from flowing import Flow
+
+    @task(local=True)
+    def here():
+        return os.getpid()
+
+    assert here.local is True and task(lambda: 1, name="g").local is False
+    assert Flow(here, log=False).run()["here"].value == os.getpid()

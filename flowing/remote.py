@@ -1,0 +1,289 @@
+"""The runner for bodies in other processes (process pools, loky, Dask), driven by the
+engine's completion callbacks: no flow-side thread waits on a remote body.
+
+An attempt is split in two (``attempt.begin_attempt`` / ``finish_attempt``):
+
+1. ``submit(job)`` (scheduler thread): the attempt begins — its start stamp and
+   deadline — and the call is shipped (``RemoteCall.start``). A job with gates
+   (``when``/``validate``, a ``for_each`` task's listing) begins on one of the
+   run's finisher threads instead, since gates are user code.
+2. The engine's future calls back (``add_done_callback``: concurrent.futures and
+   Dask futures both have it) on the engine's own thread; the callback only hands
+   the call to a finisher thread, which fetches and unpickles the value
+   (``RemoteCall.result``), takes the verdict (``retry_until``, retries), journals
+   a success and posts the outcome on ``shared.inbox``.
+
+Finisher threads: daemon threads of the run, started on demand up to
+``max_workers``, running short pieces of work from one queue; a thread is never
+held by a body running elsewhere.
+
+Deadlines: one daemon thread per run keeps the deadlines of timed calls in a heap.
+At a call's deadline the attempt fails with ``TimeoutError`` (retried if
+``retry_on`` allows) and the engine's future is cancelled (a queued call is
+dropped; a running one is given up by the worker itself at the same deadline, see
+``runners.run_shipped``). Whichever comes first — the callback or the deadline —
+settles the call; the other is ignored (``_Call.settle``).
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import queue
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+from . import attempt as A
+from .attempt import Job, Outcome
+from .runners import _OK, RemoteCall, RemoteValue, Shared, _report
+
+# A process pool's value up to this size is unpickled on the engine's callback thread.
+_QUICK_BYTES = 64 * 1024
+# Kept Dask values fetched at the end of a run: each at most, and all together at most.
+_SMALL_BYTES = 1 << 20
+_SMALL_TOTAL = 64 << 20
+
+
+class _Threads:
+    """Daemon threads started on demand (up to ``limit``), running callables."""
+
+    def __init__(self, limit: int, name: str) -> None:
+        self._queue: queue.SimpleQueue[Callable[[], None] | None] = queue.SimpleQueue()
+        self._limit = max(1, limit)
+        self._name = name
+        self._lock = threading.Lock()
+        self._threads = 0
+        self._idle = 0
+
+    def run(self, fn: Callable[[], None]) -> None:
+        self._queue.put(fn)
+        with self._lock:
+            if self._idle or self._threads >= self._limit:
+                return
+            self._threads += 1
+        threading.Thread(target=self._loop, daemon=True,
+                         name=f"{self._name}-{self._threads}").start()
+
+    def _loop(self) -> None:
+        get = self._queue.get
+        while True:
+            with self._lock:
+                self._idle += 1
+            fn = get()
+            with self._lock:
+                self._idle -= 1
+            if fn is None:
+                return
+            fn()
+
+    def close(self) -> None:
+        with self._lock:
+            n = self._threads
+        for _ in range(n):
+            self._queue.put(None)
+
+
+class _Call:
+    """One shipped body call in flight."""
+
+    __slots__ = ("job", "started", "future", "keep", "_settled", "_lock")
+
+    def __init__(self, job: Job, started: float, keep: bool) -> None:
+        self.job = job
+        self.started = started
+        self.keep = keep  # its value stays on the cluster (see RemoteRunner._keeps)
+        self.future: Any = None
+        self._settled = False
+        self._lock = threading.Lock()
+
+    def settle(self) -> bool:
+        """True for the first caller only (the completion or the deadline)."""
+        with self._lock:
+            if self._settled:
+                return False
+            self._settled = True
+            return True
+
+
+class _Deadlines:
+    """One daemon thread that fails calls whose deadline passed."""
+
+    def __init__(self, expire: Callable[[_Call], None]) -> None:
+        self._expire = expire
+        self._heap: list[tuple[float, int, _Call]] = []
+        self._seq = itertools.count()
+        self._cond = threading.Condition()
+        self._thread: threading.Thread | None = None
+        self._closed = False
+
+    def add(self, deadline: float, call: _Call) -> None:
+        with self._cond:
+            heapq.heappush(self._heap, (deadline, next(self._seq), call))
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._loop, daemon=True,
+                                                name="flowing-remote-deadlines")
+                self._thread.start()
+            self._cond.notify()
+
+    def _loop(self) -> None:
+        while True:
+            with self._cond:
+                if self._closed:
+                    return
+                now = time.time()
+                due = []
+                while self._heap and self._heap[0][0] <= now:
+                    due.append(heapq.heappop(self._heap)[2])
+                if not due:
+                    wait = None if not self._heap else self._heap[0][0] - now
+                    self._cond.wait(wait)
+                    continue
+            for call in due:
+                self._expire(call)
+
+    def close(self) -> None:
+        with self._cond:
+            self._closed = True
+            self._cond.notify()
+
+
+class RemoteRunner:
+    """Ships every job's body to a process-based executor or a Dask client."""
+
+    fuses = False
+    queues_ahead = True  # calls wait in the engine's own queue for its free workers
+
+    def __init__(self, executor: Any, max_workers: int, shared: Shared) -> None:
+        self._remote = RemoteCall(executor)
+        self._dask = self._remote.dask
+        # a Dask Client (its concurrent.futures face cannot pass futures on)
+        self._keeps_values = self._remote.client is not None and self._remote.client is executor
+        self._shared = shared
+        self._threads = _Threads(max_workers, "flowing-finisher")
+        self._deadlines = _Deadlines(self._expire)
+        self._kept: list[RemoteValue] = []  # values left on the cluster, for close()
+        self._kept_lock = threading.Lock()
+
+    def submit(self, job: Job) -> None:
+        if job.gates and (job.mode == A.GATE or job.td.when is not None
+                          or job.td.validate is not None):
+            self._threads.run(lambda: self._begin(job))  # gates are user code
+        else:
+            self._begin(job)
+
+    def _begin(self, job: Job) -> None:
+        shared = self._shared
+        if shared.interrupted:
+            return
+        if job.announce:
+            shared.inbox.put(Outcome(job, A.STARTED, started_at=time.time()))
+        started, early = A.begin_attempt(job)
+        if early is not None:
+            _report(early, shared)
+            return
+        call = _Call(job, started, self._keeps(job))
+        try:
+            call.future = self._remote.start(job, job.shipped_kwargs(), call.keep)
+            if job.deadline is not None:
+                self._deadlines.add(job.deadline, call)
+            call.future.add_done_callback(lambda _: self._done(call))
+        except BaseException as exc:  # could not ship, or the engine refused it
+            if call.settle():
+                error = exc
+                self._threads.run(lambda: self._finish(call, None, error))
+
+    def _done(self, call: _Call) -> None:
+        """The engine's callback (its thread): hand the call to a finisher, or finish
+        it right here when that is quick and runs no user code (see ``_quick``)."""
+        if not call.settle():
+            return
+        try:
+            quick = self._quick(call)
+        except Exception:  # never leave a call unsettled
+            quick = False
+        if quick:
+            self._fetch(call)
+        else:
+            self._threads.run(lambda: self._fetch(call))
+
+    def _keeps(self, job: Job) -> bool:
+        """Whether this attempt's value stays on the cluster (SPEC §7b): Dask, a whole
+        task (items come back: the scheduler lists them), no ``retry_until`` (it
+        reads the value here) and no journal (it writes the value here)."""
+        return (self._keeps_values and job.mode == A.TASK and job.td.retry_until is None
+                and self._shared.journal is None)
+
+    def _quick(self, call: _Call) -> bool:
+        """A kept Dask success, or a process pool's small value, with no
+        ``retry_until`` and no journal: its verdict is a success needing no user
+        code nor I/O. (Other Dask values are fetched over the network: on a
+        finisher thread, in batches.)"""
+        if call.keep:
+            return bool(call.future.status == "finished")
+        if self._dask or call.job.td.retry_until is not None or self._shared.journal is not None:
+            return False
+        try:
+            code, data = call.future.result(timeout=0)
+        except BaseException:
+            return False
+        return code == _OK and isinstance(data, bytes) and len(data) <= _QUICK_BYTES
+
+    def _fetch(self, call: _Call) -> None:
+        try:
+            value = self._remote.result(call.job, call.future, call.keep)
+        except BaseException as exc:
+            self._finish(call, None, exc)
+            return
+        if isinstance(value, RemoteValue):
+            with self._kept_lock:
+                self._kept.append(value)
+        self._finish(call, value, None)
+
+    def _expire(self, call: _Call) -> None:
+        """A call's deadline passed (deadline thread)."""
+        if not call.settle():
+            return
+        job = call.job
+        job.cancelled = True
+        self._remote.forget(call.future)
+        self._threads.run(lambda: self._finish(call, None, A.timeout_error(job)))
+
+    def _finish(self, call: _Call, value: Any, error: BaseException | None) -> None:
+        try:
+            outcome = A.finish_attempt(call.job, call.started, value, error)
+        except BaseException as exc:  # finish_attempt never raises; belt and braces
+            outcome = A.broken_outcome(call.job, exc, call.started)
+        _report(outcome, self._shared)
+
+    def close(self) -> None:
+        """Cancel what is still pending on the engine; let the threads go; fetch the
+        small values kept on the cluster (see ``_fetch_small``)."""
+        self._remote.close()
+        self._deadlines.close()
+        self._threads.close()
+        with self._kept_lock:
+            kept, self._kept = self._kept, []
+        if kept and not self._shared.interrupted:
+            self._fetch_small(kept)
+
+    def _fetch_small(self, kept: list[RemoteValue]) -> None:
+        """One ``gather`` of the kept values of at most ``_SMALL_BYTES`` each (as the
+        cluster measured them), up to ``_SMALL_TOTAL`` in all: results stay readable
+        once the client is closed. Bigger values stay remote until read."""
+        client: Any = self._remote.client
+        left = [v for v in kept if not v.fetched]
+        try:
+            sizes = client.nbytes(keys=[v.future.key for v in left], summary=False)
+            small, total = [], 0
+            for v in left:
+                size = sizes.get(v.future.key)
+                if isinstance(size, int) and size <= _SMALL_BYTES and total + size <= _SMALL_TOTAL:
+                    small.append(v)
+                    total += size
+            if small:
+                for v, value in zip(small, client.gather([v.future for v in small])):
+                    v.set(value)
+        except Exception:  # a closed client, a lost worker: read on first use (or say why)
+            pass

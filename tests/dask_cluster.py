@@ -1,0 +1,71 @@
+"""A real Dask cluster for tests: a ``dask scheduler`` and ``dask worker`` processes
+started in their own folder, on loopback, with a PYTHONPATH that does not hold this
+checkout (nothing of flowing's, nor of a test script's, can be imported there), and
+stopped (their process groups killed) at the end. Bounded waits throughout."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+
+def clean_env() -> dict[str, str]:
+    return {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+
+
+def _start(args: list[str], folder: Path, log: Path) -> subprocess.Popen[bytes]:
+    with open(log, "wb") as out:
+        return subprocess.Popen([sys.executable, "-m", *args], cwd=folder, env=clean_env(),
+                                stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+
+
+def _stop(proc: subprocess.Popen[bytes]) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGTERM)
+    try:
+        proc.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=10)
+
+
+@contextlib.contextmanager
+def external_cluster(folder: Path, workers: int = 2) -> Iterator[str]:
+    """Start a scheduler and ``workers`` single-threaded workers in ``folder``;
+    yields the scheduler's address once every worker has connected."""
+    procs: list[subprocess.Popen[bytes]] = []
+    try:
+        log = folder / "scheduler.log"
+        procs.append(_start(["distributed.cli.dask_scheduler", "--host", "127.0.0.1",
+                             "--port", "0", "--no-dashboard"], folder, log))
+        address = None
+        deadline = time.monotonic() + 60
+        while address is None and time.monotonic() < deadline and procs[0].poll() is None:
+            time.sleep(0.2)
+            m = re.search(r"tcp://127\.0\.0\.1:\d+", log.read_text())
+            address = m.group(0) if m else None
+        assert address, log.read_text()
+        for n in range(workers):
+            wfolder = folder / f"worker{n}"
+            wfolder.mkdir(exist_ok=True)
+            procs.append(_start(["distributed.cli.dask_worker", address, "--nthreads", "1",
+                                 "--nworkers", "1", "--host", "127.0.0.1", "--no-dashboard",
+                                 "--no-nanny", "--local-directory", str(wfolder)],
+                                wfolder, folder / f"worker{n}.log"))
+        if workers:
+            import distributed
+
+            with distributed.Client(address, timeout=30) as client:
+                client.wait_for_workers(workers, timeout=60)
+        yield address
+    finally:
+        for proc in reversed(procs):
+            _stop(proc)
