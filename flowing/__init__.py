@@ -10,7 +10,7 @@ from .runners import CannotRun, CannotShip, PoolBroken, WorkerLost
 from .scheduler import ItemsFailed
 from .tasks import TaskDef, clear_registry, task
 
-__version__ = "0.2.0"
+__version__ = "0.3.0"
 
 
 def __getattr__(name: str) -> object:
