@@ -17,7 +17,9 @@ What is checked, and when (the policy)
 * A task's other dependency values (lists, dicts, sets, arrays, frames,
   objects) are digested again after the task's body ran, before its entry is
   written: a change made by the body, or by any other body running meanwhile,
-  is detected, and the entry is not journaled (one warning).
+  is detected, and the entry is not journaled (one warning). So are the
+  ``Flow(inputs=...)`` it receives (body and gates), against their digests
+  taken when the run started (the key covers them as they were then).
 * The side inputs of a ``for_each`` task (its dependencies other than the item
   source, which every item reads) are digested again just before each write
   of item lines (``item_check``, the ``check`` of ``Journal.record``): the
@@ -40,7 +42,7 @@ value is digested afresh each time it is checked.
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from .digest import digest_info, inputs_digest
@@ -60,21 +62,23 @@ class _Fan:
     """The in-place check of one for_each task's side inputs; called by the journal
     just before it writes item lines (see ``Journal.record``'s ``check``)."""
 
-    __slots__ = ("digests", "name", "side", "expected", "changed")
+    __slots__ = ("digests", "name", "side", "expected", "given", "changed")
 
     def __init__(self, digests: RunDigests, name: str, side: list[tuple[str, object]],
-                 expected: str) -> None:
+                 expected: str, given: Iterable[str]) -> None:
         self.digests = digests
         self.name = name
         self.side = side          # the side inputs every item of the fan-out reads
         self.expected = expected  # their inputs_digest when the items were keyed
+        self.given = tuple(given)  # the names of the Flow inputs the items receive
         self.changed = False
 
     def __call__(self) -> str | None:
         """None while the side inputs are unchanged, else why the lines are dropped."""
         if self.changed:
             return ""
-        if self.digests.unchanged(self.side, self.expected):
+        if (self.digests.unchanged(self.side, self.expected)
+                and self.digests.inputs_unchanged(self.given)):
             return None
         self.changed = True
         return RunDigests._fan_warning(self.name)
@@ -87,10 +91,14 @@ class RunDigests:
     needs a dependency's digest.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, inputs: Mapping[str, object] | None = None) -> None:
         self._lock = threading.Lock()
         self._immutable: dict[int, tuple[object, str]] = {}  # keeps the values alive
         self._fans: dict[int, _Fan] = {}
+        # Flow(inputs=...) and their digests as the run's keys covered them (before
+        # any body ran): a body may change an input in place too
+        self._inputs = dict(inputs or {})
+        self._given = {name: self(value) for name, value in self._inputs.items()}
 
     def __call__(self, value: object) -> str | None:
         small = type(value) in _SCALARS and (
@@ -112,15 +120,34 @@ class RunDigests:
         ``inputs_digest``): values known to be immutable are not read again."""
         return inputs_digest((name, self(value)) for name, value in named) == expected
 
+    def inputs_unchanged(self, names: Iterable[str]) -> bool:
+        """Whether the Flow inputs ``names`` still digest as when the run started."""
+        for name in names:
+            if name in self._inputs:
+                given = self._given[name]
+                if given is None or self(self._inputs[name]) != given:
+                    return False
+        return True
+
+    @staticmethod
+    def _given_names(job: Job) -> list[str]:
+        """The Flow inputs job's key covers and its body or gates receive."""
+        names = list(job.inputs or ())
+        if job.gate_inputs is not None:
+            names.extend(job.gate_inputs[0])
+            names.extend(job.gate_inputs[1])
+        return names
+
     def check_job(self, job: Job) -> str | None:
         """The in-place check for one journaled task (see the module docs): None
         when its entry may be written, else the warning to log."""
         expected = job.in_digest
-        if expected is None or self.unchanged(job.kwargs.items(), expected):
+        if expected is None or (self.unchanged(job.kwargs.items(), expected)
+                                and self.inputs_unchanged(self._given_names(job))):
             return None
-        return (f"{job.label()}: a dependency's value changed in place while it ran, so "
-                f"its result is not journaled; build new values instead of changing the "
-                f"ones a task received")
+        return (f"{job.label()}: a dependency's value or an input changed in place while it "
+                f"ran, so its result is not journaled; build new values instead of changing "
+                f"the ones a task received")
 
     def item_check(self, job: Job) -> _Fan | None:
         """The check of a journaled ``for_each`` item's line (one per fan-out, run
@@ -133,7 +160,8 @@ class RunDigests:
             fan = self._fans.get(job.task)
             if fan is None:
                 side = [(name, value) for name, value in job.kwargs.items() if name != source]
-                fan = self._fans[job.task] = _Fan(self, job.td.name, side, expected)
+                fan = self._fans[job.task] = _Fan(self, job.td.name, side, expected,
+                                                  self._given_names(job))
         return fan
 
     def fan_out_unchanged(self, task: int, named: Iterable[tuple[str, Any]],
