@@ -17,16 +17,20 @@ What is checked, and when (the policy)
 * A task's other dependency values (lists, dicts, sets, arrays, frames,
   objects) are digested again after the task's body ran, before its entry is
   written: a change made by the body, or by any other body running meanwhile,
-  is detected, and the entry is not journaled (one warning).
+  is detected, and the entry is not journaled (one warning). So are the
+  ``Flow(inputs=...)`` it receives (body and gates), against their digests
+  taken when the run started (the key covers them as they were then).
 * The side inputs of a ``for_each`` task (its dependencies other than the item
-  source, which every item reads) are digested again after the 1st, 2nd, 4th,
-  8th... journaled item of the fan-out, and whenever the time since the last
-  check exceeds 20 times what that check cost (at least 50 ms), then once more
-  when the whole task completes (``Scheduler._complete_fan``). Once a change is
-  seen, no later item of that fan-out and not the task is journaled (one
-  warning). Not detected: items journaled before the first check that saw the
-  change keep their entries (a fan-out whose items change a side input is
-  found by the first or second item in practice: they all run the same body).
+  source, which every item reads) are digested again just before each write
+  of item lines (``item_check``, the ``check`` of ``Journal.record``): the
+  journal holds item lines back and writes them together (group commit, at
+  most every 0.2 s or 1 MiB, and at once for a value stored beside the
+  journal), so one check covers every item line of that write, all of whose
+  bodies had ended. Then once more when the whole task completes
+  (``Scheduler._complete_fan``). Once a change is seen, no item line still
+  held or later of that fan-out, and not the task, is journaled (one
+  warning): an item that read a changed side input is never journaled as
+  computed from the original.
 * Values shipped to another process (process pools, Dask) are copies: a body
   there cannot change the originals, and the check finds nothing.
 * A value changed and changed back between two checks is not detected.
@@ -38,8 +42,7 @@ value is digested afresh each time it is checked.
 from __future__ import annotations
 
 import threading
-import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from .digest import digest_info, inputs_digest
@@ -53,20 +56,32 @@ __all__ = ["RunDigests"]
 _SCALARS = frozenset({int, float, str, bytes, bool, type(None), complex})
 _SIZED = (str, bytes)
 _SMALL = 4096  # scalars up to this length are digested again rather than remembered
-_RECHECK_FACTOR = 20     # items: re-check when idle time since the last check exceeds this x its cost
-_RECHECK_FLOOR_S = 0.05  # ... and at least this long
 
 
 class _Fan:
-    """Check bookkeeping for the items of one for_each task."""
+    """The in-place check of one for_each task's side inputs; called by the journal
+    just before it writes item lines (see ``Journal.record``'s ``check``)."""
 
-    __slots__ = ("journaled", "changed", "last_end", "last_cost")
+    __slots__ = ("digests", "name", "side", "expected", "given", "changed")
 
-    def __init__(self) -> None:
-        self.journaled = 0
+    def __init__(self, digests: RunDigests, name: str, side: list[tuple[str, object]],
+                 expected: str, given: Iterable[str]) -> None:
+        self.digests = digests
+        self.name = name
+        self.side = side          # the side inputs every item of the fan-out reads
+        self.expected = expected  # their inputs_digest when the items were keyed
+        self.given = tuple(given)  # the names of the Flow inputs the items receive
         self.changed = False
-        self.last_end = 0.0
-        self.last_cost = 0.0
+
+    def __call__(self) -> str | None:
+        """None while the side inputs are unchanged, else why the lines are dropped."""
+        if self.changed:
+            return ""
+        if (self.digests.unchanged(self.side, self.expected)
+                and self.digests.inputs_unchanged(self.given)):
+            return None
+        self.changed = True
+        return RunDigests._fan_warning(self.name)
 
 
 class RunDigests:
@@ -76,10 +91,14 @@ class RunDigests:
     needs a dependency's digest.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, inputs: Mapping[str, object] | None = None) -> None:
         self._lock = threading.Lock()
         self._immutable: dict[int, tuple[object, str]] = {}  # keeps the values alive
         self._fans: dict[int, _Fan] = {}
+        # Flow(inputs=...) and their digests as the run's keys covered them (before
+        # any body ran): a body may change an input in place too
+        self._inputs = dict(inputs or {})
+        self._given = {name: self(value) for name, value in self._inputs.items()}
 
     def __call__(self, value: object) -> str | None:
         small = type(value) in _SCALARS and (
@@ -101,42 +120,49 @@ class RunDigests:
         ``inputs_digest``): values known to be immutable are not read again."""
         return inputs_digest((name, self(value)) for name, value in named) == expected
 
-    def check_job(self, job: Job) -> str | None:
-        """The in-place check for one journaled task or item (see the module
-        docs): None when its entry may be written, else the warning to log."""
-        expected = job.in_digest
-        if expected is None:
-            return None
-        source = job.td.for_each
-        if job.item is None or source is None:
-            if self.unchanged(job.kwargs.items(), expected):
-                return None
-            return (f"{job.label()}: a dependency's value changed in place while it ran, so "
-                    f"its result is not journaled; build new values instead of changing the "
-                    f"ones a task received")
-        return self._check_item(job, source, expected)
+    def inputs_unchanged(self, names: Iterable[str]) -> bool:
+        """Whether the Flow inputs ``names`` still digest as when the run started."""
+        for name in names:
+            if name in self._inputs:
+                given = self._given[name]
+                if given is None or self(self._inputs[name]) != given:
+                    return False
+        return True
 
-    def _check_item(self, job: Job, source: str, expected: str) -> str | None:
-        side = [(name, value) for name, value in job.kwargs.items() if name != source]
+    @staticmethod
+    def _given_names(job: Job) -> list[str]:
+        """The Flow inputs job's key covers and its body or gates receive."""
+        names = list(job.inputs or ())
+        if job.gate_inputs is not None:
+            names.extend(job.gate_inputs[0])
+            names.extend(job.gate_inputs[1])
+        return names
+
+    def check_job(self, job: Job) -> str | None:
+        """The in-place check for one journaled task (see the module docs): None
+        when its entry may be written, else the warning to log."""
+        expected = job.in_digest
+        if expected is None or (self.unchanged(job.kwargs.items(), expected)
+                                and self.inputs_unchanged(self._given_names(job))):
+            return None
+        return (f"{job.label()}: a dependency's value or an input changed in place while it "
+                f"ran, so its result is not journaled; build new values instead of changing "
+                f"the ones a task received")
+
+    def item_check(self, job: Job) -> _Fan | None:
+        """The check of a journaled ``for_each`` item's line (one per fan-out, run
+        by the journal before it writes item lines), or None if nothing to check."""
+        expected = job.in_digest
+        source = job.td.for_each
+        if expected is None or source is None:
+            return None
         with self._lock:
             fan = self._fans.get(job.task)
             if fan is None:
-                fan = self._fans[job.task] = _Fan()
-            fan.journaled += 1
-            n = fan.journaled
-            due = (n & (n - 1)) == 0 or (time.monotonic() - fan.last_end
-                                         > max(_RECHECK_FLOOR_S, _RECHECK_FACTOR * fan.last_cost))
-            changed = fan.changed
-        if not changed and due:
-            start = time.monotonic()
-            changed = not self.unchanged(side, expected)
-            end = time.monotonic()
-            with self._lock:
-                fan.last_end, fan.last_cost = end, end - start
-                fan.changed = fan.changed or changed
-        if not changed:
-            return None
-        return self._fan_warning(job.td.name)
+                side = [(name, value) for name, value in job.kwargs.items() if name != source]
+                fan = self._fans[job.task] = _Fan(self, job.td.name, side, expected,
+                                                  self._given_names(job))
+        return fan
 
     def fan_out_unchanged(self, task: int, named: Iterable[tuple[str, Any]],
                           expected: str) -> bool:

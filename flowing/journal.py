@@ -202,7 +202,7 @@ import re
 import stat
 import threading
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -1000,6 +1000,9 @@ _CODES = {"json": _JSON, "pickle": _PICKLE, "file": _FILE}
 # what indexing a written line needs: key, kind, name, enc, t, digest, inputs, value start,
 # has parts
 _Held = tuple[str, str, str, str, float, "str | None", "str | None", int, bool]
+# A held line's last word (``record(check=...)``): None to write it, else a warning to
+# log ("" for none) and the line is dropped.
+Check = Callable[[], "str | None"]
 
 
 def _safe_text(e: BaseException) -> str:
@@ -1057,7 +1060,8 @@ class Journal:
         self._trust: str | None = None     # why pickles are refused, or None
         self._trust_warned = False
         self._warned_keys: set[str] = set()
-        self._pending: list[tuple[bytes, _Held]] = []  # lines held by record(durable=False)
+        # lines held by record(durable=False), each with its check (or None)
+        self._pending: list[tuple[bytes, _Held, Check | None]] = []
         self._pending_bytes = 0
         self._pending_since = 0.0          # time.monotonic() of the oldest held line
 
@@ -1327,7 +1331,8 @@ class Journal:
 
     def record(self, key: str, name: str, dep_keys: Sequence[str], value: Any, kind: str = "task",
                *, digest: str | None = None, inputs: str | None = None, store: bool = True,
-               parts: Mapping[str, str] | None = None, durable: bool = True) -> bool:
+               parts: Mapping[str, str] | None = None, durable: bool = True,
+               check: Check | None = None) -> bool:
         """Append one entry and fsync it. True if what was asked is durable.
 
         ``digest``: content digest of ``value``; ``inputs``: digest of the
@@ -1344,6 +1349,10 @@ class Journal:
         ``close``, or once the held lines pass _PENDING_BYTES or _PENDING_S.
         True then means it will be written. A value big enough for the store
         is always written (and fsynced) before the line that names it.
+        ``check`` is called (under the journal's lock) just before the line is
+        written, once per distinct check per write: None lets the line be
+        written; anything else drops it, a non-empty str being logged as a
+        warning (``inplace``: a side input changed in place meanwhile).
 
         Never raises for runtime problems: an unstorable value gives one
         warning, writes a marker and returns False; a write error disables the
@@ -1388,18 +1397,19 @@ class Journal:
         entry: _Held = (key, kind, name, enc, float("%.3f" % t), digest, inputs,
                         line.find(_VALUE_TAG, _HEAD) + len(_VALUE_TAG), parts is not None)
         try:
-            return self._write(line, entry, durable) and wanted
+            return self._write(line, entry, durable, check) and wanted
         finally:
             if held >= 0:
                 os.close(held)
 
-    def _write(self, line: bytes, entry: _Held, durable: bool = True) -> bool:
+    def _write(self, line: bytes, entry: _Held, durable: bool = True,
+               check: Check | None = None) -> bool:
         """Append ``line`` (with any held lines before it), then fsync unless it may wait."""
         with self._lock:
             if self._disabled is not None or self._closed:
                 return False
             pending = self._pending
-            pending.append((line, entry))
+            pending.append((line, entry, check))
             self._pending_bytes += len(line)
             if not durable:
                 if len(pending) == 1:
@@ -1415,6 +1425,8 @@ class Journal:
     def _write_pending(self) -> bool:
         """Write the held lines in one append (``_lock`` held); index them. False on error."""
         held, self._pending, self._pending_bytes = self._pending, [], 0
+        if any(x[2] is not None for x in held):
+            held = self._checked(held)
         if not held:
             return True
         data = held[0][0] if len(held) == 1 else b"".join([x[0] for x in held])
@@ -1435,7 +1447,7 @@ class Journal:
         else:
             self._indexed_end = -1
         idx = self._idx
-        for line, (key, kind, name, enc, t, digest, inputs, vstart, has_parts) in held:
+        for line, (key, kind, name, enc, t, digest, inputs, vstart, has_parts), _ in held:
             if enc == "gone":
                 idx.drop(key)
             elif enc != "none":
@@ -1447,6 +1459,27 @@ class Journal:
             off += len(line)
         self._written += 1
         return True
+
+    def _checked(self, held: list[tuple[bytes, _Held, Check | None]]
+                 ) -> list[tuple[bytes, _Held, Check | None]]:
+        """The held lines whose check lets them be written (``_lock`` held)."""
+        verdicts: dict[int, str | None] = {}
+        kept = []
+        for x in held:
+            check = x[2]
+            if check is not None:
+                k = id(check)  # (alive: ``held`` holds it)
+                if k not in verdicts:
+                    try:
+                        verdicts[k] = check()
+                    except Exception as e:  # noqa: BLE001 - cannot tell: not journaled
+                        verdicts[k] = f"{x[1][2]}: not journaled ({_safe_text(e)})"
+                    if verdicts[k]:
+                        self._logger.warning("%s", verdicts[k])
+                if verdicts[k] is not None:
+                    continue
+            kept.append(x)
+        return kept
 
     def checkpoint(self) -> None:
         """Write held lines and, for a journal over 1 MiB whose every line this

@@ -249,15 +249,21 @@ class Shared(RunSignals):
         digest = self.digest(outcome.value) if self.digest is not None else None
         outcome.digest = digest
         store = job.store
+        item = job.mode == A.ITEM
+        check = None
         if store and self.digest is not None:
             # A body that changed a dependency's value in place must not be journaled
-            # as computed from the original (the policy: flowing.inplace).
-            changed = self.digest.check_job(job)
-            if changed is not None:
-                store = False
-                outcome.warning = changed
+            # as computed from the original (the policy: flowing.inplace). An item's
+            # side inputs are checked by the journal just before its line is written.
+            if item:
+                check = self.digest.item_check(job)
+            else:
+                changed = self.digest.check_job(job)
+                if changed is not None:
+                    store = False
+                    outcome.warning = changed
         dep_keys = self.dep_keys(job.task)
-        if job.mode == A.ITEM:
+        if item:
             # the task's own dependencies too: the task may have no entry of its
             # own (some items failed), and ``journal forget`` must still reach its items
             assert self.keys is not None
@@ -266,7 +272,7 @@ class Shared(RunSignals):
                            digest=digest, inputs=job.in_digest, store=store,
                            # group commit: acknowledged when the task completes (the
                            # scheduler flushes the journal then), so lines may share an fsync
-                           durable=False)
+                           durable=False, check=check)
         else:
             journal.record(job.key, job.td.name, dep_keys, outcome.value, "task",
                            digest=digest, inputs=job.in_digest, store=store,

@@ -125,3 +125,44 @@ def test_immutable_values_are_digested_once_mutable_ones_at_each_check(monkeypat
     assert seen == ["dict"] * 3  # the tuple cannot change: never read again
     table["a"].append(3)  # a change deep inside is seen
     assert not digests.unchanged([("frozen", frozen), ("table", table)], expected)
+
+
+
+def test_items_reading_a_side_input_changed_between_checks_are_never_replayed(tmp_path, repo_env):
+    # The fifth item changes the side input; the items after it read the changed value.
+    # None of them may be journaled as computed from the original: a fresh run over the
+    # original input must compute what a first run computes, never mix in their values.
+    import subprocess
+    import sys
+    import textwrap
+
+    (tmp_path / "f.py").write_text(textwrap.dedent('''
+        from flowing import Flow, task
+
+        @task
+        def cfg():
+            return {"scale": 1}
+
+        @task
+        def src():
+            return list(range(8))
+
+        @task(depends_on=[src, cfg], for_each="src")
+        def item(src, cfg):
+            if src == 4:
+                cfg["scale"] = 100
+            return src * cfg["scale"]
+
+        print(Flow(item, journal_path="run.jsonl", log=False, max_workers=1).run()["item"].value)
+    '''))
+
+    def run() -> str:
+        p = subprocess.run([sys.executable, "f.py"], cwd=tmp_path, env=repo_env,
+                           capture_output=True, text=True, timeout=120)
+        assert p.returncode == 0, p.stderr
+        return p.stdout.strip()
+
+    want = "[0, 1, 2, 3, 400, 500, 600, 700]"
+    assert run() == want
+    assert run() == want  # items 0-3 replay; item 4 runs again, and so what reads its change
+    assert run() == want

@@ -121,3 +121,54 @@ def test_a_gate_input_is_part_of_the_step_key(tmp_path):
     other = Flow(maybe, inputs={"limit": 1}, journal_path=journal, log=False)
     other.run()
     assert other.results["maybe"].state.value == "skipped"  # not replayed from limit=10
+
+
+@pytest.mark.parametrize("reader", ["task", "item"])
+def test_a_task_reading_an_input_changed_in_place_is_never_replayed(tmp_path, repo_env, reader):
+    # 'change' sets a key of the input dict; 'b' runs later and reads the changed
+    # value. b's key covers the input as it was when the run started, so b must not
+    # be journaled: once 'change' no longer changes it, b must read the original.
+    import subprocess
+    import sys
+    import textwrap
+
+    b = ('''
+        @task(depends_on=[gap])
+        def b(gap, cfg):
+            return cfg["scale"]
+    ''' if reader == "task" else '''
+        @task(depends_on=[gap], for_each="gap")
+        def b(gap, cfg):
+            return cfg["scale"]
+    ''')
+    (tmp_path / "f.py").write_text(textwrap.dedent('''
+        import os
+        from flowing import Flow, task
+
+        CHANGE = os.environ["CHANGE"]
+
+        @task(version=CHANGE)
+        def change(cfg):
+            if CHANGE == "yes":
+                cfg["scale"] = 100
+            return [1]
+
+        @task(depends_on=[change])
+        def gap(change):
+            return change
+    ''') + textwrap.dedent(b) + textwrap.dedent('''
+        f = Flow(b, journal_path="run.jsonl", log=False, max_workers=1,
+                 inputs={"cfg": {"scale": 1}})
+        print(f.run()["b"].value)
+    '''))
+
+    def run(change: str) -> str:
+        p = subprocess.run([sys.executable, "f.py"], cwd=tmp_path,
+                           env={**repo_env, "CHANGE": change}, capture_output=True, text=True,
+                           timeout=120)
+        assert p.returncode == 0, p.stderr
+        return p.stdout.strip()
+
+    want = "100" if reader == "task" else "[100]"
+    assert run("yes") == want
+    assert run("no") == want.replace("100", "1")
