@@ -507,7 +507,8 @@ def type_label(cls: type) -> str:
 #                       partial, wrapped callable, enum member
 #   R L K 2 -           reduce, its list items, its dict items, (dict, slots) state, absent
 #   @A @O @a            numpy array (by buffer), numpy array of objects, array.array
-#   @F @R @I @J @X      DataFrame, Series, Index, RangeIndex, pandas extension values
+#   @F @R @I @J @X @k   DataFrame, Series, Index, RangeIndex, pandas extension values,
+#                       pandas categorical values (dtype, codes)
 #   %                   the fast encoding's digest of a list of Python objects
 #   ^                   back-reference to an enclosing object (a cycle), by distance
 #   !                   reserved for the hook's encodings
@@ -1056,6 +1057,10 @@ def _enc_values(c: Canonical, x: Any, depth: int) -> bytes:
     dtype = x.dtype
     if isinstance(dtype, sys.modules["numpy"].dtype):
         return c._enc(x.to_numpy(copy=False), depth)
+    if type(dtype).__name__ == "CategoricalDtype" and type(dtype).__module__.startswith("pandas"):
+        # A categorical's values are its categories (and ordered flag, both in its
+        # dtype) taken at its codes (-1: missing): the codes are hashed in place.
+        return _frame(b"@k", c._enc(dtype, depth) + c._enc(x.array.codes, depth))
     # As Python objects, _ROWS at a time: memory stays bounded.
     values = x.array
     parts = [_enc_objects(c, x, values[i:i + _ROWS].to_numpy(dtype=object).tolist(), depth)

@@ -331,11 +331,67 @@ def _is_plain_json(v: Any) -> bool:
     return False
 
 
+# A plain JSON value of at most _SMALL_JSON_NODES strings, numbers and containers whose
+# JSON text has at most _SMALL_JSON characters pickles (protocol 5) to at most
+# 4 * _SMALL_JSON + 8 * _SMALL_JSON_NODES + 64 bytes, far below valuestore.THRESHOLD.
+_SMALL_JSON = 4096
+_SMALL_JSON_NODES = 512
+
+
+def _small_plain_json(v: Any, budget: int) -> int:
+    """The node budget left after walking ``v`` if it is plain JSON (see
+    ``_is_plain_json``) within ``budget`` nodes, else -1 (not plain, or too big)."""
+    budget -= 1
+    if budget < 0:
+        return -1
+    t = type(v)
+    if t is str or t is int or t is bool or v is None:
+        return budget
+    if t is float:
+        return budget if math.isfinite(v) else -1
+    if t is list:
+        if len(v) > budget:
+            return -1
+        for x in v:
+            budget = _small_plain_json(x, budget)
+            if budget < 0:
+                return -1
+        return budget
+    if t is dict:
+        if len(v) > budget:
+            return -1
+        for k, x in v.items():
+            if type(k) is not str:
+                return -1
+            budget = _small_plain_json(x, budget - 1)
+            if budget < 0:
+                return -1
+        return budget
+    return -1
+
+
 def _encode_value(value: Any) -> tuple[str, str, tuple[bytes, list[memoryview]] | None]:
     """(enc, JSON text of the value field, big pickle to store beside the journal or None).
 
     Raises if the value cannot be stored.
+
+    A small plain-JSON value (the usual ``for_each`` item) is written as JSON
+    without being pickled first: its pickle cannot reach the store's
+    threshold (pickle spends at most about as many bytes per plain JSON value
+    as its JSON text, plus a few per string and container, all counted in
+    ``_SMALL_JSON``'s margin).
     """
+    if _small_plain_json(value, _SMALL_JSON_NODES) >= 0:
+        try:
+            text = json.dumps(value, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+        except (RecursionError, ValueError):
+            text = ""
+        if text and len(text) <= _SMALL_JSON:
+            try:
+                text.encode("utf-8")
+                return "json", text, None
+            except UnicodeEncodeError:  # lone surrogates: the general path below
+                pass
     try:
         frame, bufs = valuestore.dumps(value)
     except RecursionError:  # too deep for pickle: plain JSON may still hold it
@@ -365,7 +421,9 @@ _PLAIN_TEXT = re.compile(r'[ !#-\[\]-~]*')
 def _json_str(s: str | None) -> str:
     if s is None:
         return "null"
-    return '"' + s + '"' if _PLAIN_TEXT.fullmatch(s) else json.dumps(s)
+    # (ASCII letters and digits, as keys and digests are, need no regex)
+    return '"' + s + '"' if (s.isascii() and s.isalnum()) or _PLAIN_TEXT.fullmatch(s) else (
+        json.dumps(s))
 
 
 def _make_line(key: str, kind: str, name: str, deps: list[str], t: float, enc: str,

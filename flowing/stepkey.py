@@ -670,6 +670,9 @@ class _Fingerprints:
         # refers to, and whether its code may read flowing.current().
         self._own: dict[int, dict[str, bytes]] = {}  # filled only when "why" asks
         self._refs: dict[int, list[object]] = {}
+        # item_key: the hash state after the prefix and the task part, for the last
+        # task key seen (a fan-out keys all its items with one task key)
+        self._item_base: tuple[str, hashlib._Hash | None] = ("", None)
         self._current: set[int] = set()           # nodes whose own code may read current()
         self._reaches_current: set[int] = set()   # ... or that reach such a node
         self._touched: list[object] = []          # pass 1: every node met (finished or not)
@@ -1083,8 +1086,13 @@ class Keyer(_Fingerprints):
                 raise
             except BaseException:  # no stable content, or a hostile __reduce__ (SystemExit)
                 return None
-        h = hashlib.sha256(_ITEM_PREFIX)
-        h.update(_frame(b"task", _text(str(task_key))))
+            task_key = str(task_key)
+            last, base = self._item_base
+            if base is None or last != task_key:
+                base = hashlib.sha256(_ITEM_PREFIX)
+                base.update(_frame(b"task", _text(task_key)))
+                self._item_base = (task_key, base)
+            h = base.copy()
         if index is not None:
             h.update(_frame(b"index", b"%d" % index))
         h.update(_frame(b"item", chunk))

@@ -153,6 +153,34 @@ def test_equal_frames_series_and_indexes_digest_alike():
     assert value_digest(multi) != value_digest(multi.sort_index(ascending=False))
 
 
+def test_categorical_values_by_categories_order_and_codes():
+    """Categoricals are hashed by dtype (categories, ordered) and codes in place:
+    every difference a user can see digests differently, an equal copy alike."""
+    def cat(values, categories=("x", "y", "z"), ordered=False):
+        return pd.DataFrame({"c": pd.Categorical(values, categories=list(categories),
+                                                 ordered=ordered)})
+
+    base = cat(["x", "y", None, "z"])
+    variants = {
+        "one cell": cat(["x", "y", None, "y"]),
+        "missing filled": cat(["x", "y", "x", "z"]),
+        "category renamed": cat(["x", "y", None, "w"], categories=("x", "y", "w")),
+        "categories reordered": cat(["x", "y", None, "z"], categories=("z", "y", "x")),
+        "unused category": cat(["x", "y", None, "z"], categories=("x", "y", "z", "u")),
+        "ordered": cat(["x", "y", None, "z"], ordered=True),
+        "plain strings": base.astype({"c": "object"}),
+        "int categories": pd.DataFrame({"c": pd.Categorical([1, 2, None, 3])}),
+    }
+    digests = {name: value_digest(v) for name, v in dict(variants, base=base).items()}
+    assert None not in digests.values()
+    assert len(set(digests.values())) == len(digests), digests
+    assert value_digest(base) == value_digest(base.copy())
+    assert value_digest(base) == value_digest(pickle.loads(pickle.dumps(base)))
+    assert value_digest(base) == value_digest(cat(["x", "y", None, "z"]))
+    assert value_digest(pd.CategoricalIndex(["a", "b"])) != \
+        value_digest(pd.CategoricalIndex(["a", "a"], categories=["a", "b"]))
+
+
 def test_other_buffers():
     b = bytes(range(256)) * 100
     assert value_digest(b) == value_digest(bytes(b))

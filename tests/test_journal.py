@@ -1043,3 +1043,43 @@ def test_fast_header_parse_equals_the_json_parse(key, kind, name, deps, t, diges
     assert hdr == general
     fast = J._fast_header(line, i)
     assert fast is None or fast == general
+
+
+_PLAIN_JSON = _st.recursive(
+    _st.none() | _st.booleans() | _st.integers() | _st.floats(allow_nan=False, allow_infinity=False)
+    | _st.text(),
+    lambda inner: _st.lists(inner, max_size=8) | _st.dictionaries(_st.text(max_size=8), inner,
+                                                                max_size=8),
+    max_leaves=200)
+
+
+@_given(_PLAIN_JSON)
+@_settings(max_examples=300, deadline=None)
+def test_small_json_values_skip_the_pickle_and_stay_below_the_store(v):
+    """A value taken by the JSON fast path (no pickle first) is one the general
+    path would also keep in its line as JSON: its pickle is far below the store's
+    threshold, and its text reads back as the same value."""
+    enc, text, big = journal_mod._encode_value(v)
+    if journal_mod._small_plain_json(v, journal_mod._SMALL_JSON_NODES) >= 0:
+        frame, bufs = journal_mod.valuestore.dumps(v)
+        assert journal_mod.valuestore.pickled_size(frame, bufs) <= \
+            journal_mod.valuestore.THRESHOLD // 2
+        assert enc == "json" and big is None
+    if enc == "json":
+        back = json.loads(text)
+        assert back == v and type(back) is type(v)
+
+
+def test_json_fast_path_limits(jpath):
+    """Non-plain, too many nodes, too long, non-finite: each takes the general path,
+    whose outcome is unchanged (a big plain list still goes to the store)."""
+    assert journal_mod._small_plain_json({1: 2}, 512) == -1            # non-str key
+    assert journal_mod._small_plain_json([float("nan")], 512) == -1
+    assert journal_mod._small_plain_json((1, 2), 512) == -1            # a tuple is pickled
+    assert journal_mod._small_plain_json(list(range(600)), 512) == -1
+    assert journal_mod._encode_value((1, 2))[0] == "pickle"
+    assert journal_mod._encode_value("\U0001F600" * 5000)[0] == "json"
+    assert journal_mod._encode_value(["x" * 1000 + str(i) for i in range(100)])[0] == "file"
+    with Journal.open(jpath, LOG) as j:
+        assert j.record(K("a"), "a[0]", [K("t")], {"i": 1, "sq": 1}, "item", durable=False)
+    assert lines(jpath)[0]["value"] == {"i": 1, "sq": 1}
