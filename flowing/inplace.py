@@ -31,6 +31,14 @@ What is checked, and when (the policy)
   held or later of that fan-out, and not the task, is journaled (one
   warning): an item that read a changed side input is never journaled as
   computed from the original.
+* The values a task's key read that can change (module-level values its
+  body, gates and helpers read, closure variables, defaults, function and
+  class attributes: ``stepkey.Behaviour.held``, with their digests when the
+  key was made) are digested again, in the key's own encoding, before the
+  task's entry and before each write of its item lines; a change made by
+  any body meanwhile means the result is not journaled (one warning naming
+  the value). Only that task's values: one a task's key did not read never
+  stops it. A task that read none costs nothing.
 * Values shipped to another process (process pools, Dask) are copies: a body
   there cannot change the originals, and the check finds nothing.
 * A value changed and changed back between two checks is not detected.

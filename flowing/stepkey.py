@@ -121,7 +121,11 @@ What is not in it
 
 Good to know
 ------------
-* Values are read when the run's keys are computed. A module-level value
+* Values are read when the run's keys are computed. Those that can change
+  (a dict, a list, an object) are noted with their digests
+  (``Behaviour.held``): a body that changes one in place while the run goes
+  on keeps the tasks whose keys read it from being journaled
+  (``flowing.inplace``). A module-level value
   computed at import time (a timestamp, a random id) that a task reads gives
   that task a new key in every process.
 * ``Keyer`` (one per run) fingerprints each function, class and value once
@@ -154,7 +158,7 @@ import sys
 import threading
 import types
 import weakref
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any, cast
 
 from . import digest
@@ -1225,15 +1229,8 @@ class Keyer(_Fingerprints):
         if not self._reads:
             return ()
         held: dict[int, tuple[str, object, str | None]] = {}
-        seen: set[int] = set()
-        todo = list(roots)
-        while todo:
-            node = todo.pop()
-            k = id(node)
-            if k in seen:
-                continue
-            seen.add(k)
-            for label, value in self._reads.get(k, ()):
+        for node in self._reachable(roots):
+            for label, value in self._reads.get(id(node), ()):
                 v = id(value)
                 if v in held:
                     continue
@@ -1247,8 +1244,20 @@ class Keyer(_Fingerprints):
                              else self.state(value))
                     known = self._states[v] = (value, found)
                 held[v] = (label, value, known[1])
-            todo.extend(self._refs.get(k, ()))
         return tuple(held.values())
+
+    def _reachable(self, roots: Sequence[object]) -> Iterator[object]:
+        """Every node reachable from ``roots`` (through ``_refs``), once."""
+        seen: set[int] = set()
+        todo = list(roots)
+        while todo:
+            node = todo.pop()
+            k = id(node)
+            if k in seen:
+                continue
+            seen.add(k)
+            yield node
+            todo.extend(self._refs.get(k, ()))
 
     def _parts_of(self, roots: tuple[object, ...], own: dict[str, bytes]) -> dict[str, str]:
         """A task's parts: ``own`` and those of every node reachable from ``roots``."""
@@ -1285,21 +1294,13 @@ class Keyer(_Fingerprints):
         if found is not None:
             return found
         parts: dict[str, str] = {}
-        seen: set[int] = set()
-        todo = list(roots)
-        while todo:
-            node = todo.pop()
-            k = id(node)
-            if k in seen:
-                continue
-            seen.add(k)
+        for node in self._reachable(roots):
             for part, chunk in self._own_parts(node).items():
                 fp = _short(chunk)
                 old = parts.get(part)
                 # two functions of one name: both count, in a stable order
                 parts[part] = fp if old is None or old == fp else _short(
                     _text("/".join(sorted((old, fp)))))
-            todo.extend(self._refs.get(k, ()))
         self._reached[ids] = parts
         return parts
 
