@@ -177,3 +177,42 @@ def test_items_after_one_item_changed_a_global_are_not_replayed(proj):
     assert second["items"]["use"][2:] == [False] * 4
     third = proj.run()
     assert third["cached"]["use"] and third["values"]["use"] == repr([0, 1, 2, 3, 4, 5])
+
+
+def test_a_value_that_cannot_be_read_again_is_not_journaled(proj):
+    """A global whose own code raises when read again (after an earlier body
+    broke it): the run still returns, the task succeeds and is not journaled."""
+    proj.flow('''
+        class Touchy:
+            def __init__(self):
+                self.n = 1
+
+            def __reduce_ex__(self, protocol):
+                if BROKEN:
+                    raise RuntimeError("cannot be read now")
+                return (Touchy, ())
+
+
+        BROKEN = []
+        TOUCHY = Touchy()
+
+
+        @task(version="1")
+        def a():
+            if FLIP:
+                BROKEN.append(1)
+            return 1
+
+
+        @task(depends_on=[a])
+        def b(a):
+            return TOUCHY.n
+
+
+        TERMINALS = [b]
+    ''')
+    first, second = _flip_then_not(proj)
+    assert first["values"]["b"] == "1"
+    assert "task 'b': global 'TOUCHY', which its key read, changed in place" in first["stderr"]
+    assert not second["cached"]["b"]
+    assert proj.run()["cached"]["b"]
