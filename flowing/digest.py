@@ -260,6 +260,13 @@ class Memo:
     def __len__(self) -> int:
         return len(self._entries) + len(self._digests)
 
+    def encoding(self, value: object) -> bytes | None:
+        """The canonical encoding of ``value`` remembered by this memo, if any."""
+        hit = self._entries.get(id(value))
+        if hit is None or hit[0] is not value or not isinstance(hit[1], bytes):
+            return None
+        return hit[1]
+
     def clear(self) -> None:
         self._entries.clear()
         self._digests.clear()

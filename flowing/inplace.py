@@ -31,6 +31,14 @@ What is checked, and when (the policy)
   held or later of that fan-out, and not the task, is journaled (one
   warning): an item that read a changed side input is never journaled as
   computed from the original.
+* The values a task's key read that can change (module-level values its
+  body, gates and helpers read, closure variables, defaults, function and
+  class attributes: ``stepkey.Behaviour.held``, with their digests when the
+  key was made) are digested again, in the key's own encoding, before the
+  task's entry and before each write of its item lines; a change made by
+  any body meanwhile means the result is not journaled (one warning naming
+  the value). Only that task's values: one a task's key did not read never
+  stops it. A task that read none costs nothing.
 * Values shipped to another process (process pools, Dask) are copies: a body
   there cannot change the originals, and the check finds nothing.
 * A value changed and changed back between two checks is not detected.
@@ -50,6 +58,7 @@ from .interrupts import guarded
 
 if TYPE_CHECKING:
     from .attempt import Job
+    from .stepkey import Behaviour
 
 __all__ = ["RunDigests"]
 
@@ -62,11 +71,12 @@ class _Fan:
     """The in-place check of one for_each task's side inputs; called by the journal
     just before it writes item lines (see ``Journal.record``'s ``check``)."""
 
-    __slots__ = ("digests", "name", "side", "expected", "given", "changed")
+    __slots__ = ("digests", "task", "name", "side", "expected", "given", "changed")
 
-    def __init__(self, digests: RunDigests, name: str, side: list[tuple[str, object]],
+    def __init__(self, digests: RunDigests, task: int, name: str, side: list[tuple[str, object]],
                  expected: str, given: Iterable[str]) -> None:
         self.digests = digests
+        self.task = task
         self.name = name
         self.side = side          # the side inputs every item of the fan-out reads
         self.expected = expected  # their inputs_digest when the items were keyed
@@ -77,11 +87,12 @@ class _Fan:
         """None while the side inputs are unchanged, else why the lines are dropped."""
         if self.changed:
             return ""
-        if (self.digests.unchanged(self.side, self.expected)
-                and self.digests.inputs_unchanged(self.given)):
+        held = self.digests.held_change(self.task)
+        if held is None and (self.digests.unchanged(self.side, self.expected)
+                             and self.digests.inputs_unchanged(self.given)):
             return None
         self.changed = True
-        return RunDigests._fan_warning(self.name)
+        return RunDigests._fan_warning(self.name, held)
 
 
 class RunDigests:
@@ -91,7 +102,8 @@ class RunDigests:
     needs a dependency's digest.
     """
 
-    def __init__(self, inputs: Mapping[str, object] | None = None) -> None:
+    def __init__(self, inputs: Mapping[str, object] | None = None,
+                 behaviours: Iterable[Behaviour | None] = ()) -> None:
         self._lock = threading.Lock()
         self._immutable: dict[int, tuple[object, str]] = {}  # keeps the values alive
         self._fans: dict[int, _Fan] = {}
@@ -99,6 +111,8 @@ class RunDigests:
         # any body ran): a body may change an input in place too
         self._inputs = dict(inputs or {})
         self._given = {name: self(value) for name, value in self._inputs.items()}
+        # per task, its behaviour when its key read values that can change (else None)
+        self._held = [b if b is not None and b.held else None for b in behaviours]
 
     def __call__(self, value: object) -> str | None:
         small = type(value) in _SCALARS and (
@@ -138,9 +152,23 @@ class RunDigests:
             names.extend(job.gate_inputs[1])
         return names
 
+    def held_change(self, task: int) -> str | None:
+        """Where a value task's key read (a module-level dict...) was read, if it
+        changed since the key was made; None if none did (or none can)."""
+        held = self._held
+        b = held[task] if task < len(held) else None
+        if b is None:
+            return None
+        unknown: str | None = "a value its key read"  # its own code raised: changed
+        return guarded(b.changed, fallback=unknown)
+
     def check_job(self, job: Job) -> str | None:
         """The in-place check for one journaled task (see the module docs): None
         when its entry may be written, else the warning to log."""
+        held = self.held_change(job.task)
+        if held is not None:
+            return (f"{job.label()}: {held}, which its key read, changed in place while the "
+                    f"run went on, so its result is not journaled; {_HELD_FIX}")
         expected = job.in_digest
         if expected is None or (self.unchanged(job.kwargs.items(), expected)
                                 and self.inputs_unchanged(self._given_names(job))):
@@ -160,7 +188,7 @@ class RunDigests:
             fan = self._fans.get(job.task)
             if fan is None:
                 side = [(name, value) for name, value in job.kwargs.items() if name != source]
-                fan = self._fans[job.task] = _Fan(self, job.td.name, side, expected,
+                fan = self._fans[job.task] = _Fan(self, job.task, job.td.name, side, expected,
                                                   self._given_names(job))
         return fan
 
@@ -173,10 +201,17 @@ class RunDigests:
             fan = self._fans.get(task)
             if fan is not None and fan.changed:
                 return False
-        return self.unchanged(named, expected)
+        return self.held_change(task) is None and self.unchanged(named, expected)
 
     @staticmethod
-    def _fan_warning(name: str) -> str:
+    def _fan_warning(name: str, held: str | None = None) -> str:
+        if held is not None:
+            return (f"task '{name}': {held}, which its key read, changed in place while the "
+                    f"run went on, so the items finished from then on and the task are not "
+                    f"journaled; {_HELD_FIX}")
         return (f"task '{name}': a dependency's value changed in place while its items ran, "
                 f"so the items finished from then on and the task are not journaled; build "
                 f"new values instead of changing the ones a task received")
+
+
+_HELD_FIX = "return new values instead of changing module-level ones"

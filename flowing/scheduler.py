@@ -313,7 +313,7 @@ class Scheduler:
         if plan is not None:
             from .inplace import RunDigests
 
-            self.shared.digest = RunDigests(self.inputs)
+            self.shared.digest = RunDigests(self.inputs, plan.behaviours)
         has_async = any(td.is_async for td in graph.tasks)
         self.runner: Runner = open_runner(executor, max_workers, self.shared, has_async)
         n = len(graph)

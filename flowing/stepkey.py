@@ -121,7 +121,11 @@ What is not in it
 
 Good to know
 ------------
-* Values are read when the run's keys are computed. A module-level value
+* Values are read when the run's keys are computed. Those that can change
+  (a dict, a list, an object) are noted with their digests
+  (``Behaviour.held``): a body that changes one in place while the run goes
+  on keeps the tasks whose keys read it from being journaled
+  (``flowing.inplace``). A module-level value
   computed at import time (a timestamp, a random id) that a task reads gives
   that task a new key in every process.
 * ``Keyer`` (one per run) fingerprints each function, class and value once
@@ -154,7 +158,7 @@ import sys
 import threading
 import types
 import weakref
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any, cast
 
 from . import digest
@@ -470,13 +474,21 @@ class Behaviour:
                  ``default:<fn>.<param>``, ``attr:<fn>.<name>``, ``input:<name>``;
     ``current``  the body (or code it reaches) may read ``flowing.current()``: the
                  task name is in ``digest``, and an item's index in its key.
+    ``held``     the values the key read that can change (a module-level dict or
+                 list, a closure variable, a default, a class attribute...), each as
+                 (where it was read, the value, its digest when the key was made):
+                 ``changed`` digests them again (see ``flowing.inplace``).
     """
 
-    __slots__ = ("current", "_parts", "_make", "_hash", "_digest")
+    __slots__ = ("current", "held", "_state", "_parts", "_make", "_hash", "_digest")
 
-    def __init__(self, hasher: Any, parts: Callable[[], dict[str, str]], current: bool) -> None:
+    def __init__(self, hasher: Any, parts: Callable[[], dict[str, str]], current: bool,
+                 held: tuple[tuple[str, object, str | None], ...] = (),
+                 state: Callable[[object], str | None] | None = None) -> None:
         self._hash = hasher  # the behaviour hashed so far: a key adds the dependencies
         self.current = current
+        self.held = held
+        self._state = state
         self._parts: dict[str, str] | None = None
         self._make: Callable[[], dict[str, str]] | None = parts
         self._digest: str | None = None
@@ -502,6 +514,17 @@ class Behaviour:
         h = self._hash.copy()
         h.update(b"deps:" + deps_digest.encode())
         return str(h.hexdigest())
+
+    def changed(self) -> str | None:
+        """Where a value the key read was read (``global 'SETTINGS'``) if it no
+        longer digests as when the key was made (changed in place), else None."""
+        state = self._state
+        if state is None:
+            return None
+        for where, value, then in self.held:
+            if then is None or state(value) != then:
+                return where
+        return None
 
     def __repr__(self) -> str:
         return f"Behaviour({self.digest[:12]}..., current={self.current})"
@@ -655,7 +678,8 @@ class _Fingerprints:
     def __init__(self) -> None:
         self._lock = threading.RLock()
         self._values = Memo()  # value_digest
-        self._canon = Canonical(Memo(), self._hook, _HOOKED)
+        self._memo = Memo()  # the encodings of values (and of pieces of them) this run
+        self._canon = Canonical(self._memo, self._hook, _HOOKED)
         self._codes: dict[int, tuple[types.CodeType, _CodeInfo]] = {}
         self._fps: dict[int, bytes] = {}          # finished nodes
         self._failed: dict[int, Unstable] = {}    # nodes without stable content
@@ -679,6 +703,12 @@ class _Fingerprints:
         self._saw_current = False                 # a function read flowing.current by value
         self._top: list[object] | None = None     # pass 0: the nodes a task's parts start from
         self._reached: dict[tuple[int, ...], dict[str, str]] = {}
+        # For the in-place check (see ``Behaviour.changed``): the values each node reads
+        # (globals, closure variables, defaults, attributes), noted in pass 1, and the
+        # state of each such value when the run's keys were made, by id (kept alive)
+        self._reading: list[tuple[str, object]] | None = None
+        self._reads: dict[int, list[tuple[str, object]]] = {}
+        self._states: dict[int, tuple[object, str | None]] = {}
 
     # --- the hook: the user's code, by content ----------------------------------------------
 
@@ -805,15 +835,21 @@ class _Fingerprints:
         self._found = []
         self._touched = []
         stand_ins = self._stand_ins
+        reading: list[tuple[str, object]] = []
+        self._reading = reading
         try:
             parts = self._parts(node)
             self._refs[id(node)] = self._touched
+            if reading:
+                self._reads[id(node)] = reading
             if self._stand_ins == stand_ins:  # every reference already had its fingerprint
                 self._final[id(node)] = parts
         except Unstable as e:
             if e.origin is None:
                 e.origin = node
             self._fail(ancestors + [node], e)
+        finally:
+            self._reading = None
         refs: dict[int, object] = {}
         for ref in self._found:
             refs.setdefault(id(ref), ref)
@@ -952,6 +988,8 @@ class _Fingerprints:
         where it was read ("global", "client"), for the message."""
         if value is _CURRENT:  # an alias of flowing.current (``ctx = current``)
             self._saw_current = True
+        elif self._reading is not None and not isinstance(value, _HOOKED):
+            self._reading.append((f"{kind} '{name}'", value))
         try:
             return self._canon.chunk(value)
         except Unstable as e:
@@ -1017,8 +1055,11 @@ class _Fingerprints:
             # hash-seed order): the fields are in the key already
             skip = _CLASS_SKIP | {"__doc__"}
         for key in sorted(k for k in namespace if type(k) is str and k not in skip):
+            attr = namespace[key]
+            if self._reading is not None and not isinstance(attr, _HOOKED):
+                self._reading.append((f"class attribute '{cls.__name__}.{key}'", attr))
             try:
-                chunk = self._canon.chunk(namespace[key])
+                chunk = self._canon.chunk(attr)
             except Unstable as e:
                 if e.origin is None and key[:2] == "__" == key[-2:]:
                     out.append(_frame(b"attr?", _text(key)))  # machinery: see the docs
@@ -1174,7 +1215,57 @@ class Keyer(_Fingerprints):
             # what current() tells the body: its task name and its attempt budget
             h.update(_frame(b"current", _text(f"{name}\n{getattr(td, 'retry', 0)!r}")))
         roots.extend(top)
-        return Behaviour(h, lambda: self._parts_of(tuple(roots), parts), bool(reads_current))
+        return Behaviour(h, lambda: self._parts_of(tuple(roots), parts), bool(reads_current),
+                         self._held(roots), self.state)
+
+    def state(self, value: object) -> str | None:
+        """The digest of a value's encoding in step keys, read afresh (never
+        memoised), to see whether a value a key read changed since
+        (``Behaviour.changed``); None when it has no stable content now."""
+        with self._lock:
+            try:
+                chunk = Canonical(None, self._hook, _HOOKED).chunk(value)
+            except KeyboardInterrupt:
+                raise
+            except BaseException:
+                return None
+        return hashlib.sha256(chunk).hexdigest()
+
+    def _held(self, roots: list[object]) -> tuple[tuple[str, object, str | None], ...]:
+        """The values that can change (lists, dicts, objects...) read by every node
+        reachable from ``roots``, each with its digest now (when the key is made)."""
+        if not self._reads:
+            return ()
+        held: dict[int, tuple[str, object, str | None]] = {}
+        for node in self._reachable(roots):
+            for label, value in self._reads.get(id(node), ()):
+                v = id(value)
+                if v in held:
+                    continue
+                if _cannot_change(value):  # never read again
+                    continue
+                known = self._states.get(v)
+                if known is None or known[0] is not value:
+                    # the encoding the key used (memoised when it was read), else read now
+                    chunk = self._memo.encoding(value)
+                    found = (hashlib.sha256(chunk).hexdigest() if chunk is not None
+                             else self.state(value))
+                    known = self._states[v] = (value, found)
+                held[v] = (label, value, known[1])
+        return tuple(held.values())
+
+    def _reachable(self, roots: Sequence[object]) -> Iterator[object]:
+        """Every node reachable from ``roots`` (through ``_refs``), once."""
+        seen: set[int] = set()
+        todo = list(roots)
+        while todo:
+            node = todo.pop()
+            k = id(node)
+            if k in seen:
+                continue
+            seen.add(k)
+            yield node
+            todo.extend(self._refs.get(k, ()))
 
     def _parts_of(self, roots: tuple[object, ...], own: dict[str, bytes]) -> dict[str, str]:
         """A task's parts: ``own`` and those of every node reachable from ``roots``."""
@@ -1211,23 +1302,29 @@ class Keyer(_Fingerprints):
         if found is not None:
             return found
         parts: dict[str, str] = {}
-        seen: set[int] = set()
-        todo = list(roots)
-        while todo:
-            node = todo.pop()
-            k = id(node)
-            if k in seen:
-                continue
-            seen.add(k)
+        for node in self._reachable(roots):
             for part, chunk in self._own_parts(node).items():
                 fp = _short(chunk)
                 old = parts.get(part)
                 # two functions of one name: both count, in a stable order
                 parts[part] = fp if old is None or old == fp else _short(
                     _text("/".join(sorted((old, fp)))))
-            todo.extend(self._refs.get(k, ()))
         self._reached[ids] = parts
         return parts
+
+
+_FROZEN = frozenset({int, float, complex, str, bytes, bool, type(None)})
+
+
+def _cannot_change(value: object, depth: int = 0) -> bool:
+    """Made only of numbers, strings, bytes, None, tuples and frozensets (as
+    ``digest.digest_info`` says ``immutable``), checked without digesting it."""
+    t = type(value)
+    if t in _FROZEN:
+        return True
+    if (t is tuple or t is frozenset) and depth < 100:
+        return all(_cannot_change(x, depth + 1) for x in value)  # type: ignore[attr-defined]
+    return False
 
 
 def _task_name(td: object) -> str:
