@@ -20,10 +20,32 @@ def clean_env() -> dict[str, str]:
     return {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
 
 
+# Runs ``python -m MODULE ARGS`` in an interpreter that cannot import this checkout even
+# where it is installed in editable mode (``pip install -e .`` puts a finder for it on
+# every interpreter of the environment, as the test command does): the finder and any
+# path entry leading here are removed before the module starts, as on a machine that
+# has only the engine installed.
+_LAUNCH = """
+import runpy, sys
+repo = sys.argv.pop(1)
+sys.meta_path[:] = [f for f in sys.meta_path
+                    if not str(getattr(f, "__module__", "")).startswith("__editable__")]
+sys.path_hooks[:] = [h for h in sys.path_hooks
+                     if "__editable__" not in str(getattr(h, "__module__", ""))
+                     and "__editable__" not in str(getattr(h, "__qualname__", ""))]
+sys.path[:] = [p for p in sys.path if "__editable__" not in p and p.rstrip("/") != repo]
+sys.path_importer_cache.clear()
+sys.argv.pop(0)
+runpy.run_module(sys.argv[0], run_name="__main__", alter_sys=True)
+"""
+_REPO = str(Path(__file__).resolve().parent.parent)
+
+
 def _start(args: list[str], folder: Path, log: Path) -> subprocess.Popen[bytes]:
     with open(log, "wb") as out:
-        return subprocess.Popen([sys.executable, "-m", *args], cwd=folder, env=clean_env(),
-                                stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+        return subprocess.Popen([sys.executable, "-c", _LAUNCH, _REPO, *args], cwd=folder,
+                                env=clean_env(), stdout=out, stderr=subprocess.STDOUT,
+                                start_new_session=True)
 
 
 def _stop(proc: subprocess.Popen[bytes]) -> None:
