@@ -35,9 +35,12 @@ What is checked, and when (the policy)
   body, gates and helpers read, closure variables, defaults, function and
   class attributes: ``stepkey.Behaviour.held``, with their digests when the
   key was made) are digested again, in the key's own encoding, before the
-  task's entry and before each write of its item lines; a change made by
-  any body meanwhile means the result is not journaled (one warning naming
-  the value). Only that task's values: one a task's key did not read never
+  task's entry and before each write of its item lines, and every name the
+  key read from a namespace (``Behaviour.bound``: module globals, helper
+  modules', classes' and functions' attributes, immutable values included)
+  must still be bound to the same object (one dict lookup each); a change
+  or a rebinding made by any body meanwhile means the result is not
+  journaled (one warning naming the value). Only that task's values: one a task's key did not read never
   stops it. A task that read none costs nothing.
 * Values shipped to another process (process pools, Dask) are copies: a body
   there cannot change the originals, and the check finds nothing.
@@ -111,8 +114,10 @@ class RunDigests:
         # any body ran): a body may change an input in place too
         self._inputs = dict(inputs or {})
         self._given = {name: self(value) for name, value in self._inputs.items()}
-        # per task, its behaviour when its key read values that can change (else None)
-        self._held = [b if b is not None and b.held else None for b in behaviours]
+        # per task, its behaviour when its key read values that can change or names
+        # that can be rebound (else None)
+        self._held = [b if b is not None and (b.held or b.bound) else None
+                      for b in behaviours]
 
     def __call__(self, value: object) -> str | None:
         small = type(value) in _SCALARS and (
@@ -167,8 +172,8 @@ class RunDigests:
         when its entry may be written, else the warning to log."""
         held = self.held_change(job.task)
         if held is not None:
-            return (f"{job.label()}: {held}, which its key read, changed in place while the "
-                    f"run went on, so its result is not journaled; {_HELD_FIX}")
+            return (f"{job.label()}: {held}, which its key read, changed in place or was "
+                    f"rebound while the run went on, so its result is not journaled; {_HELD_FIX}")
         expected = job.in_digest
         if expected is None or (self.unchanged(job.kwargs.items(), expected)
                                 and self.inputs_unchanged(self._given_names(job))):
@@ -206,9 +211,9 @@ class RunDigests:
     @staticmethod
     def _fan_warning(name: str, held: str | None = None) -> str:
         if held is not None:
-            return (f"task '{name}': {held}, which its key read, changed in place while the "
-                    f"run went on, so the items finished from then on and the task are not "
-                    f"journaled; {_HELD_FIX}")
+            return (f"task '{name}': {held}, which its key read, changed in place or was "
+                    f"rebound while the run went on, so the items finished from then on and the "
+                    f"task are not journaled; {_HELD_FIX}")
         return (f"task '{name}': a dependency's value changed in place while its items ran, "
                 f"so the items finished from then on and the task are not journaled; build "
                 f"new values instead of changing the ones a task received")

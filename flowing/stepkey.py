@@ -125,7 +125,8 @@ Good to know
   (a dict, a list, an object) are noted with their digests
   (``Behaviour.held``): a body that changes one in place while the run goes
   on keeps the tasks whose keys read it from being journaled
-  (``flowing.inplace``). A module-level value
+  (``flowing.inplace``); so does rebinding or deleting any name a key read
+  from a module, class or function (``Behaviour.bound``). A module-level value
   computed at import time (a timestamp, a random id) that a task reads gives
   that task a new key in every process.
 * ``Keyer`` (one per run) fingerprints each function, class and value once
@@ -456,6 +457,8 @@ _HOOKED = (types.FunctionType, type, types.ModuleType, TaskDef)
 _CURRENT = current
 _SHORT = 12  # hex characters of a part's fingerprint (for "why", never for keys)
 _MISSING = object()
+# A name a key read from a namespace: (where, the namespace, the name, the object bound)
+Bound = tuple[str, Mapping[str, object], str, object]
 
 
 def _short(data: bytes) -> str:
@@ -478,16 +481,22 @@ class Behaviour:
                  list, a closure variable, a default, a class attribute...), each as
                  (where it was read, the value, its digest when the key was made):
                  ``changed`` digests them again (see ``flowing.inplace``).
+    ``bound``    every name the key read from a namespace (a module's globals, a
+                 user module's attributes, a class's or a function's attributes,
+                 immutable values included) as (where, namespace, name, the object
+                 bound): ``changed`` also sees a name rebound or deleted since.
     """
 
-    __slots__ = ("current", "held", "_state", "_parts", "_make", "_hash", "_digest")
+    __slots__ = ("current", "held", "bound", "_state", "_parts", "_make", "_hash", "_digest")
 
     def __init__(self, hasher: Any, parts: Callable[[], dict[str, str]], current: bool,
                  held: tuple[tuple[str, object, str | None], ...] = (),
-                 state: Callable[[object], str | None] | None = None) -> None:
+                 state: Callable[[object], str | None] | None = None,
+                 bound: tuple[Bound, ...] = ()) -> None:
         self._hash = hasher  # the behaviour hashed so far: a key adds the dependencies
         self.current = current
         self.held = held
+        self.bound = bound
         self._state = state
         self._parts: dict[str, str] | None = None
         self._make: Callable[[], dict[str, str]] | None = parts
@@ -517,7 +526,15 @@ class Behaviour:
 
     def changed(self) -> str | None:
         """Where a value the key read was read (``global 'SETTINGS'``) if it no
-        longer digests as when the key was made (changed in place), else None."""
+        longer digests as when the key was made (changed in place), or if a name
+        the key read is now bound to another object or to none (rebound: one dict
+        lookup per name, nothing encoded again), else None."""
+        for where, namespace, name, value in self.bound:
+            try:
+                if namespace.get(name, _MISSING) is not value:
+                    return where
+            except Exception:  # a hostile namespace: in doubt, changed
+                return where
         state = self._state
         if state is None:
             return None
@@ -706,8 +723,9 @@ class _Fingerprints:
         # For the in-place check (see ``Behaviour.changed``): the values each node reads
         # (globals, closure variables, defaults, attributes), noted in pass 1, and the
         # state of each such value when the run's keys were made, by id (kept alive)
-        self._reading: list[tuple[str, object]] | None = None
-        self._reads: dict[int, list[tuple[str, object]]] = {}
+        # (where, value, the namespace it was read from or None, the name read there)
+        self._reading: list[_Read] | None = None
+        self._reads: dict[int, list[_Read]] = {}
         self._states: dict[int, tuple[object, str | None]] = {}
 
     # --- the hook: the user's code, by content ----------------------------------------------
@@ -835,7 +853,7 @@ class _Fingerprints:
         self._found = []
         self._touched = []
         stand_ins = self._stand_ins
-        reading: list[tuple[str, object]] = []
+        reading: list[_Read] = []
         self._reading = reading
         try:
             parts = self._parts(node)
@@ -929,7 +947,8 @@ class _Fingerprints:
             if name in namespace:
                 chains = {c[1:] for c in info.chains if c[0] == name}
                 out.append(_frame(b"global", _text(name)) + self._global(
-                    namespace[name], chains, name, "global", set(), own, where + name))
+                    namespace[name], chains, name, "global", set(), own, where + name,
+                    namespace))
         if info.reaches:
             self._imports(info, namespace, out, own)
         for var, cell in zip(code.co_freevars, fn.__closure__ or ()):
@@ -959,7 +978,7 @@ class _Fingerprints:
         if attrs:  # function attributes (``f.retries = 3`` at module level)
             label = label or _node_label(fn)
             for key in sorted(k for k in attrs if type(k) is str):
-                chunk = self._value(attrs[key], "attribute", f"{label}.{key}")
+                chunk = self._value(attrs[key], "attribute", f"{label}.{key}", attrs, key)
                 out.append(_frame(b"fattr", _text(key)) + chunk)
                 if own is not None:
                     _own_part(own, f"attr:{label}.{key}", attrs[key], chunk)
@@ -983,13 +1002,22 @@ class _Fingerprints:
         for chain in info.computed:
             _check_computed(chain, namespace)
 
-    def _value(self, value: object, kind: str, name: str) -> bytes:
+    def _note(self, where: str, value: object, namespace: Mapping[str, object] | None,
+              key: str) -> None:
+        """Pass 1: note a value a node reads, for ``Behaviour.held`` (values
+        that can change) and ``Behaviour.bound`` (``namespace`` binds ``key``)."""
+        if self._reading is not None and (namespace is not None
+                                          or not isinstance(value, _HOOKED)):
+            self._reading.append((where, value, namespace, key))
+
+    def _value(self, value: object, kind: str, name: str,
+               namespace: Mapping[str, object] | None = None, key: str = "") -> bytes:
         """The encoding of a value read by a node: ``kind`` and ``name`` say
-        where it was read ("global", "client"), for the message."""
+        where it was read ("global", "client"), for the message; ``namespace``
+        and ``key``, the name it was read by (see ``Behaviour.bound``)."""
         if value is _CURRENT:  # an alias of flowing.current (``ctx = current``)
             self._saw_current = True
-        elif self._reading is not None and not isinstance(value, _HOOKED):
-            self._reading.append((f"{kind} '{name}'", value))
+        self._note(f"{kind} '{name}'", value, namespace, key)
         try:
             return self._canon.chunk(value)
         except Unstable as e:
@@ -999,16 +1027,20 @@ class _Fingerprints:
             raise
 
     def _global(self, value: object, chains: set[tuple[str, ...]], name: str, kind: str,
-                seen: set[int], own: dict[str, bytes] | None, label: str) -> bytes:
+                seen: set[int], own: dict[str, bytes] | None, label: str,
+                where: Mapping[str, object] | None = None) -> bytes:
         """A global (or an attribute of a user module) read by a function: a user
         module by the attributes read from it (all of them when it is read bare,
         ``()`` in ``chains``), anything else by content. ``own`` gets the parts
-        that are data (``label``: how "why" names it, e.g. ``rules.K``)."""
+        that are data (``label``: how "why" names it, e.g. ``rules.K``);
+        ``where``, the namespace ``value`` was read from by its last name."""
         if not issubclass(type(value), types.ModuleType):
-            chunk = self._value(value, kind, name)
+            chunk = self._value(value, kind, name, where, name.rpartition(".")[2])
             if own is not None:
                 _own_part(own, f"const:{label}", value, chunk)
             return chunk
+        if where is not None:
+            self._note(f"{kind} '{name}'", value, where, name.rpartition(".")[2])
         name = str(getattr(value, "__name__", "?"))
         if not is_user_module(name):
             return _frame(b"mod", _text(name))
@@ -1030,12 +1062,14 @@ class _Fingerprints:
             rest: set[tuple[str, ...]] = ({()} if everything
                                           else {c[1:] for c in chains if c and c[0] == attr})
             found = namespace.get(attr, _MISSING)
+            read_from: Mapping[str, object] | None = namespace
             if found is _MISSING:
                 found = _submodule(name, attr)  # ``from pkg import sub`` imports it
+                read_from = None
                 if found is None:
                     continue
             out.append(_frame(b"attr", _text(attr)) + self._global(
-                found, rest, f"{name}.{attr}", kind, seen, own, f"{name}.{attr}"))
+                found, rest, f"{name}.{attr}", kind, seen, own, f"{name}.{attr}", read_from))
         return _frame(b"U" if not everything else b"W", b"".join(out))
 
     def _class_parts(self, cls: type) -> bytes:
@@ -1056,8 +1090,8 @@ class _Fingerprints:
             skip = _CLASS_SKIP | {"__doc__"}
         for key in sorted(k for k in namespace if type(k) is str and k not in skip):
             attr = namespace[key]
-            if self._reading is not None and not isinstance(attr, _HOOKED):
-                self._reading.append((f"class attribute '{cls.__name__}.{key}'", attr))
+            self._note(f"class attribute '{cls.__name__}.{key}'", attr,
+                       None if key[:2] == "__" == key[-2:] else namespace, key)
             try:
                 chunk = self._canon.chunk(attr)
             except Unstable as e:
@@ -1215,8 +1249,9 @@ class Keyer(_Fingerprints):
             # what current() tells the body: its task name and its attempt budget
             h.update(_frame(b"current", _text(f"{name}\n{getattr(td, 'retry', 0)!r}")))
         roots.extend(top)
+        held, bound = self._held(roots)
         return Behaviour(h, lambda: self._parts_of(tuple(roots), parts), bool(reads_current),
-                         self._held(roots), self.state)
+                         held, self.state, bound)
 
     def state(self, value: object) -> str | None:
         """The digest of a value's encoding in step keys, read afresh (never
@@ -1231,16 +1266,21 @@ class Keyer(_Fingerprints):
                 return None
         return hashlib.sha256(chunk).hexdigest()
 
-    def _held(self, roots: list[object]) -> tuple[tuple[str, object, str | None], ...]:
+    def _held(self, roots: list[object]
+              ) -> tuple[tuple[tuple[str, object, str | None], ...], tuple[Bound, ...]]:
         """The values that can change (lists, dicts, objects...) read by every node
-        reachable from ``roots``, each with its digest now (when the key is made)."""
+        reachable from ``roots``, each with its digest now (when the key is made),
+        and the names they were read by (``Behaviour.bound``)."""
         if not self._reads:
-            return ()
+            return (), ()
         held: dict[int, tuple[str, object, str | None]] = {}
+        bound: dict[tuple[int, str], Bound] = {}
         for node in self._reachable(roots):
-            for label, value in self._reads.get(id(node), ()):
+            for label, value, namespace, key in self._reads.get(id(node), ()):
+                if namespace is not None:
+                    bound.setdefault((id(namespace), key), (label, namespace, key, value))
                 v = id(value)
-                if v in held:
+                if v in held or (namespace is not None and isinstance(value, _HOOKED)):
                     continue
                 if _cannot_change(value):  # never read again
                     continue
@@ -1252,7 +1292,7 @@ class Keyer(_Fingerprints):
                              else self.state(value))
                     known = self._states[v] = (value, found)
                 held[v] = (label, value, known[1])
-        return tuple(held.values())
+        return tuple(held.values()), tuple(bound.values())
 
     def _reachable(self, roots: Sequence[object]) -> Iterator[object]:
         """Every node reachable from ``roots`` (through ``_refs``), once."""
@@ -1313,6 +1353,7 @@ class Keyer(_Fingerprints):
         return parts
 
 
+_Read = tuple[str, object, "Mapping[str, object] | None", str]
 _FROZEN = frozenset({int, float, complex, str, bytes, bool, type(None)})
 
 

@@ -216,3 +216,185 @@ def test_a_value_that_cannot_be_read_again_is_not_journaled(proj):
     assert "task 'b': global 'TOUCHY', which its key read, changed in place" in first["stderr"]
     assert not second["cached"]["b"]
     assert proj.run()["cached"]["b"]
+
+
+# --- rebinding: a body binds a name the key read to another object ----------------------------
+
+
+def test_a_global_rebound_by_an_earlier_body_is_not_replayed(proj):
+    """``global K; K = 100`` in a body: an int (never re-read) rebound, not changed."""
+    proj.flow('''
+        K = 1
+
+
+        @task(version="1")
+        def a():
+            global K
+            if FLIP:
+                K = 100
+            return 1
+
+
+        @task(depends_on=[a])
+        def b(a):
+            return K
+
+
+        TERMINALS = [b]
+    ''')
+    first, second = _flip_then_not(proj)
+    assert first["values"]["b"] == "100"
+    assert "task 'b': global 'K', which its key read, changed in place or was rebound" \
+        in first["stderr"]
+    assert second["values"]["b"] == "1" and not second["cached"]["b"]
+    assert second["cached"]["a"]
+    third = proj.run()
+    assert third["cached"]["b"] and third["values"]["b"] == "1"
+
+
+def test_a_global_deleted_by_an_earlier_body_counts_as_rebound(proj):
+    proj.flow('''
+        K = 1
+
+
+        @task(version="1")
+        def a():
+            global K
+            if FLIP:
+                del K
+            return 1
+
+
+        @task(depends_on=[a])
+        def b(a):
+            try:
+                return K
+            except NameError:
+                return "gone"
+
+
+        TERMINALS = [b]
+    ''')
+    (proj.path / "flip").write_text("")
+    first = proj.run()
+    assert first["values"]["b"] == "'gone'"
+    assert "task 'b': global 'K'" in first["stderr"]
+    (proj.path / "flip").unlink()
+    second = proj.run()
+    assert second["values"]["b"] == "1" and not second["cached"]["b"]
+
+
+def test_a_helper_module_attribute_rebound_is_not_replayed(proj):
+    proj.write("helpermod.py", '''
+        K = 1
+    ''')
+    proj.flow('''
+        import helpermod
+
+
+        @task(version="1")
+        def a():
+            if FLIP:
+                helpermod.K = 2
+            return 1
+
+
+        @task(depends_on=[a])
+        def b(a):
+            return helpermod.K
+
+
+        TERMINALS = [b]
+    ''')
+    first, second = _flip_then_not(proj)
+    assert first["values"]["b"] == "2"
+    assert "task 'b': global 'helpermod.K'" in first["stderr"]
+    assert second["values"]["b"] == "1" and not second["cached"]["b"]
+
+
+def test_a_class_attribute_rebound_is_not_replayed(proj):
+    proj.flow('''
+        class Conf:
+            n = 1
+
+
+        @task(version="1")
+        def a():
+            if FLIP:
+                Conf.n = 5
+            return 1
+
+
+        @task(depends_on=[a])
+        def b(a):
+            return Conf.n
+
+
+        TERMINALS = [b]
+    ''')
+    first, second = _flip_then_not(proj)
+    assert first["values"]["b"] == "5"
+    assert "task 'b': class attribute 'Conf.n'" in first["stderr"]
+    assert second["values"]["b"] == "1" and not second["cached"]["b"]
+
+
+def test_a_task_not_reading_the_rebound_name_still_replays(proj):
+    proj.flow('''
+        K = 1
+        OTHER = 3
+
+
+        @task(version="1")
+        def a():
+            global K
+            if FLIP:
+                K = 100
+            return 1
+
+
+        @task(depends_on=[a])
+        def b(a):
+            return K
+
+
+        @task(depends_on=[a])
+        def c(a):
+            return OTHER + a
+
+
+        TERMINALS = [b, c]
+    ''')
+    (proj.path / "flip").write_text("")
+    first = proj.run()
+    assert "task 'b': global 'K'" in first["stderr"]
+    assert "'c'" not in first["stderr"], first["stderr"]
+    second = proj.run()
+    assert second["cached"]["c"] and second["values"]["c"] == "4"
+    assert not second["cached"]["b"]
+
+
+def test_a_module_imported_inside_a_body_does_not_count_as_rebound(proj):
+    """Importing at run time (lazily, inside a body) binds what the key read."""
+    proj.write("lazymod.py", '''
+        K = 7
+    ''')
+    proj.flow('''
+        @task
+        def a():
+            import lazymod
+            return lazymod.K
+
+
+        @task(depends_on=[a])
+        def b(a):
+            global lazymod
+            import lazymod
+            return lazymod.K + a
+
+
+        TERMINALS = [b]
+    ''')
+    first = proj.run()
+    assert "journaled" not in first["stderr"], first["stderr"]
+    second = proj.run()
+    assert second["cached"]["a"] and second["cached"]["b"] and second["values"]["b"] == "14"
