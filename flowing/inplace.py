@@ -172,8 +172,8 @@ class RunDigests:
         when its entry may be written, else the warning to log."""
         held = self.held_change(job.task)
         if held is not None:
-            return (f"{job.label()}: {held}, which its key read, changed in place or was "
-                    f"rebound while the run went on, so its result is not journaled; {_HELD_FIX}")
+            return (f"{job.label()}: {held} (read by its key) changed or was rebound during the "
+                    f"run: not journaled; {_HELD_FIX}")
         expected = job.in_digest
         if expected is None or (self.unchanged(job.kwargs.items(), expected)
                                 and self.inputs_unchanged(self._given_names(job))):
@@ -211,12 +211,13 @@ class RunDigests:
     @staticmethod
     def _fan_warning(name: str, held: str | None = None) -> str:
         if held is not None:
-            return (f"task '{name}': {held}, which its key read, changed in place or was "
-                    f"rebound while the run went on, so the items finished from then on and the "
-                    f"task are not journaled; {_HELD_FIX}")
+            return (f"task '{name}': {held} (read by its key) changed or was rebound during the "
+                    f"run: the items finished from then on and the task are not journaled; "
+                    f"{_HELD_FIX}")
         return (f"task '{name}': a dependency's value changed in place while its items ran, "
                 f"so the items finished from then on and the task are not journaled; build "
                 f"new values instead of changing the ones a task received")
 
 
-_HELD_FIX = "return new values instead of changing module-level ones"
+_HELD_FIX = ("for a cache or client filled lazily, @task(version=\"1\"); else return new "
+             "values instead of changing module-level ones")

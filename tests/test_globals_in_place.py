@@ -82,7 +82,7 @@ def test_a_global_changed_by_an_earlier_body_is_not_replayed(proj):
     proj.flow(REPRO.replace("return READ()", 'return SETTINGS["scale"]'))
     first, second = _flip_then_not(proj)
     assert first["values"]["b"] == "100"
-    assert "task 'b': global 'SETTINGS', which its key read, changed in place" in first["stderr"]
+    assert "task 'b': global 'SETTINGS' (read by its key) changed" in first["stderr"]
     assert second["values"]["b"] == "1" and not second["cached"]["b"]
     assert second["cached"]["a"]  # a's own entry is sound: its key read no SETTINGS
     third = proj.run()  # journaled now that nothing changed it: replayed
@@ -172,7 +172,7 @@ def test_items_after_one_item_changed_a_global_are_not_replayed(proj):
     ''')
     first, second = _flip_then_not(proj)
     assert first["values"]["use"] == repr([0, 1, 20, 30, 40, 50])
-    assert "task 'use': global 'TABLE', which its key read, changed in place" in first["stderr"]
+    assert "task 'use': global 'TABLE' (read by its key) changed" in first["stderr"]
     assert second["values"]["use"] == repr([0, 1, 2, 3, 4, 5])
     assert second["items"]["use"][2:] == [False] * 4
     third = proj.run()
@@ -213,7 +213,7 @@ def test_a_value_that_cannot_be_read_again_is_not_journaled(proj):
     ''')
     first, second = _flip_then_not(proj)
     assert first["values"]["b"] == "1"
-    assert "task 'b': global 'TOUCHY', which its key read, changed in place" in first["stderr"]
+    assert "task 'b': global 'TOUCHY' (read by its key) changed" in first["stderr"]
     assert not second["cached"]["b"]
     assert proj.run()["cached"]["b"]
 
@@ -244,7 +244,7 @@ def test_a_global_rebound_by_an_earlier_body_is_not_replayed(proj):
     ''')
     first, second = _flip_then_not(proj)
     assert first["values"]["b"] == "100"
-    assert "task 'b': global 'K', which its key read, changed in place or was rebound" \
+    assert "task 'b': global 'K' (read by its key) changed or was rebound" \
         in first["stderr"]
     assert second["values"]["b"] == "1" and not second["cached"]["b"]
     assert second["cached"]["a"]
