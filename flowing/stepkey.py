@@ -159,7 +159,7 @@ import sys
 import threading
 import types
 import weakref
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any, cast
 
 from . import digest
@@ -727,6 +727,9 @@ class _Fingerprints:
         self._reading: list[_Read] | None = None
         self._reads: dict[int, list[_Read]] = {}
         self._states: dict[int, tuple[object, str | None]] = {}
+        # per finished node: its reads and those of every node it reaches (a node's
+        # references and reads are fixed once it is finished, so this never goes stale)
+        self._closures: dict[int, tuple[_Read, ...]] = {}
 
     # --- the hook: the user's code, by content ----------------------------------------------
 
@@ -1275,24 +1278,59 @@ class Keyer(_Fingerprints):
             return (), ()
         held: dict[int, tuple[str, object, str | None]] = {}
         bound: dict[tuple[int, str], Bound] = {}
-        for node in self._reachable(roots):
-            for label, value, namespace, key in self._reads.get(id(node), ()):
-                if namespace is not None:
-                    bound.setdefault((id(namespace), key), (label, namespace, key, value))
-                v = id(value)
-                if v in held or (namespace is not None and isinstance(value, _HOOKED)):
-                    continue
-                if _cannot_change(value):  # never read again
-                    continue
-                known = self._states.get(v)
-                if known is None or known[0] is not value:
-                    # the encoding the key used (memoised when it was read), else read now
-                    chunk = self._memo.encoding(value)
-                    found = (hashlib.sha256(chunk).hexdigest() if chunk is not None
-                             else self.state(value))
-                    known = self._states[v] = (value, found)
-                held[v] = (label, value, known[1])
+        reads: list[_Read] = []
+        for root in roots:
+            reads.extend(self._closure_reads(root))
+        for label, value, namespace, key in reads:
+            if namespace is not None:
+                bound.setdefault((id(namespace), key), (label, namespace, key, value))
+            v = id(value)
+            if v in held or (namespace is not None and isinstance(value, _HOOKED)):
+                continue
+            if _cannot_change(value):  # never read again
+                continue
+            known = self._states.get(v)
+            if known is None or known[0] is not value:
+                # the encoding the key used (memoised when it was read), else read now
+                chunk = self._memo.encoding(value)
+                found = (hashlib.sha256(chunk).hexdigest() if chunk is not None
+                         else self.state(value))
+                known = self._states[v] = (value, found)
+            held[v] = (label, value, known[1])
         return tuple(held.values()), tuple(bound.values())
+
+    def _closure_reads(self, node: object) -> tuple[_Read, ...]:
+        """The reads of ``node`` and of every node reachable from it, each once; kept
+        per finished node, so loop-built tasks sharing helpers walk them once."""
+        k = id(node)
+        hit = self._closures.get(k)
+        if hit is not None:
+            return hit
+        found: dict[tuple[str, int, int, str], _Read] = {}
+
+        def add(reads: Iterable[_Read]) -> None:
+            for r in reads:
+                found.setdefault((r[0], id(r[1]), id(r[2]), r[3]), r)
+
+        add(self._reads.get(k, ()))
+        seen = {k}
+        todo = list(self._refs.get(k, ()))
+        while todo:
+            n = todo.pop()
+            nk = id(n)
+            if nk in seen:
+                continue
+            seen.add(nk)
+            done = self._closures.get(nk)
+            if done is not None:  # a complete closure already: no need to walk it again
+                add(done)
+                continue
+            add(self._reads.get(nk, ()))
+            todo.extend(self._refs.get(nk, ()))
+        result = tuple(found.values())
+        if k in self._refs:  # a finished node, kept alive by the Keyer: its id stays its own
+            self._closures[k] = result
+        return result
 
     def _reachable(self, roots: Sequence[object]) -> Iterator[object]:
         """Every node reachable from ``roots`` (through ``_refs``), once."""
