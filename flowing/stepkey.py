@@ -1312,28 +1312,19 @@ class Keyer(_Fingerprints):
             for r in reads:
                 found.setdefault((r[0], id(r[1]), id(r[2]), r[3]), r)
 
-        add(self._reads.get(k, ()))
-        seen = {k}
-        todo = list(self._refs.get(k, ()))
-        while todo:
-            n = todo.pop()
-            nk = id(n)
-            if nk in seen:
-                continue
-            seen.add(nk)
-            done = self._closures.get(nk)
-            if done is not None:  # a complete closure already: no need to walk it again
-                add(done)
-                continue
-            add(self._reads.get(nk, ()))
-            todo.extend(self._refs.get(nk, ()))
+        for n in self._reachable((node,), lambda n: n is not node and id(n) in self._closures):
+            done = self._closures.get(id(n)) if n is not node else None
+            # a node whose closure is complete already is not walked again
+            add(done if done is not None else self._reads.get(id(n), ()))
         result = tuple(found.values())
         if k in self._refs:  # a finished node, kept alive by the Keyer: its id stays its own
             self._closures[k] = result
         return result
 
-    def _reachable(self, roots: Sequence[object]) -> Iterator[object]:
-        """Every node reachable from ``roots`` (through ``_refs``), once."""
+    def _reachable(self, roots: Sequence[object],
+                   stop: Callable[[object], bool] | None = None) -> Iterator[object]:
+        """Every node reachable from ``roots`` (through ``_refs``), once; a node for
+        which ``stop`` is true is yielded but not walked past."""
         seen: set[int] = set()
         todo = list(roots)
         while todo:
@@ -1343,7 +1334,8 @@ class Keyer(_Fingerprints):
                 continue
             seen.add(k)
             yield node
-            todo.extend(self._refs.get(k, ()))
+            if stop is None or not stop(node):
+                todo.extend(self._refs.get(k, ()))
 
     def _parts_of(self, roots: tuple[object, ...], own: dict[str, bytes]) -> dict[str, str]:
         """A task's parts: ``own`` and those of every node reachable from ``roots``."""
