@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""What content digests cost (``flowing.digest.value_digest``), beside the
+"""What content digests cost (``flowing.keys.digest.value_digest``), beside the
 obvious baseline for each kind of value.
 
     python3 bench/digests.py            # full sizes (a few minutes, ~2.5 GB of memory)
@@ -66,7 +66,7 @@ def case_array(quick: bool) -> dict[str, float]:
 
     import numpy as np
 
-    from flowing.digest import value_digest
+    from flowing.keys.digest import value_digest
 
     a = np.arange((2 << 20) if quick else (128 << 20), dtype=np.float64)  # 16 MB / 1 GB
     base_first = os.environ.get("DIGEST_BENCH_RUN", "0") in ("1", "3", "5")
@@ -86,7 +86,7 @@ def case_dicts(quick: bool) -> dict[str, float]:
     import hashlib
     import pickle
 
-    from flowing.digest import value_digest
+    from flowing.keys.digest import value_digest
 
     n = 50_000 if quick else 1_000_000
     v = [{"id": i, "name": f"n{i}", "score": i * 0.5} for i in range(n)]
@@ -103,7 +103,7 @@ def case_frame(quick: bool) -> dict[str, float]:
     import numpy as np
     import pandas as pd
 
-    from flowing.digest import value_digest
+    from flowing.keys.digest import value_digest
 
     n = 20_000 if quick else 1_000_000
     rng = np.random.default_rng(0)

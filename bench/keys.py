@@ -97,8 +97,8 @@ def _namespace():
 def child(case, n):
     ns = _namespace()
     from flowing import task
-    from flowing.digest import value_digest
-    from flowing.stepkey import Keyer, Uncacheable
+    from flowing.keys.digest import value_digest
+    from flowing.keys.stepkey import Keyer, Uncacheable
 
     if case == "shared":
         tasks = [ns["make_shared"](i) for i in range(n)]

@@ -11,7 +11,7 @@ value previews have their control characters escaped (``\\x1b``, ``\\u202e``),
 so a hostile journal cannot drive the terminal. A path that is not a flowing
 journal, a symbolic link or not a regular file (a FIFO included: it is never
 read, so nothing blocks) is refused with exit status 1 and left untouched;
-see flowing.journal for what counts as a journal.
+see flowing.journal.store for what counts as a journal.
 """
 
 from __future__ import annotations
@@ -22,8 +22,8 @@ import os
 import sys
 import time
 
-from .events import printable as _printable
-from .journal import Entry, JournalError, compact, forget, human_size, iter_entries
+from .journal.store import Entry, JournalError, compact, forget, human_size, iter_entries
+from .observe.events import printable as _printable
 
 _WARN_LOGGER = "flowing.cli"
 _NAME_WIDTH = 60    # longer task names are cut with "..." in `journal show`

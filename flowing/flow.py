@@ -8,8 +8,9 @@ import time
 from collections.abc import Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
-from . import attempt as A
-from .events import (
+from .engine.scheduler import JournalPlan, Scheduler, override_key
+from .graph import Graph
+from .observe.events import (
     LOGGER_NAME,
     Reporter,
     error_line,
@@ -19,16 +20,15 @@ from .events import (
     resolve_logger,
     safe_str,
 )
-from .graph import Graph
 from .results import ItemResult, StepResult, StepState
-from .scheduler import JournalPlan, Scheduler, override_key
+from .runners import attempt as A
 from .tasks import TaskDef
 
 if TYPE_CHECKING:
     import logging
     from concurrent.futures import Executor
 
-    from .journal import Journal
+    from .journal.store import Journal
 
 SCHEDULES = ("eager", "layers")
 
@@ -117,7 +117,7 @@ class Flow:
         if journal_path is not None:
             import logging
 
-            from .journal import Journal  # only runs with a journal pay for it
+            from .journal.store import Journal  # only runs with a journal pay for it
             self._journal = Journal.open(str(journal_path),
                                          self.logger or logging.getLogger(LOGGER_NAME))
         self.results: dict[str, StepResult] = {}
@@ -236,7 +236,7 @@ class Flow:
         import hashlib
 
         from .interrupts import guarded
-        from .stepkey import Behaviour, Keyer, Uncacheable
+        from .keys.stepkey import Behaviour, Keyer, Uncacheable
 
         # A new Keyer per run: fingerprints read module constants, and a fix made at
         # run time (a flag flipped before resume()) must give a new key.
@@ -272,7 +272,7 @@ class Flow:
             return self._dry_run(dict(self._overrides), set())
 
     def _dry_run(self, kept: dict[int, StepResult], force: set[int]) -> dict[str, str]:
-        from .dryrun import dry_run
+        from .replay.dryrun import dry_run
 
         plan = None if self._journal is None else self._plan(self._journal, force, warn=False)
         return dry_run(self.graph, plan, kept)
@@ -300,7 +300,7 @@ class Flow:
             td = g.tasks[i]
             key = None
             if self._journal is not None:
-                from .digest import value_digest
+                from .keys.digest import value_digest
 
                 plan = self._plan(self._journal, set(), warn=False)
                 # under a key of its own (behaviour and name): see JournalPlan.override_entry
@@ -414,17 +414,17 @@ class Flow:
 
     def report(self) -> dict[str, Any]:
         """A JSON-serialisable dict of the last run (``json.dumps`` always works)."""
-        from .report import build_report
+        from .observe.report import build_report
         return build_report(self)
 
     def to_mermaid(self, direction: str = "TD") -> str:
         """A Mermaid flowchart of the graph; after a run, nodes show their state."""
-        from .report import to_mermaid
+        from .observe.report import to_mermaid
         return to_mermaid(self, direction)
 
     def timeline_svg(self, path: str | os.PathLike[str]) -> str:
         """Write an SVG Gantt chart of the last run to ``path``; returns the path."""
-        from .report import timeline_svg
+        from .observe.report import timeline_svg
         return timeline_svg(self, path)
 
     def __repr__(self) -> str:

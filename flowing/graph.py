@@ -35,7 +35,7 @@ from collections.abc import Callable, Collection, Hashable, Iterable, Sequence
 from types import FunctionType, MethodType
 from typing import Any, NamedTuple, cast
 
-from .events import safe_repr
+from .observe.events import safe_repr
 from .tasks import TaskDef, check_dependency, registered_tasks
 
 __all__ = ["Graph", "Params", "check_signature"]

@@ -116,7 +116,7 @@ def guarded(fn: Callable[..., T], *args: Any, fallback: T,
 def digest_or_none(value: object) -> str | None:
     """``digest.value_digest(value)``, or None (no stable content) whatever the value's
     own code raises while it is digested."""
-    from .digest import value_digest
+    from .keys.digest import value_digest
 
     return guarded(value_digest, value, fallback=None)
 

@@ -37,7 +37,7 @@ class Record:
         return {name: getattr(self, name, None) for name in self.__slots__}
 
     def __repr__(self) -> str:
-        from .events import safe_repr
+        from .observe.events import safe_repr
 
         fields = ", ".join(f"{n}={safe_repr(getattr(self, n, None), 200)}"
                            for n in self.__slots__)

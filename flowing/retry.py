@@ -80,8 +80,8 @@ def _read_retry_after(error: object) -> tuple[float | None, str | None]:
     try:
         hint = getattr(error, "retry_after", None)
     except BaseException as exc:  # SystemExit from a property too: the hint is ignored
-        from .events import error_line
         from .interrupts import is_terminal
+        from .observe.events import error_line
 
         if is_terminal(exc):
             raise
@@ -89,7 +89,7 @@ def _read_retry_after(error: object) -> tuple[float | None, str | None]:
         return None, f"its retry_after raised {error_line(exc, 80)}; ignored"
     if hint is None:
         return None, None
-    from .events import safe_repr, type_name
+    from .observe.events import safe_repr, type_name
 
     shown = f"{safe_repr(hint, 30)} ({type_name(hint)})"
     try:
@@ -137,7 +137,7 @@ def retry_after_problem(error: BaseException | None, task: str | None = None) ->
     problem = _read_retry_after(error)[1]
     if problem is None:
         return None
-    from .events import clip, type_name
+    from .observe.events import clip, type_name
 
     head = f"task '{clip(task, 60)}': " if task is not None else ""
     return clip(f"{head}{type_name(error)}: {problem}", 300)

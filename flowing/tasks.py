@@ -53,8 +53,8 @@ from collections.abc import Callable, Iterable
 from types import FunctionType, MethodType
 from typing import Any, cast, overload
 
-from .events import safe_repr
 from .limits import Limit
+from .observe.events import safe_repr
 
 __all__ = ["TaskDef", "task", "clear_registry", "registered_tasks", "check_dependency"]
 

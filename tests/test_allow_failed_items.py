@@ -14,7 +14,7 @@ from helpers import captured_log
 from hostile import NoBoolNoEq, RaisingRepr, StrRaises
 
 from flowing import Failed, Flow, ItemsFailed, StepState, task
-from flowing.digest import value_digest
+from flowing.keys.digest import value_digest
 
 S, F, K = StepState.SUCCEEDED, StepState.FAILED, StepState.SKIPPED
 
@@ -212,7 +212,7 @@ SCRIPT = textwrap.dedent('''
                       "errors": None if failed is None else [type(f.error).__name__
                                                              for f in failed],
                       "summary_cached": res["summary"].cached,
-                      "digest": __import__("flowing.digest").digest.value_digest(
+                      "digest": __import__("flowing.keys.digest").keys.digest.value_digest(
                           res["fetch"].value)}))
 ''')
 

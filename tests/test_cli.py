@@ -19,7 +19,7 @@ if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
 from flowing.cli import main  # noqa: E402
-from flowing.journal import HEADER, Journal  # noqa: E402
+from flowing.journal.store import HEADER, Journal  # noqa: E402
 
 LOG = logging.getLogger("test_cli")
 

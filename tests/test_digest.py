@@ -37,8 +37,8 @@ sys.path.insert(0, str(FIXTURES))
 
 from digest_types import Box, Color, Level, Pair, Plain, Point, Slotted  # noqa: E402
 
-from flowing import digest  # noqa: E402
-from flowing.digest import Canonical, Memo, Unstable, value_digest  # noqa: E402
+from flowing.keys import digest  # noqa: E402
+from flowing.keys.digest import Canonical, Memo, Unstable, value_digest  # noqa: E402
 
 HEX64 = re.compile(r"[0-9a-f]{64}")
 NAN = float("nan")  # one NaN object: containers compare it equal to itself by identity

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from flowing.digest import digest_info, value_digest
+from flowing.keys.digest import digest_info, value_digest
 
 np = pytest.importorskip("numpy")
 pd = pytest.importorskip("pandas")
@@ -206,7 +206,7 @@ PRINT = """
 import json, sys
 sys.path.insert(0, sys.argv[1])
 import numpy as np, pandas as pd
-from flowing.digest import value_digest
+from flowing.keys.digest import value_digest
 a = np.arange(24, dtype=np.float64).reshape(4, 6)
 f = pd.DataFrame({"a": [1, 2, 3], "b": [0.5, 1.5, 2.5], "c": ["x", "y", "z"]})
 f.attrs["tags"] = {"p", "q", "r"}

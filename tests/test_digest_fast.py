@@ -9,7 +9,7 @@ import random
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from flowing.digest import value_digest
+from flowing.keys.digest import value_digest
 
 NAN = float("nan")
 

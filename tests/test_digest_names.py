@@ -24,7 +24,7 @@ MODULE = textwrap.dedent("""
 
     if __name__ == "__main__":
         import json, sys
-        from flowing.digest import value_digest
+        from flowing.keys.digest import value_digest
         print(json.dumps([value_digest(Engine()), value_digest(make), value_digest(Mode.ON)]))
 """)
 
@@ -67,7 +67,7 @@ def _python(project, env, *args):
 
 
 def test_one_name_in_two_modules_digests_differently(project, repo_env):
-    code = ("import json, fast, slow\nfrom flowing.digest import value_digest\n"
+    code = ("import json, fast, slow\nfrom flowing.keys.digest import value_digest\n"
             "print(json.dumps([[value_digest(v) for v in (m.Engine(), m.make, m.Mode.ON)] "
             "for m in (fast, slow)]))")
     fast, slow = _python(project, repo_env, "-c", code)
@@ -78,7 +78,7 @@ def test_one_name_in_two_modules_digests_differently(project, repo_env):
 def test_a_script_and_its_import_agree(project, repo_env):
     as_script = _python(project, repo_env, "fast.py")
     imported = _python(project, repo_env, "-c", (
-        "import json, fast\nfrom flowing.digest import value_digest\n"
+        "import json, fast\nfrom flowing.keys.digest import value_digest\n"
         "print(json.dumps([value_digest(fast.Engine()), value_digest(fast.make), "
         "value_digest(fast.Mode.ON)]))"))
     assert as_script == imported == _python(project, repo_env, "-m", "fast")

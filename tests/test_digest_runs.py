@@ -1,5 +1,5 @@
 """Digests within runs: no size cliff, one digest per value, and the check that
-a body did not change its dependencies in place (flowing.inplace)."""
+a body did not change its dependencies in place (flowing.replay.inplace)."""
 
 import logging
 
@@ -7,8 +7,9 @@ import pytest
 from helpers import ListHandler
 from test_replay import Calls
 
-from flowing import Flow, inplace, task
-from flowing.digest import inputs_digest, value_digest
+from flowing import Flow, task
+from flowing.keys.digest import inputs_digest, value_digest
+from flowing.replay import inplace
 
 
 @pytest.fixture

@@ -14,8 +14,8 @@ import pytest
 from scripts import ScriptProject
 
 from flowing import Flow, task
-from flowing.digest import value_digest
-from flowing.stepkey import STEP_KEY_VERSION, compute_step_key
+from flowing.keys.digest import value_digest
+from flowing.keys.stepkey import STEP_KEY_VERSION, compute_step_key
 
 HEAD = '''\
 import json
@@ -306,7 +306,7 @@ def test_a_journal_written_by_0_2_0_opens_and_appends_but_is_not_replayed(proj):
     import hashlib
     import logging
 
-    from flowing.journal import Journal
+    from flowing.journal.store import Journal
 
     # entries as 0.2.0 wrote them: the same line format, keys of the older rules
     # (dependency keys chained), no parts

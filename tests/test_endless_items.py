@@ -13,7 +13,7 @@ import time
 import pytest
 
 from flowing import Cancelled, Flow, StepState, task
-from flowing import attempt as A
+from flowing.runners import attempt as A
 
 
 def listing(make_source, *others, timeout_s=None):
@@ -90,8 +90,8 @@ def test_fail_fast_stops_the_listing(monkeypatch):
 SCRIPT = textwrap.dedent("""
     import itertools, sys
     from flowing import Flow, task
-    import flowing.attempt
-    flowing.attempt.MAX_ITEMS = 10**12  # the listing must be stopped by Ctrl-C alone
+    import flowing.runners.attempt
+    flowing.runners.attempt.MAX_ITEMS = 10**12  # the listing must be stopped by Ctrl-C alone
 
     @task
     def src():

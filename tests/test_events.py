@@ -10,7 +10,7 @@ import pytest
 from helpers import ListHandler
 
 from flowing import Flow, StepState, task
-from flowing.events import (
+from flowing.observe.events import (
     FlowFinished,
     FlowStarted,
     TaskFailed,
@@ -241,7 +241,7 @@ from hostile import (  # noqa: E402
 from hypothesis import given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
-from flowing import events as ev  # noqa: E402
+from flowing.observe import events as ev  # noqa: E402
 from flowing.records import Record  # noqa: E402
 from flowing.results import ItemResult, StepResult  # noqa: E402
 

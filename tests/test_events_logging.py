@@ -8,9 +8,10 @@ import time
 import pytest
 from helpers import ListHandler
 
-import flowing.scheduler
-from flowing import Flow, StepState, progress, task
-from flowing import events as ev
+import flowing.engine.scheduler
+from flowing import Flow, StepState, task
+from flowing.observe import events as ev
+from flowing.observe import progress
 
 
 @pytest.fixture
@@ -38,7 +39,7 @@ def flowing_records():
 @pytest.fixture
 def fast_ticks(monkeypatch):
     """Progress ticks every 50 ms and heartbeats every 0.2 s, so a short task is 'long'."""
-    monkeypatch.setattr(flowing.scheduler, "MAX_WAIT_S", 0.05)
+    monkeypatch.setattr(flowing.engine.scheduler, "MAX_WAIT_S", 0.05)
     monkeypatch.setattr(progress, "HEARTBEAT_S", 0.2)
 
 
@@ -392,7 +393,7 @@ def test_heartbeat_names_what_is_running(user_logger, fast_ticks):
 
 def test_no_heartbeat_for_short_tasks(user_logger, monkeypatch):
     logger, handler = user_logger
-    monkeypatch.setattr(flowing.scheduler, "MAX_WAIT_S", 0.05)
+    monkeypatch.setattr(flowing.engine.scheduler, "MAX_WAIT_S", 0.05)
 
     @task
     def brief():

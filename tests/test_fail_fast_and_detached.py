@@ -4,7 +4,7 @@ import threading
 import time
 
 from flowing import Flow, StepState, task
-from flowing.events import TaskSkipped, TaskStarted
+from flowing.observe.events import TaskSkipped, TaskStarted
 
 WAIT = 10
 

@@ -46,8 +46,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
-from flowing import journal as journal_mod  # noqa: E402
-from flowing.journal import HEADER, Journal, JournalError  # noqa: E402
+from flowing.journal import store as journal_mod  # noqa: E402
+from flowing.journal.store import HEADER, Journal, JournalError  # noqa: E402
 
 FIXTURES = os.path.join(os.path.dirname(os.path.abspath(__file__)), "journal_fixtures")
 ACKER = os.path.join(FIXTURES, "acker.py")
@@ -257,7 +257,7 @@ def test_kill_9_during_compact_keeps_a_whole_journal_and_its_temp_file_goes(tmp_
     acked: set[str] = set()
     max_bytes: dict[str, int] = {}
     trials = 40 if LONG else 10
-    compactor = ("import logging, sys; from flowing.journal import compact\n"
+    compactor = ("import logging, sys; from flowing.journal.store import compact\n"
                  "print('started', flush=True)\n"
                  "while True: compact(sys.argv[1], logging.getLogger('c'))")
     killed_with_temp = 0
@@ -339,7 +339,7 @@ def bodies_ended(log: str) -> set[str]:
 def _sample_journal(path: str) -> list[tuple[str, Any, str | None, str | None]]:
     """A journal of JSON, pickled, digest-less and marker entries; returns what has a value."""
     log, _ = logger()
-    from flowing.digest import value_digest  # a value read back is checked against it
+    from flowing.keys.digest import value_digest  # a value read back is checked against it
 
     rows = [("a" * 64, {"x": [1, 2, "é"]}, value_digest({"x": [1, 2, "é"]}), "e" * 64),
             ("b" * 64, (1, 2.5, None), value_digest((1, 2.5, None)), None),

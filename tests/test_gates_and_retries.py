@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 
 from flowing import Flow, RetryUntilRejected, StepState, task
 from flowing import retry as retry_policy
-from flowing.events import TaskRetrying
+from flowing.observe.events import TaskRetrying
 
 
 def _src():

@@ -24,9 +24,9 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
-from flowing import journal as journal_mod  # noqa: E402
-from flowing.digest import value_digest  # noqa: E402
-from flowing.journal import HEADER, Hit, Journal, JournalError  # noqa: E402
+from flowing.journal import store as journal_mod  # noqa: E402
+from flowing.journal.store import HEADER, Hit, Journal, JournalError  # noqa: E402
+from flowing.keys.digest import value_digest  # noqa: E402
 
 WRITER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "journal_fixtures", "writer.py")
 LOG = logging.getLogger("test_journal")
@@ -691,7 +691,7 @@ def test_a_journal_emptied_behind_our_back_gets_its_header_again(jpath):
 
 _OPEN_AND_RECORD = """
 import logging, sys, time
-from flowing.journal import Journal
+from flowing.journal.store import Journal
 while time.time() < float(sys.argv[2]):
     pass
 with Journal.open(sys.argv[1], logging.getLogger()) as j:
@@ -1028,7 +1028,7 @@ def test_fast_header_parse_equals_the_json_parse(key, kind, name, deps, t, diges
                                                  parts):
     import json as _json
 
-    from flowing import journal as J
+    from flowing.journal import store as J
 
     line = J._make_line(key, kind, name, deps, t, enc, "null", digest, inputs, parts)[:-1]
     i = line.find(J._VALUE_TAG)

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 import pytest
 
 from flowing import Flow, task
-from flowing.journal import JournalError
+from flowing.journal.store import JournalError
 
 # --------------------------------------------------------------------------- harness
 

@@ -38,7 +38,7 @@ def test_each_is_exported_and_an_exception():
 
 def test_import_flowing_stays_lazy():
     code = ("import sys, flowing; from flowing import JournalError; "
-            "print(sorted(m for m in ('flowing.stepkey', 'flowing.digest', 'numpy', 'pandas', "
+            "print(sorted(m for m in ('flowing.keys.stepkey', 'flowing.keys.digest', 'numpy', 'pandas', "
             "'distributed', 'concurrent.futures') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          env={**os.environ, "PYTHONPATH": os.path.dirname(

@@ -176,7 +176,7 @@ def test_a_cluster_that_cannot_deserialize_the_call_is_cannot_ship(cluster):
         import sys
         from distributed import Client
         from flowing import Flow, task
-        import flowing.shipping as shipping
+        import flowing.runners.shipping as shipping
         shipping.prepare = lambda client, names=None: None  # as if the workers had all
         @task
         def hello():

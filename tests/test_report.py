@@ -11,7 +11,7 @@ import zlib
 import pytest
 
 from flowing import Flow, task
-from flowing import report as rp
+from flowing.observe import report as rp
 
 SVG = "{http://www.w3.org/2000/svg}"
 

@@ -26,9 +26,12 @@ from hypothesis import strategies as st
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from flowing import Flow, digest, stepkey, task  # noqa: E402
-from flowing.limits import Limit  # noqa: E402
-from flowing.stepkey import (  # noqa: E402
+from flowing import Flow, task  # noqa: E402
+from flowing.keys import (  # noqa: E402
+    digest,
+    stepkey,  # noqa: E402
+)
+from flowing.keys.stepkey import (  # noqa: E402
     STEP_KEY_VERSION,
     Keyer,
     Uncacheable,
@@ -36,6 +39,7 @@ from flowing.stepkey import (  # noqa: E402
     fingerprint,
     item_step_key,
 )
+from flowing.limits import Limit  # noqa: E402
 from flowing.tasks import TaskDef  # noqa: E402
 
 PRINT_KEYS = Path(__file__).resolve().parent / "stepkey_fixtures" / "print_keys.py"

@@ -2,7 +2,7 @@
 
 Every journal case is two (or more) runs in fresh processes over one journal.
 The pipeline script below prints one ``OUT {json}`` line per run: what ran,
-what was replayed, and which stored values were read (``flowing.valuestore.load``
+what was replayed, and which stored values were read (``flowing.journal.values.load``
 is counted, so "nothing unneeded is loaded" is observed, not assumed).
 """
 
@@ -21,14 +21,15 @@ import time
 
 import pytest
 
-from flowing import valuestore
-from flowing.digest import value_digest
-from flowing.journal import HEADER, Journal, compact, forget, iter_entries
+from flowing.journal import values as valuestore
+from flowing.journal.store import HEADER, Journal, compact, forget, iter_entries
+from flowing.keys.digest import value_digest
 
 PIPELINE = '''
 import json, os, sys
 import numpy as np
-from flowing import Flow, task, valuestore
+from flowing import Flow, task
+from flowing.journal import values as valuestore
 
 loads = []
 _load = valuestore.load
@@ -362,8 +363,8 @@ def test_a_hand_edited_value_with_its_checksum_fixed_is_not_replayed(tmp_path, r
 KILLED_WRITER = '''
 import logging, sys
 import numpy as np
-from flowing.digest import value_digest
-from flowing.journal import Journal
+from flowing.keys.digest import value_digest
+from flowing.journal.store import Journal
 j = Journal.open(sys.argv[1], logging.getLogger("w"))
 a = np.full(int(sys.argv[2]), 7, dtype=np.uint8)
 print("START", flush=True)
@@ -450,7 +451,7 @@ def _big_journal(path: str, n: int = 24) -> dict[str, str]:
 
 
 def _db(path: str) -> str:
-    from flowing import journalindex
+    from flowing.journal import index as journalindex
 
     return os.path.join(path + valuestore.SUFFIX, journalindex.DB_NAME)
 
@@ -465,7 +466,7 @@ def test_a_big_journal_is_indexed_and_later_lines_are_read_from_the_tail(tmp_pat
         assert len(j) == len(values) and j.has_task("t01")
     assert os.path.isfile(_db(path)) and stat.S_IMODE(os.stat(_db(path)).st_mode) == 0o600
     # another process appends (and gone-marks nothing): the next opener reads only the tail
-    code = ("import logging, sys; from flowing.journal import Journal; "
+    code = ("import logging, sys; from flowing.journal.store import Journal; "
             "j = Journal.open(sys.argv[1], logging.getLogger()); "
             "j.record('e' * 64, 'late', [], 'late value'); j.close()")
     subprocess.run([sys.executable, "-c", code, path], env=repo_env, check=True, timeout=60)
@@ -524,7 +525,7 @@ def test_a_missing_damaged_untrusted_or_outdated_index_is_rebuilt_or_ignored(tmp
 def test_without_sqlite3_the_index_stays_in_memory(tmp_path, monkeypatch):
     import logging
 
-    from flowing import journalindex
+    from flowing.journal import index as journalindex
 
     monkeypatch.setattr(journalindex, "sqlite3", None)
     path = str(tmp_path / "run.jsonl")

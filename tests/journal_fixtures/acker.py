@@ -21,8 +21,8 @@ from typing import Any
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(os.path.dirname(HERE)))
 
-from flowing.digest import value_digest  # noqa: E402
-from flowing.journal import Journal  # noqa: E402
+from flowing.journal.store import Journal  # noqa: E402
+from flowing.keys.digest import value_digest  # noqa: E402
 
 
 def expected(name: str, max_bytes: int) -> tuple[str, Any, str, str | None]:

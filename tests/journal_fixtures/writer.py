@@ -11,7 +11,7 @@ import hashlib
 import logging
 import sys
 
-from flowing.journal import Journal
+from flowing.journal.store import Journal
 
 
 def key(tag: str, i: int) -> str:

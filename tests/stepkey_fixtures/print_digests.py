@@ -13,7 +13,7 @@ def main() -> None:
     repo, path = sys.argv[1], sys.argv[2]
     sys.path.insert(0, repo)
     sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-    from flowing.digest import value_digest
+    from flowing.keys.digest import value_digest
 
     with open(path, "rb") as f:
         corpus = pickle.load(f)

@@ -29,7 +29,7 @@ def main() -> None:
     mode = sys.argv[3] if len(sys.argv) > 3 else "import"
     sys.path.insert(0, repo)
     sys.path.insert(0, os.path.dirname(os.path.abspath(path)))
-    from flowing.stepkey import compute_step_key
+    from flowing.keys.stepkey import compute_step_key
     from flowing.tasks import TaskDef
 
     namespace = load(path, mode)

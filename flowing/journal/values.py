@@ -7,7 +7,7 @@ than ``THRESHOLD`` bytes is not put in its journal line: it is written to a
 file in the folder ``<journal>.values/`` next to the journal (``run.jsonl``
 -> ``run.jsonl.values/``), and the line names the file by the sha256 of its
 bytes (content addressed: equal values share one file). Smaller values stay
-in the line, readable (see flowing.journal).
+in the line, readable (see flowing.journal.store).
 
 File format (``<sha256 of the whole file>.pkl``)::
 

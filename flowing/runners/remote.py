@@ -35,9 +35,9 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from . import attempt as A
-from .attempt import Job, Outcome
-from .runners import _OK, RemoteCall, RemoteValue, Shared, _report
+from ..runners import attempt as A
+from ..runners.attempt import Job, Outcome
+from ..runners.local import _OK, RemoteCall, RemoteValue, Shared, _report
 
 # A process pool's value up to this size is unpickled on the engine's callback thread.
 _QUICK_BYTES = 64 * 1024

@@ -14,19 +14,19 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
-from .why import Why, WhyKind, changed
+from ..replay.why import Why, WhyKind, changed
 
 if TYPE_CHECKING:
-    from .graph import Graph
-    from .results import StepResult
-    from .scheduler import JournalPlan
+    from ..engine.scheduler import JournalPlan
+    from ..graph import Graph
+    from ..results import StepResult
 
 __all__ = ["dry_run"]
 
 
 def dry_run(graph: Graph, plan: JournalPlan | None,
             kept: dict[int, StepResult]) -> dict[str, str]:
-    from .interrupts import digest_or_none
+    from ..interrupts import digest_or_none
 
     out: dict[str, str] = {}
     n = len(graph)
@@ -86,7 +86,7 @@ def _stored_digest(plan: JournalPlan, key: str) -> str | None:
     meta = plan.journal.peek(key)
     if meta is not None and meta[1] is not None:
         return meta[1]
-    from .interrupts import digest_or_none
+    from ..interrupts import digest_or_none
 
     hit = plan.journal.get(key)
     return None if hit is None else digest_or_none(hit.value)
@@ -106,7 +106,7 @@ def _items(graph: Graph, plan: JournalPlan, i: int, replayed: list[bool],
     values: Any = None if hit is None else hit.value
     if type(values) not in (list, tuple):
         return ""
-    from .digest import inputs_digest
+    from ..keys.digest import inputs_digest
     others = inputs_digest((graph.tasks[d].name, digests[d]) for d in graph.deps[i]
                            if d != source)
     if others is None:

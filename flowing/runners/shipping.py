@@ -27,7 +27,7 @@ scheduler (which unpickles every task) nor a worker needs flowing to load
 it. On the worker it puts the bundle (in the worker's local directory) first
 on ``sys.path`` (once per bundle; a new bundle first drops the previous
 bundle's user modules from ``sys.modules``, so edited code is used), imports
-``flowing.runners`` and runs ``run_shipped``. Without a bundle the plain
+``flowing.runners.local`` and runs ``run_shipped``. Without a bundle the plain
 ``run_shipped`` is submitted (by reference).
 
 Format of the zip: ``flowing/...`` and the user's modules at the root, ``.py``
@@ -94,13 +94,13 @@ def _entry(bundle: str, names: tuple[str, ...], body_blob: bytes, call_blob: byt
                         del sys.modules[name]
                 sys.path.insert(0, path)
                 importlib.invalidate_caches()
-                runners = sys.modules.get("flowing.runners")
+                runners = sys.modules.get("flowing.runners.local")
                 if runners is not None:
                     runners._bodies.clear()
                 state.path = path
                 state.name = bundle
     try:
-        from flowing.runners import run_shipped
+        from flowing.runners.local import run_shipped
     except BaseException as exc:
         if rest and rest[0]:  # keep: see runners.run_shipped
             raise RuntimeError("flowing: not kept", 2, f"flowing cannot be imported on the "
@@ -173,7 +173,7 @@ def _sources(name: str) -> list[tuple[str, str]]:
 
 def user_modules(folder: str) -> list[str]:
     """Top-level names of the imported user modules whose files are in ``folder``."""
-    from .digest import is_user_module
+    from ..keys.digest import is_user_module
 
     prefix = os.path.join(os.path.abspath(folder), "")
     names = set()

@@ -30,7 +30,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from .events import (
+from ..observe.events import (
     NO_ITEM,
     clip,
     format_duration,
@@ -40,7 +40,7 @@ from .events import (
     safe_str,
     type_name,
 )
-from .results import StepState
+from ..results import StepState
 
 REPORT_VERSION = 1
 VALUE_MAX_CHARS = 1000  # a value is embedded when its JSON is at most this long
@@ -390,7 +390,7 @@ def build_report(flow: RunView) -> dict[str, Any]:
       attempts, error}] (at most ``MAX_FAILED_ITEMS``); first_failure;
       ``allowed_failures`` (with ``allow_failed_items``: how many may fail).
     """
-    from . import __version__
+    from .. import __version__
 
     g = flow.graph
     retries = _retries_by_task(flow)

@@ -80,7 +80,7 @@ def _is_tty(stream: Any) -> bool:
 
 def _age(seconds: float) -> str:
     """``0.4s``, ``12.0s``, ``3m05s``: one style for every age on the line."""
-    from .events import format_duration
+    from ..observe.events import format_duration
     seconds = max(0.0, seconds)
     return f"{seconds:.1f}s" if seconds < 60 else format_duration(seconds * 1000)
 
@@ -102,7 +102,7 @@ def running_list(running: Mapping[str, float], now: float, width: int,
                  items: Mapping[str, ItemsProgress] | None = None) -> str:
     """``a 8.1s, b 0.6s, +2 more`` (longest-running first) in at most ``width`` chars;
     a task in ``items`` (a running for_each) also says how far its items are."""
-    from .events import clip
+    from ..observe.events import clip
 
     ages = sorted(((now - t, name) for name, t in running.items()), reverse=True)
     parts: list[str] = []
@@ -129,7 +129,7 @@ class Progress:
                  stream: TextIO | None = None) -> None:
         import logging
 
-        from .events import LOGGER_NAME
+        from ..observe.events import LOGGER_NAME
 
         self.logger = logger
         self.started_at = started_at
@@ -154,7 +154,7 @@ class Progress:
                    now: float, items: Mapping[str, ItemsProgress] | None = None) -> None:
         import shutil
 
-        from .events import clip
+        from ..observe.events import clip
 
         columns = shutil.get_terminal_size((100, 24)).columns
         width = max(20, columns - 1)  # never wrap: a wrapped line cannot be redrawn
@@ -173,7 +173,7 @@ class Progress:
             return
         self.last_beat = now
         tail = f"; {done}/{total} done, {_age(now - self.started_at)} elapsed"
-        from .events import MAX_LINE
+        from ..observe.events import MAX_LINE
         room = MAX_LINE - len("flowing: still running: ") - len(tail)
         self.logger.info("still running: %s%s", running_list(running, now, room, items), tail)
 

@@ -50,14 +50,14 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from . import context
-from . import retry as retry_policy
-from .events import safe_repr, safe_str
-from .results import Deferred
-from .retry import RetryUntilRejected
+from .. import context
+from .. import retry as retry_policy
+from ..observe.events import safe_repr, safe_str
+from ..results import Deferred
+from ..retry import RetryUntilRejected
 
 if TYPE_CHECKING:
-    from .tasks import TaskDef
+    from ..tasks import TaskDef
 
 # Job modes
 TASK = 0  # one attempt of a whole task

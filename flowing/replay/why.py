@@ -2,7 +2,7 @@
 
 A journal entry keeps small per-part fingerprints of what its key was
 computed from (``Behaviour.parts`` plus ``dep:<name>`` per dependency value;
-see ``flowing.stepkey``). When a task's key is not in the journal, comparing
+see ``flowing.keys.stepkey``). When a task's key is not in the journal, comparing
 the parts of now with those of the task's newest entry names the change.
 
 Wording (``str(why)``), the public strings of ``Flow.why``, the task-start log

@@ -80,9 +80,8 @@ from array import array
 from collections.abc import Iterator, Mapping
 from typing import TYPE_CHECKING, Any
 
-from . import attempt as A
-from .attempt import Job, Outcome
-from .events import (
+from ..interrupts import Catcher, guarded
+from ..observe.events import (
     FlowFinished,
     FlowStarted,
     TaskCached,
@@ -95,18 +94,19 @@ from .events import (
     safe_repr,
     safe_str,
 )
-from .interrupts import Catcher, guarded
-from .results import Deferred, Failed, ItemResult, StepResult, StepState
-from .runners import WAKE, RemoteValue, Runner, Shared, open_runner
-from .why import Why, WhyKind, changed
+from ..replay.why import Why, WhyKind, changed
+from ..results import Deferred, Failed, ItemResult, StepResult, StepState
+from ..runners import attempt as A
+from ..runners.attempt import Job, Outcome
+from ..runners.local import WAKE, RemoteValue, Runner, Shared, open_runner
 
 if TYPE_CHECKING:
-    from .events import Reporter
-    from .graph import Graph
-    from .journal import Journal
-    from .limits import Limit
-    from .stepkey import Behaviour
-    from .tasks import TaskDef
+    from ..graph import Graph
+    from ..journal.store import Journal
+    from ..keys.stepkey import Behaviour
+    from ..limits import Limit
+    from ..observe.events import Reporter
+    from ..tasks import TaskDef
 
 PENDING, HELD, QUEUED, RUNNING, DONE = range(5)
 
@@ -223,7 +223,7 @@ class JournalPlan:
                                                                           Parts]:
         """Task i's step key, dependencies' digest and parts, from (dependency name,
         value digest) pairs (a digest None: that value has no stable content)."""
-        from .digest import inputs_digest
+        from ..keys.digest import inputs_digest
 
         in_digest = inputs_digest(pairs)
         b = self.behaviours[i]
@@ -311,7 +311,7 @@ class Scheduler:
         self.inputs = inputs or {}
         self.shared = Shared(graph.tasks, graph.deps, fail_fast, self.journal, self.keys)
         if plan is not None:
-            from .inplace import RunDigests
+            from ..replay.inplace import RunDigests
 
             self.shared.digest = RunDigests(self.inputs, plan.behaviours)
         has_async = any(td.is_async for td in graph.tasks)
@@ -410,7 +410,7 @@ class Scheduler:
                 for r in self.results:
                     if r is not None:
                         counts[r.state.value] += 1
-                from .flow import run_ok
+                from ..flow import run_ok
 
                 ok = not self.interrupted and run_ok(g, self.results)
                 emit(FlowFinished(time.time(), ok, (time.time() - started) * 1000, counts,
@@ -600,7 +600,7 @@ class Scheduler:
         """Read the replayed values task i is about to run on (they are loaded on first
         use). A value that cannot be loaded fails task i, saying the next run recomputes
         it (the journal no longer replays that entry). True if all are in memory."""
-        from .journal import JournalError
+        from ..journal.store import JournalError
 
         for d in self.graph.deps[i]:
             r = self.results[d]
@@ -742,7 +742,7 @@ class Scheduler:
         if d is _UNKNOWN:
             r = self.results[i]
             assert self.shared.digest is not None
-            from .journal import JournalError
+            from ..journal.store import JournalError
 
             try:
                 d = self.digests[i] = self.shared.digest(r.value) if r is not None else None
@@ -757,7 +757,7 @@ class Scheduler:
     def _in_digest(self, i: int, skip: int = -1) -> str | None:
         """Digest of the dependency values task i is about to be computed from
         (without dependency ``skip``: a for_each source, whose items count one by one)."""
-        from .digest import inputs_digest  # journaled runs only
+        from ..keys.digest import inputs_digest  # journaled runs only
 
         return inputs_digest(self._dep_digests(i, skip))
 

@@ -46,13 +46,13 @@ import sys
 from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
-from .interrupts import is_terminal
-from .records import Record
+from ..interrupts import is_terminal
+from ..records import Record
 
 if TYPE_CHECKING:
     import logging
 
-    from .progress import Progress
+    from ..observe.progress import Progress
 
 LOGGER_NAME = "flowing"
 
@@ -371,7 +371,7 @@ class TaskStarted(Event):
     """An attempt of a task starts. ``why``: why it runs although a journal is open
     (``"code of 'scale' changed"``, ``"'up' returned a different value"``,
     ``"expired (older than cache_ttl_s=60)"``, ``"cache=False"``, ``"not cached: <which
-    value>"``, ``"re-run on request"``: see ``flowing.why``), None when it simply has no
+    value>"``, ``"re-run on request"``: see ``flowing.replay.why``), None when it simply has no
     entry yet."""
 
     __slots__ = ("at", "task", "attempt", "detached", "why")
@@ -488,7 +488,7 @@ class TaskCached(Event):
 def _stderr_handler() -> logging.Handler:
     import logging
 
-    from . import progress
+    from ..observe import progress
 
     class StderrHandler(logging.StreamHandler):  # type: ignore[type-arg]
         """Writes to whatever ``sys.stderr`` is *now* (like logging's last resort),
@@ -615,7 +615,7 @@ class Reporter:
                 self._progress.close()
             self._progress = None
             if self.logger is not None:
-                from .progress import Progress
+                from ..observe.progress import Progress
                 self._progress = Progress(self.logger, event.at)
         elif isinstance(event, TaskStarted):
             self._attempt_start[event.task] = event.at

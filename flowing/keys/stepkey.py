@@ -57,7 +57,7 @@ standard library and outside site-packages/dist-packages):
     library function made inside another function (a decorator's wrapper):
     its name and the values it closes over, by these same rules.
   - a task (a ``TaskDef``): the fingerprint of its body.
-  - any other value: its content (``flowing.digest``): numbers, strings,
+  - any other value: its content (``flowing.keys.digest``): numbers, strings,
     containers, paths, dates, decimals, enums, compiled patterns, dataclasses
     and the state of any object, recursively (a value that contains itself
     is fine); the user's functions and classes met inside a value count by
@@ -125,7 +125,7 @@ Good to know
   (a dict, a list, an object) are noted with their digests
   (``Behaviour.held``): a body that changes one in place while the run goes
   on keeps the tasks whose keys read it from being journaled
-  (``flowing.inplace``); so does rebinding or deleting any name a key read
+  (``flowing.replay.inplace``); so does rebinding or deleting any name a key read
   from a module, class or function (``Behaviour.bound``). A module-level value
   computed at import time (a timestamp, a random id) that a task reads gives
   that task a new key in every process.
@@ -162,10 +162,10 @@ import weakref
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any, cast
 
-from . import digest
-from .context import current
-from .digest import Canonical, Memo, Unstable, is_user_class, is_user_function, is_user_module
-from .tasks import TaskDef
+from ..context import current
+from ..keys import digest
+from ..keys.digest import Canonical, Memo, Unstable, is_user_class, is_user_function, is_user_module
+from ..tasks import TaskDef
 
 __all__ = ["STEP_KEY_VERSION", "Behaviour", "Keyer", "Uncacheable", "compute_step_key",
            "item_step_key", "fingerprint", "clear_cache"]
@@ -480,7 +480,7 @@ class Behaviour:
     ``held``     the values the key read that can change (a module-level dict or
                  list, a closure variable, a default, a class attribute...), each as
                  (where it was read, the value, its digest when the key was made):
-                 ``changed`` digests them again (see ``flowing.inplace``).
+                 ``changed`` digests them again (see ``flowing.replay.inplace``).
     ``bound``    every name the key read from a namespace (a module's globals, a
                  user module's attributes, a class's or a function's attributes,
                  immutable values included) as (where, namespace, name, the object
@@ -1443,7 +1443,7 @@ def _shared_keyer() -> Keyer:
 
 def compute_step_key(td: TaskDef, dep_keys: Sequence[str] | Mapping[str, str]) -> str:
     """The step key of task ``td`` given the content digests of its dependencies'
-    values (``flowing.digest.value_digest``): a mapping dependency name -> digest,
+    values (``flowing.keys.digest.value_digest``): a mapping dependency name -> digest,
     as a run computes it, or a sequence of digests (any order, unnamed). Not the
     dependencies' step keys: since 0.3.0 a key covers what the dependencies
     returned, not the code that made it (true early cutoff).

@@ -166,19 +166,19 @@ from array import array
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any, Protocol
 
-from . import attempt as A
-from . import context
-from .attempt import Job, NoRetry, Outcome, RunSignals, run_attempt, run_attempt_async
-from .events import safe_repr, safe_str
-from .interrupts import is_terminal
-from .results import Deferred
+from .. import context
+from ..interrupts import is_terminal
+from ..observe.events import safe_repr, safe_str
+from ..results import Deferred
+from ..runners import attempt as A
+from ..runners.attempt import Job, NoRetry, Outcome, RunSignals, run_attempt, run_attempt_async
 
 if TYPE_CHECKING:
     from concurrent.futures import Executor, Future
 
-    from .inplace import RunDigests
-    from .journal import Journal
-    from .tasks import TaskDef
+    from ..journal.store import Journal
+    from ..replay.inplace import RunDigests
+    from ..tasks import TaskDef
 
 # Put in the inbox to wake the scheduler loop without an outcome.
 WAKE = object()
@@ -253,7 +253,7 @@ class Shared(RunSignals):
         check = None
         if store and self.digest is not None:
             # A body that changed a dependency's value in place must not be journaled
-            # as computed from the original (the policy: flowing.inplace). An item's
+            # as computed from the original (the policy: flowing.replay.inplace). An item's
             # side inputs are checked by the journal just before its line is written.
             if item:
                 check = self.digest.item_check(job)
@@ -520,7 +520,7 @@ def open_runner(executor: Any, max_workers: int, shared: Shared,
     elif _is_thread_pool(executor):
         sync = ExecutorRunner(executor, shared)
     else:
-        from .remote import RemoteRunner
+        from ..runners.remote import RemoteRunner
 
         # coroutine bodies are shipped too, and run with asyncio.run in the worker;
         # local=True tasks run on the run's own threads (and event loop)
@@ -1030,7 +1030,7 @@ class RemoteCall:
         ``shipping.prepare`` sent them (once per run and client; see shipping.py)."""
         with self._lock:
             if self._target is None:
-                from . import shipping
+                from ..runners import shipping
 
                 try:
                     shipped = shipping.prepare(self.client)

@@ -54,7 +54,7 @@ Every other line is one entry, whose fields always come in this order::
 ``parts``   optional, before ``value`` (written since 0.3.0 for tasks and
             overrides): ``{"code:scale":"1a2b…",…}``, short fingerprints of
             what the key was computed from, so a later run can say what
-            changed (``flowing.why``). Never used to replay.
+            changed (``flowing.replay.why``). Never used to replay.
 ``value``   always the last field, so a reader finds where the header ends
             by searching for ``,"value":`` (that byte sequence cannot occur
             earlier: a quote inside a JSON string is escaped).
@@ -67,7 +67,7 @@ warning). Opening reads the file in 1 MiB pieces, checks each line's checksum an
 parses only its header: the index keeps offsets and a few small fields per
 key (time, digests), never values; ``get`` reads the one line it needs and
 checks it is the line the index describes. A journal over 1 MiB keeps its
-index in SQLite beside it (flowing.journalindex), so a later open reads only
+index in SQLite beside it (flowing.journal.index), so a later open reads only
 the lines appended since; the file stays the source of truth. At the end of
 a run, ``checkpoint()`` writes held lines and saves the index when this
 process knows every line of the file (no other writer appended meanwhile).
@@ -78,12 +78,12 @@ A value whose pickle (protocol 5, out-of-band buffers counted) is at most
 ``valuestore.THRESHOLD`` (64 KiB) stays in its line: as JSON when it is
 plain JSON, else as a base64 pickle. A bigger one is written first to the
 folder ``<journal>.values/`` as raw bytes (pickle protocol 5, out-of-band
-buffers as they are; see flowing.valuestore for the file format, its
+buffers as they are; see flowing.journal.values for the file format, its
 durability and its cleanup), and the line, written after the file is
 durable, names it by the sha256 of its bytes.
 
 A value read back is checked before it is used: a line value is decoded and
-its content digest (``flowing.digest.value_digest``) must equal the entry's
+its content digest (``flowing.keys.digest.value_digest``) must equal the entry's
 ``digest`` (when one is recorded), so a value edited by hand, even with its
 checksum fixed up, is not replayed; a stored file must have the size and
 sha256 its line names. ``get(key, lazy=True)`` (what replay uses) checks a
@@ -206,8 +206,9 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from . import journalindex, valuestore
-from .results import Deferred
+from ..journal import index as journalindex
+from ..journal import values as valuestore
+from ..results import Deferred
 
 __all__ = ["Journal", "JournalError", "ValueUnavailable", "StoredValue", "Hit", "Entry",
            "iter_entries", "forget", "compact", "human_size",
@@ -1064,7 +1065,7 @@ Check = Callable[[], "str | None"]
 
 
 def _safe_text(e: BaseException) -> str:
-    from .events import safe_str  # only a failing write pays for it
+    from ..observe.events import safe_str  # only a failing write pays for it
 
     return safe_str(e, 200)
 
@@ -1096,7 +1097,7 @@ class Journal:
         # key -> where its latest line with a value is; the names of the tasks (not
         # items) with an entry of any kind (a task that has one but not under its key
         # now ran with a new key: "why did it run again?"); task name -> (offset, value
-        # start) of its newest entry when that has parts. See flowing.journalindex.
+        # start) of its newest entry when that has parts. See flowing.journal.index.
         self._idx = journalindex.Index()
         self._stale_dbs: list[Any] = []    # connections inherited over fork: never used again
         # The index describes every line up to this byte (and this many lines): -1 once
@@ -1179,7 +1180,7 @@ class Journal:
 
         Returns False, with an empty index, if the file is empty. Raises
         JournalError if it is not a flowing journal or is of a newer format.
-        With a usable persisted index (flowing.journalindex), only the lines
+        With a usable persisted index (flowing.journal.index), only the lines
         past what it covers are read.
         """
         st = os.fstat(self._fd)
@@ -1338,7 +1339,7 @@ class Journal:
                     value = json.loads(raw)
                 d = _unpack(digest)
                 if d is not None:
-                    from .digest import value_digest
+                    from ..keys.digest import value_digest
 
                     if value_digest(value) != d:
                         raise ValueError("the value read does not match its recorded digest "
@@ -1396,7 +1397,7 @@ class Journal:
         ``digest``: content digest of ``value``; ``inputs``: digest of the
         dependency values it was computed from (both stored as given, None
         when unknown). ``parts``: short fingerprints of what the key was
-        computed from (``flowing.why``), kept in the line for ``latest_parts``.
+        computed from (``flowing.replay.why``), kept in the line for ``latest_parts``.
         ``store=False`` writes a value-less marker (``enc``
         ``none``) that never replays but keeps the chain of dependency keys
         for ``journal forget``; True then means the marker is durable.
@@ -1541,7 +1542,7 @@ class Journal:
 
     def checkpoint(self) -> None:
         """Write held lines and, for a journal over 1 MiB whose every line this
-        process has indexed, persist the index (flowing.journalindex), so the next
+        process has indexed, persist the index (flowing.journal.index), so the next
         open reads nothing it already knows. Called at the end of a run. Never raises."""
         if self._pid != os.getpid():
             return

@@ -41,7 +41,7 @@ import stat
 import threading
 from typing import Any
 
-from . import valuestore
+from ..journal import values as valuestore
 
 try:
     import sqlite3

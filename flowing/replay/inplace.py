@@ -56,12 +56,12 @@ import threading
 from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
-from .digest import digest_info, inputs_digest
-from .interrupts import guarded
+from ..interrupts import guarded
+from ..keys.digest import digest_info, inputs_digest
 
 if TYPE_CHECKING:
-    from .attempt import Job
-    from .stepkey import Behaviour
+    from ..keys.stepkey import Behaviour
+    from ..runners.attempt import Job
 
 __all__ = ["RunDigests"]
 
