@@ -22,8 +22,9 @@ import os
 import sys
 import time
 
-from .journal.store import Entry, JournalError, compact, forget, human_size, iter_entries
-from .observe.events import printable as _printable
+from .errors import JournalError
+from .journal.store import Entry, compact, forget, human_size, iter_entries
+from .text import printable as _printable
 
 _WARN_LOGGER = "flowing.cli"
 _NAME_WIDTH = 60    # longer task names are cut with "..." in `journal show`

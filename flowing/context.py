@@ -21,11 +21,10 @@ import time
 from contextvars import ContextVar
 from typing import Any, Protocol
 
+from .errors import Cancelled
+
 __all__ = ["Cancelled", "RunContext", "current"]
 
-
-class Cancelled(Exception):
-    """Raised by ``current().raise_if_cancelled()`` when the body has been told to stop."""
 
 
 class _Source(Protocol):

@@ -5,24 +5,18 @@ from __future__ import annotations
 import os
 import threading
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
-from .engine.scheduler import JournalPlan, Scheduler, override_key
+from .engine.scheduler import Scheduler, run_ok
 from .graph import Graph
-from .observe.events import (
-    LOGGER_NAME,
-    Reporter,
-    error_line,
-    format_duration,
-    items_line,
-    printable,
-    resolve_logger,
-    safe_str,
-)
+from .interrupts import Catcher, guarded
+from .observe.events import Reporter, resolve_logger
+from .replay.policy import JournalPlan, override_key
 from .results import ItemResult, StepResult, StepState
 from .runners import attempt as A
 from .tasks import TaskDef
+from .text import LOGGER_NAME, error_line, format_duration, items_line, printable, safe_str
 
 if TYPE_CHECKING:
     import logging
@@ -42,32 +36,6 @@ class _DefaultWorkers(int):
 
 
 DEFAULT_MAX_WORKERS: int = _DefaultWorkers(5)
-
-
-def run_ok(graph: Graph, results: Sequence[StepResult | None]) -> bool:
-    """``Flow.ok``: no main task FAILED, and every main task SUCCEEDED or was
-    SKIPPED by a gate — its own ``when`` returned falsy, or it was skipped only
-    because dependencies were skipped that way."""
-    gated = bytearray(graph.main_count)
-    for i in range(graph.main_count):  # plan order: dependencies come first
-        r = results[i]
-        if r is None or r.state is StepState.FAILED:
-            return False
-        if r.state is StepState.SUCCEEDED:
-            continue
-        reason = r.reason or ""
-        if reason.startswith(A.WHEN_SKIP):
-            gated[i] = 1
-            continue
-        deps = graph.deps[i]
-        if reason.startswith("dependency '") and any(gated[d] for d in deps) and all(
-                gated[d] or (results[d] is not None
-                             and results[d].state is StepState.SUCCEEDED)  # type: ignore[union-attr]
-                for d in deps):
-            gated[i] = 1
-            continue
-        return False
-    return True
 
 
 class Flow:
@@ -198,7 +166,6 @@ class Flow:
 
     def _execute(self, kept: dict[int, StepResult], force: set[int],
                  partial: dict[int, list[ItemResult | None]]) -> dict[str, StepResult]:
-        from .interrupts import Catcher
 
         # Ctrl-C is flowing's for the whole run, keys included (see interrupts.py)
         with Catcher() as catcher:
@@ -235,8 +202,7 @@ class Flow:
         when it is released, from its dependencies' values: see JournalPlan)."""
         import hashlib
 
-        from .interrupts import guarded
-        from .keys.stepkey import Behaviour, Keyer, Uncacheable
+        from .keys.stepkey import Behaviour, Keyer, Uncacheable  # lazy: journaled runs only
 
         # A new Keyer per run: fingerprints read module constants, and a fix made at
         # run time (a flag flipped before resume()) must give a new key.
@@ -272,7 +238,7 @@ class Flow:
             return self._dry_run(dict(self._overrides), set())
 
     def _dry_run(self, kept: dict[int, StepResult], force: set[int]) -> dict[str, str]:
-        from .replay.dryrun import dry_run
+        from .replay.dryrun import dry_run  # lazy: dry runs only
 
         plan = None if self._journal is None else self._plan(self._journal, force, warn=False)
         return dry_run(self.graph, plan, kept)
@@ -300,7 +266,7 @@ class Flow:
             td = g.tasks[i]
             key = None
             if self._journal is not None:
-                from .keys.digest import value_digest
+                from .keys.digest import value_digest  # lazy: journaled runs only
 
                 plan = self._plan(self._journal, set(), warn=False)
                 # under a key of its own (behaviour and name): see JournalPlan.override_entry
@@ -414,17 +380,17 @@ class Flow:
 
     def report(self) -> dict[str, Any]:
         """A JSON-serialisable dict of the last run (``json.dumps`` always works)."""
-        from .observe.report import build_report
+        from .observe.report import build_report  # lazy: reports are drawn on demand
         return build_report(self)
 
     def to_mermaid(self, direction: str = "TD") -> str:
         """A Mermaid flowchart of the graph; after a run, nodes show their state."""
-        from .observe.report import to_mermaid
+        from .observe.report import to_mermaid  # lazy: reports are drawn on demand
         return to_mermaid(self, direction)
 
     def timeline_svg(self, path: str | os.PathLike[str]) -> str:
         """Write an SVG Gantt chart of the last run to ``path``; returns the path."""
-        from .observe.report import timeline_svg
+        from .observe.report import timeline_svg  # lazy: reports are drawn on demand
         return timeline_svg(self, path)
 
     def __repr__(self) -> str:

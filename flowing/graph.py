@@ -35,8 +35,9 @@ from collections.abc import Callable, Collection, Hashable, Iterable, Sequence
 from types import FunctionType, MethodType
 from typing import Any, NamedTuple, cast
 
-from .observe.events import safe_repr
+from .errors import CycleError
 from .tasks import TaskDef, check_dependency, registered_tasks
+from .text import safe_repr
 
 __all__ = ["Graph", "Params", "check_signature"]
 
@@ -374,14 +375,6 @@ def _describe(fn: object) -> str:
 def _short(value: object) -> str:
     return safe_repr(value, 80)
 
-
-class CycleError(ValueError):
-    """The tasks' ``depends_on`` form a cycle; ``cycle`` lists its names, the first
-    repeated at the end (``['a', 'b', 'a']``: a depends on b, which depends on a)."""
-
-    def __init__(self, message: str, cycle: list[str]) -> None:
-        super().__init__(message)
-        self.cycle = cycle
 
 
 def _raise_cycle(path: list[TaskDef], back_to: TaskDef) -> None:

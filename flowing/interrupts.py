@@ -113,13 +113,6 @@ def guarded(fn: Callable[..., T], *args: Any, fallback: T,
         return fallback
 
 
-def digest_or_none(value: object) -> str | None:
-    """``digest.value_digest(value)``, or None (no stable content) whatever the value's
-    own code raises while it is digested."""
-    from .keys.digest import value_digest
-
-    return guarded(value_digest, value, fallback=None)
-
 
 _fork_hook = False
 

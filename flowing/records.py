@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from typing import Any, ClassVar
 
+from .text import safe_repr
+
 
 class Record:
     """A slotted record with keyword defaults: what ``@dataclass(slots=True)`` would
@@ -37,7 +39,6 @@ class Record:
         return {name: getattr(self, name, None) for name in self.__slots__}
 
     def __repr__(self) -> str:
-        from .observe.events import safe_repr
 
         fields = ", ".join(f"{n}={safe_repr(getattr(self, n, None), 200)}"
                            for n in self.__slots__)

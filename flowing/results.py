@@ -16,8 +16,8 @@ from __future__ import annotations
 import enum
 from typing import Any
 
-from .observe.events import safe_repr, safe_str, type_name
 from .records import Record
+from .text import safe_repr, safe_str, type_name
 
 
 class StepState(str, enum.Enum):
@@ -34,7 +34,7 @@ class StepState(str, enum.Enum):
 class Deferred:
     """A value read on first use: a replayed value stored beside the journal.
 
-    ``load()`` returns the value or raises (``flowing.journal.store.ValueUnavailable``
+    ``load()`` returns the value or raises (``flowing.errors.ValueUnavailable``
     when a stored value turns out missing or damaged).
     """
 

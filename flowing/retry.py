@@ -23,6 +23,9 @@ import numbers
 from collections.abc import Callable
 from typing import Any
 
+from .interrupts import is_terminal
+from .text import clip, error_line, safe_repr, type_name
+
 # The longest wait a retry_after hint can impose: a day. A hint beyond it is
 # cut to it (and reported): no input may make a run wait for ever.
 MAX_RETRY_AFTER_S = 86_400.0
@@ -31,9 +34,6 @@ MAX_RETRY_AFTER_S = 86_400.0
 # (TaskDef rejects those; this is the last line of defence), in ms.
 DEFAULT_MAX_BACKOFF_MS = 30_000.0
 
-
-class RetryUntilRejected(Exception):
-    """``retry_until`` rejected the value of the last allowed attempt."""
 
 
 def _usable_ms(x: object, default: float) -> float:
@@ -80,8 +80,6 @@ def _read_retry_after(error: object) -> tuple[float | None, str | None]:
     try:
         hint = getattr(error, "retry_after", None)
     except BaseException as exc:  # SystemExit from a property too: the hint is ignored
-        from .interrupts import is_terminal
-        from .observe.events import error_line
 
         if is_terminal(exc):
             raise
@@ -89,7 +87,6 @@ def _read_retry_after(error: object) -> tuple[float | None, str | None]:
         return None, f"its retry_after raised {error_line(exc, 80)}; ignored"
     if hint is None:
         return None, None
-    from .observe.events import safe_repr, type_name
 
     shown = f"{safe_repr(hint, 30)} ({type_name(hint)})"
     try:
@@ -102,7 +99,6 @@ def _read_retry_after(error: object) -> tuple[float | None, str | None]:
         except OverflowError:  # an int beyond any float: huge, but finite
             seconds = MAX_RETRY_AFTER_S * 2 if hint > 0 else -1.0
     except BaseException as exc:  # a number type whose own code raises (SystemExit too)
-        from .interrupts import is_terminal
 
         if is_terminal(exc):
             raise
@@ -137,7 +133,6 @@ def retry_after_problem(error: BaseException | None, task: str | None = None) ->
     problem = _read_retry_after(error)[1]
     if problem is None:
         return None
-    from .observe.events import clip, type_name
 
     head = f"task '{clip(task, 60)}': " if task is not None else ""
     return clip(f"{head}{type_name(error)}: {problem}", 300)

@@ -54,7 +54,7 @@ from types import FunctionType, MethodType
 from typing import Any, cast, overload
 
 from .limits import Limit
-from .observe.events import safe_repr
+from .text import safe_repr
 
 __all__ = ["TaskDef", "task", "clear_registry", "registered_tasks", "check_dependency"]
 

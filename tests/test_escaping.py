@@ -9,7 +9,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from flowing import Flow, task
-from flowing.observe.events import printable
+from flowing.text import printable
 
 EVIL = ["two\nlines", "tab\there", "rlo\u202eexe.txt", "esc\x1b[31mred", "zw\u200bsp"]
 

@@ -241,6 +241,7 @@ from hostile import (  # noqa: E402
 from hypothesis import given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
+from flowing import text as tx  # noqa: E402
 from flowing.observe import events as ev  # noqa: E402
 from flowing.records import Record  # noqa: E402
 from flowing.results import ItemResult, StepResult  # noqa: E402
@@ -264,64 +265,64 @@ def _one_line(text, width):
 def test_safe_str_and_repr_never_raise(k):
     value = HOSTILE[k]
     for width in (1, 10, 60, 200):
-        _one_line(ev.safe_repr(value, width), max(width, 8))
-        _one_line(ev.safe_str(value, width), width)
-        _one_line(ev.clip(value, width), width)
-    multi = ev.safe_str(value, 100, one_line=False)
+        _one_line(tx.safe_repr(value, width), max(width, 8))
+        _one_line(tx.safe_str(value, width), width)
+        _one_line(tx.clip(value, width), width)
+    multi = tx.safe_str(value, 100, one_line=False)
     assert type(multi) is str and len(multi) <= 100
 
 
 def test_unprintable_values_say_so():
-    assert ev.safe_repr(RaisingRepr()) == "<unprintable RaisingRepr>"
-    assert ev.safe_repr(NonStrRepr()) == "<unprintable NonStrRepr>"
-    assert ev.safe_repr(BaseRaiser()) == "<unprintable BaseRaiser>"
-    assert ev.safe_str(BaseRaiser()) == "<unprintable BaseRaiser>"
-    assert ev.safe_str(RaisingStr()) == "<unprintable RaisingStr>"
-    assert ev.safe_str(StrNonStr()) == "<unprintable StrNonStr>"
-    assert ev.safe_repr(Nameless()) == "<unprintable object>"
+    assert tx.safe_repr(RaisingRepr()) == "<unprintable RaisingRepr>"
+    assert tx.safe_repr(NonStrRepr()) == "<unprintable NonStrRepr>"
+    assert tx.safe_repr(BaseRaiser()) == "<unprintable BaseRaiser>"
+    assert tx.safe_str(BaseRaiser()) == "<unprintable BaseRaiser>"
+    assert tx.safe_str(RaisingStr()) == "<unprintable RaisingStr>"
+    assert tx.safe_str(StrNonStr()) == "<unprintable StrNonStr>"
+    assert tx.safe_repr(Nameless()) == "<unprintable object>"
     # inside a container, only the bad element is replaced
-    assert ev.safe_repr([1, RaisingRepr()]) == "[1, <unprintable RaisingRepr>]"
+    assert tx.safe_repr([1, RaisingRepr()]) == "[1, <unprintable RaisingRepr>]"
     # a str subclass is read as the plain string it holds
-    assert ev.safe_repr(EvilStrRepr()) == "looks fine but is not"
-    assert ev.safe_str(StrEvil()) == "evil message"
-    assert ev.safe_repr(NoBool()) == "NoBool()"
+    assert tx.safe_repr(EvilStrRepr()) == "looks fine but is not"
+    assert tx.safe_str(StrEvil()) == "evil message"
+    assert tx.safe_repr(NoBool()) == "NoBool()"
 
 
 def test_safe_repr_of_big_values_is_short_and_cheap():
-    assert ev.safe_repr("x" * 10_000_000, 20).startswith("'xxxxxx")
-    assert len(ev.safe_repr(list(range(1_000_000)), 60)) <= 60
-    assert ev.safe_repr(10 ** 100_000) == "<int of 332193 bits>"
+    assert tx.safe_repr("x" * 10_000_000, 20).startswith("'xxxxxx")
+    assert len(tx.safe_repr(list(range(1_000_000)), 60)) <= 60
+    assert tx.safe_repr(10 ** 100_000) == "<int of 332193 bits>"
     deep = []
     for _ in range(10_000):
         deep = [deep]
-    assert ev.safe_repr(deep).startswith("[[[")
+    assert tx.safe_repr(deep).startswith("[[[")
     loop = []
     loop.append(loop)
-    assert ev.safe_repr(loop) in ("[[...]]", "[[[[...]]]]")
+    assert tx.safe_repr(loop) in ("[[...]]", "[[[[...]]]]")
 
 
 def test_error_line_survives_hostile_exceptions():
-    assert ev.error_line(StrRaises()) == "StrRaises: <unprintable message>"
-    assert ev.error_line(StrNonStr()) == "StrNonStr: <unprintable message>"
-    assert ev.error_line(StrEvil()) == "StrEvil: evil"
-    assert ev.error_line(ValueError("\n\n  second\nthird")) == "ValueError: second"
+    assert tx.error_line(StrRaises()) == "StrRaises: <unprintable message>"
+    assert tx.error_line(StrNonStr()) == "StrNonStr: <unprintable message>"
+    assert tx.error_line(StrEvil()) == "StrEvil: evil"
+    assert tx.error_line(ValueError("\n\n  second\nthird")) == "ValueError: second"
     huge = ValueError("y" * 50_000_000)
-    assert len(ev.error_line(huge, 80)) == 80
+    assert len(tx.error_line(huge, 80)) == 80
 
     class Boom(Exception):
         def __str__(self):
             raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):  # Ctrl-C is never swallowed
-        ev.error_line(Boom())
+        tx.error_line(Boom())
 
 
 def test_format_duration_of_odd_numbers():
     for odd in (None, float("nan"), float("inf"), -5.0, "soon", 1e300):
-        assert isinstance(ev.format_duration(odd), str)
-    assert ev.format_duration(-5.0) == "0ms"
-    assert ev.format_duration(float("nan")) == "?"
-    assert len(ev.format_duration(1e300)) < 20
+        assert isinstance(tx.format_duration(odd), str)
+    assert tx.format_duration(-5.0) == "0ms"
+    assert tx.format_duration(float("nan")) == "?"
+    assert len(tx.format_duration(1e300)) < 20
 
 
 @settings(max_examples=300, deadline=None)
@@ -332,14 +333,14 @@ def test_format_duration_of_odd_numbers():
     | st.frozensets(st.integers(), max_size=5),
     max_leaves=30), st.integers(min_value=1, max_value=300))
 def test_safe_text_is_always_one_bounded_line(value, width):
-    _one_line(ev.safe_repr(value, width), max(width, 8))
-    _one_line(ev.safe_str(value, width), width)
+    _one_line(tx.safe_repr(value, width), max(width, 8))
+    _one_line(tx.safe_str(value, width), width)
 
 
 @settings(max_examples=200, deadline=None)
 @given(st.text(), st.integers(min_value=0, max_value=200))
 def test_clip_bounds_any_text(text, width):
-    out = ev.clip(text, width)
+    out = tx.clip(text, width)
     _one_line(out, width)
     if len(text) <= width and text.isprintable():
         assert out == text
@@ -362,17 +363,17 @@ def _item(index, state, item, error=None, cached=False, attempts=1):
 
 
 def test_item_label_and_failure():
-    assert ev.item_label(16, 17) == "item 16 (17)"
-    assert ev.item_label(0, "a.csv") == "item 0 ('a.csv')"
-    assert ev.item_label(3) == "item 3"  # item unknown
-    assert ev.item_label(2, None) == "item 2 (None)"  # None is an item like any other
-    assert ev.item_label(1, RaisingRepr()) == "item 1 (<unprintable RaisingRepr>)"
-    assert len(ev.item_label(1, "z" * 5000)) < 60
-    assert (ev.item_failure(16, 17, ConnectionError("HTTP 500\ndetails"))
+    assert tx.item_label(16, 17) == "item 16 (17)"
+    assert tx.item_label(0, "a.csv") == "item 0 ('a.csv')"
+    assert tx.item_label(3) == "item 3"  # item unknown
+    assert tx.item_label(2, None) == "item 2 (None)"  # None is an item like any other
+    assert tx.item_label(1, RaisingRepr()) == "item 1 (<unprintable RaisingRepr>)"
+    assert len(tx.item_label(1, "z" * 5000)) < 60
+    assert (tx.item_failure(16, 17, ConnectionError("HTTP 500\ndetails"))
             == "item 16 (17): ConnectionError: HTTP 500")
-    assert ev.item_failure(4, "x", None, "retry_until rejected 3") == (
+    assert tx.item_failure(4, "x", None, "retry_until rejected 3") == (
         "item 4 ('x'): retry_until rejected 3")
-    assert ev.item_failure(5, NoEq(), StrRaises()).endswith("StrRaises: <unprintable message>")
+    assert tx.item_failure(5, NoEq(), StrRaises()).endswith("StrRaises: <unprintable message>")
 
 
 def test_items_line():
@@ -380,17 +381,17 @@ def test_items_line():
     items = [_item(k, S, k + 1, cached=k < 30) for k in range(40)]
     items[16] = _item(16, F, 17, ConnectionError("500"))
     items[28] = _item(28, F, 29, StrRaises())
-    line = ev.items_line(items)
+    line = tx.items_line(items)
     assert line.startswith("40 items: 38 ok (28 cached), 2 failed: ")
     assert "item 16 (17): ConnectionError: 500" in line
     assert "item 28 (29): StrRaises: <unprintable message>" in line
-    assert ev.items_line([]) == "0 items"
-    assert ev.items_line(None) == "0 items"
+    assert tx.items_line([]) == "0 items"
+    assert tx.items_line(None) == "0 items"
     many = [_item(k, F, f"id-{k}", ValueError(k)) for k in range(10)] + [None, _item(11, K, 1)]
-    line = ev.items_line(many, width=150)
+    line = tx.items_line(many, width=150)
     assert len(line) <= 150
     assert line.startswith("12 items: 0 ok, 10 failed, 1 skipped, 1 not run: item 0 ('id-0')")
-    assert ev.items_line([object(), RaisingRepr()]) == "2 items: 0 ok, 2 not run"
+    assert tx.items_line([object(), RaisingRepr()]) == "2 items: 0 ok, 2 not run"
 
 
 # ----- log lines built from events, whatever they hold ----------------------------
@@ -411,7 +412,7 @@ def test_log_lines_from_hostile_events():
         ev.log_line(ev.FlowStarted(1.0, 1, 1, 5, RaisingStr())),
     ]
     for line in lines:
-        _one_line(line, ev.MAX_LINE)
+        _one_line(line, tx.MAX_LINE)
     assert lines[0].endswith("StrRaises: <unprintable message>")
     assert lines[2].startswith("retry   t[4] ('a.csv') attempt=1/3 failed")
     assert lines[7].endswith("(<unprintable RaisingStr>)")
@@ -436,7 +437,7 @@ def test_item_and_items_lines():
     ok = ev.log_line(ev.TaskSucceeded(1.0, "load", 1, 40.0, False, items[:1]))
     assert ok == "ok      load 40ms attempts=1: 1 item: 1 ok (1 cached)"
     retry = ev.log_line(ev.TaskRetrying(1.0, "load", 1, 3, 0.5, KeyError("col"), None, 1,
-                                        item_repr=ev.safe_repr("b.csv")))
+                                        item_repr=tx.safe_repr("b.csv")))
     assert retry.startswith("retry   load[1] ('b.csv') attempt=1/3 failed, next in 0.5s")
 
 

@@ -10,6 +10,7 @@ from helpers import ListHandler
 
 import flowing.engine.scheduler
 from flowing import Flow, StepState, task
+from flowing import text as tx
 from flowing.observe import events as ev
 from flowing.observe import progress
 
@@ -29,7 +30,7 @@ def user_logger():
 @pytest.fixture
 def flowing_records():
     """Every record that reaches the "flowing" logger itself."""
-    logger = logging.getLogger(ev.LOGGER_NAME)
+    logger = logging.getLogger(tx.LOGGER_NAME)
     handler = ListHandler()
     logger.addHandler(handler)
     yield handler
@@ -347,15 +348,15 @@ def test_no_line_longer_than_200(user_logger, capfd):
 
 
 def test_error_line_is_type_and_first_line():
-    assert ev.error_line(ValueError("first\nsecond")) == "ValueError: first"
-    assert ev.error_line(KeyError()) == "KeyError"
-    assert len(ev.error_line(ValueError("x" * 500), width=50)) == 50
+    assert tx.error_line(ValueError("first\nsecond")) == "ValueError: first"
+    assert tx.error_line(KeyError()) == "KeyError"
+    assert len(tx.error_line(ValueError("x" * 500), width=50)) == 50
 
     class Unprintable(Exception):
         def __str__(self):
             raise RuntimeError("no")
 
-    assert ev.error_line(Unprintable()) == "Unprintable: <unprintable message>"
+    assert tx.error_line(Unprintable()) == "Unprintable: <unprintable message>"
 
 
 def test_control_characters_never_split_a_line(user_logger):
@@ -412,7 +413,7 @@ class FakeTTY(io.StringIO):
 def test_live_line_on_a_terminal(monkeypatch):
     tty = FakeTTY()
     monkeypatch.setattr("sys.stderr", tty)
-    logger = logging.getLogger(ev.LOGGER_NAME)
+    logger = logging.getLogger(tx.LOGGER_NAME)
     monkeypatch.setattr(logger, "handlers", [])
     monkeypatch.setattr(logger, "propagate", True)
     assert ev.resolve_logger(True) is logger  # installs the stderr handler
@@ -442,7 +443,7 @@ def test_live_line_on_a_terminal(monkeypatch):
 def test_no_live_line_when_not_a_terminal_or_log_false(monkeypatch):
     pipe = io.StringIO()
     monkeypatch.setattr("sys.stderr", pipe)
-    p = progress.Progress(logging.getLogger(ev.LOGGER_NAME), time.time())
+    p = progress.Progress(logging.getLogger(tx.LOGGER_NAME), time.time())
     assert not p.live
     p.tick(0, 1, {"x": time.time()})
     assert pipe.getvalue() == ""  # nothing running for 10 s yet: no heartbeat either
@@ -637,7 +638,7 @@ def test_hostile_errors_and_items_are_logged_and_the_run_returns(user_logger):
     assert results["per_item"].state is StepState.FAILED
     assert results["plain"].state is StepState.FAILED
     lines = handler.messages
-    assert all(len("flowing: " + m) <= ev.MAX_LINE and "\n" not in m for m in lines)
+    assert all(len("flowing: " + m) <= tx.MAX_LINE and "\n" not in m for m in lines)
     failed = [m for m in lines if m.startswith("FAILED  per_item")]
     assert failed and "item 1 (<unprintable BadRepr>)" in failed[0], lines
     assert any(m.startswith("FAILED  plain") and "BadStrError: <unprintable message>" in m

@@ -24,8 +24,9 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
+from flowing.errors import JournalError  # noqa: E402
 from flowing.journal import store as journal_mod  # noqa: E402
-from flowing.journal.store import HEADER, Hit, Journal, JournalError  # noqa: E402
+from flowing.journal.store import HEADER, Hit, Journal  # noqa: E402
 from flowing.keys.digest import value_digest  # noqa: E402
 
 WRITER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "journal_fixtures", "writer.py")

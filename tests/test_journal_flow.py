@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 import pytest
 
 from flowing import Flow, task
-from flowing.journal.store import JournalError
+from flowing.errors import JournalError
 
 # --------------------------------------------------------------------------- harness
 

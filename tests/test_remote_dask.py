@@ -23,7 +23,7 @@ import pytest
 distributed = pytest.importorskip("distributed")
 
 from flowing import Flow, Limit, StepState, current, task  # noqa: E402
-from flowing.runners.local import CannotShip, WorkerLost  # noqa: E402
+from flowing.errors import CannotShip, WorkerLost  # noqa: E402
 
 FLOW_PID = os.getpid()
 

@@ -22,7 +22,7 @@ from concurrent.futures import ProcessPoolExecutor
 import pytest
 
 from flowing import Flow, Limit, StepState, current, task
-from flowing.runners.local import CannotShip, PoolBroken, WorkerLost
+from flowing.errors import CannotShip, PoolBroken, WorkerLost
 
 pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="POSIX start methods")
 

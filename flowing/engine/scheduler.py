@@ -77,9 +77,10 @@ import itertools
 import queue
 import time
 from array import array
-from collections.abc import Iterator, Mapping
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
+from ..errors import ItemsFailed, JournalError
 from ..interrupts import Catcher, guarded
 from ..observe.events import (
     FlowFinished,
@@ -90,23 +91,19 @@ from ..observe.events import (
     TaskSkipped,
     TaskStarted,
     TaskSucceeded,
-    item_failure,
-    safe_repr,
-    safe_str,
 )
-from ..replay.why import Why, WhyKind, changed
+from ..replay.why import Why, WhyKind
 from ..results import Deferred, Failed, ItemResult, StepResult, StepState
 from ..runners import attempt as A
 from ..runners.attempt import Job, Outcome
 from ..runners.local import WAKE, RemoteValue, Runner, Shared, open_runner
+from ..text import item_failure, safe_repr, safe_str
 
 if TYPE_CHECKING:
     from ..graph import Graph
-    from ..journal.store import Journal
-    from ..keys.stepkey import Behaviour
     from ..limits import Limit
     from ..observe.events import Reporter
-    from ..tasks import TaskDef
+    from ..replay.policy import JournalPlan
 
 PENDING, HELD, QUEUED, RUNNING, DONE = range(5)
 
@@ -144,142 +141,6 @@ class _ReplayedItems(Deferred):
         return self.scheduler._replayed_items(self.task, self.values.load())
 
 
-class ItemsFailed(Exception):
-    """Some items of a ``for_each`` task failed after their retries."""
-
-    def __init__(self, message: str, failures: list[ItemResult]) -> None:
-        super().__init__(message)
-        self.failures = failures  # the failed ItemResults, in input order
-
-
-def override_key(key: str, name: str) -> str:
-    """Where ``Flow.override`` journals a value: the step key AND the task's name, so
-    an override never reaches another task that happens to share its step key."""
-    import hashlib
-
-    return hashlib.sha256(f"flowing-override/{key}/{name}".encode("utf-8", "replace")).hexdigest()
-
-
-class Parts(Mapping[str, str]):
-    """What a task's key is made of (``Behaviour.parts`` and ``dep:<name>`` per
-    dependency value), as short fingerprints for "why"; worked out only when
-    read (journaling a task that ran, or explaining why it runs), never for a
-    task that replays."""
-
-    __slots__ = ("_behaviour", "_pairs", "_parts")
-
-    def __init__(self, behaviour: Behaviour | None, pairs: list[tuple[str, str | None]]) -> None:
-        self._behaviour = behaviour
-        self._pairs = pairs
-        self._parts: dict[str, str] | None = None
-
-    def _all(self) -> dict[str, str]:
-        if self._parts is None:
-            parts = dict(self._behaviour.parts) if self._behaviour is not None else {}
-            for name, d in self._pairs:
-                parts[f"dep:{name}"] = "-" if d is None else d[:12]
-            self._parts = parts
-        return self._parts
-
-    def __getitem__(self, key: str) -> str:
-        return self._all()[key]
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(self._all())
-
-    def __len__(self) -> int:
-        return len(self._all())
-
-
-class JournalPlan:
-    """What a journaled run needs, computed by the Flow before it starts.
-
-    ``behaviours[i]`` task i's ``stepkey.Behaviour`` (its key but for its
-                      dependencies' values), or None when it could not cover every
-                      value the task depends on (it then neither replays nor
-                      journals a value)
-    ``bases[i]``      its behaviour's digest, or a stand-in for an uncacheable task
-                      (overrides are journaled under it, see ``override_key``)
-    ``keys[i]``       its step key: ``bases[i]`` until the task is released, then
-                      ``stepkey.step_key`` of its behaviour and the digests of its
-                      dependencies' values (``Scheduler._settle``)
-    ``keyer``         the run's Keyer (item keys)
-    ``force``         tasks that must run even if journaled (resume(from_tasks))
-    ``uncacheable``   why each uncacheable task is (for ``Flow.why`` and the log)
-    """
-
-    def __init__(self, journal: Journal, behaviours: list[Behaviour | None], bases: list[str],
-                 keyer: Any, force: set[int], uncacheable: dict[int, str] | None = None) -> None:
-        self.journal = journal
-        self.behaviours = behaviours
-        self.bases = bases
-        self.keys = list(bases)
-        self.cacheable = [b is not None for b in behaviours]
-        self.keyer = keyer
-        self.force = force
-        self.uncacheable = uncacheable or {}  # task -> the value that has no stable content
-
-    def settle(self, i: int, pairs: list[tuple[str, str | None]]) -> tuple[str, str | None,
-                                                                          Parts]:
-        """Task i's step key, dependencies' digest and parts, from (dependency name,
-        value digest) pairs (a digest None: that value has no stable content)."""
-        from ..keys.digest import inputs_digest
-
-        in_digest = inputs_digest(pairs)
-        b = self.behaviours[i]
-        if b is not None and in_digest is not None:
-            key = b.key(in_digest)
-        else:  # a stand-in: recorded as a marker, so ``journal forget`` still follows
-            import hashlib
-
-            key = hashlib.sha256(f"flowing-uncacheable/{self.bases[i]}/{in_digest}"
-                                 .encode()).hexdigest()
-        return key, in_digest, Parts(b, pairs)
-
-    def verdict(self, i: int, td: TaskDef, key: str, in_digest: str | None,
-                parts: Mapping[str, str], explain: bool = True) -> Why | None:
-        """None if the entry under ``key`` may replay task i; else why not (what
-        changed only when ``explain``: it reads the task's newest entry)."""
-        journal = self.journal
-        why = self.blocked(i, td)
-        if why is not None:
-            return why
-        if in_digest is None:
-            return Why(WhyKind.UNSTABLE_DEP)
-        meta = journal.peek(key)
-        if meta is None:
-            if not explain:
-                return Why(WhyKind.NO_ENTRY)
-            return changed(parts, journal.latest_parts(td.name), journal.has_task(td.name))
-        ttl = td.cache_ttl_s
-        if ttl is not None and time.time() - meta[0] > ttl:
-            return Why(WhyKind.EXPIRED, detail=f"{ttl:g}")
-        return None
-
-    def blocked(self, i: int, td: TaskDef) -> Why | None:
-        """Why task i runs whatever the journal holds, if it does."""
-        if i in self.force:
-            return Why(WhyKind.FORCED)
-        if not td.cache:
-            return Why(WhyKind.CACHE_FALSE)
-        if self.behaviours[i] is None:
-            return Why(WhyKind.NOT_CACHED, detail=self.uncacheable.get(i, "its key"))
-        return None
-
-    def override_entry(self, i: int, td: TaskDef, key: str) -> str | None:
-        """The journal key of an override of task i that stands now, if any: an
-        override stands whatever its dependencies' values are, until the task
-        runs again under its key."""
-        if i in self.force:
-            return None
-        okey = override_key(self.bases[i], td.name)
-        over = self.journal.peek(okey)
-        if over is None:
-            return None
-        normal = self.journal.peek(key)
-        return okey if normal is None or over[0] >= normal[0] else None
-
-
 class _FanOut:
     """Progress of one running for_each task."""
 
@@ -311,7 +172,7 @@ class Scheduler:
         self.inputs = inputs or {}
         self.shared = Shared(graph.tasks, graph.deps, fail_fast, self.journal, self.keys)
         if plan is not None:
-            from ..replay.inplace import RunDigests
+            from ..replay.inplace import RunDigests  # lazy: journaled runs only
 
             self.shared.digest = RunDigests(self.inputs, plan.behaviours)
         has_async = any(td.is_async for td in graph.tasks)
@@ -410,7 +271,6 @@ class Scheduler:
                 for r in self.results:
                     if r is not None:
                         counts[r.state.value] += 1
-                from ..flow import run_ok
 
                 ok = not self.interrupted and run_ok(g, self.results)
                 emit(FlowFinished(time.time(), ok, (time.time() - started) * 1000, counts,
@@ -600,7 +460,6 @@ class Scheduler:
         """Read the replayed values task i is about to run on (they are loaded on first
         use). A value that cannot be loaded fails task i, saying the next run recomputes
         it (the journal no longer replays that entry). True if all are in memory."""
-        from ..journal.store import JournalError
 
         for d in self.graph.deps[i]:
             r = self.results[d]
@@ -742,7 +601,6 @@ class Scheduler:
         if d is _UNKNOWN:
             r = self.results[i]
             assert self.shared.digest is not None
-            from ..journal.store import JournalError
 
             try:
                 d = self.digests[i] = self.shared.digest(r.value) if r is not None else None
@@ -1234,3 +1092,29 @@ class Scheduler:
         self.runner.close()
         if self.journal is not None:
             self.journal.checkpoint()  # item lines still held (group commit); the index
+
+
+def run_ok(graph: Graph, results: Sequence[StepResult | None]) -> bool:
+    """``Flow.ok``: no main task FAILED, and every main task SUCCEEDED or was
+    SKIPPED by a gate — its own ``when`` returned falsy, or it was skipped only
+    because dependencies were skipped that way."""
+    gated = bytearray(graph.main_count)
+    for i in range(graph.main_count):  # plan order: dependencies come first
+        r = results[i]
+        if r is None or r.state is StepState.FAILED:
+            return False
+        if r.state is StepState.SUCCEEDED:
+            continue
+        reason = r.reason or ""
+        if reason.startswith(A.WHEN_SKIP):
+            gated[i] = 1
+            continue
+        deps = graph.deps[i]
+        if reason.startswith("dependency '") and any(gated[d] for d in deps) and all(
+                gated[d] or (results[d] is not None
+                             and results[d].state is StepState.SUCCEEDED)  # type: ignore[union-attr]
+                for d in deps):
+            gated[i] = 1
+            continue
+        return False
+    return True

@@ -206,6 +206,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from ..errors import JournalError, ValueUnavailable
 from ..journal import index as journalindex
 from ..journal import values as valuestore
 from ..results import Deferred
@@ -243,9 +244,6 @@ _TORN = ("torn write (the last line is incomplete: the process writing it "
          "probably died mid-write)")
 
 
-class JournalError(Exception):
-    """The journal cannot be used; the message names the path and the fix."""
-
 
 class _Unusable(OSError):
     """The open journal's path no longer names a journal we may write (message says why)."""
@@ -260,13 +258,6 @@ class Hit:
     inputs: str | None     # digest of the dependency values the entry was computed from
     t: float               # epoch seconds the entry was written
 
-
-class ValueUnavailable(JournalError):
-    """A replayed value stored beside the journal could not be loaded when it was needed.
-
-    The message names the task and says the next run computes it again (the
-    journal no longer replays that entry).
-    """
 
 
 _UNLOADED: Any = object()
@@ -1065,7 +1056,7 @@ Check = Callable[[], "str | None"]
 
 
 def _safe_text(e: BaseException) -> str:
-    from ..observe.events import safe_str  # only a failing write pays for it
+    from ..text import safe_str  # only a failing write pays for it
 
     return safe_str(e, 200)
 
@@ -1339,7 +1330,7 @@ class Journal:
                     value = json.loads(raw)
                 d = _unpack(digest)
                 if d is not None:
-                    from ..keys.digest import value_digest
+                    from ..keys.digest import value_digest  # lazy: only values read back are checked
 
                     if value_digest(value) != d:
                         raise ValueError("the value read does not match its recorded digest "

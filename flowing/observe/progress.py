@@ -31,6 +31,8 @@ import time
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, TextIO
 
+from ..text import LOGGER_NAME, MAX_LINE, clip, format_duration
+
 if TYPE_CHECKING:
     import logging
 
@@ -80,7 +82,6 @@ def _is_tty(stream: Any) -> bool:
 
 def _age(seconds: float) -> str:
     """``0.4s``, ``12.0s``, ``3m05s``: one style for every age on the line."""
-    from ..observe.events import format_duration
     seconds = max(0.0, seconds)
     return f"{seconds:.1f}s" if seconds < 60 else format_duration(seconds * 1000)
 
@@ -102,7 +103,6 @@ def running_list(running: Mapping[str, float], now: float, width: int,
                  items: Mapping[str, ItemsProgress] | None = None) -> str:
     """``a 8.1s, b 0.6s, +2 more`` (longest-running first) in at most ``width`` chars;
     a task in ``items`` (a running for_each) also says how far its items are."""
-    from ..observe.events import clip
 
     ages = sorted(((now - t, name) for name, t in running.items()), reverse=True)
     parts: list[str] = []
@@ -129,8 +129,6 @@ class Progress:
                  stream: TextIO | None = None) -> None:
         import logging
 
-        from ..observe.events import LOGGER_NAME
-
         self.logger = logger
         self.started_at = started_at
         self.stream = stream if stream is not None else sys.stderr
@@ -154,8 +152,6 @@ class Progress:
                    now: float, items: Mapping[str, ItemsProgress] | None = None) -> None:
         import shutil
 
-        from ..observe.events import clip
-
         columns = shutil.get_terminal_size((100, 24)).columns
         width = max(20, columns - 1)  # never wrap: a wrapped line cannot be redrawn
         head = f"flowing: {done}/{total} done, {_age(now - self.started_at)}"
@@ -173,7 +169,6 @@ class Progress:
             return
         self.last_beat = now
         tail = f"; {done}/{total} done, {_age(now - self.started_at)} elapsed"
-        from ..observe.events import MAX_LINE
         room = MAX_LINE - len("flowing: still running: ") - len(tail)
         self.logger.info("still running: %s%s", running_list(running, now, room, items), tail)
 

@@ -30,17 +30,9 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from ..observe.events import (
-    NO_ITEM,
-    clip,
-    format_duration,
-    item_label,
-    items_line,
-    safe_repr,
-    safe_str,
-    type_name,
-)
 from ..results import StepState
+from ..text import NO_ITEM, clip, format_duration, item_label, items_line, safe_repr, safe_str, type_name
+from ..version import __version__
 
 REPORT_VERSION = 1
 VALUE_MAX_CHARS = 1000  # a value is embedded when its JSON is at most this long
@@ -390,7 +382,6 @@ def build_report(flow: RunView) -> dict[str, Any]:
       attempts, error}] (at most ``MAX_FAILED_ITEMS``); first_failure;
       ``allowed_failures`` (with ``allow_failed_items``: how many may fail).
     """
-    from .. import __version__
 
     g = flow.graph
     retries = _retries_by_task(flow)

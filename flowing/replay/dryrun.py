@@ -14,19 +14,20 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
-from ..replay.why import Why, WhyKind, changed
+from ..interrupts import guarded
+from ..keys.digest import value_digest
+from .why import Why, WhyKind, changed
 
 if TYPE_CHECKING:
-    from ..engine.scheduler import JournalPlan
     from ..graph import Graph
     from ..results import StepResult
+    from .policy import JournalPlan
 
 __all__ = ["dry_run"]
 
 
 def dry_run(graph: Graph, plan: JournalPlan | None,
             kept: dict[int, StepResult]) -> dict[str, str]:
-    from ..interrupts import digest_or_none
 
     out: dict[str, str] = {}
     n = len(graph)
@@ -86,7 +87,6 @@ def _stored_digest(plan: JournalPlan, key: str) -> str | None:
     meta = plan.journal.peek(key)
     if meta is not None and meta[1] is not None:
         return meta[1]
-    from ..interrupts import digest_or_none
 
     hit = plan.journal.get(key)
     return None if hit is None else digest_or_none(hit.value)
@@ -106,7 +106,7 @@ def _items(graph: Graph, plan: JournalPlan, i: int, replayed: list[bool],
     values: Any = None if hit is None else hit.value
     if type(values) not in (list, tuple):
         return ""
-    from ..keys.digest import inputs_digest
+    from ..keys.digest import inputs_digest  # lazy: keeps import flowing fast
     others = inputs_digest((graph.tasks[d].name, digests[d]) for d in graph.deps[i]
                            if d != source)
     if others is None:
@@ -118,3 +118,9 @@ def _items(graph: Graph, plan: JournalPlan, i: int, replayed: list[bool],
         if key is not None and plan.verdict(i, td, key, others, {}, explain=False) is None:
             again += 1
     return f" ({again} of {len(values)} items replay, {len(values) - again} run)"
+
+
+def digest_or_none(value: object) -> str | None:
+    """``digest.value_digest(value)``, or None (no stable content) whatever the value's
+    own code raises while it is digested."""
+    return guarded(value_digest, value, fallback=None)

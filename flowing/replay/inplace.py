@@ -54,16 +54,29 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Iterable, Mapping
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from ..interrupts import guarded
 from ..keys.digest import digest_info, inputs_digest
 
 if TYPE_CHECKING:
     from ..keys.stepkey import Behaviour
-    from ..runners.attempt import Job
+    from ..tasks import TaskDef
 
 __all__ = ["RunDigests"]
+
+
+class Job(Protocol):
+    """What the checks read of a runner's job (``flowing.runners.attempt.Job``)."""
+
+    task: int
+    td: TaskDef
+    kwargs: dict[str, Any]
+    inputs: Any
+    gate_inputs: Any
+    in_digest: str | None
+
+    def label(self) -> str: ...
 
 _SCALARS = frozenset({int, float, str, bytes, bool, type(None), complex})
 _SIZED = (str, bytes)

@@ -52,9 +52,9 @@ from typing import TYPE_CHECKING, Any
 
 from .. import context
 from .. import retry as retry_policy
-from ..observe.events import safe_repr, safe_str
+from ..errors import Cancelled, GateError, NoRetry, RetryUntilRejected
 from ..results import Deferred
-from ..retry import RetryUntilRejected
+from ..text import safe_repr, safe_str
 
 if TYPE_CHECKING:
     from ..tasks import TaskDef
@@ -85,9 +85,6 @@ class RunSignals:
         self.stopping = threading.Event()  # fail_fast (or Ctrl-C): no new main task starts
         self.interrupted = False           # Ctrl-C: everything is told to stop
 
-
-class NoRetry(Exception):
-    """An error that no retry can mend (e.g. a body that cannot be pickled)."""
 
 
 class Job:
@@ -265,9 +262,6 @@ def format_traceback(error: BaseException) -> str:
         return f"{type(error).__name__}: {safe_str(error)}\n"
 
 
-class GateError(Exception):
-    """A gate or ``retry_until`` returned a value that has no truth value."""
-
 
 def _truth(value: Any, what: str) -> bool:
     try:
@@ -317,7 +311,7 @@ def verdict(job: Job, value: Any, error: BaseException | None, started: float) -
         if outcome.kind is SUCCEEDED or (outcome.kind is RETRY and error is None):
             why = job.stop_reason()
             if job.saw_stop:
-                cancelled = context.Cancelled(
+                cancelled = Cancelled(
                     f"{job.label()} stopped early because it was told to ({why}) and "
                     f"returned {safe_repr(value)}, which may be partial: it is kept in the "
                     f"result's value but not journaled; run again (or resume()) to compute it")
@@ -360,7 +354,7 @@ def _verdict(job: Job, value: Any, error: BaseException | None, started: float) 
                        attempts=job.attempt, started_at=started, finished_at=finished)
     delay = None
     # A body that stopped because it was told to (``raise_if_cancelled``) is not retried.
-    stopped = isinstance(error, context.Cancelled) and job.told_to_stop()
+    stopped = isinstance(error, Cancelled) and job.told_to_stop()
     if not isinstance(error, NoRetry) and not stopped:
         delay = retry_policy.next_delay(td, job.attempt, error)
     kind = FAILED if delay is None else RETRY
@@ -459,7 +453,7 @@ def _list_items(job: Job, started: float) -> Outcome:
                         f"return a list from '{name}', or raise timeout_s"),
                         "listing the for_each items timed out")
                 if job.told_to_stop():
-                    return failed(context.Cancelled(
+                    return failed(Cancelled(
                         f"task '{td.name}': told to stop ({job.stop_reason()}) while listing "
                         f"its items ({len(items)} so far)"), "stopped while listing its items")
     except BaseException as exc:

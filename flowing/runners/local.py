@@ -167,11 +167,12 @@ from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any, Protocol
 
 from .. import context
+from ..errors import CannotRun, CannotShip, PoolBroken, WorkerLost
 from ..interrupts import is_terminal
-from ..observe.events import safe_repr, safe_str
 from ..results import Deferred
 from ..runners import attempt as A
-from ..runners.attempt import Job, NoRetry, Outcome, RunSignals, run_attempt, run_attempt_async
+from ..runners.attempt import Job, Outcome, RunSignals, run_attempt, run_attempt_async
+from ..text import safe_repr, safe_str
 
 if TYPE_CHECKING:
     from concurrent.futures import Executor, Future
@@ -520,7 +521,7 @@ def open_runner(executor: Any, max_workers: int, shared: Shared,
     elif _is_thread_pool(executor):
         sync = ExecutorRunner(executor, shared)
     else:
-        from ..runners.remote import RemoteRunner
+        from ..runners.remote import RemoteRunner  # lazy: remote engines only
 
         # coroutine bodies are shipped too, and run with asyncio.run in the worker;
         # local=True tasks run on the run's own threads (and event loop)
@@ -531,21 +532,8 @@ def open_runner(executor: Any, max_workers: int, shared: Shared,
 
 # ----- shipping a body to another process -------------------------------------------
 
-class CannotShip(NoRetry, TypeError):
-    """A task's body, an argument or its value could not be pickled to or from the worker."""
 
 
-class WorkerLost(RuntimeError):
-    """The worker running a body was lost (killed, out of memory, ``os._exit``, cancelled
-    by the engine). Retried like any error when ``retry_on`` allows it."""
-
-
-class PoolBroken(NoRetry, WorkerLost):
-    """A process pool lost a worker and is broken for good: no retry can run on it."""
-
-
-class CannotRun(NoRetry, RuntimeError):
-    """The executor refused the job (shut down, closed client)."""
 
 
 class RemoteTraceback(Exception):
@@ -1030,7 +1018,7 @@ class RemoteCall:
         ``shipping.prepare`` sent them (once per run and client; see shipping.py)."""
         with self._lock:
             if self._target is None:
-                from ..runners import shipping
+                from ..runners import shipping  # lazy: Dask clients only
 
                 try:
                     shipped = shipping.prepare(self.client)

@@ -100,7 +100,7 @@ def _entry(bundle: str, names: tuple[str, ...], body_blob: bytes, call_blob: byt
                 state.path = path
                 state.name = bundle
     try:
-        from flowing.runners.local import run_shipped
+        from flowing.runners.local import run_shipped  # on the worker, after the bundle is on sys.path
     except BaseException as exc:
         if rest and rest[0]:  # keep: see runners.run_shipped
             raise RuntimeError("flowing: not kept", 2, f"flowing cannot be imported on the "
@@ -173,7 +173,7 @@ def _sources(name: str) -> list[tuple[str, str]]:
 
 def user_modules(folder: str) -> list[str]:
     """Top-level names of the imported user modules whose files are in ``folder``."""
-    from ..keys.digest import is_user_module
+    from ..keys.digest import is_user_module  # lazy: keeps import flowing fast
 
     prefix = os.path.join(os.path.abspath(folder), "")
     names = set()
