@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 import threading
 import time
@@ -13,8 +14,8 @@ from .graph import Graph
 from .interrupts import Catcher, guarded
 from .observe.events import Reporter, resolve_logger
 from .replay.policy import JournalPlan, override_key
-from .results import ItemResult, StepResult, StepState
-from .runners import attempt as A
+from .results import ItemResult, SkipCause, StepResult, StepState
+from .runners.local import open_runner
 from .tasks import TaskDef
 from .text import LOGGER_NAME, error_line, format_duration, items_line, printable, safe_str
 
@@ -170,10 +171,12 @@ class Flow:
         # Ctrl-C is flowing's for the whole run, keys included (see interrupts.py)
         with Catcher() as catcher:
             plan = self._journal_plan(force) if self._journal is not None else None
-            scheduler = Scheduler(self.graph, max_workers=self.max_workers,
+            has_async = any(td.is_async for td in self.graph.tasks)
+            runner = functools.partial(open_runner, self.executor, self.max_workers,
+                                       has_async=has_async)
+            scheduler = Scheduler(self.graph, runner, max_workers=self.max_workers,
                                   fail_fast=self.fail_fast, schedule=self.schedule,
-                                  executor=self.executor, reporter=self._reporter, plan=plan,
-                                  inputs=self.inputs)
+                                  reporter=self._reporter, plan=plan, inputs=self.inputs)
             self._run_scheduler(scheduler, catcher, kept, partial)
         return self.results
 
@@ -298,7 +301,7 @@ class Flow:
             raise KeyError(f"task '{name}' has no result yet: run() the flow first")
         if r.state is not StepState.SUCCEEDED:
             why = error_line(r.error) or safe_str(r.reason or "")
-            if r.state is StepState.SKIPPED and (r.reason or "").startswith(A.WHEN_SKIP):
+            if r.skip_cause is SkipCause.GATE:
                 raise RuntimeError(f"task '{name}' has no value: it was skipped by its when= gate "
                                    f"({why}), as intended; check flow.results['{name}'].state "
                                    f"before asking for its value")

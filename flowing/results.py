@@ -31,6 +31,28 @@ class StepState(str, enum.Enum):
         return self.value
 
 
+class SkipCause(enum.Enum):
+    """Why a task was SKIPPED (``StepResult.skip_cause``): data, read by ``Flow.ok`` and
+    ``Flow.value``; the ``reason`` text is worded from it once (``skip_reason``)."""
+
+    GATE = "gate"                               # its own ``when`` returned falsy
+    DEPENDENCY_FAILED = "dependency failed"     # a dependency FAILED
+    DEPENDENCY_SKIPPED = "dependency skipped"   # a dependency was SKIPPED
+    NOT_STARTED = "not started"                 # fail_fast: a main task failed first
+
+
+def skip_reason(cause: SkipCause, about: str) -> str:
+    """The ``reason`` of a skip: ``about`` is the dependency's name or the stop reason
+    (a ``GATE`` skip is worded by the attempt that ran the gate, ``about`` is its text)."""
+    if cause is SkipCause.DEPENDENCY_FAILED:
+        return f"dependency '{about}' failed"
+    if cause is SkipCause.DEPENDENCY_SKIPPED:
+        return f"dependency '{about}' was skipped"
+    if cause is SkipCause.NOT_STARTED:
+        return f"not started: {about}"
+    return about
+
+
 class Deferred:
     """A value read on first use: a replayed value stored beside the journal.
 
@@ -53,7 +75,9 @@ class StepResult(Record):
     all have 0. ``items`` is only set for ``for_each`` tasks: one ``ItemResult``
     per input item, in input order (also when the task was replayed: each item
     is then ``cached``); their ``attempts`` is the largest item's.
-    ``detached`` tells a detached side-effect from a main task.
+    ``detached`` tells a detached side-effect from a main task. A SKIPPED
+    result says why as data in ``skip_cause`` (a ``SkipCause``; ``reason`` is
+    its wording).
 
     A replayed value stored beside the journal is read on first access to
     ``value`` (or ``items``), and kept; if it cannot be loaded then, that
@@ -62,7 +86,7 @@ class StepResult(Record):
 
     __slots__ = ("name", "state", "_value", "error", "_duration_ms", "attempts", "step_key",
                  "cached", "reason", "traceback", "started_at", "finished_at", "_items",
-                 "detached")
+                 "detached", "skip_cause")
     _public = ("name", "state", "value", "error", "duration_ms", "attempts", "step_key",
                "cached", "reason", "traceback", "started_at", "finished_at", "items", "detached")
 
@@ -72,7 +96,8 @@ class StepResult(Record):
                  attempts: int = 0, step_key: str | None = None, cached: bool = False,
                  reason: str | None = None, traceback: str | None = None,
                  started_at: float | None = None, finished_at: float | None = None,
-                 items: list[ItemResult] | None = None, detached: bool = False) -> None:
+                 items: list[ItemResult] | None = None, detached: bool = False,
+                 skip_cause: SkipCause | None = None) -> None:
         self.name = name
         self.state = state
         self._value = value
@@ -87,6 +112,7 @@ class StepResult(Record):
         self.finished_at = finished_at
         self._items = items
         self.detached = detached
+        self.skip_cause = skip_cause
 
     @property
     def value(self) -> Any:

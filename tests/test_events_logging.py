@@ -8,7 +8,7 @@ import time
 import pytest
 from helpers import ListHandler
 
-import flowing.engine.scheduler
+import flowing.engine.admission
 from flowing import Flow, StepState, task
 from flowing import text as tx
 from flowing.observe import events as ev
@@ -40,7 +40,7 @@ def flowing_records():
 @pytest.fixture
 def fast_ticks(monkeypatch):
     """Progress ticks every 50 ms and heartbeats every 0.2 s, so a short task is 'long'."""
-    monkeypatch.setattr(flowing.engine.scheduler, "MAX_WAIT_S", 0.05)
+    monkeypatch.setattr(flowing.engine.admission, "MAX_WAIT_S", 0.05)
     monkeypatch.setattr(progress, "HEARTBEAT_S", 0.2)
 
 
@@ -394,7 +394,7 @@ def test_heartbeat_names_what_is_running(user_logger, fast_ticks):
 
 def test_no_heartbeat_for_short_tasks(user_logger, monkeypatch):
     logger, handler = user_logger
-    monkeypatch.setattr(flowing.engine.scheduler, "MAX_WAIT_S", 0.05)
+    monkeypatch.setattr(flowing.engine.admission, "MAX_WAIT_S", 0.05)
 
     @task
     def brief():

@@ -395,9 +395,9 @@ def test_a_timed_out_item_keeps_the_slot_so_items_never_overlap():
 
 
 def test_a_hung_body_gives_its_slot_back_after_the_grace_with_one_warning(monkeypatch):
-    import flowing.engine.scheduler as scheduler
+    import flowing.engine.admission as admission
 
-    monkeypatch.setattr(scheduler, "LINGER_GRACE_S", 0.3)
+    monkeypatch.setattr(admission, "LINGER_GRACE_S", 0.3)
     release = threading.Event()
     limit = Limit(max_concurrency=1)
     ids = source(list(range(2)))

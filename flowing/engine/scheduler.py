@@ -1,23 +1,27 @@
 """The scheduler: runs a checked ``Graph`` through one ``Runner``.
 
+The scheduler thread (the one that called ``run()``) owns the run: it takes
+every outcome off one inbox, decides, and hands jobs to the runner. The
+policy is split by concern:
+
+* ``ready``      which tasks may start, in which order: the schedule modes
+                 (eager, layers), detached tasks, dependents of a failure.
+* ``admission``  capacity, ``Limit`` parking, retry backoff and rate timers,
+                 overdue timed jobs; time comes from an injectable clock.
+* here           replay decisions at release, ``for_each`` fan-out,
+                 fail_fast, finishing results, Ctrl-C.
+
 Scheduling policy
 -----------------
-* eager (default): a task is released the moment all of its own dependencies
-  have SUCCEEDED; it never waits for unrelated tasks. Released tasks start in
-  release order (FIFO) as slots free up.
-* layers: a task is also held until every task of the earlier layers has
-  finished, as the original flowing did.
-* Detached tasks are held until every main task has finished, then run in
-  dependency order among themselves. They never trigger fail_fast.
 * A task whose dependency FAILED or was SKIPPED is SKIPPED at once, with a
-  reason naming that dependency.
+  reason naming that dependency (``SkipCause`` says which, as data).
 * fail_fast: once a main task has FAILED for good, no new main task starts.
   Started tasks (retries and for_each items included) run to the end; tasks
   that never started are SKIPPED with a reason naming the failure. "Started"
   means handed to the runner: the scheduler thread decides it, from the
   failures it has taken off the inbox, when it hands a task over; workers
   never skip a job they were handed. So tasks ready together are handed over
-  together (as far as ``max_workers`` allows, see ``capacity``) and all run,
+  together (as far as ``max_workers`` allows, see ``admission``) and all run,
   whichever of them fails first.
 * Replay (with a journal): when a task is released, its step key is
   completed from its behaviour (fingerprinted when the run started) and the
@@ -28,42 +32,43 @@ Scheduling policy
   value therefore does not force its dependents (early cutoff). ``for_each``
   items are replayed the same way, each keyed by its content. Why a task
   runs again is a ``why.Why`` (``JournalPlan.verdict``), worded at the edge.
-* At most ``max_workers`` jobs are in flight. A task's ``Limit`` further
-  bounds its bodies in flight and their start rate across every flow of the
-  process (jobs wait for it in FIFO order). A sync body that timed out keeps
-  its Limit slot until it really ends, or ``linger_grace`` seconds past its
-  deadline (then with one warning naming the task); its worker slot is free
-  at the deadline.
-* A failed attempt that may be retried frees its slot and comes back after
-  its backoff through a timer; waiting never holds a worker.
 * Chain fusion (own threads, no journal, no timeouts): when a task's only
   dependent has no other dependency, the worker that finishes the task runs
   the dependent next, without a round trip through the scheduler.
 * Every job produces exactly one verdict: attempts never raise (attempt.py),
   and a timed job whose verdict has not arrived well after its deadline is
-  failed here (``overdue``) and its late verdict ignored. So ``run()``
-  always returns.
+  failed by ``admission`` and its late verdict ignored. So ``run()`` always
+  returns.
+
+The runner is the caller's (a factory given the run's ``Shared``), so tests
+drive the scheduler with an in-process runner and a clock they advance.
 
 State
 -----
-Everything below is owned by the scheduler thread (the one that called
-``run()``); workers never touch it.
+Everything below is owned by the scheduler thread; workers never touch it.
 
-``results[i]``      the StepResult of task i, once it has one
-``status[i]``       PENDING -> (HELD) -> QUEUED -> RUNNING -> DONE
-``waiting[i]``      dependencies of i that have not succeeded yet
-``digests[i]``      content digest of task i's value (journal runs; computed lazily)
-``ready``           tasks released (by index) and jobs (retries, items) waiting
-                    for a slot (FIFO); a task's Job is made when it starts
-``timers``          heap of (due, seq, job): retries after their backoff, and
-                    wake-ups for rate limits (job None)
-``overdue``         heap of (due, seq, job): timed jobs to fail if their verdict
-                    never comes
-``parked``          per Limit, the jobs waiting for it (FIFO)
-``fanouts[i]``      per-item progress of a running ``for_each`` task
-``held``            tasks released but held back by the schedule (detached
-                    tasks before the main graph ends, or later layers)
-``in_flight``       jobs handed to the runner and not yet settled
+``results[i]``        the StepResult of task i, once it has one
+``ready_set``         readiness (``ready.ReadySet``): ``status[i]`` (aliased here),
+                      ``waiting[i]``, counts of unfinished, main and per-layer
+                      tasks, tasks held by the schedule
+``admission``         jobs waiting for a slot or a Limit, in flight, timers and
+                      overdue deadlines (``admission.Admission``)
+``digests[i]``        content digest of task i's value (journal runs; computed lazily)
+``in_digests[i]``     released, not started: the digest of its inputs (journal runs)
+``why[i]``            why a journaled task ran again
+``fanouts[i]``        per-item progress of a running ``for_each`` task (``_FanOut``)
+``partial_items[i]``  items of an earlier, unfinished run of for_each task i
+``running_since[i]``  start of task i, kept only when reporting
+``next_tick``         when progress is reported next (monotonic)
+``retries``           (task, item, attempt, started, finished, error) of failed attempts
+``last_attempt_started``  name -> start of the last attempt, for retried tasks
+``_finishing``        results to record and propagate (``_finish``: no recursion)
+``_in_finish``        whether ``_finish`` is propagating already
+``_warned``           warnings given (each text once)
+``stop_seen``         fail_fast as this thread saw it: set when it takes a main
+                      task's failure, read only when it hands a task over
+``interrupted``       Ctrl-C ended the run
+``catcher``           the run's Ctrl-C handler
 
 Shared with workers (``runners.Shared``): the ``inbox`` queue through which
 every outcome comes back, the ``stopping`` event, and the journal.
@@ -71,13 +76,8 @@ every outcome comes back, the ``stopping`` event, and the journal.
 
 from __future__ import annotations
 
-import collections
-import heapq
-import itertools
-import queue
 import time
-from array import array
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from ..errors import ItemsFailed, JournalError
@@ -93,40 +93,38 @@ from ..observe.events import (
     TaskSucceeded,
 )
 from ..replay.why import Why, WhyKind
-from ..results import Deferred, Failed, ItemResult, StepResult, StepState
+from ..results import (
+    Deferred,
+    Failed,
+    ItemResult,
+    SkipCause,
+    StepResult,
+    StepState,
+    skip_reason,
+)
 from ..runners import attempt as A
 from ..runners.attempt import Job, Outcome
-from ..runners.local import WAKE, RemoteValue, Runner, Shared, open_runner
+from ..runners.local import WAKE, RemoteValue, Runner, Shared
 from ..text import item_failure, safe_repr, safe_str
+from . import admission as admission_
+from .admission import SYSTEM_CLOCK, Admission, Clock
+from .ready import DONE, QUEUED, RUNNING, ReadySet
 
 if TYPE_CHECKING:
     from ..graph import Graph
-    from ..limits import Limit
     from ..observe.events import Reporter
     from ..replay.policy import JournalPlan
 
-PENDING, HELD, QUEUED, RUNNING, DONE = range(5)
-
 SUCCEEDED, FAILED, SKIPPED = StepState.SUCCEEDED, StepState.FAILED, StepState.SKIPPED
 _STATE_OF = {A.SUCCEEDED: SUCCEEDED, A.FAILED: FAILED, A.SKIPPED: SKIPPED}
-
-# The longest the scheduler sleeps without looking around (timers, progress).
-MAX_WAIT_S = 1.0
-
-# A sync body that timed out keeps its Limit slot while it still runs, for at most
-# this long after its deadline, or timeout_s if that is longer (see _give_back).
-LINGER_GRACE_S = 5.0
-
-
-def linger_grace(timeout_s: float | None) -> float:
-    """Seconds past its deadline a timed-out body may keep its Limit slot."""
-    return max(LINGER_GRACE_S, timeout_s or 0.0)
-
 
 # Put in the inbox by our SIGINT handler to wake the loop.
 _INTERRUPT = object()
 
 _UNKNOWN = object()  # a digest not computed yet
+
+# A runner for one run, made from what its workers may see of it.
+RunnerFactory = Callable[[Shared], Runner]
 
 
 class _ReplayedItems(Deferred):
@@ -155,11 +153,17 @@ class _FanOut:
 
 
 class Scheduler:
-    """Runs one pass over a graph. Create one per run()/resume()."""
+    """Runs one pass over a graph. Create one per run()/resume().
 
-    def __init__(self, graph: Graph, *, max_workers: int, fail_fast: bool, schedule: str,
-                 executor: Any, reporter: Reporter, plan: JournalPlan | None = None,
-                 inputs: dict[str, Any] | None = None) -> None:
+    ``runner`` makes the run's runner from its ``Shared`` (``open_runner`` for
+    ``Flow``; an in-process runner in tests). ``clock``: where time is read
+    and the inbox waited on (the system's by default).
+    """
+
+    def __init__(self, graph: Graph, runner: RunnerFactory, *, max_workers: int,
+                 fail_fast: bool, schedule: str, reporter: Reporter,
+                 plan: JournalPlan | None = None, inputs: dict[str, Any] | None = None,
+                 clock: Clock = SYSTEM_CLOCK) -> None:
         self.graph = graph
         self.max_workers = max_workers
         self.fail_fast = fail_fast
@@ -170,59 +174,41 @@ class Scheduler:
         self.journal = plan.journal if plan is not None else None
         self.keys = plan.keys if plan is not None else None
         self.inputs = inputs or {}
+        self.clock = clock
         self.shared = Shared(graph.tasks, graph.deps, fail_fast, self.journal, self.keys)
         if plan is not None:
             from ..replay.inplace import RunDigests  # lazy: journaled runs only
 
             self.shared.digest = RunDigests(self.inputs, plan.behaviours)
-        has_async = any(td.is_async for td in graph.tasks)
-        self.runner: Runner = open_runner(executor, max_workers, self.shared, has_async)
+        self.runner: Runner = runner(self.shared)
         n = len(graph)
         self.results: list[StepResult | None] = [None] * n
-        self.status = bytearray(n)
-        self.waiting = array("i", bytes(4 * n))  # set for pending tasks in _prepare
-        self.digests: list[Any] = [_UNKNOWN] * n if plan is not None else []
-        self.why: dict[int, Why] = {}  # why a journaled task ran again
-        # released tasks (by index) and retries/items (as Jobs) waiting for a slot, FIFO
-        self.ready: collections.deque[Job | int] = collections.deque()
-        self.in_digests: dict[int, str] = {}  # released, not started: their inputs digest
-        self.timers: list[tuple[float, int, Job | None]] = []
-        self.overdue: list[tuple[float, int, Job]] = []
-        self.seq = itertools.count()
-        self.parked: dict[Limit, collections.deque[Job]] = {}
-        self.busy_limits: set[Limit] = set()
-        self.admitted: set[Job] = set()  # jobs holding a Limit slot, until settled
-        self.fanouts: dict[int, _FanOut] = {}
-        self.partial_items: dict[int, list[ItemResult | None]] = {}
-        self.held: dict[int, list[int]] = {}  # layer -> tasks waiting for it to open
-        self.held_detached: list[int] = []
-        self.layer_left = [0] * len(graph.layers)
-        self.open_layer = 0
-        self.in_flight = 0
+        self.ready_set = ReadySet(graph, self.layered)
+        self.status = self.ready_set.status
         # Own daemon threads bound the bodies in flight by their number, so a few
         # jobs may wait queued at the runner and a worker never idles waiting for the
         # scheduler. Coroutines and rate-limited jobs need a free slot right away.
-        self.capacity = max_workers
-        if self.runner.queues_ahead and not has_async:
-            self.capacity = 2 * max_workers
-        self.unfinished = 0
-        self.main_left = 0
-        self.interrupted = False
-        self.running_since: dict[int, float] = {}  # task -> start, kept only when reporting
+        capacity = max_workers
+        if self.runner.queues_ahead and not any(td.is_async for td in graph.tasks):
+            capacity = 2 * max_workers
+        inbox = self.shared.inbox
+        self.admission = Admission(max_workers, capacity, clock, lambda: inbox.put(WAKE),
+                                   self._warn)
+        self.digests: list[Any] = [_UNKNOWN] * n if plan is not None else []
+        self.in_digests: dict[int, str] = {}
+        self.why: dict[int, Why] = {}
+        self.fanouts: dict[int, _FanOut] = {}
+        self.partial_items: dict[int, list[ItemResult | None]] = {}
+        self.running_since: dict[int, float] = {}
         self.next_tick = 0.0
-        # (task, item, attempt, started, finished, error) of failed attempts
         self.retries: list[tuple[int, int | None, int, float | None, float | None, Any]] = []
-        self.last_attempt_started: dict[str, float] = {}  # name -> start, for retried tasks
+        self.last_attempt_started: dict[str, float] = {}
         self._finishing: list[tuple[int, StepResult]] = []
         self._in_finish = False
         self._warned: set[str] = set()
-        self.catcher = Catcher()  # the run's Ctrl-C handler (set by run())
-        # fail_fast as this thread saw it: set when it takes a main task's failure, and
-        # read only when it hands a task to the runner (see _not_started)
         self.stop_seen: str | None = None
-        self._lingered: set[str] = set()  # tasks warned about a body outlasting its grace
-        inbox = self.shared.inbox
-        self._wake = lambda: inbox.put(WAKE)  # a Limit slot freed (maybe by another flow)
+        self.interrupted = False
+        self.catcher = Catcher()  # the run's Ctrl-C handler (set by run())
 
     # ----- set-up -------------------------------------------------------------
 
@@ -278,28 +264,13 @@ class Scheduler:
         return self.results
 
     def _prepare(self, kept: dict[int, StepResult]) -> None:
-        g, results, status = self.graph, self.results, self.status
         for i, r in kept.items():
-            results[i] = r
-            status[i] = DONE
-        pending = [i for i in range(len(g)) if status[i] != DONE]
-        self.unfinished = len(pending)
-        waiting = self.waiting
-        for i in pending:
-            left = 0
-            for d in g.deps[i]:
-                if status[d] != DONE:
-                    left += 1
-            waiting[i] = left
-            if not g.detached[i]:
-                self.main_left += 1
-            self.layer_left[g.layer[i]] += 1
+            self.results[i] = r
+        pending = self.ready_set.prepare(kept)
         if not self.layered and self.runner.fuses and self.journal is None:
             self._plan_fusion(pending)
-        self._advance_layers()
-        for i in pending:
-            if self.waiting[i] == 0:
-                self._release(i)
+        for i in self.ready_set.first(pending):
+            self._enqueue_task(i)
 
     def _plan_fusion(self, pending: list[int]) -> None:
         g, status, fused = self.graph, self.status, self.shared.fused_next
@@ -318,39 +289,33 @@ class Scheduler:
     # ----- the loop -----------------------------------------------------------
 
     def _loop(self) -> None:
-        inbox = self.shared.inbox
-        while self.unfinished:
+        inbox, admission, clock, rs = self.shared.inbox, self.admission, self.clock, self.ready_set
+        while rs.unfinished:
             if self.catcher.seen:
                 raise KeyboardInterrupt
-            self._dispatch()
-            if not self.unfinished:
+            admission.dispatch(self)
+            if not rs.unfinished:
                 break
-            if not self.in_flight and not self.timers and not self.parked_any():
+            if admission.idle():
                 self._stalled()
-            try:
-                outcome = inbox.get(timeout=self._wait_time())
-            except queue.Empty:
-                outcome = None
+            outcome = clock.wait(inbox, admission.wait_time())
             while outcome is not None:
                 if outcome is _INTERRUPT:
                     raise KeyboardInterrupt
                 if outcome is not WAKE:
                     self._on_outcome(outcome)
                 outcome = None if inbox.empty() else inbox.get_nowait()
-            if self.timers:
-                self._fire_timers()
-            if self.overdue:
-                self._fail_overdue()
-            if self.emit and time.monotonic() >= self.next_tick:
+            if admission.timers:
+                admission.fire_timers()
+            if admission.overdue:
+                admission.fail_overdue(self._on_outcome)
+            if self.emit and clock.monotonic() >= self.next_tick:
                 self._tick()
 
-    def parked_any(self) -> bool:
-        return any(self.parked.values())
-
     def _tick(self) -> None:
-        self.next_tick = time.monotonic() + MAX_WAIT_S
+        self.next_tick = self.clock.monotonic() + admission_.MAX_WAIT_S
         g = self.graph
-        done = len(g) - self.unfinished
+        done = len(g) - self.ready_set.unfinished
         running = {g.tasks[i].name: t for i, t in self.running_since.items()}
         now = time.time()
         # jobs queued ahead at the runner are not running yet: at most max_workers are
@@ -359,74 +324,12 @@ class Scheduler:
                  for i, fan in self.fanouts.items()}
         self.reporter.tick(done, len(g), running, items)
 
-    def _wait_time(self) -> float:
-        due = MAX_WAIT_S
-        now = time.monotonic()
-        if self.timers:
-            due = min(due, max(0.0, self.timers[0][0] - now))
-        if self.overdue:
-            due = min(due, max(0.0, self.overdue[0][0] - now))
-        return due
-
-    def _fire_timers(self) -> None:
-        now = time.monotonic()
-        timers = self.timers
-        while timers and timers[0][0] <= now:
-            job = heapq.heappop(timers)[2]
-            if job is not None:
-                self._queue(job)
-
-    def _fail_overdue(self) -> None:
-        """A timed job whose verdict never came (a blocked event loop, a hung engine):
-        fail it here, at its deadline plus a grace period."""
-        now = time.monotonic()
-        while self.overdue and self.overdue[0][0] <= now:
-            _, _, job = heapq.heappop(self.overdue)
-            if job.settled:
-                continue
-            deadline = job.deadline
-            timeout = job.td.timeout_s or 0.0
-            grace = max(1.0, 0.1 * timeout)
-            if deadline is None or time.time() < deadline + grace:
-                # not started yet (queued at the runner), or not overdue yet: look again later
-                wait = grace if deadline is None else deadline + grace - time.time()
-                heapq.heappush(self.overdue, (now + max(0.05, wait), next(self.seq), job))
-                continue
-            job.cancelled = True
-            started = job.first_started or time.time()
-            if job.mode == A.GATE:  # stuck listing its items (a source blocked in next())
-                outcome = Outcome(job, A.FAILED, error=A.timeout_error(job),
-                                  reason="listing the for_each items timed out",
-                                  started_at=started, finished_at=time.time())
-            else:
-                outcome = A.verdict(job, None, A.timeout_error(job), started)
-            outcome.warning = (f"{job.label()}: no verdict {grace:g}s after its deadline; "
-                               f"failed by the scheduler and abandoned")
-            self._on_outcome(outcome)
-
     def _stalled(self) -> None:
-        names = [self.graph.tasks[i].name for i in range(len(self.graph))
-                 if self.status[i] != DONE]
+        names = [self.graph.tasks[i].name for i in self.ready_set.unfinished_tasks()]
         raise RuntimeError(f"flowing: internal error, the run stalled with nothing running; "
                            f"unfinished tasks: {', '.join(names[:10])}. Please report this.")
 
     # ----- releasing and starting ---------------------------------------------
-
-    def _release(self, i: int) -> None:
-        """All dependencies of i succeeded: queue it unless the schedule holds it."""
-        if self.status[i] != PENDING:
-            return
-        g = self.graph
-        if self.layered:
-            if g.layer[i] > self.open_layer:
-                self.status[i] = HELD
-                self.held.setdefault(g.layer[i], []).append(i)
-                return
-        elif g.detached[i] and self.main_left:
-            self.status[i] = HELD
-            self.held_detached.append(i)
-            return
-        self._enqueue_task(i)
 
     def _task_inputs(self, i: int) -> dict[str, Any] | None:
         names = getattr(self.graph, "inputs", None)
@@ -435,8 +338,8 @@ class Scheduler:
         return {n: self.inputs[n] for n in names[i]}
 
     def _enqueue_task(self, i: int) -> None:
-        g = self.graph
-        td = g.tasks[i]
+        """Task i was released: replay it, or queue it for a slot."""
+        td = self.graph.tasks[i]
         if self.interrupted:
             return
         in_digest = None
@@ -444,17 +347,17 @@ class Scheduler:
             in_digest = self._settle(i)
             if self._replay(i, in_digest) or not self._load_deps(i):
                 return
-        if self._not_started(i):
+        if self.not_started(i):
             return
         self.status[i] = QUEUED
         if in_digest is not None:
             self.in_digests[i] = in_digest
         if td.limit is None or td.for_each is not None:
-            # Only the index waits in ``ready``: its Job (and the kwargs dict) is made
-            # when it starts, so a wide graph never holds one per released task.
-            self.ready.append(i)
+            # Only the index waits: its Job (and the kwargs dict) is made when it
+            # starts, so a wide graph never holds one per released task.
+            self.admission.ready.append(i)
         else:
-            self._queue(self._make_job(i))  # waits for its Limit
+            self.admission.queue(self.make_job(i))  # waits for its Limit
 
     def _load_deps(self, i: int) -> bool:
         """Read the replayed values task i is about to run on (they are loaded on first
@@ -487,7 +390,8 @@ class Scheduler:
             kwargs[r.name] = r._value if type(r._value) is RemoteValue else r.value
         return kwargs
 
-    def _make_job(self, i: int) -> Job:
+    def make_job(self, i: int) -> Job:
+        """The first attempt of task i (its gate job, for a for_each task)."""
         td = self.graph.tasks[i]
         in_digest = self.in_digests.pop(i, None)
         store = self.plan is not None and self._storable(i, in_digest)
@@ -500,89 +404,30 @@ class Scheduler:
                                {n: self.inputs[n] for n in gate_names[1]})
         return job
 
-    def _queue(self, job: Job) -> None:
-        limit = job.td.limit
-        if limit is not None and job.mode != A.GATE:
-            parked = self.parked.get(limit)
-            if parked is None:
-                parked = self.parked[limit] = collections.deque()
-            parked.append(job)
-            self.busy_limits.add(limit)
-        else:
-            self.ready.append(job)
-
-    def _dispatch(self) -> None:
-        if self.in_flight >= self.capacity:
-            return
-        if self.busy_limits:
-            self._dispatch_limited()
-        ready, capacity = self.ready, self.capacity
-        while ready and self.in_flight < capacity:
-            entry = ready.popleft()
-            if type(entry) is int:  # a released task: its first attempt starts now
-                if self._not_started(entry):
-                    continue
-                entry = self._make_job(entry)
-            self._start(entry)  # type: ignore[arg-type]
-
-    def _dispatch_limited(self) -> None:
-        now = time.monotonic()
-        for limit in list(self.busy_limits):
-            parked = self.parked[limit]
-            # a rate counts starts, so its jobs must start the moment they are admitted
-            room = self.max_workers if limit.rate_count else self.capacity
-            while parked and self.in_flight < room:
-                if self._stopped_before_start(parked[0]):
-                    parked.popleft()
-                    continue
-                wait = limit.try_acquire(now)
-                if wait is None:
-                    self.admitted.add(parked[0])
-                if wait is not None:
-                    if wait == float("inf"):
-                        limit.add_waiter(self._wake)  # blocked on concurrency, maybe by another flow
-                    else:
-                        heapq.heappush(self.timers, (now + wait, next(self.seq), None))
-                    break
-                self._start(parked.popleft())
-            if not parked:
-                self.busy_limits.discard(limit)
-                limit.remove_waiter(self._wake)
-
-    def _stopped_before_start(self, job: Job) -> bool:
-        """fail_fast: a main task that has not started yet is skipped instead."""
-        return job.attempt == 1 and job.mode != A.ITEM and self._not_started(job.task)
-
-    def _not_started(self, i: int) -> bool:
+    def not_started(self, i: int) -> bool:
         """The one fail_fast boundary: main task i, about to be handed to a runner, is
         skipped if this thread has seen a main task fail (``stop_seen``). It is asked
         only here, never by a worker, so tasks handed over together before the
         failure was seen all run, whichever thread gets to them first."""
         if self.stop_seen is None or self.graph.detached[i]:
             return False
-        self._finish(i, self._skipped(i, f"not started: {self.stop_seen}"))
+        self._finish(i, self._skipped(i, SkipCause.NOT_STARTED, self.stop_seen))
         return True
 
-    def _start(self, job: Job) -> None:
-        if job.td.limit is None or job.mode == A.GATE:
-            if self._stopped_before_start(job):
-                return
-        self.in_flight += 1
+    def start(self, job: Job) -> None:
+        """Hand ``job`` to the runner (``admission`` counted it in flight)."""
         if job.mode == A.ITEM:
             fan = self.fanouts.get(job.task)
             if fan is not None:
                 fan.running += 1
         else:
             self.status[job.task] = RUNNING
-            if self.in_flight <= self.max_workers:
+            if self.admission.in_flight <= self.max_workers:
                 self._start_event(job.task, job.attempt)
             elif self.emit:
                 # queued behind busy workers: it may yet be skipped, so the worker
                 # says when it really starts
                 job.announce = True
-        if job.td.timeout_s is not None:  # a GATE job's listing counts against it too
-            due = time.monotonic() + job.td.timeout_s + max(1.0, 0.1 * job.td.timeout_s)
-            heapq.heappush(self.overdue, (due, next(self.seq), job))
         self.runner.submit(job)
 
     def _start_event(self, i: int, attempt: int, now: float | None = None) -> None:
@@ -707,25 +552,18 @@ class Scheduler:
     def _on_outcome(self, o: Outcome) -> None:
         job = o.job
         if job.settled:
-            return  # failed by _fail_overdue already: a late verdict is ignored
+            return  # failed by Admission.fail_overdue already: a late verdict is ignored
         if o.kind is A.STARTED:
             self._start_event(job.task, job.attempt, o.started_at)
             return
         job.settled = True
         if o.warning:
             self._warn(o.warning)
-        if o.next_job is None:
-            self.in_flight -= 1
+        self.admission.settled(o)
         if job.mode == A.ITEM:
             fan = self.fanouts.get(job.task)
             if fan is not None:
                 fan.running -= 1
-        limit = job.td.limit
-        if limit is not None and job.mode != A.GATE:
-            self.admitted.discard(job)
-            self._give_back(job, limit)
-            if self.parked.get(limit):
-                self.busy_limits.add(limit)
         if o.kind is A.RETRY:
             self._retry(o)
             return
@@ -740,41 +578,24 @@ class Scheduler:
             self._record(o)
             if self.plan is not None:
                 self.digests[i] = o.digest if o.journaled and o.digest is not None else _UNKNOWN
-        started = job.first_started or o.started_at
-        result = StepResult(job.td.name, _STATE_OF[o.kind], o.value, o.error, None,
-                            o.attempts, job.key, False, o.reason, o.traceback, started,
-                            o.finished_at, None, bool(self.graph.detached[i]))
-        if o.attempts > 1 and o.started_at is not None:
-            self.last_attempt_started[result.name] = o.started_at
+        self._finish(i, self._result_of(o))
         successor = o.next_job
-        if successor is not None:
-            self.status[successor.task] = RUNNING  # so finishing i does not queue it again
-        self._finish(i, result)
+        if o.attempts > 1 and o.started_at is not None:
+            self.last_attempt_started[job.td.name] = o.started_at
         if successor is not None:
             self._start_event(successor.task, 1)
 
-    def _give_back(self, job: Job, limit: Limit) -> None:
-        """Free the Limit slot of a job whose verdict came. A sync body that timed out
-        but still runs (``job.abandoned``) keeps it until it really ends, so the
-        Limit stays a true bound on what the service sees; one still running
-        ``linger_grace`` seconds after its deadline gives it back with a warning."""
-        abandoned = job.abandoned
-        if abandoned is None or limit.max_concurrency is None:
-            limit.release()  # a rate counts starts only: nothing to hold
-            return
-        grace = linger_grace(job.td.timeout_s)
-        reporter, name = self.reporter, job.td.name
-        warned = self._lingered
-
-        def overstayed() -> None:
-            if name not in warned:
-                warned.add(name)
-                reporter.warning(
-                    f"task '{name}': body still running {grace:g}s past its timeout; its "
-                    f"Limit slot is given back, so one more may start; make the body "
-                    f"honour timeout_s (e.g. pass it on to the call)")
-
-        limit.release_when(abandoned.then, grace, overstayed)
+    def _result_of(self, o: Outcome) -> StepResult:
+        """The final result of a task from the verdict of its last attempt."""
+        job = o.job
+        started = job.first_started or o.started_at
+        successor = o.next_job
+        if successor is not None:
+            self.status[successor.task] = RUNNING  # so finishing i does not queue it again
+        return StepResult(job.td.name, _STATE_OF[o.kind], o.value, o.error, None,
+                          o.attempts, job.key, False, o.reason, o.traceback, started,
+                          o.finished_at, None, bool(self.graph.detached[job.task]),
+                          SkipCause.GATE if o.kind is A.SKIPPED else None)
 
     def _record(self, o: Outcome) -> None:
         try:
@@ -800,8 +621,7 @@ class Scheduler:
                                    duration_ms=duration,
                                    item_repr=safe_repr(job.item_value, 40)
                                    if job.mode == A.ITEM else None))
-        heapq.heappush(self.timers, (time.monotonic() + (o.retry_in or 0.0), next(self.seq),
-                                     job.retry_job()))
+        self.admission.retry_later(job.retry_job(), o.retry_in or 0.0)
 
     # ----- for_each -----------------------------------------------------------
 
@@ -858,7 +678,7 @@ class Scheduler:
                         continue
             item_kwargs = dict(kwargs)
             item_kwargs[source_name] = item
-            self._queue(Job(i, td, item_kwargs, mode=A.ITEM, item=index, gates=False, key=key,
+            self.admission.queue(Job(i, td, item_kwargs, mode=A.ITEM, item=index, gates=False, key=key,
                             signals=self.shared, inputs=task_inputs, item_value=item,
                             in_digest=others, store=item_store and key is not None))
         if not fan.remaining:
@@ -951,21 +771,12 @@ class Scheduler:
 
     # ----- finishing ----------------------------------------------------------
 
-    def _skipped(self, i: int, reason: str) -> StepResult:
+    def _skipped(self, i: int, cause: SkipCause, about: str) -> StepResult:
         now = time.time()
-        return StepResult(self.graph.tasks[i].name, SKIPPED, reason=reason,
+        return StepResult(self.graph.tasks[i].name, SKIPPED, reason=skip_reason(cause, about),
                           step_key=None if self.keys is None else self.keys[i],
                           started_at=now, finished_at=now,
-                          detached=bool(self.graph.detached[i]))
-
-    def _failed(self, i: int, error: BaseException, started: float | None) -> StepResult:
-        now = time.time()
-        started = started or now
-        return StepResult(self.graph.tasks[i].name, FAILED, error=error,
-                          duration_ms=(now - started) * 1000,
-                          step_key=None if self.keys is None else self.keys[i],
-                          traceback=A.format_traceback(error), started_at=started,
-                          finished_at=now, detached=bool(self.graph.detached[i]))
+                          detached=bool(self.graph.detached[i]), skip_cause=cause)
 
     def _finish(self, i: int, result: StepResult) -> None:
         """Record a final result and propagate it. Re-entrant calls are queued,
@@ -981,53 +792,27 @@ class Scheduler:
             self._in_finish = False
 
     def _finish_one(self, i: int, result: StepResult) -> None:
-        g, status = self.graph, self.status
         self.results[i] = result
-        status[i] = DONE
-        self.unfinished -= 1
+        g = self.graph
         detached = g.detached[i]
-        if not detached:
-            self.main_left -= 1
-        self.layer_left[g.layer[i]] -= 1
+        state = result.state
+        released, blocked = self.ready_set.done(i, state is SUCCEEDED)
         if self.emit:
             self.running_since.pop(i, None)
             self._result_event(result, bool(detached),
                                None if result.items is None
                                else g.tasks[i].allowed_failures(len(result.items)))
-        if result.state is SUCCEEDED:
-            waiting = self.waiting
-            for j in g.dependents[i]:
-                waiting[j] -= 1
-                if not waiting[j]:
-                    self._release(j)
-        else:
-            if result.state is FAILED and not detached and self.fail_fast:
+        if state is not SUCCEEDED:
+            if state is FAILED and not detached and self.fail_fast:
                 self.shared.stop(f"fail_fast: '{result.name}' failed")
                 if self.stop_seen is None:
                     self.stop_seen = self.shared.stop_reason
-            verb = "failed" if result.state is FAILED else "was skipped"
-            for j in g.dependents[i]:
-                if status[j] == PENDING:
-                    status[j] = QUEUED  # claimed: a second failed dependency must not skip it twice
-                    self._finishing.append(
-                        (j, self._skipped(j, f"dependency '{result.name}' {verb}")))
-        if self.layered:
-            self._advance_layers()
-        elif not self.main_left and self.held_detached:
-            held, self.held_detached = self.held_detached, []
-            for j in held:
-                self._enqueue_task(j)
-
-    def _advance_layers(self) -> None:
-        layers = len(self.layer_left)
-        opened = False
-        while self.open_layer < layers - 1 and not self.layer_left[self.open_layer]:
-            self.open_layer += 1
-            opened = True
-        if opened and self.layered:
-            held = self.held.pop(self.open_layer, ())
-            for j in held:
-                self._enqueue_task(j)
+            cause = (SkipCause.DEPENDENCY_FAILED if state is FAILED
+                     else SkipCause.DEPENDENCY_SKIPPED)
+            for j in blocked:
+                self._finishing.append((j, self._skipped(j, cause, result.name)))
+        for j in released:
+            self._enqueue_task(j)
 
     def _result_event(self, r: StepResult, detached: bool, allowed: int | None) -> None:
         assert self.emit is not None
@@ -1072,7 +857,8 @@ class Scheduler:
                     job.td.name, _STATE_OF[o.kind], o.value, o.error,
                     (o.finished_at - started) * 1000 if started and o.finished_at else 0.0,
                     o.attempts, job.key, False, o.reason, o.traceback, started, o.finished_at,
-                    None, bool(self.graph.detached[job.task]))
+                    None, bool(self.graph.detached[job.task]),
+                    SkipCause.GATE if o.kind is A.SKIPPED else None)
 
     def unfinished_items(self) -> dict[int, list[ItemResult | None]]:
         """index -> ItemResults so far (None: not finished) of for_each tasks cut short."""
@@ -1080,15 +866,7 @@ class Scheduler:
 
     def _close(self) -> None:
         self.shared.closed = True  # a worker finishing late must not write to the journal
-        for limit in self.parked:
-            limit.remove_waiter(self._wake)
-        # Ctrl-C: admitted jobs whose verdict will never be taken give their Limit
-        # slot back now (the Limit is process-wide: later runs would wait forever)
-        for job in self.admitted:
-            if not job.settled and job.td.limit is not None:
-                job.settled = True
-                job.td.limit.release()
-        self.admitted.clear()
+        self.admission.close()
         self.runner.close()
         if self.journal is not None:
             self.journal.checkpoint()  # item lines still held (group commit); the index
@@ -1105,12 +883,11 @@ def run_ok(graph: Graph, results: Sequence[StepResult | None]) -> bool:
             return False
         if r.state is StepState.SUCCEEDED:
             continue
-        reason = r.reason or ""
-        if reason.startswith(A.WHEN_SKIP):
+        if r.skip_cause is SkipCause.GATE:
             gated[i] = 1
             continue
         deps = graph.deps[i]
-        if reason.startswith("dependency '") and any(gated[d] for d in deps) and all(
+        if r.skip_cause is SkipCause.DEPENDENCY_SKIPPED and any(gated[d] for d in deps) and all(
                 gated[d] or (results[d] is not None
                              and results[d].state is StepState.SUCCEEDED)  # type: ignore[union-attr]
                 for d in deps):
