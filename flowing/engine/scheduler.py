@@ -28,6 +28,8 @@ Scheduling policy
   value therefore does not force its dependents (early cutoff). ``for_each``
   items are replayed the same way, each keyed by its content. Why a task
   runs again is a ``why.Why`` (``JournalPlan.verdict``), worded at the edge.
+  All of it is ``replay.Replayer``'s: the scheduler only asks it when a task
+  is released, a job succeeds, a fan-out starts or completes, and at the end.
 * At most ``max_workers`` jobs are in flight. A task's ``Limit`` further
   bounds its bodies in flight and their start rate across every flow of the
   process (jobs wait for it in FIFO order). A sync body that timed out keeps
@@ -52,7 +54,8 @@ Everything below is owned by the scheduler thread (the one that called
 ``results[i]``      the StepResult of task i, once it has one
 ``status[i]``       PENDING -> (HELD) -> QUEUED -> RUNNING -> DONE
 ``waiting[i]``      dependencies of i that have not succeeded yet
-``digests[i]``      content digest of task i's value (journal runs; computed lazily)
+``replayer``        journaled runs: replay decisions, value digests and journal
+                    writes (``replay.Replayer``); None without a journal
 ``ready``           tasks released (by index) and jobs (retries, items) waiting
                     for a slot (FIFO); a task's Job is made when it starts
 ``timers``          heap of (due, seq, job): retries after their backoff, and
