@@ -192,7 +192,8 @@ class Flow:
                             if r is not None}
             self.retries = scheduler.retries
             self.last_attempt_started = scheduler.last_attempt_started
-            self.why = {tasks[i].name: str(why) for i, why in scheduler.why.items()
+            why = {} if scheduler.replayer is None else scheduler.replayer.why
+            self.why = {tasks[i].name: str(reason) for i, reason in why.items()
                         if (r := scheduler.results[i]) is not None and not r.cached}
             self._interrupted_items = scheduler.unfinished_items()
 

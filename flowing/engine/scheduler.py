@@ -8,8 +8,8 @@ policy is split by concern:
                  (eager, layers), detached tasks, dependents of a failure.
 * ``admission``  capacity, ``Limit`` parking, retry backoff and rate timers,
                  overdue timed jobs; time comes from an injectable clock.
-* here           replay decisions at release, ``for_each`` fan-out,
-                 fail_fast, finishing results, Ctrl-C.
+* ``replay.Replayer`` (journaled runs) replay or run, and every journal write.
+* here           ``for_each`` fan-out, fail_fast, finishing results, Ctrl-C.
 
 Scheduling policy
 -----------------
@@ -32,6 +32,8 @@ Scheduling policy
   value therefore does not force its dependents (early cutoff). ``for_each``
   items are replayed the same way, each keyed by its content. Why a task
   runs again is a ``why.Why`` (``JournalPlan.verdict``), worded at the edge.
+  All of it is ``replay.Replayer``'s: the scheduler only asks it when a task
+  is released, a job succeeds, a fan-out starts or completes, and at the end.
 * Chain fusion (own threads, no journal, no timeouts): when a task's only
   dependent has no other dependency, the worker that finishes the task runs
   the dependent next, without a round trip through the scheduler.
@@ -53,9 +55,8 @@ Everything below is owned by the scheduler thread; workers never touch it.
                       tasks, tasks held by the schedule
 ``admission``         jobs waiting for a slot or a Limit, in flight, timers and
                       overdue deadlines (``admission.Admission``)
-``digests[i]``        content digest of task i's value (journal runs; computed lazily)
-``in_digests[i]``     released, not started: the digest of its inputs (journal runs)
-``why[i]``            why a journaled task ran again
+``replayer``          journaled runs: replay decisions, value digests and journal
+                      writes (``replay.Replayer``); None without a journal
 ``fanouts[i]``        per-item progress of a running ``for_each`` task (``_FanOut``)
 ``partial_items[i]``  items of an earlier, unfinished run of for_each task i
 ``running_since[i]``  start of task i, kept only when reporting
@@ -80,8 +81,8 @@ import time
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
-from ..errors import ItemsFailed, JournalError
-from ..interrupts import Catcher, guarded
+from ..errors import ItemsFailed
+from ..interrupts import Catcher
 from ..observe.events import (
     FlowFinished,
     FlowStarted,
@@ -92,9 +93,7 @@ from ..observe.events import (
     TaskStarted,
     TaskSucceeded,
 )
-from ..replay.why import Why, WhyKind
 from ..results import (
-    Deferred,
     Failed,
     ItemResult,
     SkipCause,
@@ -105,7 +104,7 @@ from ..results import (
 from ..runners import attempt as A
 from ..runners.attempt import Job, Outcome
 from ..runners.local import WAKE, RemoteValue, Runner, Shared
-from ..text import item_failure, safe_repr, safe_str
+from ..text import item_failure, safe_repr
 from . import admission as admission_
 from .admission import SYSTEM_CLOCK, Admission, Clock
 from .ready import DONE, QUEUED, RUNNING, ReadySet
@@ -114,6 +113,7 @@ if TYPE_CHECKING:
     from ..graph import Graph
     from ..observe.events import Reporter
     from ..replay.policy import JournalPlan
+    from ..replay.replayer import Replayer
 
 SUCCEEDED, FAILED, SKIPPED = StepState.SUCCEEDED, StepState.FAILED, StepState.SKIPPED
 _STATE_OF = {A.SUCCEEDED: SUCCEEDED, A.FAILED: FAILED, A.SKIPPED: SKIPPED}
@@ -121,22 +121,8 @@ _STATE_OF = {A.SUCCEEDED: SUCCEEDED, A.FAILED: FAILED, A.SKIPPED: SKIPPED}
 # Put in the inbox by our SIGINT handler to wake the loop.
 _INTERRUPT = object()
 
-_UNKNOWN = object()  # a digest not computed yet
-
 # A runner for one run, made from what its workers may see of it.
 RunnerFactory = Callable[[Shared], Runner]
-
-
-class _ReplayedItems(Deferred):
-    """The items of a replayed ``for_each`` task whose value is not read yet."""
-
-    __slots__ = ("scheduler", "task", "values")
-
-    def __init__(self, scheduler: Any, task: int, values: Deferred) -> None:
-        self.scheduler, self.task, self.values = scheduler, task, values
-
-    def load(self) -> Any:
-        return self.scheduler._replayed_items(self.task, self.values.load())
 
 
 class _FanOut:
@@ -170,19 +156,23 @@ class Scheduler:
         self.layered = schedule == "layers"
         self.reporter = reporter
         self.emit = reporter.emit if reporter.active else None
-        self.plan = plan
         self.journal = plan.journal if plan is not None else None
         self.keys = plan.keys if plan is not None else None
         self.inputs = inputs or {}
         self.clock = clock
         self.shared = Shared(graph.tasks, graph.deps, fail_fast, self.journal, self.keys)
-        if plan is not None:
-            from ..replay.inplace import RunDigests  # lazy: journaled runs only
-
-            self.shared.digest = RunDigests(self.inputs, plan.behaviours)
-        self.runner: Runner = runner(self.shared)
         n = len(graph)
         self.results: list[StepResult | None] = [None] * n
+        # everything between a step and the journal: replay or run, and what is journaled
+        self.replayer: Replayer | None = None
+        if plan is not None:
+            from ..replay.replayer import Replayer  # lazy: journaled runs only
+
+            self.replayer = Replayer(plan, graph, self.results, inputs=self.inputs,
+                                     parts=self.shared.parts, record=self.shared.record,
+                                     warn=self._warn)
+            self.shared.digest = self.replayer.digest
+        self.runner: Runner = runner(self.shared)
         self.ready_set = ReadySet(graph, self.layered)
         self.status = self.ready_set.status
         # Own daemon threads bound the bodies in flight by their number, so a few
@@ -194,9 +184,6 @@ class Scheduler:
         inbox = self.shared.inbox
         self.admission = Admission(max_workers, capacity, clock, lambda: inbox.put(WAKE),
                                    self._warn)
-        self.digests: list[Any] = [_UNKNOWN] * n if plan is not None else []
-        self.in_digests: dict[int, str] = {}
-        self.why: dict[int, Why] = {}
         self.fanouts: dict[int, _FanOut] = {}
         self.partial_items: dict[int, list[ItemResult | None]] = {}
         self.running_since: dict[int, float] = {}
@@ -342,43 +329,24 @@ class Scheduler:
         td = self.graph.tasks[i]
         if self.interrupted:
             return
-        in_digest = None
-        if self.plan is not None:
-            in_digest = self._settle(i)
-            if self._replay(i, in_digest) or not self._load_deps(i):
+        if self.replayer is not None:
+            done = self.replayer.released(i)  # replayed, or a replayed input is unreadable
+            if done is not None:
+                if done.cached and self.emit:
+                    self.emit(TaskCached(done.finished_at or time.time(), td.name,
+                                         done.step_key))
+                self.status[i] = QUEUED
+                self._finish(i, done)
                 return
         if self.not_started(i):
             return
         self.status[i] = QUEUED
-        if in_digest is not None:
-            self.in_digests[i] = in_digest
         if td.limit is None or td.for_each is not None:
             # Only the index waits: its Job (and the kwargs dict) is made when it
             # starts, so a wide graph never holds one per released task.
             self.admission.ready.append(i)
         else:
             self.admission.queue(self.make_job(i))  # waits for its Limit
-
-    def _load_deps(self, i: int) -> bool:
-        """Read the replayed values task i is about to run on (they are loaded on first
-        use). A value that cannot be loaded fails task i, saying the next run recomputes
-        it (the journal no longer replays that entry). True if all are in memory."""
-
-        for d in self.graph.deps[i]:
-            r = self.results[d]
-            if r is None or r.value_loaded or type(r._value) is RemoteValue:
-                continue  # (a value kept on the cluster is fetched only where needed)
-            try:
-                r.value  # noqa: B018 - loads it
-            except JournalError as e:
-                now = time.time()
-                self._finish(i, StepResult(
-                    self.graph.tasks[i].name, FAILED, None, e, None, 0,
-                    None if self.keys is None else self.keys[i], False,
-                    f"dependency '{r.name}': its journaled value could not be loaded; the next "
-                    f"run computes it again", None, now, now, None, bool(self.graph.detached[i])))
-                return False
-        return True
 
     def _dep_values(self, i: int) -> dict[str, Any]:
         kwargs = {}
@@ -393,8 +361,7 @@ class Scheduler:
     def make_job(self, i: int) -> Job:
         """The first attempt of task i (its gate job, for a for_each task)."""
         td = self.graph.tasks[i]
-        in_digest = self.in_digests.pop(i, None)
-        store = self.plan is not None and self._storable(i, in_digest)
+        in_digest, store = (None, False) if self.replayer is None else self.replayer.job_inputs(i)
         job = Job(i, td, self._dep_values(i), mode=A.GATE if td.for_each is not None else A.TASK,
                   key=None if self.keys is None else self.keys[i], signals=self.shared,
                   inputs=self._task_inputs(i), in_digest=in_digest, store=store)
@@ -434,118 +401,10 @@ class Scheduler:
         if self.emit:
             now = now or time.time()
             self.running_since.setdefault(i, now)
-            why = self.why.get(i) if attempt == 1 else None
+            why = self.replayer.why.get(i) if attempt == 1 and self.replayer else None
             self.emit(TaskStarted(now, self.graph.tasks[i].name, attempt,
                                   bool(self.graph.detached[i]),
                                   None if why is None else str(why)))
-
-    # ----- replay (journal) ---------------------------------------------------
-
-    def _digest_of(self, i: int) -> str | None:
-        d = self.digests[i]
-        if d is _UNKNOWN:
-            r = self.results[i]
-            assert self.shared.digest is not None
-
-            try:
-                d = self.digests[i] = self.shared.digest(r.value) if r is not None else None
-            except JournalError:  # a replayed value that cannot be loaded: no stable content
-                d = self.digests[i] = None
-        return d  # type: ignore[no-any-return]
-
-    def _dep_digests(self, i: int, skip: int = -1) -> list[tuple[str, str | None]]:
-        g = self.graph
-        return [(g.tasks[d].name, self._digest_of(d)) for d in g.deps[i] if d != skip]
-
-    def _in_digest(self, i: int, skip: int = -1) -> str | None:
-        """Digest of the dependency values task i is about to be computed from
-        (without dependency ``skip``: a for_each source, whose items count one by one)."""
-        from ..keys.digest import inputs_digest  # journaled runs only
-
-        return inputs_digest(self._dep_digests(i, skip))
-
-    def _settle(self, i: int) -> str | None:
-        """Task i is released: its key from its dependencies' values, and what the
-        key is made of (journaled with its value). Returns the dependencies' digest."""
-        assert self.plan is not None and self.keys is not None
-        key, in_digest, parts = self.plan.settle(i, self._dep_digests(i))
-        self.keys[i] = key
-        self.shared.parts[i] = parts if self.plan.behaviours[i] is not None else None
-        return in_digest
-
-    def _storable(self, i: int, in_digest: str | None) -> bool:
-        plan = self.plan
-        assert plan is not None
-        return plan.cacheable[i] and in_digest is not None and self.graph.tasks[i].cache
-
-    def _usable(self, i: int, key: str, in_digest: str | None, item: bool = False) -> bool:
-        """Whether the journal entry under ``key`` may replay task i (or one of its
-        items). When it may not and the journal knows the task from an earlier run,
-        ``self.why`` says why it runs again (a first run needs no explaining)."""
-        assert self.plan is not None and self.journal is not None
-        td = self.graph.tasks[i]
-        explain = not item and self.journal.has_task(td.name)
-        why = self.plan.verdict(i, td, key, in_digest, self.shared.parts[i] or {}, explain)
-        if why is None:
-            return True
-        if explain:
-            self.why[i] = why
-        return False
-
-    def _replay(self, i: int, in_digest: str | None) -> bool:
-        """Finish task i from the journal if its entry may be used. True if it was."""
-        assert self.keys is not None and self.journal is not None and self.plan is not None
-        key = self.keys[i]
-        td = self.graph.tasks[i]
-        hit = None
-        okey = self.plan.override_entry(i, td, key)
-        if okey is not None:
-            hit = self.journal.get(okey, lazy=True)
-            if hit is not None:
-                self.keys[i] = okey  # its dependents' entries name the entry they used
-        if hit is None:
-            if not self._usable(i, key, in_digest):
-                return False
-            # a value stored beside the journal is read when something needs it
-            hit = self.journal.get(key, lazy=True)
-        if hit is None:
-            self.why[i] = Why(WhyKind.UNLOADABLE)
-            return False
-        now = time.time()
-        items: Any = None
-        if td.for_each is not None:
-            if isinstance(hit.value, Deferred):
-                items = _ReplayedItems(self, i, hit.value)
-            else:
-                items = self._replayed_items(i, hit.value)
-        self.digests[i] = hit.digest if hit.digest is not None else _UNKNOWN
-        result = StepResult(td.name, SUCCEEDED, hit.value, step_key=key, cached=True,
-                            started_at=now, finished_at=now, items=items,
-                            detached=bool(self.graph.detached[i]))
-        if self.emit:
-            self.emit(TaskCached(now, td.name, key))
-        self.status[i] = QUEUED
-        self._finish(i, result)
-        return True
-
-    def _replayed_items(self, i: int, values: Any) -> list[ItemResult] | None:
-        if not isinstance(values, list):
-            return None
-        source = None
-        td = self.graph.tasks[i]
-        try:
-            for d in self.graph.deps[i]:
-                if self.graph.tasks[d].name == td.for_each:
-                    r = self.results[d]
-                    source = r.value if r is not None else None
-            items = list(source) if isinstance(source, (list, tuple)) else None
-        except Exception:  # (a source value that cannot be loaded: items without their input)
-            items = None
-        if items is not None and len(items) != len(values):
-            items = None
-        return [ItemResult(k, SUCCEEDED, v, cached=True,
-                           item=items[k] if items is not None else None)
-                for k, v in enumerate(values)]
 
     # ----- outcomes -----------------------------------------------------------
 
@@ -574,10 +433,8 @@ class Scheduler:
             self._fan_out(job.task, job.kwargs, job.first_started, o.value)
             return
         i = job.task
-        if o.kind is A.SUCCEEDED:
-            self._record(o)
-            if self.plan is not None:
-                self.digests[i] = o.digest if o.journaled and o.digest is not None else _UNKNOWN
+        if o.kind is A.SUCCEEDED and self.replayer is not None:
+            self.replayer.succeeded(o)
         self._finish(i, self._result_of(o))
         successor = o.next_job
         if o.attempts > 1 and o.started_at is not None:
@@ -596,12 +453,6 @@ class Scheduler:
                           o.attempts, job.key, False, o.reason, o.traceback, started,
                           o.finished_at, None, bool(self.graph.detached[job.task]),
                           SkipCause.GATE if o.kind is A.SKIPPED else None)
-
-    def _record(self, o: Outcome) -> None:
-        try:
-            self.shared.record(o)
-        except Exception as exc:  # a journal write must never lose the result
-            self._warn(f"{o.job.label()}: could not journal its result ({safe_str(exc)})")
 
     def _warn(self, message: str) -> None:
         if message not in self._warned:
@@ -639,19 +490,9 @@ class Scheduler:
         previous = self.partial_items.get(i)
         if previous is not None and len(previous) != len(items):
             previous = None
-        plan = self.plan
-        others = None
-        item_store = False
-        base = None  # the items' common part of their keys: behaviour and other dependencies
-        behaviour = None
-        if plan is not None:
-            source_index = next(d for d in self.graph.deps[i]
-                                if self.graph.tasks[d].name == source_name)
-            others = self._in_digest(i, skip=source_index)
-            item_store = self._storable(i, others)
-            behaviour = plan.behaviours[i]
-            if behaviour is not None and others is not None:
-                base = behaviour.key(others)
+        keys = None if self.replayer is None else self.replayer.items(i)
+        others = None if keys is None else keys.in_digest
+        item_store = keys is not None and keys.store
         task_inputs = self._task_inputs(i)
         catcher = self.catcher
         for index, item in enumerate(items):
@@ -663,19 +504,12 @@ class Scheduler:
                 fan.remaining -= 1
                 continue
             key = None
-            if plan is not None and base is not None and behaviour is not None:
-                # the item's content as it is now (never a memo: a source may refresh
-                # an object in place), and its index when the body can read it
-                key = guarded(plan.keyer.item_key, base, item,
-                              index if behaviour.current else None, fallback=None)
-                if key is not None and self._usable(i, key, others, item=True):
-                    assert self.journal is not None
-                    hit = self.journal.get(key)
-                    if hit is not None:
-                        fan.items[index] = ItemResult(index, SUCCEEDED, hit.value, cached=True,
-                                                      item=item)
-                        fan.remaining -= 1
-                        continue
+            if keys is not None:
+                key, replayed = keys.lookup(index, item)
+                if replayed is not None:
+                    fan.items[index] = replayed
+                    fan.remaining -= 1
+                    continue
             item_kwargs = dict(kwargs)
             item_kwargs[source_name] = item
             self.admission.queue(Job(i, td, item_kwargs, mode=A.ITEM, item=index, gates=False, key=key,
@@ -688,8 +522,8 @@ class Scheduler:
         job = o.job
         i = job.task
         fan = self.fanouts[i]
-        if o.kind is A.SUCCEEDED:
-            self._record(o)
+        if o.kind is A.SUCCEEDED and self.replayer is not None:
+            self.replayer.record(o)
         if o.stopped:
             fan.stopped = True
         assert job.item is not None
@@ -710,8 +544,8 @@ class Scheduler:
         not journaled as a whole (its succeeded items were, one by one), so the
         next run replays them and retries only the failed ones.
         """
-        if self.journal is not None:
-            self.journal.flush()  # its items' lines (group commit): acknowledged from here on
+        if self.replayer is not None:
+            self.replayer.flush()  # its items' lines (group commit): acknowledged from here on
         fan = self.fanouts.pop(i)
         td = self.graph.tasks[i]
         items: list[ItemResult] = [r for r in fan.items if r is not None]
@@ -735,28 +569,8 @@ class Scheduler:
             result = StepResult(td.name, SUCCEEDED, values, None, (finished - started) * 1000,
                                 attempts, key, all(r.cached for r in items) and bool(items),
                                 None, None, started, finished, items, detached)
-            if self.journal is not None and key is not None:
-                digests = self.shared.digest
-                assert digests is not None
-                in_digest = self._in_digest(i)
-                if in_digest is not None and not digests.fan_out_unchanged(
-                        i, ((r.name, r.value) for d in self.graph.deps[i]
-                            if (r := self.results[d]) is not None), in_digest):
-                    in_digest = None  # a dependency changed in place meanwhile: not stored
-                digest = digests(values)
-                self.digests[i] = digest
-                try:
-                    self.journal.record(key, td.name, self.shared.dep_keys(i), values,
-                                        "task", digest=digest, inputs=in_digest,
-                                        parts=self.shared.parts[i],
-                                        # with cache_ttl_s, a list holding replayed
-                                        # items must not look fresh as a whole
-                                        store=self._storable(i, in_digest)
-                                        and not fan.stopped and (
-                                            td.cache_ttl_s is None
-                                            or not any(r.cached for r in items)))
-                except Exception as exc:
-                    self._warn(f"task '{td.name}': could not journal its result ({safe_str(exc)})")
+            if self.replayer is not None:
+                self.replayer.fan_succeeded(i, values, items, fan.stopped)
         else:
             first = failures[0]
             beyond = "" if allowed is None else f", more than allowed ({allowed})"
@@ -842,8 +656,8 @@ class Scheduler:
                 continue
             job = o.job
             job.settled = True
-            if o.kind is A.SUCCEEDED:
-                self._record(o)
+            if o.kind is A.SUCCEEDED and self.replayer is not None:
+                self.replayer.record(o)
             if job.mode == A.ITEM:
                 fan = self.fanouts.get(job.task)
                 if fan is not None and job.item is not None and fan.items[job.item] is None:
@@ -868,8 +682,8 @@ class Scheduler:
         self.shared.closed = True  # a worker finishing late must not write to the journal
         self.admission.close()
         self.runner.close()
-        if self.journal is not None:
-            self.journal.checkpoint()  # item lines still held (group commit); the index
+        if self.replayer is not None:
+            self.replayer.close()  # item lines still held (group commit); the index
 
 
 def run_ok(graph: Graph, results: Sequence[StepResult | None]) -> bool:
