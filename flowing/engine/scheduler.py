@@ -8,8 +8,9 @@ policy is split by concern:
                  (eager, layers), detached tasks, dependents of a failure.
 * ``admission``  capacity, ``Limit`` parking, retry backoff and rate timers,
                  overdue timed jobs; time comes from an injectable clock.
+* ``fanout``     ``for_each``: one job per item, the task's result at the end.
 * ``replay.Replayer`` (journaled runs) replay or run, and every journal write.
-* here           ``for_each`` fan-out, fail_fast, finishing results, Ctrl-C.
+* here           the inbox loop, fail_fast, finishing results, Ctrl-C.
 
 Scheduling policy
 -----------------
@@ -57,8 +58,8 @@ Everything below is owned by the scheduler thread; workers never touch it.
                       overdue deadlines (``admission.Admission``)
 ``replayer``          journaled runs: replay decisions, value digests and journal
                       writes (``replay.Replayer``); None without a journal
-``fanouts[i]``        per-item progress of a running ``for_each`` task (``_FanOut``)
-``partial_items[i]``  items of an earlier, unfinished run of for_each task i
+``fan_outs``          running ``for_each`` tasks, item by item, and the items of
+                      their earlier unfinished runs (``fanout.FanOuts``)
 ``running_since[i]``  start of task i, kept only when reporting
 ``next_tick``         when progress is reported next (monotonic)
 ``retries``           (task, item, attempt, started, finished, error) of failed attempts
@@ -81,7 +82,6 @@ import time
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
-from ..errors import ItemsFailed
 from ..interrupts import Catcher
 from ..observe.events import (
     FlowFinished,
@@ -94,7 +94,6 @@ from ..observe.events import (
     TaskSucceeded,
 )
 from ..results import (
-    Failed,
     ItemResult,
     SkipCause,
     StepResult,
@@ -104,9 +103,11 @@ from ..results import (
 from ..runners import attempt as A
 from ..runners.attempt import Job, Outcome
 from ..runners.local import WAKE, RemoteValue, Runner, Shared
-from ..text import item_failure, safe_repr
+from ..text import safe_repr
 from . import admission as admission_
 from .admission import SYSTEM_CLOCK, Admission, Clock
+from .fanout import STATE_OF as _STATE_OF
+from .fanout import FanOuts
 from .ready import DONE, QUEUED, RUNNING, ReadySet
 
 if TYPE_CHECKING:
@@ -116,26 +117,12 @@ if TYPE_CHECKING:
     from ..replay.replayer import Replayer
 
 SUCCEEDED, FAILED, SKIPPED = StepState.SUCCEEDED, StepState.FAILED, StepState.SKIPPED
-_STATE_OF = {A.SUCCEEDED: SUCCEEDED, A.FAILED: FAILED, A.SKIPPED: SKIPPED}
 
 # Put in the inbox by our SIGINT handler to wake the loop.
 _INTERRUPT = object()
 
 # A runner for one run, made from what its workers may see of it.
 RunnerFactory = Callable[[Shared], Runner]
-
-
-class _FanOut:
-    """Progress of one running for_each task."""
-
-    __slots__ = ("items", "remaining", "started_at", "stopped", "running")
-
-    def __init__(self, n: int) -> None:
-        self.items: list[ItemResult | None] = [None] * n  # per item, as they finish
-        self.remaining = n
-        self.started_at: float | None = None
-        self.stopped = False  # an item ended while told to stop: the list is not journaled
-        self.running = 0  # item jobs handed to the runner, verdict not yet taken
 
 
 class Scheduler:
@@ -184,8 +171,8 @@ class Scheduler:
         inbox = self.shared.inbox
         self.admission = Admission(max_workers, capacity, clock, lambda: inbox.put(WAKE),
                                    self._warn)
-        self.fanouts: dict[int, _FanOut] = {}
-        self.partial_items: dict[int, list[ItemResult | None]] = {}
+        self.fan_outs = FanOuts(graph, self.shared, self.replayer, self.keys,
+                                self.admission.queue, self._task_inputs)
         self.running_since: dict[int, float] = {}
         self.next_tick = 0.0
         self.retries: list[tuple[int, int | None, int, float | None, float | None, Any]] = []
@@ -214,7 +201,7 @@ class Scheduler:
                 return self.run(kept, partial_items, own)
         g = self.graph
         started = time.time()
-        self.partial_items = partial_items
+        self.fan_outs.partial = partial_items
         self.catcher = catcher
         # Ctrl-C from now on only sets catcher.seen and wakes the loop, which raises
         # KeyboardInterrupt itself between two outcomes: one raised at an arbitrary
@@ -240,14 +227,7 @@ class Scheduler:
             catcher.wake = None
             self._close()
             if emit:
-                counts = {s.value: 0 for s in StepState}
-                for r in self.results:
-                    if r is not None:
-                        counts[r.state.value] += 1
-
-                ok = not self.interrupted and run_ok(g, self.results)
-                emit(FlowFinished(time.time(), ok, (time.time() - started) * 1000, counts,
-                                  self.interrupted))
+                emit(flow_finished(g, self.results, started, self.interrupted))
         return self.results
 
     def _prepare(self, kept: dict[int, StepResult]) -> None:
@@ -255,23 +235,10 @@ class Scheduler:
             self.results[i] = r
         pending = self.ready_set.prepare(kept)
         if not self.layered and self.runner.fuses and self.journal is None:
-            self._plan_fusion(pending)
+            plan_fusion(self.graph, pending, self.status, self.shared.fused_next,
+                        self._task_inputs)
         for i in self.ready_set.first(pending):
             self._enqueue_task(i)
-
-    def _plan_fusion(self, pending: list[int]) -> None:
-        g, status, fused = self.graph, self.status, self.shared.fused_next
-        for i in pending:
-            a = g.tasks[i]
-            if len(g.dependents[i]) != 1 or a.detached or a.timeout_s is not None:
-                continue
-            s = g.dependents[i][0]
-            td = g.tasks[s]
-            if (len(g.deps[s]) == 1 and status[s] != DONE and not td.detached
-                    and not td.is_async and td.for_each is None and td.limit is None
-                    and td.timeout_s is None and not self._task_inputs(s)
-                    and s not in g.gate_inputs):
-                fused[i] = s
 
     # ----- the loop -----------------------------------------------------------
 
@@ -304,12 +271,8 @@ class Scheduler:
         g = self.graph
         done = len(g) - self.ready_set.unfinished
         running = {g.tasks[i].name: t for i, t in self.running_since.items()}
-        now = time.time()
-        # jobs queued ahead at the runner are not running yet: at most max_workers are
-        items = {g.tasks[i].name: (len(fan.items) - fan.remaining, len(fan.items),
-                                   min(fan.running, self.max_workers), fan.started_at or now)
-                 for i, fan in self.fanouts.items()}
-        self.reporter.tick(done, len(g), running, items)
+        self.reporter.tick(done, len(g), running,
+                           self.fan_outs.progress(self.max_workers, time.time()))
 
     def _stalled(self) -> None:
         names = [self.graph.tasks[i].name for i in self.ready_set.unfinished_tasks()]
@@ -384,7 +347,7 @@ class Scheduler:
     def start(self, job: Job) -> None:
         """Hand ``job`` to the runner (``admission`` counted it in flight)."""
         if job.mode == A.ITEM:
-            fan = self.fanouts.get(job.task)
+            fan = self.fan_outs.running.get(job.task)
             if fan is not None:
                 fan.running += 1
         else:
@@ -420,23 +383,31 @@ class Scheduler:
             self._warn(o.warning)
         self.admission.settled(o)
         if job.mode == A.ITEM:
-            fan = self.fanouts.get(job.task)
+            fan = self.fan_outs.running.get(job.task)
             if fan is not None:
                 fan.running -= 1
         if o.kind is A.RETRY:
             self._retry(o)
             return
         if job.mode == A.ITEM:
-            self._on_item(o)
+            done = self.fan_outs.on_item(o)
+            if done is not None:
+                self._finish(job.task, done)
             return
-        if o.kind is A.PASSED:
-            self._fan_out(job.task, job.kwargs, job.first_started, o.value)
+        if o.kind is A.PASSED:  # the gate job listed the items
+            self.status[job.task] = RUNNING
+            done = self.fan_outs.start(job.task, job.kwargs, job.first_started, o.value,
+                                       self.catcher)
+            if done is not None:
+                self._finish(job.task, done)
             return
         i = job.task
         if o.kind is A.SUCCEEDED and self.replayer is not None:
             self.replayer.succeeded(o)
-        self._finish(i, self._result_of(o))
         successor = o.next_job
+        if successor is not None:
+            self.status[successor.task] = RUNNING  # so finishing i does not queue it again
+        self._finish(i, self._result_of(o))
         if o.attempts > 1 and o.started_at is not None:
             self.last_attempt_started[job.td.name] = o.started_at
         if successor is not None:
@@ -446,9 +417,6 @@ class Scheduler:
         """The final result of a task from the verdict of its last attempt."""
         job = o.job
         started = job.first_started or o.started_at
-        successor = o.next_job
-        if successor is not None:
-            self.status[successor.task] = RUNNING  # so finishing i does not queue it again
         return StepResult(job.td.name, _STATE_OF[o.kind], o.value, o.error, None,
                           o.attempts, job.key, False, o.reason, o.traceback, started,
                           o.finished_at, None, bool(self.graph.detached[job.task]),
@@ -473,115 +441,6 @@ class Scheduler:
                                    item_repr=safe_repr(job.item_value, 40)
                                    if job.mode == A.ITEM else None))
         self.admission.retry_later(job.retry_job(), o.retry_in or 0.0)
-
-    # ----- for_each -----------------------------------------------------------
-
-    def _fan_out(self, i: int, kwargs: dict[str, Any], started: float | None,
-                 items: list[Any]) -> None:
-        """The gate job passed and listed the items (on a worker, inside the
-        attempt's boundary: a source that iterates forever or raises never
-        reaches this thread): journal lookups by content, then one job per item."""
-        td = self.graph.tasks[i]
-        source_name = td.for_each
-        assert source_name is not None
-        self.status[i] = RUNNING
-        fan = self.fanouts[i] = _FanOut(len(items))
-        fan.started_at = started
-        previous = self.partial_items.get(i)
-        if previous is not None and len(previous) != len(items):
-            previous = None
-        keys = None if self.replayer is None else self.replayer.items(i)
-        others = None if keys is None else keys.in_digest
-        item_store = keys is not None and keys.store
-        task_inputs = self._task_inputs(i)
-        catcher = self.catcher
-        for index, item in enumerate(items):
-            if not index & 1023 and catcher.seen:
-                raise KeyboardInterrupt  # Ctrl-C: a huge fan-out must not delay it
-            prior = previous[index] if previous is not None else None
-            if prior is not None and prior.state is SUCCEEDED:
-                fan.items[index] = prior
-                fan.remaining -= 1
-                continue
-            key = None
-            if keys is not None:
-                key, replayed = keys.lookup(index, item)
-                if replayed is not None:
-                    fan.items[index] = replayed
-                    fan.remaining -= 1
-                    continue
-            item_kwargs = dict(kwargs)
-            item_kwargs[source_name] = item
-            self.admission.queue(Job(i, td, item_kwargs, mode=A.ITEM, item=index, gates=False, key=key,
-                            signals=self.shared, inputs=task_inputs, item_value=item,
-                            in_digest=others, store=item_store and key is not None))
-        if not fan.remaining:
-            self._complete_fan(i)
-
-    def _on_item(self, o: Outcome) -> None:
-        job = o.job
-        i = job.task
-        fan = self.fanouts[i]
-        if o.kind is A.SUCCEEDED and self.replayer is not None:
-            self.replayer.record(o)
-        if o.stopped:
-            fan.stopped = True
-        assert job.item is not None
-        fan.items[job.item] = ItemResult(job.item, _STATE_OF[o.kind], o.value, o.error,
-                                         o.attempts, False, o.traceback,
-                                         job.first_started, o.finished_at, job.item_value)
-        if fan.started_at is None or (job.first_started and job.first_started < fan.started_at):
-            fan.started_at = job.first_started
-        fan.remaining -= 1
-        if not fan.remaining:
-            self._complete_fan(i)
-
-    def _complete_fan(self, i: int) -> None:
-        """All items of for_each task i are done: its result.
-
-        With ``allow_failed_items``, a task with at most that many failed items
-        SUCCEEDS, holding a ``Failed`` at each failed item's position; it is then
-        not journaled as a whole (its succeeded items were, one by one), so the
-        next run replays them and retries only the failed ones.
-        """
-        if self.replayer is not None:
-            self.replayer.flush()  # its items' lines (group commit): acknowledged from here on
-        fan = self.fanouts.pop(i)
-        td = self.graph.tasks[i]
-        items: list[ItemResult] = [r for r in fan.items if r is not None]
-        now = time.time()
-        ends = [r.finished_at for r in items if r.finished_at]
-        finished = max(ends) if ends else now
-        started = fan.started_at or finished
-        failures = [r for r in items if r.state is not SUCCEEDED]
-        allowed = td.allowed_failures(len(items))
-        values = [r.value for r in items]
-        attempts = max((r.attempts for r in items), default=0)
-        key = None if self.keys is None else self.keys[i]
-        detached = bool(self.graph.detached[i])
-        if failures and allowed is not None and len(failures) <= allowed:
-            values = [r.value if r.state is SUCCEEDED else Failed(r.index, r.item, r.error)
-                      for r in items]
-            result = StepResult(td.name, SUCCEEDED, values, None, (finished - started) * 1000,
-                                attempts, key, False, None, None, started, finished, items,
-                                detached)
-        elif not failures:
-            result = StepResult(td.name, SUCCEEDED, values, None, (finished - started) * 1000,
-                                attempts, key, all(r.cached for r in items) and bool(items),
-                                None, None, started, finished, items, detached)
-            if self.replayer is not None:
-                self.replayer.fan_succeeded(i, values, items, fan.stopped)
-        else:
-            first = failures[0]
-            beyond = "" if allowed is None else f", more than allowed ({allowed})"
-            error = ItemsFailed(
-                f"task '{td.name}': {len(failures)} of {len(items)} items failed{beyond}; "
-                f"first: {item_failure(first.index, first.item, first.error)}", failures)
-            result = StepResult(td.name, FAILED, values, error, (finished - started) * 1000,
-                                attempts, key, False, f"{len(failures)} item(s) failed"
-                                + ("" if allowed is None else f" (allowed {allowed})"),
-                                first.traceback, started, finished, items, detached)
-        self._finish(i, result)
 
     # ----- finishing ----------------------------------------------------------
 
@@ -613,9 +472,9 @@ class Scheduler:
         released, blocked = self.ready_set.done(i, state is SUCCEEDED)
         if self.emit:
             self.running_since.pop(i, None)
-            self._result_event(result, bool(detached),
-                               None if result.items is None
-                               else g.tasks[i].allowed_failures(len(result.items)))
+            self.emit(result_event(result, bool(detached),
+                                   None if result.items is None
+                                   else g.tasks[i].allowed_failures(len(result.items))))
         if state is not SUCCEEDED:
             if state is FAILED and not detached and self.fail_fast:
                 self.shared.stop(f"fail_fast: '{result.name}' failed")
@@ -627,19 +486,6 @@ class Scheduler:
                 self._finishing.append((j, self._skipped(j, cause, result.name)))
         for j in released:
             self._enqueue_task(j)
-
-    def _result_event(self, r: StepResult, detached: bool, allowed: int | None) -> None:
-        assert self.emit is not None
-        now = time.time()
-        if r.state is SUCCEEDED:
-            # (a replayed for_each task's items are not read just to be reported)
-            self.emit(TaskSucceeded(now, r.name, r.attempts, r.duration_ms, detached,
-                                    r.items if r.value_loaded else None, allowed))
-        elif r.state is FAILED:
-            self.emit(TaskFailed(now, r.name, r.attempts, r.duration_ms, r.error, r.reason,
-                                 detached, r.items, allowed))
-        else:
-            self.emit(TaskSkipped(now, r.name, r.reason or "", detached))
 
     # ----- shutting down ------------------------------------------------------
 
@@ -659,24 +505,14 @@ class Scheduler:
             if o.kind is A.SUCCEEDED and self.replayer is not None:
                 self.replayer.record(o)
             if job.mode == A.ITEM:
-                fan = self.fanouts.get(job.task)
-                if fan is not None and job.item is not None and fan.items[job.item] is None:
-                    fan.items[job.item] = ItemResult(
-                        job.item, _STATE_OF[o.kind], o.value, o.error, o.attempts, False,
-                        o.traceback, job.first_started, o.finished_at, job.item_value)
+                self.fan_outs.keep(o)
                 continue
             if self.results[job.task] is None:
-                started = job.first_started or o.started_at
-                self.results[job.task] = StepResult(
-                    job.td.name, _STATE_OF[o.kind], o.value, o.error,
-                    (o.finished_at - started) * 1000 if started and o.finished_at else 0.0,
-                    o.attempts, job.key, False, o.reason, o.traceback, started, o.finished_at,
-                    None, bool(self.graph.detached[job.task]),
-                    SkipCause.GATE if o.kind is A.SKIPPED else None)
+                self.results[job.task] = self._result_of(o)
 
     def unfinished_items(self) -> dict[int, list[ItemResult | None]]:
         """index -> ItemResults so far (None: not finished) of for_each tasks cut short."""
-        return {i: list(fan.items) for i, fan in self.fanouts.items()}
+        return self.fan_outs.unfinished_items()
 
     def _close(self) -> None:
         self.shared.closed = True  # a worker finishing late must not write to the journal
@@ -709,3 +545,46 @@ def run_ok(graph: Graph, results: Sequence[StepResult | None]) -> bool:
             continue
         return False
     return True
+
+
+def plan_fusion(graph: Graph, pending: list[int], status: bytearray, fused: Any,
+                task_inputs: Callable[[int], dict[str, Any] | None]) -> None:
+    """Chain fusion: ``fused[i] = s`` when pending task i's only dependent s has no
+    other dependency and nothing the scheduler must see between the two (no
+    timeout, Limit, for_each, coroutine, detached task, flow input or gate input)."""
+    g = graph
+    for i in pending:
+        a = g.tasks[i]
+        if len(g.dependents[i]) != 1 or a.detached or a.timeout_s is not None:
+            continue
+        s = g.dependents[i][0]
+        td = g.tasks[s]
+        if (len(g.deps[s]) == 1 and status[s] != DONE and not td.detached
+                and not td.is_async and td.for_each is None and td.limit is None
+                and td.timeout_s is None and not task_inputs(s)
+                and s not in g.gate_inputs):
+            fused[i] = s
+
+
+def result_event(r: StepResult, detached: bool, allowed: int | None) -> Any:
+    """The event that tells a task's final result."""
+    now = time.time()
+    if r.state is SUCCEEDED:
+        # (a replayed for_each task's items are not read just to be reported)
+        return TaskSucceeded(now, r.name, r.attempts, r.duration_ms, detached,
+                             r.items if r.value_loaded else None, allowed)
+    if r.state is FAILED:
+        return TaskFailed(now, r.name, r.attempts, r.duration_ms, r.error, r.reason,
+                          detached, r.items, allowed)
+    return TaskSkipped(now, r.name, r.reason or "", detached)
+
+
+def flow_finished(graph: Graph, results: Sequence[StepResult | None], started: float,
+                  interrupted: bool) -> FlowFinished:
+    """The event that ends a run: counts by state, and whether it is ``ok``."""
+    counts = {s.value: 0 for s in StepState}
+    for r in results:
+        if r is not None:
+            counts[r.state.value] += 1
+    ok = not interrupted and run_ok(graph, results)
+    return FlowFinished(time.time(), ok, (time.time() - started) * 1000, counts, interrupted)
