@@ -65,7 +65,7 @@ Everything below is owned by the scheduler thread (the one that called
                     tasks before the main graph ends, or later layers)
 ``in_flight``       jobs handed to the runner and not yet settled
 
-Shared with workers (``runners.Shared``): the ``inbox`` queue through which
+Shared with workers (``runners.base.Shared``): the ``inbox`` queue through which
 every outcome comes back, the ``stopping`` event, and the journal.
 """
 
@@ -96,7 +96,9 @@ from ..replay.why import Why, WhyKind
 from ..results import Deferred, Failed, ItemResult, StepResult, StepState
 from ..runners import attempt as A
 from ..runners.attempt import Job, Outcome
-from ..runners.local import WAKE, RemoteValue, Runner, Shared, open_runner
+from ..runners.base import WAKE, Runner, Shared
+from ..runners.calls import RemoteValue
+from ..runners.local import open_runner
 from ..text import item_failure, safe_repr, safe_str
 
 if TYPE_CHECKING:
@@ -483,7 +485,7 @@ class Scheduler:
         for d in self.graph.deps[i]:
             r = results[d]
             assert r is not None
-            # a value kept on the cluster goes to the dependent as it is (runners.RemoteValue)
+            # a value kept on the cluster goes to the dependent as it is (runners.calls.RemoteValue)
             kwargs[r.name] = r._value if type(r._value) is RemoteValue else r.value
         return kwargs
 
