@@ -189,10 +189,10 @@ class RemoteCall:
 
     def __init__(self, executor: Any) -> None:
         self._executor = executor
-        self._kind = engine_kind(executor)
-        self._dask = self.dask = self._kind == "dask"
-        self.client = getattr(executor, "_client", executor) if self._dask else None
-        self._cloud = self._kind != "pickle"
+        kind = engine_kind(executor)
+        self.dask = kind == "dask"
+        self.client = getattr(executor, "_client", executor) if self.dask else None
+        self._cloud = kind != "pickle"
         self._dumps = dumps_for(self._cloud)
         self._bodies: dict[int, tuple[Any, bytes]] = {}  # id(fn) -> (fn, pickled body)
         self._futures: set[Any] = set()  # in flight, for close()
@@ -201,7 +201,7 @@ class RemoteCall:
         self._token = f"{id(self):x}"
         self._count = itertools.count()
         # Dask Client: values finished meanwhile are gathered in one call (see _gather)
-        self._gathers = self._dask and callable(getattr(executor, "gather", None))
+        self._gathers = self.dask and callable(getattr(executor, "gather", None))
         self._to_gather: list[tuple[Any, list[Any]]] = []  # (future, box), under _lock
         self._gathering = threading.Lock()  # held by the one thread gathering a batch
         self._target: tuple[Callable[..., Any], tuple[Any, ...]] | None = None  # Dask only
@@ -216,7 +216,7 @@ class RemoteCall:
         body = self._body_blob(job)
         names: tuple[str, ...] = ()
         futures: tuple[Any, ...] = ()
-        if self._dask:
+        if self.dask:
             names = tuple(k for k, v in kwargs.items() if isinstance(v, RemoteValue))
             if names:
                 futures = tuple(kwargs[n].future for n in names)
@@ -228,7 +228,7 @@ class RemoteCall:
         except Exception as exc:
             raise CannotShip(self._which_argument(job, kwargs, exc)) from None
         try:
-            if self._dask:
+            if self.dask:
                 key = f"{job.td.name}-{next(self._count)}-{self._token}"
                 target, prefix = self._dask_target()
                 future = self._executor.submit(target, *prefix, body, call, self._cloud, keep,
@@ -397,7 +397,7 @@ class RemoteCall:
         if what == "refused it":
             return CannotRun(f"{job.label()}: the executor refused it {why}; pass a running "
                              f"executor (or none: flowing then uses its own threads)")
-        if self._dask and _cannot_load(exc):
+        if self.dask and _cannot_load(exc):
             return CannotShip(
                 f"{job.label()}: the Dask cluster could not load the call flowing shipped to "
                 f"it {why}: its scheduler or workers cannot import something the call needs "

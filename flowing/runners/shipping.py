@@ -188,15 +188,14 @@ def user_modules(folder: str) -> list[str]:
     return sorted(names)
 
 
-def prepare(client: Any, names: list[str] | None = None) -> Shipped | None:
+def prepare(client: Any) -> Shipped | None:
     """Make flowing and the script's modules importable on ``client``'s workers.
 
     -> (bundle file name, user module names) for ``ENTRY``, or None when the
     workers import everything themselves (submit ``run_shipped`` as it is).
     Raises what the client raises (a closed client).
     """
-    if names is None:
-        names = user_modules(script_folder())
+    names = user_modules(script_folder())
     files: list[tuple[str, str]] = []
     for name in ["flowing", *names]:
         files.extend(_sources(name))
