@@ -24,13 +24,14 @@ still be lost is a whole worker (a killed process, a dead Dask worker); the
 engine's future then fails, and ``calls.RemoteCall`` turns that into the
 task's error.
 
-Every outcome goes back through ``report``, on the thread that has it: a
-success is journaled first (``Shared.record``: the policy is
+An attempt's verdict goes back through ``report``, on the thread that has it:
+a success is journaled first (``Shared.record``; the policy is
 ``replay.record``), so it is durable before any dependent starts; a failure
 may trip fail_fast; then the outcome is posted on ``shared.inbox``. A
-journal that raises never loses the outcome: it becomes the outcome's warning.
-``work`` is the loop of a worker thread: one sync job, then any fused
-successors, each reported.
+journal that raises never loses the outcome: it becomes the outcome's
+warning. (A ``STARTED`` notice, or a job an executor refused, is posted as
+it is.) ``work`` is the loop of a worker thread: one sync job, then any
+fused successors, each reported.
 """
 
 from __future__ import annotations
@@ -110,6 +111,8 @@ class Shared(RunSignals):
 
 
 class Runner(Protocol):
+    """Where the scheduler hands its jobs (see the module docstring)."""
+
     fuses: bool
     queues_ahead: bool
 
