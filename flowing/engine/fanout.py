@@ -40,7 +40,7 @@ if TYPE_CHECKING:
     from ..graph import Graph
     from ..interrupts import Catcher
     from ..replay.replayer import Replayer
-    from ..runners.local import Shared
+    from ..runners.base import Shared
 
 SUCCEEDED, FAILED = StepState.SUCCEEDED, StepState.FAILED
 STATE_OF = {attempt_.SUCCEEDED: SUCCEEDED, attempt_.FAILED: FAILED,

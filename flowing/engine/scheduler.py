@@ -72,7 +72,7 @@ Everything below is owned by the scheduler thread; workers never touch it.
 ``interrupted``       Ctrl-C ended the run
 ``catcher``           the run's Ctrl-C handler
 
-Shared with workers (``runners.Shared``): the ``inbox`` queue through which
+Shared with workers (``runners.base.Shared``): the ``inbox`` queue through which
 every outcome comes back, the ``stopping`` event, and the journal.
 """
 
@@ -102,7 +102,8 @@ from ..results import (
 )
 from ..runners import attempt as A
 from ..runners.attempt import Job, Outcome
-from ..runners.local import WAKE, RemoteValue, Runner, Shared
+from ..runners.base import WAKE, Runner, Shared
+from ..runners.calls import RemoteValue
 from ..text import safe_repr
 from . import admission as admission_
 from .admission import SYSTEM_CLOCK, Admission, Clock
@@ -317,7 +318,7 @@ class Scheduler:
         for d in self.graph.deps[i]:
             r = results[d]
             assert r is not None
-            # a value kept on the cluster goes to the dependent as it is (runners.RemoteValue)
+            # a value kept on the cluster goes to the dependent as it is (runners.calls.RemoteValue)
             kwargs[r.name] = r._value if type(r._value) is RemoteValue else r.value
         return kwargs
 

@@ -29,13 +29,13 @@ attempt: in adaptive ``islice`` chunks, against ``timeout_s``, stopped by
 Ctrl-C and fail_fast, and at most ``MAX_ITEMS`` items.
 
 A body that ``os.fork()``s and whose child returns into this module's code
-(or ``runners.run_shipped``): the child leaves with ``os._exit`` at once
+(or ``worker.run_shipped``): the child leaves with ``os._exit`` at once
 (``exit_if_forked``), it never runs on as a copy of the run's worker.
 
-Where the body itself runs is the caller's choice: ``run_attempt`` takes a
-``call`` (``call_here`` runs it on this thread, with ``timeout_s`` enforced by
-abandoning a daemon thread). Each sets ``flowing.current()`` for the body. A
-body that completes later, elsewhere (``runners.RemoteRunner``: another
+Where the body runs: ``run_attempt`` calls it on this thread (``call_here``,
+with ``timeout_s`` enforced by abandoning a daemon thread), ``run_attempt_async``
+on the run's event loop; each sets ``flowing.current()`` for the body. A
+body that completes later, elsewhere (``remote.RemoteRunner``: another
 process, no thread waiting for it) uses the two halves of ``run_attempt``:
 ``begin_attempt`` (gates, start, deadline) before it is shipped and
 ``finish_attempt`` (the verdict) when its value or error comes back; both
@@ -84,7 +84,6 @@ class RunSignals:
     def __init__(self) -> None:
         self.stopping = threading.Event()  # fail_fast (or Ctrl-C): no new main task starts
         self.interrupted = False           # Ctrl-C: everything is told to stop
-
 
 
 class Job:
@@ -249,7 +248,7 @@ class Outcome:
         self.digest: str | None = None  # content digest of the value (journaling runs)
         self.warning: str | None = None  # one line for the log (e.g. a bad retry_after)
         # the body ended while it was told to stop (deadline, Ctrl-C, fail_fast): its
-        # value is never journaled (runners.Shared.record refuses it), see ``verdict``
+        # value is never journaled (replay.record refuses it), see ``verdict``
         self.stopped = False
 
 
@@ -260,7 +259,6 @@ def format_traceback(error: BaseException) -> str:
         return "".join(tb_module.format_exception(type(error), error, error.__traceback__))
     except Exception:  # a traceback that cannot even be formatted
         return f"{type(error).__name__}: {safe_str(error)}\n"
-
 
 
 def _truth(value: Any, what: str) -> bool:
@@ -483,10 +481,6 @@ def _begin(job: Job) -> tuple[float, Outcome | None]:
     return started, None
 
 
-# A body call: runs job's body with these kwargs, returns its value or raises.
-BodyCall = Callable[[Job, dict[str, Any]], Any]
-
-
 def call_here(job: Job, kwargs: dict[str, Any]) -> Any:
     """Run the body on this thread; with ``timeout_s``, on a daemon thread abandoned at
     the deadline.
@@ -573,13 +567,13 @@ def finish_attempt(job: Job, started: float, value: Any,
         return broken_outcome(job, exc, started)
 
 
-def run_attempt(job: Job, call: BodyCall = call_here) -> Outcome:
+def run_attempt(job: Job) -> Outcome:
     """Run one job with a sync body (on a worker thread). Never raises."""
     started, early = begin_attempt(job)
     if early is not None:
         return early
     try:
-        value = call(job, job.body_kwargs())
+        value = call_here(job, job.body_kwargs())
     except BaseException as exc:
         return finish_attempt(job, started, None, exc)
     return finish_attempt(job, started, value, None)

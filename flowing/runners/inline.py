@@ -29,7 +29,7 @@ from typing import Any
 from .. import context
 from . import attempt as attempt_
 from .attempt import Job, Outcome
-from .local import Shared, _report
+from .base import Shared, report
 
 
 class ManualClock:
@@ -74,23 +74,26 @@ class InlineRunner:
         elif self._clock is None:
             outcome = attempt_.run_attempt(job)
         else:
-            outcome = attempt_.run_attempt(job, self._call)
-        _report(outcome, self._shared)
+            started, early = attempt_.begin_attempt(job)
+            outcome = early if early is not None else self._run_body(job, started)
+        report(outcome, self._shared)
 
-    def _call(self, job: Job, kwargs: dict[str, Any]) -> Any:
+    def _run_body(self, job: Job, started: float) -> Outcome:
         """The body, here; a timeout read on the clock (see the module docstring)."""
         assert self._clock is not None
-        started = self._clock.monotonic()
+        began = self._clock.monotonic()
         token = context.enter(job)
         try:
-            value = job.td.fn(**kwargs)
+            value = job.td.fn(**job.body_kwargs())
+        except BaseException as exc:
+            return attempt_.finish_attempt(job, started, None, exc)
         finally:
             context.leave(token)
         timeout = job.td.timeout_s
-        if timeout is not None and self._clock.monotonic() - started >= timeout:
+        if timeout is not None and self._clock.monotonic() - began >= timeout:
             job.cancelled = True  # told to stop: its value is discarded, as at a deadline
-            raise attempt_.timeout_error(job)
-        return value
+            return attempt_.finish_attempt(job, started, None, attempt_.timeout_error(job))
+        return attempt_.finish_attempt(job, started, value, None)
 
     def close(self) -> None:
         pass

@@ -1,6 +1,26 @@
 """The runner for bodies in other processes (process pools, loky, Dask), driven by the
 engine's completion callbacks: no flow-side thread waits on a remote body.
 
+Which executors ship: any executor that is not a ``ThreadPoolExecutor``
+(``ProcessPoolExecutor`` in every start method, loky, a Dask ``Client`` or
+``client.get_executor()``). Only the body call travels (``calls.RemoteCall``;
+it runs as ``worker.run_shipped``); everything else — scheduling,
+``when``/``validate`` and ``retry_until`` (on the flow's threads), retries and
+their backoff, ``Limit``, the journal (written by the flow's process alone),
+events and reports — stays in the flow's process and behaves as with threads.
+``max_workers`` bounds the bodies handed to the engine at once: set it to the
+engine's slots (``ProcessPoolExecutor(4)`` -> ``max_workers=4``; Dask:
+``sum(client.nthreads().values())``); more keeps the engine fed between tiny
+bodies, but see Timeouts. Every call ships its arguments: a ``for_each`` item
+ships its item and the task's other dependencies whole, so keep big shared
+data out of task values (load it in the body). A process pool's value comes
+back to the flow's process. On a Dask ``Client`` without a journal a whole
+task's value stays on the worker that made it (``calls.RemoteValue``): remote
+dependents get it as a future argument, and it comes here only when something
+here needs it (a ``local=True`` body, a gate, listing ``for_each`` items,
+``retry_until``, ``StepResult.value``); with a journal, or
+``client.get_executor()``, values come back as with process pools.
+
 An attempt is split in two (``attempt.begin_attempt`` / ``finish_attempt``):
 
 1. ``submit(job)`` (scheduler thread): the attempt begins — its start stamp and
@@ -11,18 +31,47 @@ An attempt is split in two (``attempt.begin_attempt`` / ``finish_attempt``):
    Dask futures both have it) on the engine's own thread; the callback only hands
    the call to a finisher thread, which fetches and unpickles the value
    (``RemoteCall.result``), takes the verdict (``retry_until``, retries), journals
-   a success and posts the outcome on ``shared.inbox``.
+   a success and posts the outcome on ``shared.inbox`` (``base.report``).
 
 Finisher threads: daemon threads of the run, started on demand up to
 ``max_workers``, running short pieces of work from one queue; a thread is never
 held by a body running elsewhere.
 
-Deadlines: one daemon thread per run keeps the deadlines of timed calls in a heap.
-At a call's deadline the attempt fails with ``TimeoutError`` (retried if
-``retry_on`` allows) and the engine's future is cancelled (a queued call is
-dropped; a running one is given up by the worker itself at the same deadline, see
-``runners.run_shipped``). Whichever comes first — the callback or the deadline —
-settles the call; the other is ignored (``_Call.settle``).
+Timeouts. The flow's deadline starts when the attempt starts (its gates
+passed), so time the call waits queued in the engine counts: do not hand the
+engine more timed bodies than it has slots. One daemon thread per run keeps
+the deadlines of timed calls in a heap. At a call's deadline the attempt
+fails with ``TimeoutError`` (retried if ``retry_on`` allows) and the engine's
+future is cancelled: a call still queued is dropped (process pools, Dask), a
+Dask task is released; a running one is given up by the worker itself at
+the same deadline (see ``worker``). Whichever comes first — the callback or
+the deadline — settles the call; the other is ignored (``_Call.settle``).
+
+Exit, per engine, after a run whose remote body timed out. The flow holds
+nothing itself: its threads are daemons and the wait ends at the deadline.
+* ``ProcessPoolExecutor``: ``shutdown(wait=True)`` (the ``with`` block) and
+  the interpreter's exit hook join the pool's work items. A timed-out body's
+  work item ends at its deadline (above), so neither waits for the body;
+  workers exit at shutdown and the abandoned daemon thread with them. Without
+  the worker-side deadline a ``time.sleep(30)`` body would hold the exit for
+  30 s: that is what a plain process pool does.
+* loky: the same; its reusable executor is shut down at exit.
+* Dask: the flow cancels the task; the worker's thread is free at the
+  deadline. A ``LocalCluster`` closes at once. Against a remote scheduler
+  the client closes at once, and the abandoned body ends on its worker.
+Bodies still running for another reason (Ctrl-C, or no ``timeout_s``) are
+the engine's business. ``ProcessPoolExecutor``: ``shutdown()`` and the exit
+hook wait for them to end, ``shutdown(wait=False)`` included. A terminal's
+Ctrl-C reaches the workers too, whose bodies then end with
+KeyboardInterrupt, so the process exits at once (workers forked during a
+run get Python's default SIGINT handler back: ``interrupts.py``); a SIGINT sent to the flow's
+process alone does not: to exit without waiting, terminate the workers
+(``for p in multiprocessing.active_children(): p.terminate()``, or
+``terminate_workers()`` from Python 3.14). loky:
+``shutdown(kill_workers=True)``. A ``LocalCluster`` gives its workers about
+4 s to close, then kills them; a remote cluster finishes them and drops the
+values. ``run()`` itself re-raises Ctrl-C within about a second whatever
+the engine.
 """
 
 from __future__ import annotations
@@ -35,9 +84,20 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from ..runners import attempt as A
-from ..runners.attempt import Job, Outcome
-from ..runners.local import _OK, RemoteCall, RemoteValue, Shared, _report
+from .attempt import (
+    GATE,
+    STARTED,
+    TASK,
+    Job,
+    Outcome,
+    begin_attempt,
+    broken_outcome,
+    finish_attempt,
+    timeout_error,
+)
+from .base import Shared, report
+from .calls import RemoteCall, RemoteValue
+from .worker import OK
 
 # A process pool's value up to this size is unpickled on the engine's callback thread.
 _QUICK_BYTES = 64 * 1024
@@ -167,7 +227,7 @@ class RemoteRunner:
         self._kept_lock = threading.Lock()
 
     def submit(self, job: Job) -> None:
-        if job.gates and (job.mode == A.GATE or job.td.when is not None
+        if job.gates and (job.mode == GATE or job.td.when is not None
                           or job.td.validate is not None):
             self._threads.run(lambda: self._begin(job))  # gates are user code
         else:
@@ -178,10 +238,10 @@ class RemoteRunner:
         if shared.interrupted:
             return
         if job.announce:
-            shared.inbox.put(Outcome(job, A.STARTED, started_at=time.time()))
-        started, early = A.begin_attempt(job)
+            shared.inbox.put(Outcome(job, STARTED, started_at=time.time()))
+        started, early = begin_attempt(job)
         if early is not None:
-            _report(early, shared)
+            report(early, shared)
             return
         call = _Call(job, started, self._keeps(job))
         try:
@@ -212,7 +272,7 @@ class RemoteRunner:
         """Whether this attempt's value stays on the cluster (SPEC §7b): Dask, a whole
         task (items come back: the scheduler lists them), no ``retry_until`` (it
         reads the value here) and no journal (it writes the value here)."""
-        return (self._keeps_values and job.mode == A.TASK and job.td.retry_until is None
+        return (self._keeps_values and job.mode == TASK and job.td.retry_until is None
                 and self._shared.journal is None)
 
     def _quick(self, call: _Call) -> bool:
@@ -228,7 +288,7 @@ class RemoteRunner:
             code, data = call.future.result(timeout=0)
         except BaseException:
             return False
-        return code == _OK and isinstance(data, bytes) and len(data) <= _QUICK_BYTES
+        return code == OK and isinstance(data, bytes) and len(data) <= _QUICK_BYTES
 
     def _fetch(self, call: _Call) -> None:
         try:
@@ -248,14 +308,14 @@ class RemoteRunner:
         job = call.job
         job.cancelled = True
         self._remote.forget(call.future)
-        self._threads.run(lambda: self._finish(call, None, A.timeout_error(job)))
+        self._threads.run(lambda: self._finish(call, None, timeout_error(job)))
 
     def _finish(self, call: _Call, value: Any, error: BaseException | None) -> None:
         try:
-            outcome = A.finish_attempt(call.job, call.started, value, error)
+            outcome = finish_attempt(call.job, call.started, value, error)
         except BaseException as exc:  # finish_attempt never raises; belt and braces
-            outcome = A.broken_outcome(call.job, exc, call.started)
-        _report(outcome, self._shared)
+            outcome = broken_outcome(call.job, exc, call.started)
+        report(outcome, self._shared)
 
     def close(self) -> None:
         """Cancel what is still pending on the engine; let the threads go; fetch the

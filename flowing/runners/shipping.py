@@ -27,7 +27,7 @@ scheduler (which unpickles every task) nor a worker needs flowing to load
 it. On the worker it puts the bundle (in the worker's local directory) first
 on ``sys.path`` (once per bundle; a new bundle first drops the previous
 bundle's user modules from ``sys.modules``, so edited code is used), imports
-``flowing.runners.local`` and runs ``run_shipped``. Without a bundle the plain
+``flowing.runners.worker`` and runs ``run_shipped``. Without a bundle the plain
 ``run_shipped`` is submitted (by reference).
 
 Format of the zip: ``flowing/...`` and the user's modules at the root, ``.py``
@@ -84,7 +84,7 @@ def _entry(bundle: str, names: tuple[str, ...], body_blob: bytes, call_blob: byt
                 if not os.path.exists(path):
                     why = (f"the bundle of flowing and the script's modules ({bundle}) "
                            f"did not reach this worker; run again")
-                    if rest and rest[0]:  # keep: see runners.run_shipped
+                    if rest and rest[0]:  # keep: see runners.worker.run_shipped
                         raise RuntimeError("flowing: not kept", 2, why)
                     return 2, why
                 if state.path in sys.path:
@@ -94,15 +94,15 @@ def _entry(bundle: str, names: tuple[str, ...], body_blob: bytes, call_blob: byt
                         del sys.modules[name]
                 sys.path.insert(0, path)
                 importlib.invalidate_caches()
-                runners = sys.modules.get("flowing.runners.local")
-                if runners is not None:
-                    runners._bodies.clear()
+                worker = sys.modules.get("flowing.runners.worker")
+                if worker is not None:  # bodies unpickled from the previous bundle
+                    worker._bodies.clear()
                 state.path = path
                 state.name = bundle
     try:
-        from flowing.runners.local import run_shipped  # on the worker, after the bundle is on sys.path
+        from flowing.runners.worker import run_shipped  # on the worker, after the bundle is on sys.path
     except BaseException as exc:
-        if rest and rest[0]:  # keep: see runners.run_shipped
+        if rest and rest[0]:  # keep: see runners.worker.run_shipped
             raise RuntimeError("flowing: not kept", 2, f"flowing cannot be imported on the "
                                f"worker ({type(exc).__name__}: {exc})") from None
         return 2, (f"flowing cannot be imported on the worker ({type(exc).__name__}: {exc}); "
@@ -188,15 +188,14 @@ def user_modules(folder: str) -> list[str]:
     return sorted(names)
 
 
-def prepare(client: Any, names: list[str] | None = None) -> Shipped | None:
+def prepare(client: Any) -> Shipped | None:
     """Make flowing and the script's modules importable on ``client``'s workers.
 
     -> (bundle file name, user module names) for ``ENTRY``, or None when the
     workers import everything themselves (submit ``run_shipped`` as it is).
     Raises what the client raises (a closed client).
     """
-    if names is None:
-        names = user_modules(script_folder())
+    names = user_modules(script_folder())
     files: list[tuple[str, str]] = []
     for name in ["flowing", *names]:
         files.extend(_sources(name))

@@ -1,0 +1,112 @@
+"""Journaling a finished attempt: whether a success may be written, and the write.
+
+``record_outcome`` is called by the runners (``runners.base.Shared.record``) on
+whichever thread sees a success first: a worker, a finisher thread, or the
+scheduler's. Replay sits below the runners, so it reads their job and outcome,
+and the run's state, through Protocols of the fields it needs (``Job``,
+``Outcome``, ``Run`` below), never importing them.
+
+Policy, in the order it is checked:
+
+* an outcome whose body was told to stop (``Outcome.stopped``, decided in
+  ``attempt.verdict``) is never written, nor anything once the run is
+  ``closed`` (it returned or raised): a worker finishing late never writes;
+* nothing without a journal or a step key, and each outcome at most once
+  (``journaled``);
+* the value's content digest is computed here, on the worker's thread, so that
+  dependents can be replayed by value (early cutoff) without the scheduler
+  thread hashing anything;
+* a body that changed a dependency's value in place must not be journaled as
+  computed from the original (the checks: ``inplace``): a task's entry is then
+  a value-less marker (``store=False``) and the outcome carries the warning;
+  an item's side inputs are checked by the journal just before its line is
+  written (``RunDigests.item_check``);
+* an item's line names the task's key as well as its dependencies' (the task
+  may have no entry of its own when some items failed, and ``journal forget``
+  must still reach its items), and is written without an fsync of its own
+  (group commit: acknowledged when the task completes, when the scheduler
+  flushes the journal, so lines may share an fsync).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any, Protocol
+
+if TYPE_CHECKING:  # shapes only: run time needs none of them (nor inplace's digests)
+    from ..journal.store import Journal
+    from . import inplace
+    from .inplace import RunDigests
+
+    class Job(inplace.Job, Protocol):
+        """What is read of a runner's job (``flowing.runners.attempt.Job``)."""
+
+        key: str | None   # its step key (a task's, or an item's), None without a journal
+        store: bool       # journal the value (False: a marker only)
+        item: int | None  # the item's index, for an item's job
+
+    class Outcome(Protocol):
+        """What is read and set of an attempt's verdict (``runners.attempt.Outcome``)."""
+
+        @property
+        def job(self) -> Job: ...
+        @property
+        def value(self) -> Any: ...
+        @property
+        def stopped(self) -> bool: ...
+
+        journaled: bool
+        digest: str | None
+        warning: str | None
+
+    class Run(Protocol):
+        """What is read of the run (``flowing.runners.base.Shared``)."""
+
+        @property
+        def closed(self) -> bool: ...
+        @property
+        def journal(self) -> Journal | None: ...
+        @property
+        def digest(self) -> RunDigests | None: ...
+        @property
+        def keys(self) -> list[str] | None: ...
+        @property
+        def parts(self) -> list[Mapping[str, str] | None]: ...
+
+        def dep_keys(self, i: int) -> list[str]: ...
+
+
+def record_outcome(run: Run, outcome: Outcome, item: bool) -> None:
+    """Journal the success ``outcome`` of ``run`` if the policy above allows it;
+    ``item``: it is a ``for_each`` item's (else a whole task's)."""
+    if outcome.stopped or run.closed:  # told to stop (attempt.verdict), or run over
+        return
+    job = outcome.job
+    journal = run.journal
+    if journal is None or job.key is None or outcome.journaled:
+        return
+    outcome.journaled = True
+    digests = run.digest
+    digest = digests(outcome.value) if digests is not None else None
+    outcome.digest = digest
+    store = job.store
+    check = None
+    if store and digests is not None:
+        if item:
+            check = digests.item_check(job)
+        else:
+            changed = digests.check_job(job)
+            if changed is not None:
+                store = False
+                outcome.warning = changed
+    dep_keys = run.dep_keys(job.task)
+    if item:
+        keys = run.keys
+        assert keys is not None
+        journal.record(job.key, f"{job.td.name}[{job.item}]", [keys[job.task], *dep_keys],
+                       outcome.value, "item", digest=digest, inputs=job.in_digest,
+                       store=store, durable=False, check=check)
+    else:
+        journal.record(job.key, job.td.name, dep_keys, outcome.value, "task",
+                       digest=digest, inputs=job.in_digest, store=store,
+                       parts=run.parts[job.task])

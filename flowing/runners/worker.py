@@ -1,0 +1,341 @@
+"""What runs in the worker process: ``run_shipped``, the one entry point of a
+shipped body call, and what it needs there.
+
+Process pools run ``flowing.runners.worker.run_shipped`` by reference; Dask
+runs it too, or ``shipping.ENTRY``, which imports it on the worker once the
+bundle of flowing and the script's modules is on ``sys.path`` (and clears
+this module's ``_bodies``). So this module imports as little as it can: the
+standard library, ``context`` (``current()`` in the worker), ``text`` and the
+attempt's fork guard and traceback format; pickle and cloudpickle only when
+a call comes.
+
+The call (made by ``calls.RemoteCall``, the flow's side): the pickled body (a
+``TaskRef`` or the function itself), and the pickled ``(kwargs, the current()
+facts, seconds left before the deadline or None, is_async)``. Bodies already
+unpickled are kept by their bytes (at most ``_BODY_CACHE_SIZE``), so a body
+is unpickled once per worker, not once per call.
+
+What comes back: ``(code, data)``, every (un)pickling inside flowing's own
+``try``, so that anything the body or the data can do is a value and an
+exception from the engine's future is by construction the engine's own (a
+dead worker, a shutdown):
+
+``OK``          data: the pickled value
+``RAISED``      data: the pickled ``(exception, formatted traceback)``. An
+                exception that pickles but cannot be rebuilt with its ``args``
+                (an ``__init__`` with other parameters) is sent by its state
+                (``_ByState``); one that cannot travel at all becomes a
+                ``RuntimeError`` carrying its type and message.
+``UNSHIPPABLE`` data: str, what could not be (un)pickled or imported here, and
+                the fix (a missing module is named, with how to install it)
+``TIMED_OUT``   data: None; the worker gave up on the body at its deadline
+``KEPT``        (Dask, ``keep``) the value itself stays on the worker, only
+                checked to pickle; anything else is raised as
+                ``RuntimeError(KEPT_TAG, code, data)``, a builtin class, so the
+                Dask scheduler never needs flowing to hold it.
+
+``flowing.current()`` answers in the worker from a snapshot: task, attempt,
+max_attempts, item_index, item, deadline (in the worker's clock);
+``cancelled()`` turns True at the deadline (the flow's fail_fast and Ctrl-C
+cannot be seen here). Coroutine bodies run with ``asyncio.run``.
+
+The deadline, in the worker. A body already running cannot be killed, so the
+worker gives up on it at the flow's deadline, measured from its own start:
+with ``timeout_s`` the body runs on a daemon thread of the worker and
+``run_shipped`` returns ``TIMED_OUT`` at the deadline. The worker is free for
+the next call at once; the abandoned body keeps running in the background
+(sharing that worker's CPU) until it ends or its process exits, and a body
+that polls ``current().cancelled()`` can stop itself. A coroutine is
+cancelled for real. Bodies without ``timeout_s`` run on the worker's own
+thread, as with the plain engine.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+from .. import context
+from ..text import safe_str
+from .attempt import exit_if_forked, format_traceback
+
+
+class TaskRef:
+    """A module-level ``@task`` function, pickled by reference to its TaskDef.
+
+    ``@task def f`` makes the module attribute ``f`` the TaskDef, so ``pickle``
+    cannot find the plain function under its own name; this finds the TaskDef
+    in the worker and takes its function.
+    """
+
+    __slots__ = ("module", "qualname")
+
+    def __init__(self, module: str, qualname: str) -> None:
+        self.module = module
+        self.qualname = qualname
+
+    def resolve(self) -> Callable[..., Any]:
+        import importlib
+
+        obj: Any = importlib.import_module(self.module)
+        for part in self.qualname.split("."):
+            obj = getattr(obj, part)
+        fn: Callable[..., Any] = getattr(obj, "fn", obj)
+        if not callable(fn):
+            raise TypeError(f"{self.module}.{self.qualname} is not callable in the worker")
+        return fn
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (TaskRef, (self.module, self.qualname))
+
+
+# What the worker sends back: (code, data); see the module docstring.
+OK = 0          # data: the pickled value
+RAISED = 1      # data: the pickled (exception, formatted traceback)
+UNSHIPPABLE = 2  # data: str, what could not be (un)pickled in the worker
+TIMED_OUT = 3   # data: None; the worker gave up on the body at its deadline
+KEPT = 4        # data: the value itself, kept on the worker (run_shipped's keep)
+KEPT_TAG = "flowing: not kept"  # args[0] of the RuntimeError run_shipped(keep) raises
+
+# Bodies already unpickled, by their pickled bytes (bounded; shipping.ENTRY clears it).
+_bodies: dict[bytes, Callable[..., Any]] = {}
+_BODY_CACHE_SIZE = 256
+
+
+class _WorkerTimeout(Exception):
+    """A coroutine body overran its deadline in the worker."""
+
+
+def _load_body(blob: bytes) -> Callable[..., Any]:
+    fn = _bodies.get(blob)
+    if fn is None:
+        import pickle
+
+        body = pickle.loads(blob)
+        fn = body.resolve() if isinstance(body, TaskRef) else body
+        if len(_bodies) >= _BODY_CACHE_SIZE:
+            _bodies.clear()
+        _bodies[blob] = fn
+    return fn
+
+
+def _missing_module(exc: BaseException, what: str) -> str | None:
+    """The message for a module the worker cannot import, or None for other errors."""
+    name = getattr(exc, "name", None) if isinstance(exc, ImportError) else None
+    if not isinstance(name, str) or not name:
+        return None
+    return (f"{what} needs the module '{name}', which the worker cannot import "
+            f"({describe(exc)}); install '{name.partition('.')[0]}' on the workers (the "
+            f"version the script uses), or mark the task @task(local=True) to run it in "
+            f"the flow's process (flowing ships itself and the modules of the script's "
+            f"folder, not packages found elsewhere)")
+
+
+def describe(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {safe_str(exc)}"
+
+
+def type_name(value: object) -> str:
+    t = type(value)
+    module = getattr(t, "__module__", "builtins")
+    return t.__qualname__ if module == "builtins" else f"{module}.{t.__qualname__}"
+
+
+def dumps_for(cloud: bool) -> Callable[[Any], bytes]:
+    if cloud:
+        import importlib
+
+        cloudpickle: Any = importlib.import_module("cloudpickle")  # untyped; engines bring it
+        dumps: Callable[[Any], bytes] = cloudpickle.dumps
+        return dumps
+    import pickle
+
+    return lambda obj: pickle.dumps(obj, pickle.HIGHEST_PROTOCOL)
+
+
+def _invoke(fn: Callable[..., Any], kwargs: dict[str, Any], snapshot: context.Snapshot,
+            deadline: float | None, is_async: bool) -> tuple[bool, Any]:
+    """Call the body (a coroutine body's awaitable with ``asyncio.run``): (True, value)
+    or (False, (exception, traceback text)). Never raises."""
+    token = context.enter(snapshot)
+    pid = os.getpid()
+    try:
+        value = fn(**kwargs)
+        if is_async:
+            import asyncio
+
+            value = asyncio.run(_await_body(value, deadline))
+        exit_if_forked(pid, 0)
+        return True, value
+    except BaseException as exc:
+        exit_if_forked(pid, 1)
+        return False, (exc, format_traceback(exc))
+    finally:
+        context.leave(token)
+
+
+async def _await_body(awaitable: Any, deadline: float | None) -> Any:
+    if deadline is None:
+        return await awaitable
+    import asyncio
+
+    body = asyncio.ensure_future(awaitable)
+    done, _ = await asyncio.wait({body}, timeout=max(0.0, deadline - time.time()))
+    if not done:
+        body.cancel()  # cancelled for real; asyncio.run waits for its finally blocks
+        raise _WorkerTimeout
+    return body.result()
+
+
+def run_shipped(body_blob: bytes, call_blob: bytes, cloud: bool, keep: bool = False,
+                names: tuple[str, ...] = (), *values: Any) -> Any:
+    """Runs in the worker: unpickle the body and its call, run it, pickle what it gives.
+
+    ``names``/``values``: arguments that were kept on the cluster (Dask hands the
+    values of the futures passed for them). ``keep`` (Dask, a whole task's
+    attempt): the value is returned as it is, to stay on the worker until a
+    dependent or the flow asks for it; anything else is raised as
+    ``RuntimeError(KEPT_TAG, code, data)`` (a builtin class: the scheduler
+    never needs flowing to hold it), so a finished task means a success.
+    """
+    code, data = _run_shipped(body_blob, call_blob, cloud, keep, names, values)
+    if not keep:
+        return code, data
+    if code == KEPT:
+        return data
+    raise RuntimeError(KEPT_TAG, code, data)
+
+
+def _run_shipped(body_blob: bytes, call_blob: bytes, cloud: bool, keep: bool,
+                 names: tuple[str, ...], values: tuple[Any, ...]) -> tuple[int, Any]:
+    """The body of ``run_shipped``: -> (code, data).
+
+    Everything that can fail here comes back as a value: the body's own
+    exception, and what could not be unpickled or pickled. So any exception
+    the engine raises on the flow's side is, by construction, the engine's (a
+    dead worker, a shutdown), never the body's or the data's.
+
+    With a deadline the body runs on a daemon thread of the worker and this
+    returns at the deadline whatever the body does: the worker is free for
+    the next call, and a body that never ends cannot hold the worker (or the
+    pool's shutdown, or the flow's exit) beyond it. A coroutine is cancelled
+    for real at the deadline.
+    """
+    import pickle
+
+    try:
+        fn = _load_body(body_blob)
+    except BaseException as exc:
+        missing = _missing_module(exc, "its body")
+        if missing:
+            return UNSHIPPABLE, missing
+        return UNSHIPPABLE, (f"its body could not be loaded in the worker ({describe(exc)}); "
+                              f"the worker must be able to import the body's module (install "
+                              f"it there); a script run with a spawn or forkserver pool needs "
+                              f"its flow under `if __name__ == \"__main__\":`, and tasks "
+                              f"written in a notebook need fork, loky or Dask (or a module)")
+    try:
+        kwargs, fields, left, is_async = pickle.loads(call_blob)
+    except BaseException as exc:
+        missing = _missing_module(exc, "its arguments")
+        if missing:
+            return UNSHIPPABLE, missing
+        return UNSHIPPABLE, (f"its arguments could not be unpickled in the worker "
+                              f"({describe(exc)}); pass plain data, or values whose classes "
+                              f"the worker can import")
+    for name, value in zip(names, values):
+        kwargs[name] = value
+    deadline = None if left is None else time.time() + left
+    snapshot = context.Snapshot((*fields, deadline))
+    if deadline is None:
+        ok, value = _invoke(fn, kwargs, snapshot, None, is_async)
+    else:
+        box: list[tuple[bool, Any]] = []
+        finished = threading.Event()
+
+        def body() -> None:
+            try:
+                box.append(_invoke(fn, kwargs, snapshot, deadline, is_async))
+            finally:
+                finished.set()
+
+        threading.Thread(target=body, daemon=True, name=f"flowing-body-{fields[0]}").start()
+        if not finished.wait(max(0.0, deadline - time.time())) or not box:
+            return TIMED_OUT, None
+        ok, value = box[0]
+    dumps = dumps_for(cloud)
+    if ok:
+        try:
+            if keep:  # it must be able to travel later (to a dependent, or here)
+                if type(value) not in _PLAIN:
+                    _pickle_to_nothing(value)
+                return KEPT, value
+            return OK, dumps(value)
+        except BaseException as exc:
+            return UNSHIPPABLE, (f"its return value ({type_name(value)}) cannot be pickled "
+                                  f"to send it back from the worker ({describe(exc)}); return "
+                                  f"plain data (dicts, lists, str, numbers), e.g. list(...) "
+                                  f"of a generator")
+    error, tb = value
+    if isinstance(error, _WorkerTimeout):
+        return TIMED_OUT, None
+    # An exception that pickles but cannot be rebuilt (its __init__ wants other
+    # arguments than its args, a classic) is sent by state instead; one that
+    # cannot be sent at all becomes a RuntimeError carrying its text.
+    problem: BaseException | None = None
+    for shipped in (error, _ByState(error)):
+        try:
+            blob = dumps((shipped, tb))
+            pickle.loads(blob)
+            return RAISED, blob
+        except BaseException as exc:
+            problem = problem or exc
+    assert problem is not None
+    stand_in = RuntimeError(f"{type(error).__name__}: {safe_str(error)} (the exception itself "
+                            f"could not be sent back from the worker: {describe(problem)})")
+    return RAISED, dumps((stand_in, tb))
+
+
+_PLAIN = frozenset({bytes, bytearray, str, int, float, bool, type(None)})
+
+
+class _Discard:
+    """A file that keeps nothing: pickling into it checks a value without a copy."""
+
+    def write(self, data: Any) -> int:
+        return len(data)
+
+
+def _pickle_to_nothing(value: Any) -> None:
+    """Raise what pickling ``value`` with cloudpickle raises (the bytes are dropped)."""
+    import importlib
+    import pickle
+
+    cloudpickle: Any = importlib.import_module("cloudpickle")
+    cloudpickle.Pickler(_Discard(), protocol=pickle.HIGHEST_PROTOCOL).dump(value)
+
+
+def _rebuild_exception(cls: type[BaseException], args: tuple[Any, ...],
+                       state: dict[str, Any] | None) -> BaseException:
+    exc = cls.__new__(cls, *args)
+    exc.args = args
+    if state:
+        exc.__dict__.update(state)
+    return exc
+
+
+class _ByState:
+    """Pickles an exception as its class, args and attributes, without calling
+    its ``__init__`` on the way back."""
+
+    __slots__ = ("exc",)
+
+    def __init__(self, exc: BaseException) -> None:
+        self.exc = exc
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        e = self.exc
+        return (_rebuild_exception, (type(e), e.args, getattr(e, "__dict__", None)))

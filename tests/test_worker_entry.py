@@ -1,0 +1,77 @@
+"""The worker's side of a shipped call is reached by name: process pools unpickle
+``flowing.runners.worker.run_shipped``, and on Dask ``shipping.ENTRY`` (standard
+library only) imports it after putting a bundle on ``sys.path``. These tests run
+that path without a cluster, and keep the worker's module free of the flow's
+side of shipping."""
+
+from __future__ import annotations
+
+import ast
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import flowing.runners.worker as worker
+
+REPO = Path(__file__).resolve().parent.parent
+
+ENTRY_SCRIPT = textwrap.dedent('''
+    import pickle, sys, zipfile
+    from flowing.runners import shipping, worker
+
+    def double(x):
+        return 2 * x
+
+    def boom(x):
+        raise KeyError(x)
+
+    worker._bodies[b"stale"] = print  # a body unpickled under the previous bundle
+    bundle = sys.argv[1]
+    zipfile.ZipFile(bundle, "w").close()  # empty: flowing is importable here already
+    call = pickle.dumps(({"x": 21}, ("double", 1, 1, None, None), None, False))
+    code, data = shipping.ENTRY(bundle, (), pickle.dumps(double), call, False)
+    print(code, pickle.loads(data), b"stale" in worker._bodies, sys.path[0] == bundle)
+    # keep (a Dask task whose value stays on the worker): the value itself
+    print(shipping.ENTRY(bundle, (), pickle.dumps(double), call, False, True))
+    code, data = shipping.ENTRY(bundle, (), pickle.dumps(boom), call, False)
+    error, tb = pickle.loads(data)
+    print(code, type(error).__name__, error.args, "boom" in tb)
+''')
+
+
+def test_a_dask_worker_given_a_bundle_runs_the_call_through_the_worker_module(tmp_path):
+    """ENTRY on a worker that got a new bundle: the bundle goes first on sys.path, the
+    bodies unpickled under the previous one are forgotten, and the call runs through
+    ``flowing.runners.worker.run_shipped`` (a value, a kept value, a raised error)."""
+    proc = subprocess.run([sys.executable, "-c", ENTRY_SCRIPT, str(tmp_path / "b.zip")],
+                          cwd=REPO, capture_output=True, text=True, timeout=120,
+                          env={"PYTHONPATH": str(REPO), "PATH": ""})
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.splitlines() == [
+        "0 42 False True",
+        "42",
+        f"{worker.RAISED} KeyError (21,) True",
+    ]
+
+
+def test_the_worker_module_imports_none_of_the_flow_side():
+    """What a worker imports to run a call stays small: never the runners, the
+    pickling and submitting of calls, or the bundle shipping (flow side only), and
+    nothing outside the standard library at module level."""
+    tree = ast.parse(Path(worker.__file__).read_text())
+    imported = set()
+    for node in tree.body:
+        if isinstance(node, ast.ImportFrom):
+            base = "flowing.runners" if node.level == 1 else "flowing" if node.level == 2 else ""
+            module = ".".join(p for p in (base, node.module or "") if p)
+            imported.update(f"{module}.{a.name}" if not node.module else module
+                            for a in node.names)
+        elif isinstance(node, ast.Import):
+            imported.update(a.name for a in node.names)
+    flow_side = {f"flowing.runners.{m}" for m in ("base", "local", "calls", "remote", "shipping")}
+    assert not imported & flow_side
+    third_party = {m for m in imported if not m.startswith("flowing")
+                   and m.partition(".")[0] not in sys.stdlib_module_names}
+    assert not third_party
+    assert imported >= {"flowing.runners.attempt"}  # the walk saw the module's imports
