@@ -8,6 +8,7 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+from engine_driver import run_inline
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -25,12 +26,8 @@ def drive(*terminals: Any, max_workers: int = 2, fail_fast: bool = True,
     """Run the flow of ``terminals`` through the scheduler with the inline runner."""
     flow = Flow(*terminals, max_workers=max_workers, fail_fast=fail_fast, schedule=schedule,
                 log=False)
-    clock = clock or ManualClock()
-    scheduler = Scheduler(flow.graph, lambda shared: InlineRunner(shared, clock),
-                          max_workers=max_workers, fail_fast=fail_fast, schedule=schedule,
-                          reporter=flow._reporter, clock=clock)
-    results = scheduler.run({}, {})
-    return {r.name: r for r in results if r is not None}, scheduler
+    scheduler = run_inline(flow, clock)
+    return flow.results, scheduler
 
 
 def _retry_graph(log: list[str], clock: ManualClock) -> list[Any]:

@@ -1,7 +1,8 @@
 """fail_fast, and detached side-effects that run after the main graph."""
 
 import threading
-import time
+
+from engine_driver import run_inline
 
 from flowing import Flow, StepState, task
 from flowing.observe.events import TaskSkipped, TaskStarted
@@ -39,15 +40,15 @@ def test_skipped_not_started_tasks_have_no_started_event():
 
     @task
     def bad():
-        time.sleep(0.05)
         raise ValueError("boom")
 
     others = [task(lambda: 1, name=f"other{i}") for i in range(3)]
     flow = Flow(bad, *others, max_workers=1, log=False, on_event=events.append)
-    res = flow.run()
+    run_inline(flow)  # bad is handed over first, alone: every other is skipped
+    res = flow.results
     not_started = {n for n, r in res.items()
                    if r.state is StepState.SKIPPED and r.reason.startswith("not started")}
-    assert not_started
+    assert not_started == {"other0", "other1", "other2"}
     announced = {e.task for e in events if isinstance(e, TaskStarted)}
     assert not (announced & not_started), (
         f"TaskStarted was emitted for tasks later skipped as not started: "
@@ -68,24 +69,17 @@ def test_fail_fast_dependents_are_skipped_naming_the_dependency():
 
 
 def test_started_tasks_run_to_the_end_with_their_retries():
-    bad_failing = threading.Event()
-    running_started = threading.Event()
     calls = []
 
     @task
     def bad():
-        assert running_started.wait(WAIT)
-        bad_failing.set()
         raise ValueError("boom")
 
     @task(retry=2, retry_backoff_base_ms=10, retry_max_backoff_ms=10)
     def running():
         calls.append(1)
         if len(calls) == 1:
-            running_started.set()
-            assert bad_failing.wait(WAIT)
-            time.sleep(0.1)  # let the scheduler see the failure
-            raise ConnectionError("transient")
+            raise ConnectionError("transient")  # retried after bad's failure was seen
         return "finished"
 
     @task(depends_on=[running])
@@ -93,7 +87,8 @@ def test_started_tasks_run_to_the_end_with_their_retries():
         return running
 
     flow = Flow(bad, downstream, max_workers=2, log=False, fail_fast=True)
-    res = flow.run()
+    run_inline(flow)  # bad and running are handed over together; bad's verdict comes first
+    res = flow.results
     assert res["bad"].state is StepState.FAILED
     r = res["running"]
     assert r.state is StepState.SUCCEEDED, r
@@ -162,8 +157,11 @@ def test_detached_task_is_discovered_and_runs_after_every_main_task():
         return 1
 
     @task
-    def slow():
-        time.sleep(0.2)
+    def start():
+        return 0
+
+    @task(depends_on=[start])
+    def slow(start):  # two steps away: a detached task not held would run before it
         mark("slow")
         return 2
 
@@ -173,7 +171,8 @@ def test_detached_task_is_discovered_and_runs_after_every_main_task():
         return quick
 
     flow = Flow(quick, slow, log=False)
-    res = flow.run()
+    run_inline(flow)
+    res = flow.results
     assert res["notify"].state is StepState.SUCCEEDED and res["notify"].value == 1
     assert order.index("notify") > order.index("slow")
     assert flow.ok
@@ -230,8 +229,7 @@ def test_detached_failure_never_triggers_fail_fast():
         raise ConnectionError("down")
 
     @task(depends_on=[main], detached=True)
-    def second(main):
-        time.sleep(0.05)
+    def second(main):  # handed over after first failed (one worker)
         return "ran"
 
     @task(depends_on=[first], detached=True)
@@ -239,7 +237,8 @@ def test_detached_failure_never_triggers_fail_fast():
         return 1
 
     flow = Flow(main, max_workers=1, log=False, fail_fast=True)
-    res = flow.run()
+    run_inline(flow)
+    res = flow.results
     assert res["first"].state is StepState.FAILED
     assert res["second"].state is StepState.SUCCEEDED
     assert res["after_first"].reason == "dependency 'first' failed"
@@ -252,7 +251,6 @@ def test_detached_task_runs_when_its_deps_succeeded_even_if_another_main_task_fa
 
     @task
     def bad():
-        time.sleep(0.05)
         raise ValueError("boom")
 
     @task(depends_on=[good], detached=True)
@@ -264,7 +262,8 @@ def test_detached_task_runs_when_its_deps_succeeded_even_if_another_main_task_fa
         return "never"
 
     flow = Flow(good, bad, log=False, fail_fast=True)
-    res = flow.run()
+    run_inline(flow)
+    res = flow.results
     assert res["record"].state is StepState.SUCCEEDED
     assert res["record_bad"].state is StepState.SKIPPED
     assert res["record_bad"].reason == "dependency 'bad' failed"
@@ -285,11 +284,14 @@ def test_detached_named_as_terminal_still_runs_last():
         order.append("side")
 
     @task
-    def b():
-        time.sleep(0.1)
+    def a0():
+        return 0
+
+    @task(depends_on=[a0])
+    def b(a0):  # two steps away: side, were it not held, would run before it
         order.append("b")
 
-    Flow(side, b, log=False).run()
+    run_inline(Flow(side, b, log=False))
     assert order.index("side") > order.index("b")
 
 
@@ -302,8 +304,11 @@ def test_detached_with_layers_schedule():
         return 1
 
     @task(depends_on=[a])
-    def b(a):
-        time.sleep(0.05)
+    def mid(a):
+        return a
+
+    @task(depends_on=[mid])
+    def b(mid):  # two steps after a: side, were it not held, would run before it
         order.append("b")
         return 2
 
@@ -311,7 +316,9 @@ def test_detached_with_layers_schedule():
     def side(a):
         order.append("side")
 
-    res = Flow(b, schedule="layers", log=False).run()
+    flow = Flow(b, schedule="layers", log=False)
+    run_inline(flow)
+    res = flow.results
     assert order == ["a", "b", "side"]
     assert res["side"].ok
 
