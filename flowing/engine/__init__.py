@@ -1,7 +1,8 @@
 """The engine: the scheduler loop that decides what starts when.
 
-It owns the run's state (which steps are ready, running, done), admission
-(capacity, ``Limit`` parking, timers), ``for_each`` fan-out and fail_fast. It
-takes a runner (``flowing.runners``) and a replay policy (``flowing.replay``)
-as arguments and never runs a body itself.
+``scheduler`` (the inbox loop and the run's state), ``ready`` (which tasks
+may start: schedule modes, detached tasks), ``admission`` (capacity,
+``Limit`` parking, timers, overdue jobs, the clock) and ``fanout``
+(``for_each`` items). It takes a runner (``flowing.runners``) and a replay
+policy (``flowing.replay``) as arguments and never runs a body itself.
 """
