@@ -37,7 +37,7 @@ def _retry_graph(log: list[str], clock: ManualClock) -> list[Any]:
     @task(retry=1, retry_backoff_base_ms=10_000, retry_max_backoff_ms=10_000)
     def a() -> int:
         calls["a"] += 1
-        log.append(f"a@{clock.monotonic():g}")
+        log.append(f"a@{clock.monotonic()!r}")
         if calls["a"] == 1:
             raise ConnectionError("flaky")
         return 1
@@ -336,6 +336,72 @@ def test_the_runner_is_the_callers():
                           schedule="eager", reporter=flow._reporter)
     assert made == [scheduler.runner]
     assert scheduler.run({}, {})[0].value == 1  # type: ignore[union-attr]
+
+
+class _Hangs:
+    """A runner on which the jobs of one task never come back (a hung engine): they
+    start (their deadline is stamped) and no verdict ever arrives."""
+
+    fuses = False
+    queues_ahead = False
+
+    def __init__(self, shared: Any, clock: ManualClock, name: str) -> None:
+        self.inner, self.clock, self.name = InlineRunner(shared, clock), clock, name
+
+    def submit(self, job: Any) -> None:
+        if job.td.name != self.name:
+            self.inner.submit(job)
+            return
+        job.first_started = self.clock.time()
+        job.deadline = job.first_started + job.td.timeout_s
+
+    def close(self) -> None:
+        pass
+
+
+class _BoundedClock(ManualClock):
+    """A manual clock that ends a run still going after an hour of its time, or
+    after 10,000 waits (a loop that spins without time passing)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.start, self.waits = self.now, 0
+
+    def wait(self, inbox: Any, timeout: float) -> Any:
+        self.waits += 1
+        if self.now - self.start > 3600 or self.waits > 10_000:
+            raise AssertionError("the run never ended")
+        return super().wait(inbox, timeout)
+
+
+def test_a_timed_job_whose_verdict_never_comes_is_failed_after_its_deadline():
+    clock = _BoundedClock()
+
+    @task(timeout_s=10)
+    def hung() -> int:
+        return 1
+
+    @task(depends_on=[hung])
+    def after(hung: int) -> int:
+        return hung
+
+    @task
+    def other() -> int:
+        return 2
+
+    flow = Flow(after, other, log=False, fail_fast=False)
+    t0 = clock.time()
+    scheduler = Scheduler(flow.graph, lambda shared: _Hangs(shared, clock, "hung"),
+                          max_workers=2, fail_fast=False, schedule="eager",
+                          reporter=flow._reporter, clock=clock)
+    results = {r.name: r for r in scheduler.run({}, {}) if r is not None}
+    assert results["other"].state is S
+    assert results["hung"].state is F and isinstance(results["hung"].error, TimeoutError)
+    assert results["after"].skip_cause is SkipCause.DEPENDENCY_FAILED
+    # failed at its deadline plus the grace (max(1 s, 10%)), not before
+    assert clock.time() - t0 >= 10 + 1
+    assert any("no verdict 1s after its deadline; failed by the scheduler" in w
+               for w in scheduler._warned)
 
 
 @pytest.mark.parametrize("advance", [-1.0])

@@ -13,8 +13,9 @@ without sleeping.
     it ran (a body that advances the clock stands for a slow body).
     It never fuses chains nor queues jobs ahead.
 
-``ManualClock(start=1000.0)``
-    ``monotonic()`` and ``time()`` move only by ``advance(seconds)``;
+``ManualClock(start=None)``
+    ``monotonic()`` and ``time()`` (one value, from ``start`` or the wall
+    clock when it is made) move only by ``advance(seconds)``;
     ``wait(inbox, timeout)`` returns the next inbox entry, or, with none,
     advances the clock by ``timeout`` and returns None at once: retry
     backoffs, ``Limit`` rates and overdue deadlines pass without sleeping.
@@ -24,6 +25,7 @@ without sleeping.
 from __future__ import annotations
 
 import queue
+import time
 from typing import Any
 
 from .. import context
@@ -35,8 +37,9 @@ from .base import Shared, report
 class ManualClock:
     """Time that moves only when told; see the module docstring."""
 
-    def __init__(self, start: float = 1000.0) -> None:
-        self.now = start
+    def __init__(self, start: float | None = None) -> None:
+        # from the wall clock by default: deadlines an attempt stamps (time.time()) compare
+        self.now = time.time() if start is None else start
 
     def monotonic(self) -> float:
         return self.now
