@@ -1,8 +1,9 @@
 """The replay policy: whether a step's journal entry may replay it, and why not.
 
 ``JournalPlan`` is made by the Flow before a journaled run starts (one
-``Behaviour`` per task, from ``flowing.keys``) and consulted by the scheduler
-at one point per task: when the task is released, ``settle`` turns its
+``Behaviour`` per task, from ``flowing.keys``: ``JournalPlan.build``) and
+consulted by the run's ``Replayer`` (``replayer.py``) at one point per task:
+when the task is released, ``settle`` turns its
 behaviour and its dependencies' value digests into the step key, and
 ``verdict`` says whether the entry under that key may replay it, or why the
 task runs (a ``Why`` record, turned into text only at the edge).
@@ -93,7 +94,7 @@ class JournalPlan:
                       (overrides are journaled under it, see ``override_key``)
     ``keys[i]``       its step key: ``bases[i]`` until the task is released, then
                       ``stepkey.step_key`` of its behaviour and the digests of its
-                      dependencies' values (``Scheduler._settle``)
+                      dependencies' values (``Replayer.released``)
     ``keyer``         the run's Keyer (item keys)
     ``force``         tasks that must run even if journaled (resume(from_tasks))
     ``uncacheable``   why each uncacheable task is (a ``NOT_CACHED`` Why naming the
