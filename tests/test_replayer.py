@@ -69,8 +69,18 @@ def each(up):
     return up * 10
 
 
-@task(depends_on=[down, fresh, locked, short, each])
-def end(down, fresh, locked, short, each):
+@task
+def big():
+    return b"x" * 200_000  # stored beside the journal, read when needed
+
+
+@task(depends_on=[big])
+def uses(big):
+    return len(big)
+
+
+@task(depends_on=[down, fresh, locked, short, each, uses])
+def end(down, fresh, locked, short, each, uses):
     return None
 '''
 
@@ -241,3 +251,17 @@ def test_a_journal_write_that_raises_is_a_warning_not_an_error(case):
     r._record = record
     r.succeeded(Outcome())
     assert case.warnings[-1] == "task 'up': could not journal its result (disk full)"
+
+
+def test_a_replayed_value_that_cannot_be_loaded_fails_its_dependent_not_the_run(case, tmp_path):
+    r = case.replayer(force={"uses"})  # it runs, so it needs the value of big
+    big = r.released(case.i("big"))
+    assert big is not None and big.cached and not big.value_loaded  # not read yet
+    r.results[case.i("big")] = big
+    stored = [p for p in tmp_path.rglob("*.pkl")]
+    assert len(stored) == 1
+    stored[0].unlink()
+    failed = r.released(case.i("uses"))
+    assert failed is not None and failed.state is StepState.FAILED
+    assert failed.reason == ("dependency 'big': its journaled value could not be loaded; "
+                             "the next run computes it again")

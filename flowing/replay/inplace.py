@@ -7,7 +7,7 @@ changes one of those values in place (``settings["n"] = 2`` on a dict it
 received) would make that entry a lie: run again from the original value, it
 would be replayed as if computed from it. So before a value is journaled, the
 values it was computed from are digested again and compared (``check_job``,
-called by ``runners.Shared.record`` for every journaled task and item).
+called by ``replay.record.record_outcome`` for every journaled task and item).
 
 What is checked, and when (the policy)
 --------------------------------------
