@@ -18,6 +18,8 @@ import threading
 from pathlib import Path
 
 import pytest
+from hypothesis import example, given, settings
+from hypothesis import strategies as st
 
 from flowing import StepState
 from flowing.graph import Graph
@@ -136,6 +138,13 @@ class Case:
 @pytest.fixture
 def case(tmp_path):
     c = Case(tmp_path)
+    yield c
+    c.close()
+
+
+@pytest.fixture(scope="module")
+def shared_case(tmp_path_factory):
+    c = Case(tmp_path_factory.mktemp("replayer"))
     yield c
     c.close()
 
@@ -265,3 +274,22 @@ def test_a_replayed_value_that_cannot_be_loaded_fails_its_dependent_not_the_run(
     assert failed is not None and failed.state is StepState.FAILED
     assert failed.reason == ("dependency 'big': its journaled value could not be loaded; "
                              "the next run computes it again")
+
+
+@settings(max_examples=40, deadline=None)
+@example(up=[1, 2, 3])
+@example(up=(1, 2, 3))
+@example(up=[1, 2, 3, 0])
+@given(up=st.lists(st.integers(-3, 3), max_size=4)
+       | st.lists(st.integers(-3, 3), max_size=4).map(tuple))
+def test_never_replays_a_value_computed_from_another_dependency_value(shared_case, up):
+    """``down`` replays exactly when ``up`` has the value it was journaled from: the
+    list [1, 2, 3] (a tuple of the same items is another value)."""
+    r = shared_case.replayer(up=up)
+    r.results[shared_case.i("up")] = StepResult("up", S, up)
+    done = r.released(shared_case.i("down"))
+    if type(up) is list and up == [1, 2, 3]:
+        assert done is not None and done.cached and done.value == 6
+    else:
+        assert done is None
+        assert str(r.why[shared_case.i("down")]) == "'up' returned a different value"
