@@ -117,7 +117,8 @@ class Case:
         self.warnings: list[str] = []
         self.recorded: list[object] = []
 
-    def replayer(self, force: set[str] = frozenset(), up: object = (1, 2, 3)) -> Replayer:
+    def replayer(self, force: set[str] = frozenset(), up: object = (1, 2, 3),
+                 record: object = None) -> Replayer:
         """A run's Replayer, with ``up`` already finished with value ``up``."""
         g = self.graph
         plan = JournalPlan.build(self.journal, g, {}, {g.index_of(n) for n in force},
@@ -125,7 +126,7 @@ class Case:
         results: list[StepResult | None] = [None] * len(g)
         results[self.i("up")] = StepResult("up", S, list(up) if type(up) is tuple else up)
         return Replayer(plan, g, results, inputs={}, parts=[None] * len(g),
-                        record=self.recorded.append, warn=self.warnings.append)
+                        record=record or self.recorded.append, warn=self.warnings.append)
 
     def i(self, name: str) -> int:
         return self.graph.index_of(name)
@@ -241,25 +242,43 @@ def test_items_replay_by_content_and_a_new_item_gets_a_key(case):
     assert keys.store
 
 
+class _Job:
+    def __init__(self, task: int) -> None:
+        self.task = task
+
+    def label(self) -> str:
+        return "task 'up'"
+
+
+class _Outcome:
+    """The fields of a runner's outcome the Replayer reads."""
+
+    def __init__(self, task: int, journaled: bool = False, digest: str | None = None) -> None:
+        self.job = _Job(task)
+        self.journaled = journaled
+        self.digest = digest
+
+
 def test_a_journal_write_that_raises_is_a_warning_not_an_error(case):
-    class Job:
-        task = 0
-
-        def label(self) -> str:
-            return "task 'up'"
-
-    class Outcome:
-        job = Job()
-        journaled = False
-        digest = None
-
     def record(outcome: object) -> None:
         raise OSError("disk full")
 
-    r = case.replayer()
-    r._record = record
-    r.succeeded(Outcome())
+    r = case.replayer(record=record)
+    r.succeeded(_Outcome(case.i("up")))
     assert case.warnings[-1] == "task 'up': could not journal its result (disk full)"
+
+
+def test_a_task_that_ran_is_journaled_and_its_workers_digest_keys_its_dependents(case):
+    r = case.replayer()
+    up = case.i("up")
+    worker_digest = r.digest([1, 2, 3])
+    # the value in results is not digested again: the digest the worker journaled counts
+    r.results[up] = StepResult("up", S, "not the value the digest was taken of")
+    ran = _Outcome(up, journaled=True, digest=worker_digest)
+    r.succeeded(ran)
+    assert case.recorded == [ran]
+    done = r.released(case.i("down"))
+    assert done is not None and done.cached and done.value == 6
 
 
 def test_a_replayed_value_that_cannot_be_loaded_fails_its_dependent_not_the_run(case, tmp_path):
