@@ -44,7 +44,6 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from ..errors import JournalError
 from ..interrupts import guarded
-from ..journal.store import StoredValue
 from ..keys.digest import inputs_digest
 from ..results import Deferred, ItemResult, StepResult, StepState
 from ..text import safe_str
@@ -53,7 +52,6 @@ from .why import Why, WhyKind
 
 if TYPE_CHECKING:
     from ..graph import Graph
-    from ..journal.store import Hit
     from ..keys.stepkey import Behaviour
     from .policy import JournalPlan
 
@@ -192,8 +190,8 @@ class Replayer:
         """Task i's result from the journal, if its entry may be used."""
         key = self.keys[i]
         td = self.graph.tasks[i]
-        hit: Hit | None = None
         okey = self.plan.override_entry(i, td, key)
+        hit = None
         if okey is not None:
             hit = self.journal.get(okey, lazy=True)
             if hit is not None:
@@ -245,8 +243,9 @@ class Replayer:
         it (the journal no longer replays that entry): that FAILED result, else None."""
         for d in self.graph.deps[i]:
             r = self.results[d]
-            # (a value kept on the cluster is fetched only where needed)
-            if r is None or not isinstance(r._value, StoredValue):
+            # a replayed value not read yet (one kept on the cluster, never replayed,
+            # is fetched only where needed)
+            if r is None or not r.cached or not isinstance(r._value, Deferred):
                 continue
             try:
                 r.value  # noqa: B018 - loads it
