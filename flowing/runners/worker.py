@@ -134,6 +134,12 @@ def _missing_module(exc: BaseException, what: str) -> str | None:
             f"folder, not packages found elsewhere)")
 
 
+def _unloadable(exc: BaseException, what: str, verb: str, fix: str) -> str:
+    """Why ``what`` (the body, its arguments) could not be ``verb`` in the worker."""
+    return (_missing_module(exc, what)
+            or f"{what} could not be {verb} in the worker ({describe(exc)}); {fix}")
+
+
 def describe(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {safe_str(exc)}"
 
@@ -229,23 +235,17 @@ def _run_shipped(body_blob: bytes, call_blob: bytes, cloud: bool, keep: bool,
     try:
         fn = _load_body(body_blob)
     except BaseException as exc:
-        missing = _missing_module(exc, "its body")
-        if missing:
-            return UNSHIPPABLE, missing
-        return UNSHIPPABLE, (f"its body could not be loaded in the worker ({describe(exc)}); "
-                              f"the worker must be able to import the body's module (install "
-                              f"it there); a script run with a spawn or forkserver pool needs "
-                              f"its flow under `if __name__ == \"__main__\":`, and tasks "
-                              f"written in a notebook need fork, loky or Dask (or a module)")
+        return UNSHIPPABLE, _unloadable(
+            exc, "its body", "loaded", "the worker must be able to import the body's module "
+            "(install it there); a script run with a spawn or forkserver pool needs its flow "
+            "under `if __name__ == \"__main__\":`, and tasks written in a notebook need fork, "
+            "loky or Dask (or a module)")
     try:
         kwargs, fields, left, is_async = pickle.loads(call_blob)
     except BaseException as exc:
-        missing = _missing_module(exc, "its arguments")
-        if missing:
-            return UNSHIPPABLE, missing
-        return UNSHIPPABLE, (f"its arguments could not be unpickled in the worker "
-                              f"({describe(exc)}); pass plain data, or values whose classes "
-                              f"the worker can import")
+        return UNSHIPPABLE, _unloadable(
+            exc, "its arguments", "unpickled", "pass plain data, or values whose classes the "
+            "worker can import")
     for name, value in zip(names, values):
         kwargs[name] = value
     deadline = None if left is None else time.time() + left
