@@ -178,16 +178,22 @@ class Admission:
             return
         if self.busy_limits:
             self._dispatch_limited(s)
-        ready, capacity = self.ready, self.capacity
+        ready, capacity, start = self.ready, self.capacity, s.start
         while ready and self.in_flight < capacity:
             entry = ready.popleft()
             if type(entry) is int:  # a released task: its first attempt starts now
                 if s.not_started(entry):
                     continue
-                entry = s.make_job(entry)
-            elif self._stopped_before_start(s, entry):  # type: ignore[arg-type]
-                continue
-            self._start(s, entry)  # type: ignore[arg-type]
+                job = s.make_job(entry)
+            else:
+                job = entry  # type: ignore[assignment]
+                if self._stopped_before_start(s, job):
+                    continue
+            if job.td.timeout_s is not None:
+                self._start(s, job)
+            else:  # (the common case, inlined: it runs once per task)
+                self.in_flight += 1
+                start(job)
 
     def _dispatch_limited(self, s: Starter) -> None:
         now = self.clock.monotonic()
