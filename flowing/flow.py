@@ -10,9 +10,9 @@ from typing import TYPE_CHECKING, Any
 
 from .engine.scheduler import Scheduler, run_ok
 from .graph import Graph
-from .interrupts import Catcher, guarded
+from .interrupts import Catcher
 from .observe.events import Reporter, resolve_logger
-from .replay.policy import JournalPlan, override_key
+from .replay.policy import JournalPlan
 from .results import ItemResult, StepResult, StepState
 from .runners import attempt as A
 from .tasks import TaskDef
@@ -189,7 +189,8 @@ class Flow:
                             if r is not None}
             self.retries = scheduler.retries
             self.last_attempt_started = scheduler.last_attempt_started
-            self.why = {tasks[i].name: str(why) for i, why in scheduler.why.items()
+            why = {} if scheduler.replayer is None else scheduler.replayer.why
+            self.why = {tasks[i].name: str(reason) for i, reason in why.items()
                         if (r := scheduler.results[i]) is not None and not r.cached}
             self._interrupted_items = scheduler.unfinished_items()
 
@@ -198,38 +199,8 @@ class Flow:
         return self._plan(self._journal, force, warn=True)
 
     def _plan(self, journal: Journal, force: set[int], warn: bool) -> JournalPlan:
-        """Each task's behaviour, fingerprinted once for the run (its key is completed
-        when it is released, from its dependencies' values: see JournalPlan)."""
-        import hashlib
-
-        from .keys.stepkey import Behaviour, Keyer, Uncacheable  # lazy: journaled runs only
-
-        # A new Keyer per run: fingerprints read module constants, and a fix made at
-        # run time (a flag flipped before resume()) must give a new key.
-        keyer = Keyer()
-        behaviours: list[Behaviour | None] = []
-        bases: list[str] = []
-        uncacheable: dict[int, str] = {}
-        g = self.graph
-        for i, td in enumerate(g.tasks):
-            gate_names = g.gate_inputs.get(i, ((), ()))
-            inputs = {n: self.inputs[n] for n in (*g.inputs[i], *gate_names[0], *gate_names[1])}
-            raised: list[BaseException] = []
-            found = guarded(keyer.behaviour, td, inputs, fallback=None, seen=raised)
-            if found is None:  # a value's own code raised a BaseException while fingerprinted
-                found = Uncacheable(td.name, "fingerprinting a value it reads raised "
-                                    + (error_line(raised[0], 80) if raised else "an error"))
-            if isinstance(found, Uncacheable):
-                if warn:
-                    self._reporter.warning(found.message)
-                uncacheable[i] = found.what
-                behaviours.append(None)
-                bases.append(hashlib.sha256(b"flowing-uncacheable/"
-                                            + td.name.encode("utf-8", "replace")).hexdigest())
-            else:
-                behaviours.append(found)
-                bases.append(found.digest)
-        return JournalPlan(journal, behaviours, bases, keyer, force, uncacheable)
+        return JournalPlan.build(journal, self.graph, self.inputs, force,
+                                 self._reporter.warning if warn else None)
 
     def dry_run(self) -> dict[str, str]:
         """What ``run()`` would do now, per task name, calling no body, gate or
@@ -266,13 +237,8 @@ class Flow:
             td = g.tasks[i]
             key = None
             if self._journal is not None:
-                from .keys.digest import value_digest  # lazy: journaled runs only
-
-                plan = self._plan(self._journal, set(), warn=False)
                 # under a key of its own (behaviour and name): see JournalPlan.override_entry
-                key = override_key(plan.bases[i], td.name)
-                self._journal.record(key, td.name, [], value, "override",
-                                     digest=value_digest(value))
+                key = self._plan(self._journal, set(), warn=False).record_override(i, td, value)
             now = time.time()
             result = StepResult(td.name, StepState.SUCCEEDED, value, step_key=key,
                                 reason="override", started_at=now, finished_at=now,

@@ -28,6 +28,8 @@ Scheduling policy
   value therefore does not force its dependents (early cutoff). ``for_each``
   items are replayed the same way, each keyed by its content. Why a task
   runs again is a ``why.Why`` (``JournalPlan.verdict``), worded at the edge.
+  All of it is ``replay.Replayer``'s: the scheduler only asks it when a task
+  is released, a job succeeds, a fan-out starts or completes, and at the end.
 * At most ``max_workers`` jobs are in flight. A task's ``Limit`` further
   bounds its bodies in flight and their start rate across every flow of the
   process (jobs wait for it in FIFO order). A sync body that timed out keeps
@@ -52,7 +54,8 @@ Everything below is owned by the scheduler thread (the one that called
 ``results[i]``      the StepResult of task i, once it has one
 ``status[i]``       PENDING -> (HELD) -> QUEUED -> RUNNING -> DONE
 ``waiting[i]``      dependencies of i that have not succeeded yet
-``digests[i]``      content digest of task i's value (journal runs; computed lazily)
+``replayer``        journaled runs: replay decisions, value digests and journal
+                    writes (``replay.Replayer``); None without a journal
 ``ready``           tasks released (by index) and jobs (retries, items) waiting
                     for a slot (FIFO); a task's Job is made when it starts
 ``timers``          heap of (due, seq, job): retries after their backoff, and
@@ -80,8 +83,8 @@ from array import array
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-from ..errors import ItemsFailed, JournalError
-from ..interrupts import Catcher, guarded
+from ..errors import ItemsFailed
+from ..interrupts import Catcher
 from ..observe.events import (
     FlowFinished,
     FlowStarted,
@@ -92,20 +95,20 @@ from ..observe.events import (
     TaskStarted,
     TaskSucceeded,
 )
-from ..replay.why import Why, WhyKind
-from ..results import Deferred, Failed, ItemResult, StepResult, StepState
+from ..results import Failed, ItemResult, StepResult, StepState
 from ..runners import attempt as A
 from ..runners.attempt import Job, Outcome
 from ..runners.base import WAKE, Runner, Shared
 from ..runners.calls import RemoteValue
 from ..runners.local import open_runner
-from ..text import item_failure, safe_repr, safe_str
+from ..text import item_failure, safe_repr
 
 if TYPE_CHECKING:
     from ..graph import Graph
     from ..limits import Limit
     from ..observe.events import Reporter
     from ..replay.policy import JournalPlan
+    from ..replay.replayer import Replayer
 
 PENDING, HELD, QUEUED, RUNNING, DONE = range(5)
 
@@ -127,21 +130,6 @@ def linger_grace(timeout_s: float | None) -> float:
 
 # Put in the inbox by our SIGINT handler to wake the loop.
 _INTERRUPT = object()
-
-_UNKNOWN = object()  # a digest not computed yet
-
-
-class _ReplayedItems(Deferred):
-    """The items of a replayed ``for_each`` task whose value is not read yet."""
-
-    __slots__ = ("scheduler", "task", "values")
-
-    def __init__(self, scheduler: Any, task: int, values: Deferred) -> None:
-        self.scheduler, self.task, self.values = scheduler, task, values
-
-    def load(self) -> Any:
-        return self.scheduler._replayed_items(self.task, self.values.load())
-
 
 class _FanOut:
     """Progress of one running for_each task."""
@@ -168,26 +156,27 @@ class Scheduler:
         self.layered = schedule == "layers"
         self.reporter = reporter
         self.emit = reporter.emit if reporter.active else None
-        self.plan = plan
         self.journal = plan.journal if plan is not None else None
         self.keys = plan.keys if plan is not None else None
         self.inputs = inputs or {}
         self.shared = Shared(graph.tasks, graph.deps, fail_fast, self.journal, self.keys)
-        if plan is not None:
-            from ..replay.inplace import RunDigests  # lazy: journaled runs only
-
-            self.shared.digest = RunDigests(self.inputs, plan.behaviours)
-        has_async = any(td.is_async for td in graph.tasks)
-        self.runner: Runner = open_runner(executor, max_workers, self.shared, has_async)
         n = len(graph)
         self.results: list[StepResult | None] = [None] * n
+        # everything between a step and the journal: replay or run, and what is journaled
+        self.replayer: Replayer | None = None
+        if plan is not None:
+            from ..replay.replayer import Replayer  # lazy: journaled runs only
+
+            self.replayer = Replayer(plan, graph, self.results, inputs=self.inputs,
+                                     parts=self.shared.parts, record=self.shared.record,
+                                     warn=self._warn)
+            self.shared.digest = self.replayer.digest
+        has_async = any(td.is_async for td in graph.tasks)
+        self.runner: Runner = open_runner(executor, max_workers, self.shared, has_async)
         self.status = bytearray(n)
         self.waiting = array("i", bytes(4 * n))  # set for pending tasks in _prepare
-        self.digests: list[Any] = [_UNKNOWN] * n if plan is not None else []
-        self.why: dict[int, Why] = {}  # why a journaled task ran again
         # released tasks (by index) and retries/items (as Jobs) waiting for a slot, FIFO
         self.ready: collections.deque[Job | int] = collections.deque()
-        self.in_digests: dict[int, str] = {}  # released, not started: their inputs digest
         self.timers: list[tuple[float, int, Job | None]] = []
         self.overdue: list[tuple[float, int, Job]] = []
         self.seq = itertools.count()
@@ -441,43 +430,24 @@ class Scheduler:
         td = g.tasks[i]
         if self.interrupted:
             return
-        in_digest = None
-        if self.plan is not None:
-            in_digest = self._settle(i)
-            if self._replay(i, in_digest) or not self._load_deps(i):
+        if self.replayer is not None:
+            done = self.replayer.released(i)  # replayed, or a replayed input is unreadable
+            if done is not None:
+                if done.cached and self.emit:
+                    self.emit(TaskCached(done.finished_at or time.time(), td.name,
+                                         done.step_key))
+                self.status[i] = QUEUED
+                self._finish(i, done)
                 return
         if self._not_started(i):
             return
         self.status[i] = QUEUED
-        if in_digest is not None:
-            self.in_digests[i] = in_digest
         if td.limit is None or td.for_each is not None:
             # Only the index waits in ``ready``: its Job (and the kwargs dict) is made
             # when it starts, so a wide graph never holds one per released task.
             self.ready.append(i)
         else:
             self._queue(self._make_job(i))  # waits for its Limit
-
-    def _load_deps(self, i: int) -> bool:
-        """Read the replayed values task i is about to run on (they are loaded on first
-        use). A value that cannot be loaded fails task i, saying the next run recomputes
-        it (the journal no longer replays that entry). True if all are in memory."""
-
-        for d in self.graph.deps[i]:
-            r = self.results[d]
-            if r is None or r.value_loaded or type(r._value) is RemoteValue:
-                continue  # (a value kept on the cluster is fetched only where needed)
-            try:
-                r.value  # noqa: B018 - loads it
-            except JournalError as e:
-                now = time.time()
-                self._finish(i, StepResult(
-                    self.graph.tasks[i].name, FAILED, None, e, None, 0,
-                    None if self.keys is None else self.keys[i], False,
-                    f"dependency '{r.name}': its journaled value could not be loaded; the next "
-                    f"run computes it again", None, now, now, None, bool(self.graph.detached[i])))
-                return False
-        return True
 
     def _dep_values(self, i: int) -> dict[str, Any]:
         kwargs = {}
@@ -491,8 +461,7 @@ class Scheduler:
 
     def _make_job(self, i: int) -> Job:
         td = self.graph.tasks[i]
-        in_digest = self.in_digests.pop(i, None)
-        store = self.plan is not None and self._storable(i, in_digest)
+        in_digest, store = (None, False) if self.replayer is None else self.replayer.job_inputs(i)
         job = Job(i, td, self._dep_values(i), mode=A.GATE if td.for_each is not None else A.TASK,
                   key=None if self.keys is None else self.keys[i], signals=self.shared,
                   inputs=self._task_inputs(i), in_digest=in_digest, store=store)
@@ -591,118 +560,10 @@ class Scheduler:
         if self.emit:
             now = now or time.time()
             self.running_since.setdefault(i, now)
-            why = self.why.get(i) if attempt == 1 else None
+            why = self.replayer.why.get(i) if attempt == 1 and self.replayer else None
             self.emit(TaskStarted(now, self.graph.tasks[i].name, attempt,
                                   bool(self.graph.detached[i]),
                                   None if why is None else str(why)))
-
-    # ----- replay (journal) ---------------------------------------------------
-
-    def _digest_of(self, i: int) -> str | None:
-        d = self.digests[i]
-        if d is _UNKNOWN:
-            r = self.results[i]
-            assert self.shared.digest is not None
-
-            try:
-                d = self.digests[i] = self.shared.digest(r.value) if r is not None else None
-            except JournalError:  # a replayed value that cannot be loaded: no stable content
-                d = self.digests[i] = None
-        return d  # type: ignore[no-any-return]
-
-    def _dep_digests(self, i: int, skip: int = -1) -> list[tuple[str, str | None]]:
-        g = self.graph
-        return [(g.tasks[d].name, self._digest_of(d)) for d in g.deps[i] if d != skip]
-
-    def _in_digest(self, i: int, skip: int = -1) -> str | None:
-        """Digest of the dependency values task i is about to be computed from
-        (without dependency ``skip``: a for_each source, whose items count one by one)."""
-        from ..keys.digest import inputs_digest  # journaled runs only
-
-        return inputs_digest(self._dep_digests(i, skip))
-
-    def _settle(self, i: int) -> str | None:
-        """Task i is released: its key from its dependencies' values, and what the
-        key is made of (journaled with its value). Returns the dependencies' digest."""
-        assert self.plan is not None and self.keys is not None
-        key, in_digest, parts = self.plan.settle(i, self._dep_digests(i))
-        self.keys[i] = key
-        self.shared.parts[i] = parts if self.plan.behaviours[i] is not None else None
-        return in_digest
-
-    def _storable(self, i: int, in_digest: str | None) -> bool:
-        plan = self.plan
-        assert plan is not None
-        return plan.cacheable[i] and in_digest is not None and self.graph.tasks[i].cache
-
-    def _usable(self, i: int, key: str, in_digest: str | None, item: bool = False) -> bool:
-        """Whether the journal entry under ``key`` may replay task i (or one of its
-        items). When it may not and the journal knows the task from an earlier run,
-        ``self.why`` says why it runs again (a first run needs no explaining)."""
-        assert self.plan is not None and self.journal is not None
-        td = self.graph.tasks[i]
-        explain = not item and self.journal.has_task(td.name)
-        why = self.plan.verdict(i, td, key, in_digest, self.shared.parts[i] or {}, explain)
-        if why is None:
-            return True
-        if explain:
-            self.why[i] = why
-        return False
-
-    def _replay(self, i: int, in_digest: str | None) -> bool:
-        """Finish task i from the journal if its entry may be used. True if it was."""
-        assert self.keys is not None and self.journal is not None and self.plan is not None
-        key = self.keys[i]
-        td = self.graph.tasks[i]
-        hit = None
-        okey = self.plan.override_entry(i, td, key)
-        if okey is not None:
-            hit = self.journal.get(okey, lazy=True)
-            if hit is not None:
-                self.keys[i] = okey  # its dependents' entries name the entry they used
-        if hit is None:
-            if not self._usable(i, key, in_digest):
-                return False
-            # a value stored beside the journal is read when something needs it
-            hit = self.journal.get(key, lazy=True)
-        if hit is None:
-            self.why[i] = Why(WhyKind.UNLOADABLE)
-            return False
-        now = time.time()
-        items: Any = None
-        if td.for_each is not None:
-            if isinstance(hit.value, Deferred):
-                items = _ReplayedItems(self, i, hit.value)
-            else:
-                items = self._replayed_items(i, hit.value)
-        self.digests[i] = hit.digest if hit.digest is not None else _UNKNOWN
-        result = StepResult(td.name, SUCCEEDED, hit.value, step_key=key, cached=True,
-                            started_at=now, finished_at=now, items=items,
-                            detached=bool(self.graph.detached[i]))
-        if self.emit:
-            self.emit(TaskCached(now, td.name, key))
-        self.status[i] = QUEUED
-        self._finish(i, result)
-        return True
-
-    def _replayed_items(self, i: int, values: Any) -> list[ItemResult] | None:
-        if not isinstance(values, list):
-            return None
-        source = None
-        td = self.graph.tasks[i]
-        try:
-            for d in self.graph.deps[i]:
-                if self.graph.tasks[d].name == td.for_each:
-                    r = self.results[d]
-                    source = r.value if r is not None else None
-            items = list(source) if isinstance(source, (list, tuple)) else None
-        except Exception:  # (a source value that cannot be loaded: items without their input)
-            items = None
-        if items is not None and len(items) != len(values):
-            items = None
-        return [ItemResult(k, SUCCEEDED, v, cached=True,
-                           item=items[k] if items is not None else None)
-                for k, v in enumerate(values)]
 
     # ----- outcomes -----------------------------------------------------------
 
@@ -739,9 +600,8 @@ class Scheduler:
             return
         i = job.task
         if o.kind is A.SUCCEEDED:
-            self._record(o)
-            if self.plan is not None:
-                self.digests[i] = o.digest if o.journaled and o.digest is not None else _UNKNOWN
+            if self.replayer is not None:
+                self.replayer.succeeded(o)
         started = job.first_started or o.started_at
         result = StepResult(job.td.name, _STATE_OF[o.kind], o.value, o.error, None,
                             o.attempts, job.key, False, o.reason, o.traceback, started,
@@ -777,12 +637,6 @@ class Scheduler:
                     f"honour timeout_s (e.g. pass it on to the call)")
 
         limit.release_when(abandoned.then, grace, overstayed)
-
-    def _record(self, o: Outcome) -> None:
-        try:
-            self.shared.record(o)
-        except Exception as exc:  # a journal write must never lose the result
-            self._warn(f"{o.job.label()}: could not journal its result ({safe_str(exc)})")
 
     def _warn(self, message: str) -> None:
         if message not in self._warned:
@@ -821,19 +675,9 @@ class Scheduler:
         previous = self.partial_items.get(i)
         if previous is not None and len(previous) != len(items):
             previous = None
-        plan = self.plan
-        others = None
-        item_store = False
-        base = None  # the items' common part of their keys: behaviour and other dependencies
-        behaviour = None
-        if plan is not None:
-            source_index = next(d for d in self.graph.deps[i]
-                                if self.graph.tasks[d].name == source_name)
-            others = self._in_digest(i, skip=source_index)
-            item_store = self._storable(i, others)
-            behaviour = plan.behaviours[i]
-            if behaviour is not None and others is not None:
-                base = behaviour.key(others)
+        keys = None if self.replayer is None else self.replayer.items(i)
+        others = None if keys is None else keys.in_digest
+        item_store = keys is not None and keys.store
         task_inputs = self._task_inputs(i)
         catcher = self.catcher
         for index, item in enumerate(items):
@@ -845,19 +689,12 @@ class Scheduler:
                 fan.remaining -= 1
                 continue
             key = None
-            if plan is not None and base is not None and behaviour is not None:
-                # the item's content as it is now (never a memo: a source may refresh
-                # an object in place), and its index when the body can read it
-                key = guarded(plan.keyer.item_key, base, item,
-                              index if behaviour.current else None, fallback=None)
-                if key is not None and self._usable(i, key, others, item=True):
-                    assert self.journal is not None
-                    hit = self.journal.get(key)
-                    if hit is not None:
-                        fan.items[index] = ItemResult(index, SUCCEEDED, hit.value, cached=True,
-                                                      item=item)
-                        fan.remaining -= 1
-                        continue
+            if keys is not None:
+                key, replayed = keys.lookup(index, item)
+                if replayed is not None:
+                    fan.items[index] = replayed
+                    fan.remaining -= 1
+                    continue
             item_kwargs = dict(kwargs)
             item_kwargs[source_name] = item
             self._queue(Job(i, td, item_kwargs, mode=A.ITEM, item=index, gates=False, key=key,
@@ -870,8 +707,8 @@ class Scheduler:
         job = o.job
         i = job.task
         fan = self.fanouts[i]
-        if o.kind is A.SUCCEEDED:
-            self._record(o)
+        if o.kind is A.SUCCEEDED and self.replayer is not None:
+            self.replayer.record(o)
         if o.stopped:
             fan.stopped = True
         assert job.item is not None
@@ -892,8 +729,8 @@ class Scheduler:
         not journaled as a whole (its succeeded items were, one by one), so the
         next run replays them and retries only the failed ones.
         """
-        if self.journal is not None:
-            self.journal.flush()  # its items' lines (group commit): acknowledged from here on
+        if self.replayer is not None:
+            self.replayer.flush()  # its items' lines (group commit): acknowledged from here on
         fan = self.fanouts.pop(i)
         td = self.graph.tasks[i]
         items: list[ItemResult] = [r for r in fan.items if r is not None]
@@ -917,28 +754,8 @@ class Scheduler:
             result = StepResult(td.name, SUCCEEDED, values, None, (finished - started) * 1000,
                                 attempts, key, all(r.cached for r in items) and bool(items),
                                 None, None, started, finished, items, detached)
-            if self.journal is not None and key is not None:
-                digests = self.shared.digest
-                assert digests is not None
-                in_digest = self._in_digest(i)
-                if in_digest is not None and not digests.fan_out_unchanged(
-                        i, ((r.name, r.value) for d in self.graph.deps[i]
-                            if (r := self.results[d]) is not None), in_digest):
-                    in_digest = None  # a dependency changed in place meanwhile: not stored
-                digest = digests(values)
-                self.digests[i] = digest
-                try:
-                    self.journal.record(key, td.name, self.shared.dep_keys(i), values,
-                                        "task", digest=digest, inputs=in_digest,
-                                        parts=self.shared.parts[i],
-                                        # with cache_ttl_s, a list holding replayed
-                                        # items must not look fresh as a whole
-                                        store=self._storable(i, in_digest)
-                                        and not fan.stopped and (
-                                            td.cache_ttl_s is None
-                                            or not any(r.cached for r in items)))
-                except Exception as exc:
-                    self._warn(f"task '{td.name}': could not journal its result ({safe_str(exc)})")
+            if self.replayer is not None:
+                self.replayer.fan_succeeded(i, values, items, fan.stopped)
         else:
             first = failures[0]
             beyond = "" if allowed is None else f", more than allowed ({allowed})"
@@ -1059,8 +876,8 @@ class Scheduler:
                 continue
             job = o.job
             job.settled = True
-            if o.kind is A.SUCCEEDED:
-                self._record(o)
+            if o.kind is A.SUCCEEDED and self.replayer is not None:
+                self.replayer.record(o)
             if job.mode == A.ITEM:
                 fan = self.fanouts.get(job.task)
                 if fan is not None and job.item is not None and fan.items[job.item] is None:
@@ -1092,8 +909,8 @@ class Scheduler:
                 job.td.limit.release()
         self.admitted.clear()
         self.runner.close()
-        if self.journal is not None:
-            self.journal.checkpoint()  # item lines still held (group commit); the index
+        if self.replayer is not None:
+            self.replayer.close()  # item lines still held (group commit); the index
 
 
 def run_ok(graph: Graph, results: Sequence[StepResult | None]) -> bool:

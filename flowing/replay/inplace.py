@@ -7,7 +7,7 @@ changes one of those values in place (``settings["n"] = 2`` on a dict it
 received) would make that entry a lie: run again from the original value, it
 would be replayed as if computed from it. So before a value is journaled, the
 values it was computed from are digested again and compared (``check_job``,
-called by ``runners.Shared.record`` for every journaled task and item).
+called by ``replay.record.record_outcome`` for every journaled task and item).
 
 What is checked, and when (the policy)
 --------------------------------------
@@ -27,7 +27,7 @@ What is checked, and when (the policy)
   most every 0.2 s or 1 MiB, and at once for a value stored beside the
   journal), so one check covers every item line of that write, all of whose
   bodies had ended. Then once more when the whole task completes
-  (``Scheduler._complete_fan``). Once a change is seen, no item line still
+  (``Replayer.fan_succeeded``). Once a change is seen, no item line still
   held or later of that fan-out, and not the task, is journaled (one
   warning): an item that read a changed side input is never journaled as
   computed from the original.

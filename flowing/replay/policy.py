@@ -1,8 +1,9 @@
 """The replay policy: whether a step's journal entry may replay it, and why not.
 
 ``JournalPlan`` is made by the Flow before a journaled run starts (one
-``Behaviour`` per task, from ``flowing.keys``) and consulted by the scheduler
-at one point per task: when the task is released, ``settle`` turns its
+``Behaviour`` per task, from ``flowing.keys``: ``JournalPlan.build``) and
+consulted by the run's ``Replayer`` (``replayer.py``) at one point per task:
+when the task is released, ``settle`` turns its
 behaviour and its dependencies' value digests into the step key, and
 ``verdict`` says whether the entry under that key may replay it, or why the
 task runs (a ``Why`` record, turned into text only at the edge).
@@ -17,18 +18,25 @@ Policy, in the order it is checked (``blocked``, then ``verdict``):
 * an entry older than ``cache_ttl_s``: runs;
 * otherwise: replays.
 
-``override_key`` is where ``Flow.override`` journals a value.
+``JournalPlan.build`` fingerprints every task's behaviour once, when a
+journaled run (or a dry run, or an override) starts; a task whose key cannot
+cover a value it reads is uncacheable this run (one warning, and a
+``NOT_CACHED`` ``Why`` naming the value). ``override_key`` is where
+``Flow.override`` journals a value (``JournalPlan.record_override``).
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any
 
+from ..interrupts import guarded
+from ..text import error_line
 from .why import Why, WhyKind, changed
 
 if TYPE_CHECKING:
+    from ..graph import Graph
     from ..journal.store import Journal
     from ..keys.stepkey import Behaviour
     from ..tasks import TaskDef
@@ -86,14 +94,15 @@ class JournalPlan:
                       (overrides are journaled under it, see ``override_key``)
     ``keys[i]``       its step key: ``bases[i]`` until the task is released, then
                       ``stepkey.step_key`` of its behaviour and the digests of its
-                      dependencies' values (``Scheduler._settle``)
+                      dependencies' values (``Replayer.released``)
     ``keyer``         the run's Keyer (item keys)
     ``force``         tasks that must run even if journaled (resume(from_tasks))
-    ``uncacheable``   why each uncacheable task is (for ``Flow.why`` and the log)
+    ``uncacheable``   why each uncacheable task is (a ``NOT_CACHED`` Why naming the
+                      value, for ``Flow.why`` and the task-start line)
     """
 
     def __init__(self, journal: Journal, behaviours: list[Behaviour | None], bases: list[str],
-                 keyer: Any, force: set[int], uncacheable: dict[int, str] | None = None) -> None:
+                 keyer: Any, force: set[int], uncacheable: dict[int, Why] | None = None) -> None:
         self.journal = journal
         self.behaviours = behaviours
         self.bases = bases
@@ -101,7 +110,43 @@ class JournalPlan:
         self.cacheable = [b is not None for b in behaviours]
         self.keyer = keyer
         self.force = force
-        self.uncacheable = uncacheable or {}  # task -> the value that has no stable content
+        self.uncacheable = uncacheable or {}  # task -> why: the value with no stable content
+
+    @classmethod
+    def build(cls, journal: Journal, graph: Graph, inputs: Mapping[str, Any], force: set[int],
+              warning: Callable[[str], None] | None = None) -> JournalPlan:
+        """Each task's behaviour, fingerprinted once for the run (its key is completed
+        when it is released, from its dependencies' values: see ``settle``).
+        ``warning`` (if given) is told, in one line each, which tasks are not cached."""
+        import hashlib
+
+        from ..keys.stepkey import Keyer, Uncacheable  # lazy: journaled runs only
+
+        # A new Keyer per run: fingerprints read module constants, and a fix made at
+        # run time (a flag flipped before resume()) must give a new key.
+        keyer = Keyer()
+        behaviours: list[Behaviour | None] = []
+        bases: list[str] = []
+        uncacheable: dict[int, Why] = {}
+        for i, td in enumerate(graph.tasks):
+            gate_names = graph.gate_inputs.get(i, ((), ()))
+            given = {n: inputs[n] for n in (*graph.inputs[i], *gate_names[0], *gate_names[1])}
+            raised: list[BaseException] = []
+            found = guarded(keyer.behaviour, td, given, fallback=None, seen=raised)
+            if found is None:  # a value's own code raised a BaseException while fingerprinted
+                found = Uncacheable(td.name, "fingerprinting a value it reads raised "
+                                    + (error_line(raised[0], 80) if raised else "an error"))
+            if isinstance(found, Uncacheable):
+                if warning is not None:
+                    warning(found.message)
+                uncacheable[i] = Why(WhyKind.NOT_CACHED, detail=found.what)
+                behaviours.append(None)
+                bases.append(hashlib.sha256(b"flowing-uncacheable/"
+                                            + td.name.encode("utf-8", "replace")).hexdigest())
+            else:
+                behaviours.append(found)
+                bases.append(found.digest)
+        return cls(journal, behaviours, bases, keyer, force, uncacheable)
 
     def settle(self, i: int, pairs: list[tuple[str, str | None]]) -> tuple[str, str | None,
                                                                           Parts]:
@@ -147,7 +192,7 @@ class JournalPlan:
         if not td.cache:
             return Why(WhyKind.CACHE_FALSE)
         if self.behaviours[i] is None:
-            return Why(WhyKind.NOT_CACHED, detail=self.uncacheable.get(i, "its key"))
+            return self.uncacheable.get(i) or Why(WhyKind.NOT_CACHED, detail="its key")
         return None
 
     def override_entry(self, i: int, td: TaskDef, key: str) -> str | None:
@@ -162,3 +207,12 @@ class JournalPlan:
             return None
         normal = self.journal.peek(key)
         return okey if normal is None or over[0] >= normal[0] else None
+
+    def record_override(self, i: int, td: TaskDef, value: Any) -> str:
+        """Journal ``value`` as an override of task i (``Flow.override``), under a
+        key of its own (see ``override_entry``); returns that key."""
+        from ..keys.digest import value_digest  # lazy: journaled runs only
+
+        key = override_key(self.bases[i], td.name)
+        self.journal.record(key, td.name, [], value, "override", digest=value_digest(value))
+        return key
