@@ -51,7 +51,7 @@ from ..journal import index as journalindex
 from ..journal import values as valuestore
 from ..results import Deferred
 from ..text import safe_str
-from .commit import _Line
+from .commit import _Held, _Line
 from .files import _first_line, _refusal, _trust_problem
 from .format import _HEAD, _HEX64, _TORN, _VALUE_TAG, HEADER, Hit, _check, _stored_ref, human_size
 from .scan import _scan, _Warner
@@ -70,6 +70,19 @@ def _pack(digest: str | None) -> bytes | str | None:
 
 def _unpack(d: bytes | str | None) -> str | None:
     return d.hex() if isinstance(d, bytes) else d
+
+
+def _note(idx: journalindex.Index, off: int, length: int, line: _Held) -> None:
+    """Index one valid line at ``off`` (``line``: its fields, as ``GroupCommit`` holds them)."""
+    key, kind, name, enc, t, digest, inputs, vstart, has_parts = line
+    if kind != "item":
+        idx.names.add(name)
+        if kind == "task" and enc != "gone":
+            idx.set_parts(name, (off, vstart) if has_parts else None)
+    if enc == "gone":  # the value before it could not be loaded: never replay it
+        idx.drop(key)
+    elif enc != "none":  # a marker without a value never replays
+        idx.put(key, (off, length, vstart, _CODES[enc], t, _pack(digest), _pack(inputs)))
 
 
 class StoredValue(Deferred):
@@ -180,16 +193,8 @@ class Reader:
             if problem is not None:
                 warner.skip(lineno, off, problem)
             elif hdr is not None:
-                kind, name, enc = hdr["kind"], hdr["name"], hdr["enc"]
-                if kind != "item":
-                    idx.names.add(name)
-                if kind == "task" and enc != "gone":
-                    idx.set_parts(name, (off, vstart) if hdr.get("parts") else None)
-                if enc == "gone":  # the value before it could not be loaded: never replay it
-                    idx.drop(hdr["key"])
-                elif enc != "none":  # a marker without a value never replays
-                    idx.put(hdr["key"], (off, length, vstart, _CODES[enc], hdr["t"],
-                                         _pack(hdr["digest"]), _pack(hdr["inputs"])))
+                _note(idx, off, length, (hdr["key"], hdr["kind"], hdr["name"], hdr["enc"], hdr["t"],
+                                         hdr["digest"], hdr["inputs"], vstart, bool(hdr.get("parts"))))
         if first and st.st_size:  # nothing but blank lines
             idx.close()
             raise _refusal(self.path, "foreign", 0, "write to", "choose another journal_path")
@@ -212,16 +217,8 @@ class Reader:
             self.indexed_lines += len(lines)
         else:
             self.indexed_end = -1
-        idx = self.idx
-        for line, (key, kind, name, enc, t, digest, inputs, vstart, has_parts), _ in lines:
-            if enc == "gone":
-                idx.drop(key)
-            elif enc != "none":
-                idx.put(key, (off, len(line), vstart, _CODES[enc], t, _pack(digest), _pack(inputs)))
-            if kind != "item":
-                idx.names.add(name)
-                if kind == "task" and enc != "gone":
-                    idx.set_parts(name, (off, vstart) if has_parts else None)
+        for line, held, _ in lines:
+            _note(self.idx, off, len(line), held)
             off += len(line)
 
     def save(self, fd: int, st: os.stat_result) -> None:

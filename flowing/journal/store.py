@@ -83,7 +83,6 @@ class Journal:
 
     # -- opening ---------------------------------------------------------
 
-
     @classmethod
     def open(cls, path: str | os.PathLike[str], logger: logging.Logger) -> Journal:
         """Open (creating with mode 0600 and a header if missing) and index the journal.
@@ -236,7 +235,7 @@ class Journal:
         ``durable=False`` (``for_each`` items) may hold the line back to share
         one write and one fsync with the lines that follow it (group commit);
         it is written by the next durable ``record``, by ``flush`` or
-        ``close``, or once the held lines pass _PENDING_BYTES or _PENDING_S.
+        ``close``, or once the held lines pass 1 MiB or 0.2 s (flowing.journal.commit).
         True then means it will be written. A value big enough for the store
         is always written (and fsynced) before the line that names it.
         ``check`` is called (under the journal's lock) just before the line is
