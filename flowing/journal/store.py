@@ -40,7 +40,7 @@ import time
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
-from ..errors import JournalError, ValueUnavailable
+from ..errors import JournalError
 from ..journal import values as valuestore
 from ..text import safe_str
 from .commit import Check, GroupCommit, _Held, _Line
@@ -56,14 +56,15 @@ from .files import (
     _Unusable,
 )
 from .format import _HEAD, _VALUE_TAG, HEADER, KINDS, Entry, Hit, _check, _encode_value, _make_line
-from .reader import Reader, StoredValue
+from .reader import Reader
 from .scan import _journal_entries
 
-__all__ = ["Journal", "JournalError", "ValueUnavailable", "StoredValue", "Hit", "Check"]
+__all__ = ["Journal"]
 
 
 class Journal:
-    """An open journal: an index of the file plus an appender. See the module docstring.
+    """An open journal: the descriptor it holds, its ``Reader`` (the index and checked
+    reads) and its ``GroupCommit`` (ordered, shared-fsync appends). See the module docstring.
 
     ``record`` may be called from many threads at once and from many
     processes on the same file; ``peek``, ``get``, ``lookup`` and
