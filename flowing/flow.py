@@ -385,12 +385,12 @@ class Flow:
 
     def to_mermaid(self, direction: str = "TD") -> str:
         """A Mermaid flowchart of the graph; after a run, nodes show their state."""
-        from .observe.report import to_mermaid  # lazy: reports are drawn on demand
+        from .observe.mermaid import to_mermaid  # lazy: reports are drawn on demand
         return to_mermaid(self, direction)
 
     def timeline_svg(self, path: str | os.PathLike[str]) -> str:
         """Write an SVG Gantt chart of the last run to ``path``; returns the path."""
-        from .observe.report import timeline_svg  # lazy: reports are drawn on demand
+        from .observe.timeline import timeline_svg  # lazy: reports are drawn on demand
         return timeline_svg(self, path)
 
     def __repr__(self) -> str:

@@ -27,7 +27,7 @@ message). Progress while a run is going on (a live status line on a
 terminal, periodic heartbeat lines otherwise) is in ``progress.py``.
 
 Text made from user values never raises and never spans lines. Every
-formatter here (and in ``report.py`` and ``progress.py``) goes through
+formatter here (and in ``report``, ``mermaid``, ``timeline`` and ``progress``) goes through
 ``safe_str`` / ``safe_repr`` / ``error_line``: a ``__str__`` or ``__repr__``
 that raises, or returns something that is not a string, gives
 ``<unprintable TypeName>``; a huge value gives a cut one-liner; control
