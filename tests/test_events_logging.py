@@ -558,17 +558,23 @@ class _TD:
         self.retry_max_backoff_ms, self.retry_on = cap, retry_on
 
 
+def _next_delay(td, attempt, error):
+    """What the attempt module asks: the policy of ``td``, then its next delay."""
+    policy = rt.RetryPolicy.of(td)
+    return None if policy is None else policy.next_delay(attempt, error)
+
+
 def test_next_delay_never_raises():
-    assert rt.next_delay(_TD(), 1, ValueError()) is not None
-    assert rt.next_delay(_TD(), 4, ValueError()) is None            # budget spent
-    assert rt.next_delay(_TD(retry_on=(KeyError,)), 1, ValueError()) is None
-    assert rt.next_delay(_TD(retry_on=(Sneaky,)), 1, ValueError()) is None
-    assert rt.next_delay(_TD(), 1, RaisingHint()) <= 1.0             # hint ignored
-    assert rt.next_delay(_TD(), 1, _with_hint(5)) >= 5.0             # hint honoured
-    assert rt.next_delay(_TD(), 1, _with_hint(1e300)) == rt.MAX_RETRY_AFTER_S
-    assert rt.next_delay(_TD(), 1, None) is not None                 # retry_until rejection
-    assert rt.next_delay(object(), 1, ValueError()) is None          # no settings to read
-    assert rt.next_delay(_TD(retry="three"), 1, ValueError()) is None
+    assert _next_delay(_TD(), 1, ValueError()) is not None
+    assert _next_delay(_TD(), 4, ValueError()) is None            # budget spent
+    assert _next_delay(_TD(retry_on=(KeyError,)), 1, ValueError()) is None
+    assert _next_delay(_TD(retry_on=(Sneaky,)), 1, ValueError()) is None
+    assert _next_delay(_TD(), 1, RaisingHint()) <= 1.0             # hint ignored
+    assert _next_delay(_TD(), 1, _with_hint(5)) >= 5.0             # hint honoured
+    assert _next_delay(_TD(), 1, _with_hint(1e300)) == rt.MAX_RETRY_AFTER_S
+    assert _next_delay(_TD(), 1, None) is not None                 # retry_until rejection
+    assert _next_delay(object(), 1, ValueError()) is None          # no settings to read
+    assert _next_delay(_TD(retry="three"), 1, ValueError()) is None
 
 
 @pytest.mark.parametrize("base, cap", [(float("nan"), 1000), (1000, float("nan")),
