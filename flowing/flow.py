@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 from .engine.scheduler import Scheduler, run_ok
 from .graph import Graph
 from .interrupts import Catcher, guarded
-from .observe.events import Reporter, resolve_logger
+from .observe.reporter import Reporter, resolve_logger
 from .replay.policy import JournalPlan, override_key
 from .results import ItemResult, StepResult, StepState
 from .runners import attempt as A

@@ -13,6 +13,7 @@ from flowing import Flow, StepState, task
 from flowing import text as tx
 from flowing.observe import events as ev
 from flowing.observe import progress
+from flowing.observe import reporter as rep
 
 
 @pytest.fixture
@@ -416,9 +417,9 @@ def test_live_line_on_a_terminal(monkeypatch):
     logger = logging.getLogger(tx.LOGGER_NAME)
     monkeypatch.setattr(logger, "handlers", [])
     monkeypatch.setattr(logger, "propagate", True)
-    assert ev.resolve_logger(True) is logger  # installs the stderr handler
+    assert rep.resolve_logger(True) is logger  # installs the stderr handler
 
-    reporter = ev.Reporter(logger)
+    reporter = rep.Reporter(logger)
     t0 = time.time()
     reporter.emit(ev.FlowStarted(t0, 3, 2, 5, "eager"))
     reporter.emit(ev.TaskStarted(t0, "fetch", 1))
@@ -447,7 +448,7 @@ def test_no_live_line_when_not_a_terminal_or_log_false(monkeypatch):
     assert not p.live
     p.tick(0, 1, {"x": time.time()})
     assert pipe.getvalue() == ""  # nothing running for 10 s yet: no heartbeat either
-    reporter = ev.Reporter(None, on_event=lambda e: None)
+    reporter = rep.Reporter(None, on_event=lambda e: None)
     reporter.emit(ev.FlowStarted(time.time(), 1, 1, 5, "eager"))
     reporter.tick(0, 1, {"x": time.time() - 100})
     assert pipe.getvalue() == ""

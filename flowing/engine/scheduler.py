@@ -102,7 +102,7 @@ from ..text import item_failure, safe_repr, safe_str
 if TYPE_CHECKING:
     from ..graph import Graph
     from ..limits import Limit
-    from ..observe.events import Reporter
+    from ..observe.reporter import Reporter
     from ..replay.policy import JournalPlan
 
 PENDING, HELD, QUEUED, RUNNING, DONE = range(5)

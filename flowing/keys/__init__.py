@@ -5,8 +5,10 @@
 the helpers and constants it reads, what it imports) into the step's key.
 Nothing here knows about journals or runs.
 
-Step keys, from the bottom up: ``reach`` reads a code object (which names,
-attribute chains and modules it reaches), ``nodes`` encodes one function or
-class of the user, ``fingerprints`` walks the graph they form, and
-``stepkey`` builds keys on top (``Keyer``, ``Behaviour``, and the policy).
+Digests, from the bottom up: ``usercode`` (whose code is it), ``encoding``
+(the atoms), ``fast`` (the pickle-based fast path), ``special`` (buffers,
+arrays, frames, dates...), ``canonical`` (the encoder), ``digest`` (the API).
+Step keys: ``reach`` (what a code object reads), ``nodes`` (one function or
+class of the user encoded), ``fingerprints`` (the walk over them),
+``stepkey`` (``Keyer``, ``Behaviour`` and the policy).
 """
