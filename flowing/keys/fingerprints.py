@@ -17,8 +17,8 @@ from typing import cast
 
 from ..tasks import TaskDef
 from .digest import Canonical, Memo, Unstable, is_user_class, is_user_function, is_user_module
+from .encoding import _frame, _text
 from .nodes import _HOOKED, _node_label, _NodeReader, _Read
-from .reach import _frame, _text
 
 
 class _Fingerprints:

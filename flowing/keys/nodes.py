@@ -18,17 +18,8 @@ from collections.abc import Mapping
 from ..context import current
 from ..tasks import TaskDef
 from .digest import Canonical, Unstable, is_user_module, type_label
-from .reach import (
-    _MISSING,
-    _check_computed,
-    _code_info,
-    _CodeInfo,
-    _frame,
-    _import,
-    _submodule,
-    _text,
-    _unfollowed,
-)
+from .encoding import _frame, _text
+from .reach import _MISSING, _check_computed, _code_info, _CodeInfo, _import, _submodule, _unfollowed
 
 _HOOKED = (types.FunctionType, type, types.ModuleType, TaskDef)
 _CURRENT = current

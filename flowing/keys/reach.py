@@ -25,16 +25,9 @@ import weakref
 from collections.abc import Mapping
 
 from .digest import Canonical, Unstable, is_user_module, type_label
+from .encoding import _frame
 
 _MISSING = object()
-
-
-def _frame(tag: bytes, payload: bytes) -> bytes:
-    return b"%s%d:%s" % (tag, len(payload), payload)
-
-
-def _text(s: str) -> bytes:
-    return s.encode("utf-8", "surrogatepass")
 
 
 

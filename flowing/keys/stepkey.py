@@ -163,9 +163,10 @@ from typing import Any
 from ..keys import digest
 from ..keys.digest import Canonical, Unstable
 from ..tasks import TaskDef
+from .encoding import _frame, _text
 from .fingerprints import _Fingerprints
 from .nodes import _HOOKED, _node_label, _Read
-from .reach import _MISSING, _UNFOLLOWED, _code_info, _frame, _text, clear_code_cache
+from .reach import _MISSING, _UNFOLLOWED, _code_info, clear_code_cache
 
 __all__ = ["STEP_KEY_VERSION", "Behaviour", "Keyer", "Uncacheable", "compute_step_key",
            "item_step_key", "fingerprint", "clear_cache"]
