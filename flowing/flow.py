@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 from .engine.scheduler import Scheduler, run_ok
 from .graph import Graph
 from .interrupts import Catcher
-from .observe.events import Reporter, resolve_logger
+from .observe.reporter import Reporter, resolve_logger
 from .replay.policy import JournalPlan
 from .results import ItemResult, StepResult, StepState
 from .runners import attempt as A
@@ -351,12 +351,12 @@ class Flow:
 
     def to_mermaid(self, direction: str = "TD") -> str:
         """A Mermaid flowchart of the graph; after a run, nodes show their state."""
-        from .observe.report import to_mermaid  # lazy: reports are drawn on demand
+        from .observe.mermaid import to_mermaid  # lazy: reports are drawn on demand
         return to_mermaid(self, direction)
 
     def timeline_svg(self, path: str | os.PathLike[str]) -> str:
         """Write an SVG Gantt chart of the last run to ``path``; returns the path."""
-        from .observe.report import timeline_svg  # lazy: reports are drawn on demand
+        from .observe.timeline import timeline_svg  # lazy: reports are drawn on demand
         return timeline_svg(self, path)
 
     def __repr__(self) -> str:

@@ -54,6 +54,7 @@ from types import FunctionType, MethodType
 from typing import Any, cast, overload
 
 from .limits import Limit
+from .retry import RetryPolicy
 from .text import safe_repr
 
 __all__ = ["TaskDef", "task", "clear_registry", "registered_tasks", "check_dependency"]
@@ -176,6 +177,13 @@ class TaskDef:
         if isinstance(allow, int):
             return allow
         return int(math.floor(allow * items + 1e-9))
+
+    @property
+    def retry_policy(self) -> RetryPolicy:
+        """The retry settings as one record (``flowing.retry.RetryPolicy``), made
+        from the fields above when asked: they stay the one place that holds them."""
+        return RetryPolicy(self.retry, self.retry_backoff_base_ms, self.retry_max_backoff_ms,
+                           self.retry_on)
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         return self.fn(*args, **kwargs)

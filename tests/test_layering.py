@@ -133,7 +133,7 @@ def test_imports_inside_functions_say_why():
     silent = []
     for name, path in MODULES.items():
         lines = path.read_text().splitlines()
-        for importer, imported, line, inside, text in IMPORTS:
+        for importer, _imported, line, inside, text in IMPORTS:
             if importer == name and inside and "#" not in text \
                     and not lines[line - 2].strip().startswith("#"):
                 silent.append(f"flowing/{name} line {line}: {text.strip()}")

@@ -106,7 +106,7 @@ from ..text import item_failure, safe_repr
 if TYPE_CHECKING:
     from ..graph import Graph
     from ..limits import Limit
-    from ..observe.events import Reporter
+    from ..observe.reporter import Reporter
     from ..replay.policy import JournalPlan
     from ..replay.replayer import Replayer
 

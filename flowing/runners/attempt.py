@@ -8,7 +8,7 @@ raises anywhere in an attempt — a gate value with no truth value, an
 exception whose ``__str__`` raises, a ``retry_after`` property that raises —
 becomes a FAILED (or retried) outcome naming the task. Whether a failed
 attempt is retried, and after how long, is decided here from the task's
-policy (``retry.next_delay``); the scheduler only waits and resubmits.
+policy (``retry.RetryPolicy.next_delay``); the scheduler only waits and resubmits.
 
 Order within a job, as the spec fixes it: ``when`` (falsy: skipped; raises
 or has no truth value: failed, 0 attempts) -> ``validate`` (raises: failed,
@@ -340,7 +340,7 @@ def _verdict(job: Job, value: Any, error: BaseException | None, started: float) 
         if accepted:
             return Outcome(job, SUCCEEDED, value, attempts=job.attempt, started_at=started,
                            finished_at=finished)
-        delay = retry_policy.next_delay(td, job.attempt, None)
+        delay = td.retry_policy.next_delay(job.attempt, None)
         if delay is not None:
             return Outcome(job, RETRY, value, reason=f"retry_until rejected {safe_repr(value)}",
                            attempts=job.attempt, started_at=started, finished_at=finished,
@@ -354,7 +354,7 @@ def _verdict(job: Job, value: Any, error: BaseException | None, started: float) 
     # A body that stopped because it was told to (``raise_if_cancelled``) is not retried.
     stopped = isinstance(error, Cancelled) and job.told_to_stop()
     if not isinstance(error, NoRetry) and not stopped:
-        delay = retry_policy.next_delay(td, job.attempt, error)
+        delay = td.retry_policy.next_delay(job.attempt, error)
     kind = FAILED if delay is None else RETRY
     outcome = Outcome(job, kind, error=error, attempts=job.attempt, started_at=started,
                       finished_at=finished, retry_in=delay)
