@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 import threading
 import time
 from collections.abc import Iterable, Mapping
@@ -83,7 +84,7 @@ class Flow:
         self.journal_path = None if journal_path is None else str(journal_path)
         self._journal: Journal | None = None
         if journal_path is not None:
-            import logging
+            import logging  # lazy: only runs with a journal pay for it
 
             from .journal.store import Journal  # only runs with a journal pay for it
             self._journal = Journal.open(str(journal_path),
@@ -218,8 +219,6 @@ class Flow:
         """``FLOWING_DRY_RUN=1``: print what a run would do and exit before anything runs."""
         if os.environ.get("FLOWING_DRY_RUN", "").strip() not in ("1", "true", "yes"):
             return
-        import sys
-
         table = self._dry_run(kept, force)
         width = max((len(n) for n in table), default=4)
         lines = [f"flowing dry run (FLOWING_DRY_RUN=1): {len(table)} "

@@ -211,13 +211,13 @@ _STATE = tuple(s for s in TaskDef.__slots__ if s != "__weakref__")
 
 def _task_by_reference(module: str, qualname: str) -> TaskDef:
     """Unpickle a module-level task: import its module and take the attribute."""
-    import importlib
+    import importlib  # lazy: keeps import flowing fast
 
     obj: Any = importlib.import_module(module)
     for part in qualname.split("."):
         obj = getattr(obj, part)
     if not isinstance(obj, TaskDef):
-        import pickle
+        import pickle  # lazy: keeps import flowing fast
 
         raise pickle.UnpicklingError(
             f"{module}.{qualname} was a flowing task when it was pickled but is "
@@ -392,7 +392,7 @@ def _default_name(fn: object) -> str | None:
 
 
 def _snake_case(name: str) -> str:
-    import re
+    import re  # lazy: keeps import flowing fast
 
     return re.sub(r"(?<=[a-z0-9])(?=[A-Z])|(?<=[A-Z])(?=[A-Z][a-z])", "_", name).lower()
 
@@ -421,7 +421,7 @@ def _is_async(fn: object) -> bool:
             if type(call) is not FunctionType:
                 break
             f = call  # a callable object: its class's __call__
-    import inspect
+    import inspect  # lazy: keeps import flowing fast
 
     try:
         return inspect.iscoroutinefunction(f)

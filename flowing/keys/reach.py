@@ -278,8 +278,8 @@ def _import(modname: str, level: int, namespace: Mapping[str, object]
     """The module an import inside a body binds, imported now if it is the user's
     and not imported yet (the body would import it when it runs); None for a
     library module (counted by name). Raises Unstable when it cannot be found."""
-    import importlib
-    import importlib.util
+    import importlib  # lazy: keeps import flowing fast
+    import importlib.util  # lazy: keeps import flowing fast
 
     absname = modname
     if level:

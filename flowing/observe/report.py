@@ -82,7 +82,7 @@ def _small_plain(value: object, budget: int = VALUE_MAX_CHARS) -> bool:
 def plain_json_value(value: object) -> tuple[bool, Any]:
     """``(True, value)`` if ``value`` is small JSON that round-trips exactly, else
     ``(False, None)``."""
-    import json
+    import json  # lazy: keeps import flowing fast
 
     if not _small_plain(value):
         return False, None

@@ -84,7 +84,7 @@ _PREFIX = "flowing: "
 # ----- loggers ----------------------------------------------------------------------
 
 def _stderr_handler() -> logging.Handler:
-    import logging
+    import logging  # lazy: keeps import flowing fast
 
     class StderrHandler(logging.StreamHandler):  # type: ignore[type-arg]
         """Writes to whatever ``sys.stderr`` is *now* (like logging's last resort),
@@ -192,7 +192,7 @@ class Reporter:
         try:
             logger = self.logger
             if logger is None and fallback:
-                import logging
+                import logging  # lazy: keeps import flowing fast
 
                 logger = logging.getLogger(LOGGER_NAME)
             if logger is not None:

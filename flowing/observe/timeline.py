@@ -11,6 +11,8 @@ raised (see ``runview``).
 from __future__ import annotations
 
 import math
+import os
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -111,7 +113,6 @@ def _tick_label(t: float, step: float) -> str:
 
 
 def _fmt_clock(epoch: float | None) -> str:
-    import time
     try:
         return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(epoch))
     except (TypeError, ValueError, OverflowError, OSError):
@@ -655,7 +656,6 @@ def timeline_svg(flow: RunView, path: Any, *, width: int = 1200) -> str:
     ``for_each`` tasks show their span with a tick per item. Hover a bar for
     its timing and error.
     """
-    import os
 
     svg = render_timeline(flow, width=width)
     target: str = os.fspath(path)

@@ -48,6 +48,7 @@ import os
 import threading
 import time
 from collections.abc import Callable
+from itertools import islice
 from typing import TYPE_CHECKING, Any
 
 from .. import context
@@ -400,7 +401,6 @@ def _list_items(job: Job, started: float) -> Outcome:
     iterator (``itertools.count()``) cannot hold the GIL for long, and a slow
     generator is looked at after each item.
     """
-    from itertools import islice
 
     td = job.td
     name = td.for_each or ""
@@ -588,7 +588,7 @@ async def run_attempt_async(job: Job) -> Outcome:
     all the same. The gates are plain functions and run on the loop thread;
     keep them quick.
     """
-    import asyncio
+    import asyncio  # lazy: keeps import flowing fast
 
     started = None
     try:
