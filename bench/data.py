@@ -148,7 +148,7 @@ def _make_big_journal(path: str, n: int) -> None:
     import hashlib
 
     sys.path.insert(0, ROOT)
-    from flowing.journal.store import HEADER, _make_line
+    from flowing.journal.format import HEADER, _make_line
 
     t = time.time()
     with open(path, "wb") as f:

@@ -11,7 +11,7 @@ value previews have their control characters escaped (``\\x1b``, ``\\u202e``),
 so a hostile journal cannot drive the terminal. A path that is not a flowing
 journal, a symbolic link or not a regular file (a FIFO included: it is never
 read, so nothing blocks) is refused with exit status 1 and left untouched;
-see flowing.journal.store for what counts as a journal.
+see flowing.journal.files for what counts as a journal.
 """
 
 from __future__ import annotations
@@ -23,7 +23,9 @@ import sys
 import time
 
 from .errors import JournalError
-from .journal.store import Entry, compact, forget, human_size, iter_entries
+from .journal.format import Entry, human_size
+from .journal.rewrite import compact, forget
+from .journal.scan import iter_entries
 from .text import printable as _printable
 
 _WARN_LOGGER = "flowing.cli"

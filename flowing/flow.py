@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import os
+import sys
 import threading
 import time
 from collections.abc import Iterable, Mapping
@@ -12,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 from .engine.scheduler import Scheduler, run_ok
 from .graph import Graph
 from .interrupts import Catcher
-from .observe.events import Reporter, resolve_logger
+from .observe.reporter import Reporter, resolve_logger
 from .replay.policy import JournalPlan
 from .results import ItemResult, SkipCause, StepResult, StepState
 from .runners.local import open_runner
@@ -84,7 +85,7 @@ class Flow:
         self.journal_path = None if journal_path is None else str(journal_path)
         self._journal: Journal | None = None
         if journal_path is not None:
-            import logging
+            import logging  # lazy: only runs with a journal pay for it
 
             from .journal.store import Journal  # only runs with a journal pay for it
             self._journal = Journal.open(str(journal_path),
@@ -221,8 +222,6 @@ class Flow:
         """``FLOWING_DRY_RUN=1``: print what a run would do and exit before anything runs."""
         if os.environ.get("FLOWING_DRY_RUN", "").strip() not in ("1", "true", "yes"):
             return
-        import sys
-
         table = self._dry_run(kept, force)
         width = max((len(n) for n in table), default=4)
         lines = [f"flowing dry run (FLOWING_DRY_RUN=1): {len(table)} "
@@ -354,12 +353,12 @@ class Flow:
 
     def to_mermaid(self, direction: str = "TD") -> str:
         """A Mermaid flowchart of the graph; after a run, nodes show their state."""
-        from .observe.report import to_mermaid  # lazy: reports are drawn on demand
+        from .observe.mermaid import to_mermaid  # lazy: reports are drawn on demand
         return to_mermaid(self, direction)
 
     def timeline_svg(self, path: str | os.PathLike[str]) -> str:
         """Write an SVG Gantt chart of the last run to ``path``; returns the path."""
-        from .observe.report import timeline_svg  # lazy: reports are drawn on demand
+        from .observe.timeline import timeline_svg  # lazy: reports are drawn on demand
         return timeline_svg(self, path)
 
     def __repr__(self) -> str:

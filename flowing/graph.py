@@ -206,7 +206,7 @@ class Graph:
             return None
 
     def suggest(self, name: str) -> str:
-        import difflib
+        import difflib  # lazy: keeps import flowing fast
 
         close = difflib.get_close_matches(name, list(self._names()), n=3)
         if close:
@@ -567,7 +567,7 @@ def _from_code(fn: Any) -> Params:
 def _from_inspect(fn: Callable[..., Any]) -> Params | None:
     """Params of any other callable (bound methods drop self, partials their
     bound arguments, callable objects give their __call__'s); None if unreadable."""
-    import inspect
+    import inspect  # lazy: keeps import flowing fast
 
     try:
         sig = inspect.signature(fn)

@@ -51,7 +51,7 @@ def _shown(rate: object) -> str:
 
 def _parse_rate(rate: object) -> tuple[int, float]:
     if isinstance(rate, str):
-        import re
+        import re  # lazy: keeps import flowing fast
 
         m = re.match(r"^\s*(\d+)\s*/\s*([a-z]+)\s*$", rate.lower())
         if m and m.group(2) in _UNITS and int(m.group(1)) >= 1:

@@ -244,7 +244,7 @@ class Failed:
         return hash((self.index, self.error_type, self.message))
 
     def __reduce__(self) -> tuple[Any, ...]:
-        import pickle
+        import pickle  # lazy: keeps import flowing fast
 
         error: BaseException | None = self.error
         try:

@@ -1,10 +1,13 @@
 """Retry policy: which failures are retried, and how long to wait before the next try.
 
-Small pieces, composed per task: ``is_retryable`` decides from the error and
-the task's ``retry_on``; ``backoff_delay`` is capped exponential backoff with
-equal jitter; ``retry_after_hint`` reads the server's own wait hint;
-``next_delay`` combines them with the attempt budget. The attempt module
-asks ``next_delay`` once per failed attempt; the scheduler only waits.
+A task's retry settings are one record, ``RetryPolicy`` (``TaskDef.retry_policy``:
+``retries``, ``backoff_base_ms``, ``max_backoff_ms``, ``retry_on``); a new
+setting is a new field there. Small pieces, composed per task:
+``RetryPolicy.retryable`` decides from the error and ``retry_on``;
+``backoff_delay`` is capped exponential backoff with equal jitter;
+``retry_after_hint`` reads the server's own wait hint;
+``RetryPolicy.next_delay`` combines them with the attempt budget. The attempt
+module asks ``next_delay`` once per failed attempt; the scheduler only waits.
 
 The ``retry_after`` hint is user (or library) data and is read defensively:
 only a finite real number >= 0 (int, float, Decimal, Fraction; not a bool)
@@ -21,7 +24,7 @@ from __future__ import annotations
 import math
 import numbers
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NamedTuple
 
 from .interrupts import is_terminal
 from .text import clip, error_line, safe_repr, type_name
@@ -33,7 +36,6 @@ MAX_RETRY_AFTER_S = 86_400.0
 # What backoff_delay falls back to when a task's cap is not a usable number
 # (TaskDef rejects those; this is the last line of defence), in ms.
 DEFAULT_MAX_BACKOFF_MS = 30_000.0
-
 
 
 def _usable_ms(x: object, default: float) -> float:
@@ -138,28 +140,53 @@ def retry_after_problem(error: BaseException | None, task: str | None = None) ->
     return clip(f"{head}{type_name(error)}: {problem}", 300)
 
 
-def is_retryable(td: Any, error: BaseException | None) -> bool:
-    """A rejection by ``retry_until`` (error None) is always retryable; an exception
-    only when it matches the task's ``retry_on``. Never raises (a ``retry_on``
-    class whose ``__instancecheck__`` raises: not retryable)."""
-    if error is None:
-        return True
-    try:
-        return isinstance(error, td.retry_on)
-    except Exception:
-        return False
+class RetryPolicy(NamedTuple):
+    """One task's retry settings (``TaskDef.retry_policy``), immutable.
 
+    ``retries``         attempts after the first (``retry=``);
+    ``backoff_base_ms`` the first backoff (``retry_backoff_base_ms=``);
+    ``max_backoff_ms``  the cap on a backoff (``retry_max_backoff_ms=``);
+    ``retry_on``        the exception classes that are retried (``retry_on=``).
 
-def next_delay(td: Any, attempt: int, error: BaseException | None) -> float | None:
-    """Seconds to wait before attempt ``attempt + 1``, or None when it must not happen.
-
-    Never raises: a task whose retry settings cannot be read is not retried.
+    A NamedTuple, not a dataclass: ``import flowing`` does not import
+    ``dataclasses`` (and ``inspect`` with it).
     """
-    try:
-        if attempt >= 1 + td.retry or not is_retryable(td, error):
+
+    retries: int
+    backoff_base_ms: float
+    max_backoff_ms: float
+    retry_on: tuple[type[BaseException], ...]
+
+    @classmethod
+    def of(cls, td: Any) -> RetryPolicy | None:
+        """The settings of ``td`` (a ``TaskDef``, or anything with its four retry
+        fields), or None when they cannot be read. Never raises."""
+        try:
+            return cls(td.retry, td.retry_backoff_base_ms, td.retry_max_backoff_ms, td.retry_on)
+        except Exception:
             return None
-        delay = backoff_delay(attempt, td.retry_backoff_base_ms, td.retry_max_backoff_ms)
-    except Exception:
-        return None
-    hint = retry_after_hint(error)
-    return delay if hint is None else max(delay, hint)
+
+    def retryable(self, error: BaseException | None) -> bool:
+        """A rejection by ``retry_until`` (error None) is always retryable; an exception
+        only when it matches ``retry_on``. Never raises (a ``retry_on`` class whose
+        ``__instancecheck__`` raises: not retryable)."""
+        if error is None:
+            return True
+        try:
+            return isinstance(error, self.retry_on)
+        except Exception:
+            return False
+
+    def next_delay(self, attempt: int, error: BaseException | None) -> float | None:
+        """Seconds to wait before attempt ``attempt + 1``, or None when it must not happen.
+
+        Never raises: settings that are not usable (not numbers) mean no retry.
+        """
+        try:
+            if attempt >= 1 + self.retries or not self.retryable(error):
+                return None
+            delay = backoff_delay(attempt, self.backoff_base_ms, self.max_backoff_ms)
+        except Exception:
+            return None
+        hint = retry_after_hint(error)
+        return delay if hint is None else max(delay, hint)

@@ -54,6 +54,7 @@ from types import FunctionType, MethodType
 from typing import Any, cast, overload
 
 from .limits import Limit
+from .retry import RetryPolicy
 from .text import safe_repr
 
 __all__ = ["TaskDef", "task", "clear_registry", "registered_tasks", "check_dependency"]
@@ -177,6 +178,13 @@ class TaskDef:
             return allow
         return int(math.floor(allow * items + 1e-9))
 
+    @property
+    def retry_policy(self) -> RetryPolicy:
+        """The retry settings as one record (``flowing.retry.RetryPolicy``), made
+        from the fields above when asked: they stay the one place that holds them."""
+        return RetryPolicy(self.retry, self.retry_backoff_base_ms, self.retry_max_backoff_ms,
+                           self.retry_on)
+
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         return self.fn(*args, **kwargs)
 
@@ -203,13 +211,13 @@ _STATE = tuple(s for s in TaskDef.__slots__ if s != "__weakref__")
 
 def _task_by_reference(module: str, qualname: str) -> TaskDef:
     """Unpickle a module-level task: import its module and take the attribute."""
-    import importlib
+    import importlib  # lazy: keeps import flowing fast
 
     obj: Any = importlib.import_module(module)
     for part in qualname.split("."):
         obj = getattr(obj, part)
     if not isinstance(obj, TaskDef):
-        import pickle
+        import pickle  # lazy: keeps import flowing fast
 
         raise pickle.UnpicklingError(
             f"{module}.{qualname} was a flowing task when it was pickled but is "
@@ -384,7 +392,7 @@ def _default_name(fn: object) -> str | None:
 
 
 def _snake_case(name: str) -> str:
-    import re
+    import re  # lazy: keeps import flowing fast
 
     return re.sub(r"(?<=[a-z0-9])(?=[A-Z])|(?<=[A-Z])(?=[A-Z][a-z])", "_", name).lower()
 
@@ -413,7 +421,7 @@ def _is_async(fn: object) -> bool:
             if type(call) is not FunctionType:
                 break
             f = call  # a callable object: its class's __call__
-    import inspect
+    import inspect  # lazy: keeps import flowing fast
 
     try:
         return inspect.iscoroutinefunction(f)

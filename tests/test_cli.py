@@ -19,7 +19,8 @@ if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
 from flowing.cli import main  # noqa: E402
-from flowing.journal.store import HEADER, Journal  # noqa: E402
+from flowing.journal.format import HEADER  # noqa: E402
+from flowing.journal.store import Journal  # noqa: E402
 
 LOG = logging.getLogger("test_cli")
 

@@ -37,7 +37,7 @@ sys.path.insert(0, str(FIXTURES))
 
 from digest_types import Box, Color, Level, Pair, Plain, Point, Slotted  # noqa: E402
 
-from flowing.keys import digest  # noqa: E402
+from flowing.keys import canonical  # noqa: E402
 from flowing.keys.digest import Canonical, Memo, Unstable, value_digest  # noqa: E402
 
 HEX64 = re.compile(r"[0-9a-f]{64}")
@@ -303,7 +303,7 @@ class FreshEachTime:
 
 
 def test_endless_reductions_end(monkeypatch):
-    monkeypatch.setattr(digest, "_EXTRA_ITEMS", 10_000)
+    monkeypatch.setattr(canonical, "_EXTRA_ITEMS", 10_000)
     assert value_digest(EndlessItems()) is None
     assert value_digest(FreshEachTime()) is None
 

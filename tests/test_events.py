@@ -243,6 +243,7 @@ from hypothesis import strategies as st  # noqa: E402
 
 from flowing import text as tx  # noqa: E402
 from flowing.observe import events as ev  # noqa: E402
+from flowing.observe import reporter as rep  # noqa: E402
 from flowing.records import Record  # noqa: E402
 from flowing.results import ItemResult, StepResult  # noqa: E402
 
@@ -398,18 +399,18 @@ def test_items_line():
 
 def test_log_lines_from_hostile_events():
     lines = [
-        ev.log_line(ev.TaskFailed(1.0, "t", 1, 5.0, StrRaises())),
-        ev.log_line(ev.TaskFailed(1.0, "t", 1, float("nan"), None, RaisingStr())),
-        ev.log_line(ev.TaskRetrying(1.0, "t", 1, 3, float("inf"), StrEvil(), None, 4,
+        rep.log_line(ev.TaskFailed(1.0, "t", 1, 5.0, StrRaises())),
+        rep.log_line(ev.TaskFailed(1.0, "t", 1, float("nan"), None, RaisingStr())),
+        rep.log_line(ev.TaskRetrying(1.0, "t", 1, 3, float("inf"), StrEvil(), None, 4,
                                     item_repr="'a.csv'")),
-        ev.log_line(ev.TaskRetrying(1.0, "t", 1, 3, "soon", None, NoBool())),
-        ev.log_line(ev.TaskSkipped(1.0, "t\nx", "reason\x1b[2J")),
-        ev.log_line(ev.TaskSkipped(1.0, "t", NoBool())),
-        ev.log_line(ev.TaskCached(1.0, "t", None, NoBool())),
-        ev.log_line(ev.TaskStarted(1.0, "t", 1, False, RaisingStr())),
-        ev.log_line(ev.TaskCached(1.0, "t", EvilStr("abcdefghij"), NoEq())),
-        ev.log_line(ev.TaskSucceeded(1.0, "t", 1, 3.0, False, [None, RaisingRepr()])),
-        ev.log_line(ev.FlowStarted(1.0, 1, 1, 5, RaisingStr())),
+        rep.log_line(ev.TaskRetrying(1.0, "t", 1, 3, "soon", None, NoBool())),
+        rep.log_line(ev.TaskSkipped(1.0, "t\nx", "reason\x1b[2J")),
+        rep.log_line(ev.TaskSkipped(1.0, "t", NoBool())),
+        rep.log_line(ev.TaskCached(1.0, "t", None, NoBool())),
+        rep.log_line(ev.TaskStarted(1.0, "t", 1, False, RaisingStr())),
+        rep.log_line(ev.TaskCached(1.0, "t", EvilStr("abcdefghij"), NoEq())),
+        rep.log_line(ev.TaskSucceeded(1.0, "t", 1, 3.0, False, [None, RaisingRepr()])),
+        rep.log_line(ev.FlowStarted(1.0, 1, 1, 5, RaisingStr())),
     ]
     for line in lines:
         _one_line(line, tx.MAX_LINE)
@@ -420,10 +421,10 @@ def test_log_lines_from_hostile_events():
 
 
 def test_start_line_says_why_a_journaled_task_ran():
-    assert ev.log_line(ev.TaskStarted(1.0, "names", 1)) == "start   names attempt=1"
-    line = ev.log_line(ev.TaskStarted(1.0, "names", 1, False, "dependency 'files' changed"))
+    assert rep.log_line(ev.TaskStarted(1.0, "names", 1)) == "start   names attempt=1"
+    line = rep.log_line(ev.TaskStarted(1.0, "names", 1, False, "dependency 'files' changed"))
     assert line == "start   names attempt=1 (dependency 'files' changed)"
-    line = ev.log_line(ev.TaskStarted(1.0, "side", 1, True, "expired" + "!" * 500))
+    line = rep.log_line(ev.TaskStarted(1.0, "side", 1, True, "expired" + "!" * 500))
     assert line.startswith("start   side attempt=1 [detached] (expired!!!")
     assert len(line) < 120
 
@@ -431,12 +432,12 @@ def test_start_line_says_why_a_journaled_task_ran():
 def test_item_and_items_lines():
     S, F = StepState.SUCCEEDED, StepState.FAILED
     items = [_item(0, S, "a.csv", cached=True), _item(1, F, "b.csv", KeyError("col"), attempts=3)]
-    failed = ev.log_line(ev.TaskFailed(1.0, "load", 3, 40.0, ValueError("x"), None, False, items))
+    failed = rep.log_line(ev.TaskFailed(1.0, "load", 3, 40.0, ValueError("x"), None, False, items))
     assert failed == ("FAILED  load 40ms attempts=3: 2 items: 1 ok (1 cached), 1 failed: "
                       "item 1 ('b.csv'): KeyError: 'col'")
-    ok = ev.log_line(ev.TaskSucceeded(1.0, "load", 1, 40.0, False, items[:1]))
+    ok = rep.log_line(ev.TaskSucceeded(1.0, "load", 1, 40.0, False, items[:1]))
     assert ok == "ok      load 40ms attempts=1: 1 item: 1 ok (1 cached)"
-    retry = ev.log_line(ev.TaskRetrying(1.0, "load", 1, 3, 0.5, KeyError("col"), None, 1,
+    retry = rep.log_line(ev.TaskRetrying(1.0, "load", 1, 3, 0.5, KeyError("col"), None, 1,
                                         item_repr=tx.safe_repr("b.csv")))
     assert retry.startswith("retry   load[1] ('b.csv') attempt=1/3 failed, next in 0.5s")
 
@@ -474,7 +475,7 @@ def test_a_broken_log_handler_never_breaks_the_run():
     handler = BrokenHandler()
     log.addHandler(handler)
     try:
-        reporter = ev.Reporter(log, on_event=lambda e: 1 / 0)
+        reporter = rep.Reporter(log, on_event=lambda e: 1 / 0)
         reporter.emit(ev.FlowStarted(1.0, 1, 1, 5, "eager"))
         reporter.emit(ev.TaskFailed(2.0, "t", 1, 3.0, StrRaises()))
         reporter.warning(RaisingStr())

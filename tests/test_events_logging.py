@@ -13,6 +13,7 @@ from flowing import Flow, StepState, task
 from flowing import text as tx
 from flowing.observe import events as ev
 from flowing.observe import progress
+from flowing.observe import reporter as rep
 
 
 @pytest.fixture
@@ -416,9 +417,9 @@ def test_live_line_on_a_terminal(monkeypatch):
     logger = logging.getLogger(tx.LOGGER_NAME)
     monkeypatch.setattr(logger, "handlers", [])
     monkeypatch.setattr(logger, "propagate", True)
-    assert ev.resolve_logger(True) is logger  # installs the stderr handler
+    assert rep.resolve_logger(True) is logger  # installs the stderr handler
 
-    reporter = ev.Reporter(logger)
+    reporter = rep.Reporter(logger)
     t0 = time.time()
     reporter.emit(ev.FlowStarted(t0, 3, 2, 5, "eager"))
     reporter.emit(ev.TaskStarted(t0, "fetch", 1))
@@ -447,7 +448,7 @@ def test_no_live_line_when_not_a_terminal_or_log_false(monkeypatch):
     assert not p.live
     p.tick(0, 1, {"x": time.time()})
     assert pipe.getvalue() == ""  # nothing running for 10 s yet: no heartbeat either
-    reporter = ev.Reporter(None, on_event=lambda e: None)
+    reporter = rep.Reporter(None, on_event=lambda e: None)
     reporter.emit(ev.FlowStarted(time.time(), 1, 1, 5, "eager"))
     reporter.tick(0, 1, {"x": time.time() - 100})
     assert pipe.getvalue() == ""
@@ -558,17 +559,23 @@ class _TD:
         self.retry_max_backoff_ms, self.retry_on = cap, retry_on
 
 
+def _next_delay(td, attempt, error):
+    """What the attempt module asks: the policy of ``td``, then its next delay."""
+    policy = rt.RetryPolicy.of(td)
+    return None if policy is None else policy.next_delay(attempt, error)
+
+
 def test_next_delay_never_raises():
-    assert rt.next_delay(_TD(), 1, ValueError()) is not None
-    assert rt.next_delay(_TD(), 4, ValueError()) is None            # budget spent
-    assert rt.next_delay(_TD(retry_on=(KeyError,)), 1, ValueError()) is None
-    assert rt.next_delay(_TD(retry_on=(Sneaky,)), 1, ValueError()) is None
-    assert rt.next_delay(_TD(), 1, RaisingHint()) <= 1.0             # hint ignored
-    assert rt.next_delay(_TD(), 1, _with_hint(5)) >= 5.0             # hint honoured
-    assert rt.next_delay(_TD(), 1, _with_hint(1e300)) == rt.MAX_RETRY_AFTER_S
-    assert rt.next_delay(_TD(), 1, None) is not None                 # retry_until rejection
-    assert rt.next_delay(object(), 1, ValueError()) is None          # no settings to read
-    assert rt.next_delay(_TD(retry="three"), 1, ValueError()) is None
+    assert _next_delay(_TD(), 1, ValueError()) is not None
+    assert _next_delay(_TD(), 4, ValueError()) is None            # budget spent
+    assert _next_delay(_TD(retry_on=(KeyError,)), 1, ValueError()) is None
+    assert _next_delay(_TD(retry_on=(Sneaky,)), 1, ValueError()) is None
+    assert _next_delay(_TD(), 1, RaisingHint()) <= 1.0             # hint ignored
+    assert _next_delay(_TD(), 1, _with_hint(5)) >= 5.0             # hint honoured
+    assert _next_delay(_TD(), 1, _with_hint(1e300)) == rt.MAX_RETRY_AFTER_S
+    assert _next_delay(_TD(), 1, None) is not None                 # retry_until rejection
+    assert _next_delay(object(), 1, ValueError()) is None          # no settings to read
+    assert _next_delay(_TD(retry="three"), 1, ValueError()) is None
 
 
 @pytest.mark.parametrize("base, cap", [(float("nan"), 1000), (1000, float("nan")),

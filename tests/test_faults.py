@@ -47,8 +47,9 @@ if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
 from flowing.errors import JournalError  # noqa: E402
-from flowing.journal import store as journal_mod  # noqa: E402
-from flowing.journal.store import HEADER, Journal  # noqa: E402
+from flowing.journal.format import HEADER  # noqa: E402
+from flowing.journal.scan import iter_entries  # noqa: E402
+from flowing.journal.store import Journal  # noqa: E402
 
 FIXTURES = os.path.join(os.path.dirname(os.path.abspath(__file__)), "journal_fixtures")
 ACKER = os.path.join(FIXTURES, "acker.py")
@@ -258,7 +259,7 @@ def test_kill_9_during_compact_keeps_a_whole_journal_and_its_temp_file_goes(tmp_
     acked: set[str] = set()
     max_bytes: dict[str, int] = {}
     trials = 40 if LONG else 10
-    compactor = ("import logging, sys; from flowing.journal.store import compact\n"
+    compactor = ("import logging, sys; from flowing.journal.rewrite import compact\n"
                  "print('started', flush=True)\n"
                  "while True: compact(sys.argv[1], logging.getLogger('c'))")
     killed_with_temp = 0
@@ -309,7 +310,7 @@ def test_kill_9_during_a_journaled_flow_run(tmp_path):
         ended = bodies_ended(log)
         journaled: set[str] = set()
         if os.path.exists(path):
-            entries = list(journal_mod.iter_entries(path, logging.getLogger("quiet")))
+            entries = list(iter_entries(path, logging.getLogger("quiet")))
             journaled = {e.name for e in entries}
         assert journaled <= ended, f"{why}: journaled bodies that never finished"
         if os.path.exists(log):

@@ -381,11 +381,25 @@ def test_retry_after_hint():
 def test_next_delay():
     t = task(lambda: 1, name="t", retry=2, retry_backoff_base_ms=100, retry_max_backoff_ms=100,
              retry_on=(ValueError,))
-    assert 0.05 <= retry_policy.next_delay(t, 1, ValueError()) <= 0.1
-    assert retry_policy.next_delay(t, 2, ValueError()) is not None
-    assert retry_policy.next_delay(t, 3, ValueError()) is None  # budget spent
-    assert retry_policy.next_delay(t, 1, KeyError()) is None    # not retryable
-    assert retry_policy.next_delay(t, 1, None) is not None      # retry_until rejection
+    assert 0.05 <= t.retry_policy.next_delay(1, ValueError()) <= 0.1
+    assert t.retry_policy.next_delay(2, ValueError()) is not None
+    assert t.retry_policy.next_delay(3, ValueError()) is None  # budget spent
+    assert t.retry_policy.next_delay(1, KeyError()) is None    # not retryable
+    assert t.retry_policy.next_delay(1, None) is not None      # retry_until rejection
     hinted = ValueError()
     hinted.retry_after = 7
-    assert retry_policy.next_delay(t, 1, hinted) == 7.0
+    assert t.retry_policy.next_delay(1, hinted) == 7.0
+
+
+def test_retry_policy_is_the_tasks_settings_in_one_record():
+    t = task(lambda: 1, name="t", retry=2, retry_backoff_base_ms=100, retry_max_backoff_ms=250,
+             retry_on=KeyError)
+    policy = t.retry_policy
+    assert policy == retry_policy.RetryPolicy(retries=2, backoff_base_ms=100, max_backoff_ms=250,
+                                              retry_on=(KeyError,))
+    assert policy.retryable(KeyError()) and not policy.retryable(ValueError())
+    assert policy.retryable(None)  # a retry_until rejection
+    with pytest.raises(AttributeError):
+        policy.retries = 5  # immutable: a task's settings change only on the TaskDef
+    assert retry_policy.RetryPolicy.of(t) == policy
+    assert retry_policy.RetryPolicy.of(object()) is None

@@ -25,8 +25,12 @@ if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
 from flowing.errors import JournalError  # noqa: E402
-from flowing.journal import store as journal_mod  # noqa: E402
-from flowing.journal.store import HEADER, Hit, Journal  # noqa: E402
+from flowing.journal import format as jformat  # noqa: E402
+from flowing.journal import values as valuestore  # noqa: E402
+from flowing.journal.format import HEADER, Hit  # noqa: E402
+from flowing.journal.rewrite import compact, forget  # noqa: E402
+from flowing.journal.scan import iter_entries  # noqa: E402
+from flowing.journal.store import Journal  # noqa: E402
 from flowing.keys.digest import value_digest  # noqa: E402
 
 WRITER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "journal_fixtures", "writer.py")
@@ -218,7 +222,7 @@ def test_reopening_sees_the_latest_entry_per_key(jpath):
 
 def test_large_values_longer_than_the_read_buffers(jpath, caplog_w, monkeypatch):
     # Lines this long are only written with the value store off (or by 0.2.0).
-    monkeypatch.setattr(journal_mod.valuestore, "THRESHOLD", 1 << 40)
+    monkeypatch.setattr(valuestore, "THRESHOLD", 1 << 40)
     big = "y" * (6 << 20)  # longer than a read chunk and than the in-memory head
     with Journal.open(jpath, LOG) as j:
         assert j.record(K("big"), "big", [], big)
@@ -468,11 +472,11 @@ def test_writer_follows_a_rewrite_by_another_handle(jpath):
     a.record(K("x"), "x", [], 2)
     a.record(K("y"), "y", [K("x")], 3)
     before = os.stat(jpath).st_ino
-    journal_mod.compact(jpath, LOG)
+    compact(jpath, LOG)
     assert os.stat(jpath).st_ino != before
     assert a.record(K("z"), "z", [], 4)  # lands in the new file, index rebuilt
     assert a.lookup(K("x")) == (True, 2) and a.lookup(K("z")) == (True, 4)
-    journal_mod.forget(jpath, ["y"], LOG)
+    forget(jpath, ["y"], LOG)
     assert a.record(K("w"), "w", [], 5)
     assert K("y") not in a
     a.close()
@@ -664,7 +668,7 @@ def test_a_0_1_journal_opens_reads_appends_and_compact_upgrades_it(jpath, caplog
     assert data.startswith(old) and HEADER not in data  # appended as it was
     with Journal.open(jpath, LOG) as j:
         assert j.get(K("b")).value == [1, 2] and j.get(K("c")).digest == value_digest(3)  # type: ignore[union-attr]
-    r = journal_mod.compact(jpath, LOG)
+    r = compact(jpath, LOG)
     assert (r.lines_before, r.entries_after) == (3, 3)
     data = open(jpath, "rb").read()
     assert data.startswith(HEADER + old)  # upgraded: the header, then the same lines
@@ -741,10 +745,10 @@ def test_a_file_that_is_not_a_journal_is_refused_and_left_untouched(tmp_path, co
     with open(path, "wb") as f:
         f.write(content)
     before = _frozen(path)
-    attempts = [lambda: Journal.open(path, LOG), lambda: journal_mod.compact(path, LOG),
-                lambda: journal_mod.forget(path, ["a"], LOG)]
+    attempts = [lambda: Journal.open(path, LOG), lambda: compact(path, LOG),
+                lambda: forget(path, ["a"], LOG)]
     if b'"v":2' not in content:  # show lists what valid entries a damaged journal still holds
-        attempts.append(lambda: list(journal_mod.iter_entries(path, LOG)))
+        attempts.append(lambda: list(iter_entries(path, LOG)))
     for attempt in attempts:
         with pytest.raises(JournalError) as e:
             attempt()
@@ -762,7 +766,7 @@ def test_refusal_messages_say_what_to_do(tmp_path):
     with pytest.raises(JournalError, match="will not write to it .*choose another journal_path"):
         Journal.open(path, LOG)
     with pytest.raises(JournalError, match="will not compact it .*check the path"):
-        journal_mod.compact(path, LOG)
+        compact(path, LOG)
 
 
 def test_show_lists_a_journal_with_a_damaged_header_but_writers_refuse_it(jpath, caplog_w):
@@ -771,7 +775,7 @@ def test_show_lists_a_journal_with_a_damaged_header_but_writers_refuse_it(jpath,
     data = open(jpath, "rb").read().replace(b"flowing-journal", b"flowing-journaL", 1)
     with open(jpath, "wb") as f:
         f.write(data)
-    assert [e.name for e in journal_mod.iter_entries(jpath, LOG)] == ["a"]  # read-only: lenient
+    assert [e.name for e in iter_entries(jpath, LOG)] == ["a"]  # read-only: lenient
     assert "line 1" in warnings_of(caplog_w)[0]
     with pytest.raises(JournalError, match="not a flowing journal"):
         Journal.open(jpath, LOG)
@@ -782,8 +786,8 @@ def test_a_journal_of_a_newer_format_is_refused_untouched(jpath):
     with open(jpath, "wb") as f:
         f.write(b'{"format":"flowing-journal","version":3}\n' + b'{"v":3,"anything":1}\n')
     before = _frozen(jpath)
-    for attempt in (lambda: Journal.open(jpath, LOG), lambda: journal_mod.compact(jpath, LOG),
-                    lambda: list(journal_mod.iter_entries(jpath, LOG))):
+    for attempt in (lambda: Journal.open(jpath, LOG), lambda: compact(jpath, LOG),
+                    lambda: list(iter_entries(jpath, LOG))):
         with pytest.raises(JournalError, match="newer flowing .*version 3.*upgrade flowing"):
             attempt()
     assert (open(jpath, "rb").read(), os.stat(jpath).st_mtime_ns) == before
@@ -798,9 +802,9 @@ def test_a_symlink_at_the_journal_path_is_never_followed(tmp_path):
     link = str(tmp_path / "run.jsonl")
     os.symlink(real, link)
     before = _frozen(real)
-    for attempt in (lambda: Journal.open(link, LOG), lambda: journal_mod.compact(link, LOG),
-                    lambda: journal_mod.forget(link, ["a"], LOG),
-                    lambda: list(journal_mod.iter_entries(link, LOG))):
+    for attempt in (lambda: Journal.open(link, LOG), lambda: compact(link, LOG),
+                    lambda: forget(link, ["a"], LOG),
+                    lambda: list(iter_entries(link, LOG))):
         with pytest.raises(JournalError, match="is a symbolic link; flowing does not follow"):
             attempt()
     assert (open(real, "rb").read(), os.stat(real).st_mtime_ns) == before
@@ -862,8 +866,8 @@ def _bounded(fn, seconds: float = 10):
 def test_a_fifo_is_refused_without_blocking(tmp_path):
     fifo = str(tmp_path / "run.jsonl")
     os.mkfifo(fifo)
-    for fn in (lambda: Journal.open(fifo, LOG), lambda: list(journal_mod.iter_entries(fifo, LOG)),
-               lambda: journal_mod.compact(fifo, LOG), lambda: journal_mod.forget(fifo, ["a"], LOG)):
+    for fn in (lambda: Journal.open(fifo, LOG), lambda: list(iter_entries(fifo, LOG)),
+               lambda: compact(fifo, LOG), lambda: forget(fifo, ["a"], LOG)):
         e = _bounded(fn)
         assert isinstance(e, JournalError) and "is a FIFO" in str(e), e
 
@@ -882,9 +886,9 @@ def test_compact_and_forget_keep_the_file_mode(jpath, mode):
         j.record(K("a"), "a", [], 2)
         j.record(K("b"), "b", [], 3)
     os.chmod(jpath, mode)
-    journal_mod.compact(jpath, LOG)
+    compact(jpath, LOG)
     assert stat.S_IMODE(os.stat(jpath).st_mode) == mode
-    journal_mod.forget(jpath, ["b"], LOG)
+    forget(jpath, ["b"], LOG)
     assert stat.S_IMODE(os.stat(jpath).st_mode) == mode
     assert os.stat(jpath).st_uid == os.geteuid()
     assert [e["name"] for e in lines(jpath)] == ["a"]
@@ -921,7 +925,7 @@ def test_compact_removes_a_leftover_temp_file_and_leaves_none_of_its_own(tmp_pat
     with Journal.open(path, LOG) as j:
         j.record(K("a"), "a", [], 1)
     _plant(tmp_path)
-    journal_mod.compact(path, LOG)
+    compact(path, LOG)
     assert _remaining(tmp_path) == sorted([*NOT_OURS, ".run.jsonl.fedcba9876543210.tmp"])
 
 
@@ -944,7 +948,7 @@ def test_a_failed_rewrite_removes_its_temp_file(jpath, monkeypatch, tmp_path):
 
     monkeypatch.setattr(os, "fsync", fail)
     with pytest.raises(OSError):
-        journal_mod.compact(jpath, LOG)
+        compact(jpath, LOG)
     monkeypatch.undo()
     assert os.listdir(tmp_path) == ["run.jsonl"] and open(jpath, "rb").read() == before
 
@@ -1029,7 +1033,7 @@ def test_fast_header_parse_equals_the_json_parse(key, kind, name, deps, t, diges
                                                  parts):
     import json as _json
 
-    from flowing.journal import store as J
+    from flowing.journal import format as J
 
     line = J._make_line(key, kind, name, deps, t, enc, "null", digest, inputs, parts)[:-1]
     i = line.find(J._VALUE_TAG)
@@ -1060,11 +1064,11 @@ def test_small_json_values_skip_the_pickle_and_stay_below_the_store(v):
     """A value taken by the JSON fast path (no pickle first) is one the general
     path would also keep in its line as JSON: its pickle is far below the store's
     threshold, and its text reads back as the same value."""
-    enc, text, big = journal_mod._encode_value(v)
-    if journal_mod._small_plain_json(v, journal_mod._SMALL_JSON_NODES) >= 0:
-        frame, bufs = journal_mod.valuestore.dumps(v)
-        assert journal_mod.valuestore.pickled_size(frame, bufs) <= \
-            journal_mod.valuestore.THRESHOLD // 2
+    enc, text, big = jformat._encode_value(v)
+    if jformat._small_plain_json(v, jformat._SMALL_JSON_NODES) >= 0:
+        frame, bufs = valuestore.dumps(v)
+        assert valuestore.pickled_size(frame, bufs) <= \
+            valuestore.THRESHOLD // 2
         assert enc == "json" and big is None
     if enc == "json":
         back = json.loads(text)
@@ -1074,13 +1078,13 @@ def test_small_json_values_skip_the_pickle_and_stay_below_the_store(v):
 def test_json_fast_path_limits(jpath):
     """Non-plain, too many nodes, too long, non-finite: each takes the general path,
     whose outcome is unchanged (a big plain list still goes to the store)."""
-    assert journal_mod._small_plain_json({1: 2}, 512) == -1            # non-str key
-    assert journal_mod._small_plain_json([float("nan")], 512) == -1
-    assert journal_mod._small_plain_json((1, 2), 512) == -1            # a tuple is pickled
-    assert journal_mod._small_plain_json(list(range(600)), 512) == -1
-    assert journal_mod._encode_value((1, 2))[0] == "pickle"
-    assert journal_mod._encode_value("\U0001F600" * 5000)[0] == "json"
-    assert journal_mod._encode_value(["x" * 1000 + str(i) for i in range(100)])[0] == "file"
+    assert jformat._small_plain_json({1: 2}, 512) == -1            # non-str key
+    assert jformat._small_plain_json([float("nan")], 512) == -1
+    assert jformat._small_plain_json((1, 2), 512) == -1            # a tuple is pickled
+    assert jformat._small_plain_json(list(range(600)), 512) == -1
+    assert jformat._encode_value((1, 2))[0] == "pickle"
+    assert jformat._encode_value("\U0001F600" * 5000)[0] == "json"
+    assert jformat._encode_value(["x" * 1000 + str(i) for i in range(100)])[0] == "file"
     with Journal.open(jpath, LOG) as j:
         assert j.record(K("a"), "a[0]", [K("t")], {"i": 1, "sq": 1}, "item", durable=False)
     assert lines(jpath)[0]["value"] == {"i": 1, "sq": 1}

@@ -449,7 +449,7 @@ def test_an_uncacheable_task_warns_once_runs_and_is_not_journaled(journal, calls
     assert len(warnings) == 2, handler.messages  # one per run
     assert "version=" in warnings[0]
     assert flow.results["after"].cached and not flow.results["guarded"].cached
-    from flowing.journal.store import iter_entries
+    from flowing.journal.scan import iter_entries
 
     names = {e.name for e in iter_entries(journal, logger) if e.enc != "none"}
     assert "guarded" not in names
@@ -478,7 +478,7 @@ def test_compact_keeps_the_value_a_run_would_replay_when_the_latest_line_is_a_ma
         journal, calls, tmp_path):
     import logging
 
-    from flowing.journal.store import compact
+    from flowing.journal.rewrite import compact
 
     world = World(tmp_path / "w.json", gen=False)
 
@@ -539,7 +539,7 @@ def test_a_first_run_explains_nothing(journal):
 def test_forgetting_one_item_runs_that_item_again_and_replays_the_others(journal, calls):
     import logging
 
-    from flowing.journal.store import forget
+    from flowing.journal.rewrite import forget
 
     def build():
         @task

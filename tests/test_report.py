@@ -11,7 +11,9 @@ import zlib
 import pytest
 
 from flowing import Flow, task
+from flowing.observe import mermaid as mm
 from flowing.observe import report as rp
+from flowing.observe import timeline as tl
 
 SVG = "{http://www.w3.org/2000/svg}"
 
@@ -286,12 +288,12 @@ def test_mermaid_cached_and_lr(tmp_path):
     Flow(one, journal_path=path, log=False).run()
     flow = Flow(one, journal_path=path, log=False)
     flow.run()
-    text = rp.to_mermaid(flow, direction="LR")
+    text = mm.to_mermaid(flow, direction="LR")
     head, nodes, edges, classes, defs = parse_mermaid(text)
     assert head == "flowchart LR"
     assert classes == {"t0": {"cached"}} and "fill:" in defs["cached"]
     with pytest.raises(ValueError):
-        rp.to_mermaid(flow, direction="sideways")
+        mm.to_mermaid(flow, direction="sideways")
 
 
 def test_mermaid_node_ids_safe_for_any_name():
@@ -333,7 +335,7 @@ def test_timeline_svg_bars(tmp_path):
     assert root.tag == SVG + "svg"
     assert float(root.get("width")) > 0 and float(root.get("height")) > 0
     by_task = bars(root)
-    colors = rp.COLORS
+    colors = tl.COLORS
 
     def states(name):
         return [r.get("data-state") for r in by_task[name]]
@@ -386,7 +388,7 @@ def test_timeline_retries_exhausted_and_rows_in_plan_order(tmp_path):
 
     flow = Flow(always_fails, fine, fail_fast=False, log=False)
     flow.run()
-    root = ET.fromstring(rp.render_timeline(flow))
+    root = ET.fromstring(tl.render_timeline(flow))
     by_task = bars(root)
     assert [r.get("data-state") for r in by_task["always_fails"]] == [
         "retried", "retried", "failed"]
@@ -413,7 +415,7 @@ def test_timeline_long_names_and_odd_text(tmp_path):
     title = label.find(SVG + "title")
     assert title is not None and title.text == long_name  # full name in the tooltip
     shown = title.tail
-    assert shown.endswith("...") and len(shown) <= rp.NAME_CHARS
+    assert shown.endswith("...") and len(shown) <= tl.NAME_CHARS
     tip = bars(root)[long_name][0].find(SVG + "title").text
     assert "ValueError: bad <xml> & \"quotes\"" in tip
 
@@ -424,7 +426,7 @@ def test_timeline_before_a_run_and_not_run_tasks(tmp_path):
         return 1
 
     flow = Flow(one, log=False)
-    root = ET.fromstring(rp.render_timeline(flow))
+    root = ET.fromstring(tl.render_timeline(flow))
     assert bars(root) == {}
     assert any("not run yet" in (t.text or "") for t in root.iter(SVG + "text"))
 
@@ -442,17 +444,17 @@ def test_timeline_cached_tasks(tmp_path):
     Flow(two, journal_path=path, log=False).run()
     flow = Flow(two, journal_path=path, log=False)
     flow.run()
-    by_task = bars(ET.fromstring(rp.render_timeline(flow)))
-    assert [r.get("fill") for r in by_task["one"]] == [rp.COLORS["cached"]]
+    by_task = bars(ET.fromstring(tl.render_timeline(flow)))
+    assert [r.get("fill") for r in by_task["one"]] == [tl.COLORS["cached"]]
 
 
 def test_tick_steps():
-    assert rp._tick_step(1.0, 10) == 0.1
-    assert rp._tick_step(7.3, 8) == 1
-    assert rp._tick_step(3600 * 5, 8) == 3600
-    assert rp._tick_label(0.25, 0.05) == "250ms"
-    assert rp._tick_label(90, 30) == "90s"
-    assert rp._tick_label(150, 60) == "2m30s"
+    assert tl._tick_step(1.0, 10) == 0.1
+    assert tl._tick_step(7.3, 8) == 1
+    assert tl._tick_step(3600 * 5, 8) == 3600
+    assert tl._tick_label(0.25, 0.05) == "250ms"
+    assert tl._tick_label(90, 30) == "90s"
+    assert tl._tick_label(150, 60) == "2m30s"
 
 
 # ----- in a real browser --------------------------------------------------------
@@ -524,7 +526,7 @@ def test_timeline_renders_in_chromium(tmp_path):
     assert image[:2] == (1200, 500)
     # the bars are really painted, in their colours
     for kind in ("succeeded", "failed", "retried"):
-        assert count_color(image, rp.COLORS[kind]) > 20, kind
+        assert count_color(image, tl.COLORS[kind]) > 20, kind
 
 
 # ----- hostile values and errors: report, flowchart and timeline never raise -----------
@@ -667,18 +669,18 @@ def test_report_says_why_a_journaled_task_ran(tmp_path):
 def test_timeline_layout_is_plain_data():
     flow = Flow(*mixed_flow(), fail_fast=False, log=False)
     flow.run()
-    layout = rp.layout_timeline(flow)
-    assert rp.draw_timeline(layout) == rp.render_timeline(flow)
+    layout = tl.layout_timeline(flow)
+    assert tl.draw_timeline(layout) == tl.render_timeline(flow)
     names = [td.name for td in flow.graph.tasks]
     assert [row.name for row in layout.rows] == names
     assert [row.y for row in layout.rows] == sorted(row.y for row in layout.rows)
     assert layout.separator is not None and layout.separator.y < layout.rows[-1].y
-    bars = [m for m in layout.marks if isinstance(m, rp.Bar)]
+    bars = [m for m in layout.marks if isinstance(m, tl.Bar)]
     flaky = [b for b in bars if b.task == "flaky"]
     assert [b.kind for b in flaky] == ["retried", "succeeded"]
     assert [b.attempt for b in flaky] == [1, 2]
     assert all(layout.gutter <= b.x1 <= b.x2 <= layout.width for b in bars)
-    ticks = [m for m in layout.marks if isinstance(m, rp.Tick)]
+    ticks = [m for m in layout.marks if isinstance(m, tl.Tick)]
     assert sorted(t.kind for t in ticks) == ["failed", "succeeded", "succeeded"]
     assert any(t.title.startswith("per_item[2] (2): failed") for t in ticks)
     assert [t.x for t in layout.ticks] == sorted(t.x for t in layout.ticks)
@@ -690,7 +692,7 @@ def test_timeline_layout_before_a_run():
     def one():
         return 1
 
-    layout = rp.layout_timeline(Flow(one, log=False))
+    layout = tl.layout_timeline(Flow(one, log=False))
     assert not layout.ran and layout.marks == [] and layout.ticks == []
     assert [row.name for row in layout.rows] == ["one"]
     assert layout.title == "flowing run: NOT RUN"

@@ -22,7 +22,10 @@ import time
 import pytest
 
 from flowing.journal import values as valuestore
-from flowing.journal.store import HEADER, Journal, compact, forget, iter_entries
+from flowing.journal.format import HEADER
+from flowing.journal.rewrite import compact, forget
+from flowing.journal.scan import iter_entries
+from flowing.journal.store import Journal
 from flowing.keys.digest import value_digest
 
 PIPELINE = '''

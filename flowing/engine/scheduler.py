@@ -113,7 +113,7 @@ from .ready import DONE, QUEUED, RUNNING, ReadySet
 
 if TYPE_CHECKING:
     from ..graph import Graph
-    from ..observe.events import Reporter
+    from ..observe.reporter import Reporter
     from ..replay.policy import JournalPlan
     from ..replay.replayer import Replayer
 

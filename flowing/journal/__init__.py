@@ -1,6 +1,10 @@
 """The journal: the append-only file of finished steps, and what sits beside it.
 
-``store`` owns the file (its format, safety, locking, reads and rewrites);
-``values`` keeps big values in files beside it; ``index`` keeps a SQLite index
-so a big journal opens without a full scan.
+``format`` owns the line format and the header; ``files`` which files are
+journals and how they are opened, created and locked; ``scan`` reading the
+lines; ``reader`` the index and the checked reads; ``commit`` the group
+commit of appends; ``store`` the open ``Journal`` that ties them together;
+``rewrite`` ``compact`` and ``forget``. ``values`` keeps big values in files
+beside the journal; ``index`` keeps a SQLite index so a big journal opens
+without a full scan.
 """

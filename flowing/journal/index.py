@@ -10,7 +10,7 @@ in-memory overlay first (lines scanned or written by this process), then to
 a SQLite database beside the journal, ``<journal>.values/index.sqlite3``,
 that covers the file up to byte ``covered``.
 
-Opening (``Journal._load``) reads the database's ``meta`` row; if it names
+Opening (``Reader.load``, flowing.journal.reader) reads the database's ``meta`` row; if it names
 this file (device and inode), ``covered`` is within the file, the 256 bytes
 before ``covered`` still have the recorded CRC and a file of exactly
 ``covered`` bytes still has the recorded mtime (else it was changed in
@@ -53,7 +53,7 @@ MIN_INDEXED = 1 << 20  # smaller journals are scanned whole (a few ms), no datab
 SCHEMA_VERSION = 3
 _TAIL = 256   # bytes before ``covered`` whose CRC tells a rewritten file from an appended one
 
-# (offset, length, value start, code, t, digest, inputs); digests as in Journal (_pack)
+# (offset, length, value start, code, t, digest, inputs); digests packed as in flowing.journal.reader (_pack)
 Where = tuple[int, int, int, int, float, "bytes | str | None", "bytes | str | None"]
 _GONE: Any = object()
 

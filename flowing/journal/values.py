@@ -7,7 +7,7 @@ than ``THRESHOLD`` bytes is not put in its journal line: it is written to a
 file in the folder ``<journal>.values/`` next to the journal (``run.jsonl``
 -> ``run.jsonl.values/``), and the line names the file by the sha256 of its
 bytes (content addressed: equal values share one file). Smaller values stay
-in the line, readable (see flowing.journal.store).
+in the line, readable (see flowing.journal.format).
 
 File format (``<sha256 of the whole file>.pkl``)::
 
@@ -235,15 +235,6 @@ def write(journal_abspath: str, journal_st: os.stat_result, frame: bytes,
         os.close(dfd)
 
 
-def exists(journal_abspath: str, sha: str) -> bool:
-    """Whether the stored file is there (a regular file, not a link)."""
-    try:
-        st = os.lstat(os.path.join(store_dir(journal_abspath), file_name(sha)))
-    except OSError:
-        return False
-    return stat.S_ISREG(st.st_mode)
-
-
 # ------------------------------------------------------------------- reading
 
 def check(journal_abspath: str, sha: str, size: int) -> str | None:
@@ -373,15 +364,3 @@ def clean(journal_abspath: str, keep: set[str] | None) -> tuple[int, int]:
     finally:
         os.close(dfd)
     return removed, freed
-
-
-def referenced_size(journal_abspath: str, shas: set[str]) -> int:
-    """Bytes taken by the stored files named in ``shas`` (missing ones count 0)."""
-    d = store_dir(journal_abspath)
-    total = 0
-    for sha in shas:
-        try:
-            total += os.lstat(os.path.join(d, file_name(sha))).st_size
-        except OSError:
-            pass
-    return total

@@ -152,20 +152,21 @@ flag is always complete.
 
 from __future__ import annotations
 
-import dis
 import hashlib
 import os
 import sys
 import threading
 import types
-import weakref
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from typing import Any, cast
+from typing import Any
 
-from ..context import current
 from ..keys import digest
-from ..keys.digest import Canonical, Memo, Unstable, is_user_class, is_user_function, is_user_module
+from ..keys.digest import Canonical, Unstable
 from ..tasks import TaskDef
+from .encoding import _frame, _text
+from .fingerprints import _Fingerprints
+from .nodes import _HOOKED, _node_label, _Read
+from .reach import _MISSING, _UNFOLLOWED, _code_info, clear_code_cache
 
 __all__ = ["STEP_KEY_VERSION", "Behaviour", "Keyer", "Uncacheable", "compute_step_key",
            "item_step_key", "fingerprint", "clear_cache"]
@@ -211,252 +212,12 @@ class Uncacheable:
         return hash(self.message)
 
 
-def _frame(tag: bytes, payload: bytes) -> bytes:
-    return b"%s%d:%s" % (tag, len(payload), payload)
-
-
-def _text(s: str) -> bytes:
-    return s.encode("utf-8", "surrogatepass")
-
-
 _GATE_ABSENT = {gate: _frame(_text(gate), b"-") for gate in _GATES}
-
-
-# --- code objects -------------------------------------------------------------------------
-
-_GLOBAL_OPS = frozenset({"LOAD_GLOBAL", "LOAD_NAME", "LOAD_FROM_DICT_OR_GLOBALS"})
-_LOCAL_OPS = frozenset({"LOAD_FAST", "LOAD_DEREF", "LOAD_CLOSURE", "LOAD_FAST_CHECK",
-                        "LOAD_FAST_AND_CLEAR"})
-_ATTR_OPS = frozenset({"LOAD_ATTR", "LOAD_METHOD"})
-_STORE_LOCAL = frozenset({"STORE_FAST", "STORE_NAME"})
-_CALL_OPS = frozenset({"PRECALL", "CALL", "CALL_FUNCTION", "CALL_METHOD"})
-# Builtins through which a body reads names flowing cannot follow.
-_DYNAMIC = {"globals": "it calls globals()", "eval": "it calls eval()",
-            "exec": "it calls exec()"}
-_IMPORTERS = frozenset({"import_module", "__import__"})
-
-# chains of attribute names read from a module (() alone: the whole module)
-Chains = frozenset[tuple[str, ...]]
-
-
-class _CodeInfo:
-    """What a code object (with its nested code) contributes to a fingerprint."""
-
-    __slots__ = ("digest", "globals", "chains", "imports", "dynamic", "computed", "current",
-                 "reaches")
-
-    def __init__(self, digest_: bytes, scan: _Scan) -> None:
-        self.digest = digest_
-        self.globals = tuple(sorted(scan.globals))  # module-level names read, sorted
-        # global.attr.attr... chains read (a 1-tuple: the global read bare)
-        self.chains = frozenset(scan.chains)
-        # modules imported inside the code: (name, level, chains read through them)
-        self.imports = tuple(sorted((m, lv, frozenset(c)) for (m, lv), c in scan.imports.items()))
-        # (builtin name, what it reads) of dynamic reads flowing cannot follow
-        self.dynamic = tuple(sorted(scan.dynamic))
-        # getattr() with a computed name on these chains (rooted at a global, or at
-        # a module imported inside: ("import", name, level, *attrs))
-        self.computed = frozenset(scan.computed)
-        self.current = scan.current  # may read flowing.current()
-        self.reaches = bool(self.imports or self.dynamic or self.computed)  # beyond globals
-
-
-class _Scan:
-    """What ``_scan`` finds in one code object and the code nested in it."""
-
-    __slots__ = ("globals", "chains", "imports", "dynamic", "computed", "current")
-
-    def __init__(self) -> None:
-        self.globals: set[str] = set()
-        self.chains: set[tuple[str, ...]] = set()
-        self.imports: dict[tuple[str, int], set[tuple[str, ...]]] = {}
-        self.dynamic: set[tuple[str, str]] = set()
-        self.computed: set[tuple[str | int, ...]] = set()
-        self.current = False
-
-    def merge(self, other: _CodeInfo) -> None:
-        self.globals.update(other.globals)
-        self.chains.update(other.chains)
-        for m, lv, c in other.imports:
-            self.imports.setdefault((m, lv), set()).update(c)
-        self.dynamic.update(other.dynamic)
-        self.computed.update(other.computed)
-        self.current = self.current or other.current
-
-
-# Code objects compare by content, so equal code shares one entry, which is
-# correct: equal code has an equal digest.
-_code_cache: weakref.WeakKeyDictionary[types.CodeType, _CodeInfo] = weakref.WeakKeyDictionary()
-_code_lock = threading.Lock()
-
-
-def _code_info(code: types.CodeType) -> _CodeInfo:
-    with _code_lock:
-        cached = _code_cache.get(code)
-    if cached is not None:
-        return cached
-    h = hashlib.sha256()
-    scan = _Scan()
-    _scan(code, scan)
-    constants = Canonical()  # code constants are plain literals: no hook, no memo needed
-    # Not hashed on purpose: co_name/co_qualname (renaming keeps the key),
-    # co_filename, co_firstlineno and the line tables (moving code keeps it).
-    h.update(_frame(b"sig", f"{code.co_argcount},{code.co_posonlyargcount},"
-                           f"{code.co_kwonlyargcount},{code.co_flags}".encode()))
-    h.update(_frame(b"op", code.co_code))
-    h.update(_frame(b"exc", getattr(code, "co_exceptiontable", b"")))
-    for label, group in ((b"names", code.co_names), (b"vars", code.co_varnames),
-                         (b"free", code.co_freevars), (b"cell", code.co_cellvars)):
-        h.update(_frame(label, constants.chunk(group)))
-    for const in code.co_consts:
-        if isinstance(const, types.CodeType):
-            # By content, never by repr: the repr of a code object holds an address.
-            nested = _code_info(const)
-            h.update(_frame(b"code", nested.digest))
-            scan.merge(nested)
-        else:
-            h.update(_frame(b"k", constants.chunk(const)))
-    info = _CodeInfo(h.digest(), scan)
-    with _code_lock:
-        _code_cache[code] = info
-    return info
-
-
-def _scan(code: types.CodeType, scan: _Scan) -> None:
-    """What this code reads: module-level names, the attribute chains read
-    from them (``helpers.compute`` -> ("helpers", "compute")), the modules it
-    imports and what it reads through them, and the reads it cannot follow.
-
-    Sound before precise: a module bound by an import and then used in any way
-    but ``name.attr...`` (passed on, aliased, held in a cell) counts whole."""
-    ins = list(dis.get_instructions(code))
-    n = len(ins)
-    # names it (flowing.current(), current(), from flowing import current, or
-    # getattr(flowing, "current")); a module-level alias is seen by its value
-    scan.current = scan.current or "current" in code.co_names or "current" in code.co_consts
-    # 1. imports, and the local names they bind: name -> (module, level, prefix)
-    bound: dict[str, tuple[str, int, tuple[str, ...]]] = {}
-    for k, i in enumerate(ins):
-        if i.opname == "IMPORT_STAR" and k and ins[k - 1].opname == "IMPORT_NAME":
-            continue  # noted with its IMPORT_NAME
-        if i.opname != "IMPORT_NAME":
-            continue
-        name = str(i.argval)
-        level = ins[k - 2].argval if k >= 2 and ins[k - 2].opname == "LOAD_CONST" else 0
-        level = level if type(level) is int else 0
-        fromlist = ins[k - 1].argval if k >= 1 and ins[k - 1].opname == "LOAD_CONST" else None
-        reads = scan.imports.setdefault((name, level), set())
-        j = k + 1
-        if not fromlist:  # import a.b  /  import a.b as c (IMPORT_FROM b)
-            prefix: tuple[str, ...] = ()
-            target = name if j < n and ins[j].opname == "IMPORT_FROM" else name.partition(".")[0]
-            while j < n and ins[j].opname == "IMPORT_FROM":
-                j += 1
-            if target != name:  # ``import a.b`` binds a: a.b... chains start at a
-                reads_of = scan.imports.setdefault((target, level), set())
-            else:
-                reads_of = reads
-            if j < n and ins[j].opname in _STORE_LOCAL:
-                bound[str(ins[j].argval)] = (target, level, prefix)
-            else:
-                reads_of.add(())
-            continue
-        while j < n and ins[j].opname == "IMPORT_FROM":  # from m import a, b as c
-            attr = str(ins[j].argval)
-            if j + 1 < n and ins[j + 1].opname in _STORE_LOCAL:
-                bound[str(ins[j + 1].argval)] = (name, level, (attr,))
-                j += 2
-            else:
-                reads.add((attr,))
-                j += 1
-        if j < n and ins[j].opname == "IMPORT_STAR":
-            reads.add(())
-    # 2. reads: name.attr.attr chains, getattr() and importers
-    k = 0
-    while k < n:
-        i = ins[k]
-        op = i.opname
-        is_global = op in _GLOBAL_OPS
-        if not (is_global or (op in _LOCAL_OPS and i.argval in bound)) or \
-                not isinstance(i.argval, str):
-            k += 1
-            continue
-        root = i.argval
-        chain = [root]
-        k += 1
-        while k < n and ins[k].opname in _ATTR_OPS:
-            chain.append(str(ins[k].argval))
-            k += 1
-        nxt = ins[k] if k < n else None
-        if len(chain) == 1 and is_global and root in ("getattr", "vars"):
-            k = _scan_getattr(ins, k, bound, scan, root == "vars")
-            continue
-        if chain[-1] in _IMPORTERS:
-            if (nxt is not None and nxt.opname == "LOAD_CONST" and type(nxt.argval) is str
-                    and k + 1 < n and ins[k + 1].opname in _CALL_OPS):
-                scan.imports.setdefault((nxt.argval, 0), set()).add(())
-            else:
-                # "": whatever the module namespace holds, this is an import
-                scan.dynamic.add(("", f"it imports a module by a computed name ({chain[-1]})"))
-        if is_global:
-            scan.globals.add(root)
-            if root in _DYNAMIC and len(chain) == 1:
-                scan.dynamic.add((root, _DYNAMIC[root]))
-            scan.chains.add(tuple(chain))
-        else:
-            module, level, prefix = bound[root]
-            scan.imports.setdefault((module, level), set()).add(prefix + tuple(chain[1:]))
-
-
-def _scan_getattr(ins: list[dis.Instruction], k: int,
-                  bound: dict[str, tuple[str, int, tuple[str, ...]]], scan: _Scan,
-                  computed: bool = False) -> int:
-    """``getattr(x.y, "name")`` reads the chain x.y.name; with a computed name, the
-    chain is noted as read through an attribute flowing cannot name. Returns the
-    index of the next instruction to look at."""
-    scan.globals.add("vars" if computed else "getattr")
-    n = len(ins)
-    if k >= n:
-        return k
-    first = ins[k]
-    is_global = first.opname in _GLOBAL_OPS
-    if not (is_global or (first.opname in _LOCAL_OPS and first.argval in bound)) \
-            or not isinstance(first.argval, str):
-        return k  # not a name: a value, by content
-    chain = [first.argval]
-    j = k + 1
-    while j < n and ins[j].opname in _ATTR_OPS:
-        chain.append(str(ins[j].argval))
-        j += 1
-    arg = ins[j] if j < n else None
-    constant = (not computed and arg is not None and arg.opname == "LOAD_CONST" and type(arg.argval) is str
-                and j + 1 < n and (ins[j + 1].opname in _CALL_OPS
-                                   or (ins[j + 1].opname.startswith("LOAD_")
-                                       and j + 2 < n and ins[j + 2].opname in _CALL_OPS)))
-    if constant:
-        assert arg is not None
-        chain.append(str(arg.argval))
-        j += 1
-    if is_global:
-        scan.globals.add(chain[0])
-        scan.chains.add(tuple(chain))
-        if not constant:
-            scan.computed.add(tuple(chain))
-    else:
-        module, level, prefix = bound[chain[0]]
-        reads = prefix + tuple(chain[1:])
-        scan.imports.setdefault((module, level), set()).add(reads)
-        if not constant:
-            scan.computed.add(("import", module, level, *reads))
-    return j
 
 
 # --- keys from a behaviour and dependency digests ---------------------------------------------
 
-_HOOKED = (types.FunctionType, type, types.ModuleType, TaskDef)
-_CURRENT = current
 _SHORT = 12  # hex characters of a part's fingerprint (for "why", never for keys)
-_MISSING = object()
 # A name a key read from a namespace: (where, the namespace, the name, the object bound)
 Bound = tuple[str, Mapping[str, object], str, object]
 
@@ -562,108 +323,8 @@ def _deps_digest(dep_digests: Sequence[str] | Mapping[str, str]) -> str:
 _NO_DEPS = str(digest.inputs_digest(()))
 
 
-def _own_part(own: dict[str, bytes], name: str, value: object, chunk: bytes) -> None:
-    """Note a value a node reads as one of its parts (hashed only if "why" asks);
-    the user's functions and classes are parts of their own (``code:``, ``class:``)."""
-    if not isinstance(value, (types.FunctionType, type, TaskDef)):
-        own[name] = chunk
-
-
-# --- code flowing cannot follow ----------------------------------------------------------------
-
-_UNFOLLOWED = "<unfollowed>"
 _UNFOLLOWED_FIX = ("set @task(version=\"1\") and change it when that code changes, or "
                    "import modules and read their names by constant names")
-
-
-def _unfollowed(what: str) -> Unstable:
-    e = Unstable(_UNFOLLOWED, what)
-    return e
-
-
-def _import(modname: str, level: int, namespace: Mapping[str, object]
-            ) -> tuple[types.ModuleType | None, str]:
-    """The module an import inside a body binds, imported now if it is the user's
-    and not imported yet (the body would import it when it runs); None for a
-    library module (counted by name). Raises Unstable when it cannot be found."""
-    import importlib
-    import importlib.util
-
-    absname = modname
-    if level:
-        package = namespace.get("__package__") or ""
-        try:
-            absname = importlib.util.resolve_name("." * level + modname, str(package))
-        except (ImportError, ValueError):
-            raise _unfollowed(f"it imports '{'.' * level}{modname}' relative to a module "
-                              f"that is not in a package") from None
-    module = sys.modules.get(absname)
-    if module is None:
-        top = absname.partition(".")[0]
-        if top in sys.stdlib_module_names or top in sys.builtin_module_names:
-            return None, absname
-        try:
-            spec = importlib.util.find_spec(absname)
-        except KeyboardInterrupt:
-            raise
-        except BaseException:
-            spec = None
-        if spec is None:
-            raise _unfollowed(f"it imports '{absname}', which is not importable here")
-        origin = spec.origin
-        if not is_user_module(absname, origin if isinstance(origin, str) else None):
-            return None, absname
-        try:
-            module = importlib.import_module(absname)
-        except KeyboardInterrupt:
-            raise
-        except BaseException as exc:
-            raise _unfollowed(f"it imports '{absname}', whose import raised "
-                              f"{digest.type_label(type(exc))}") from None
-    if not is_user_module(str(getattr(module, "__name__", absname))):
-        return None, absname
-    return module, absname
-
-
-def _submodule(package: str, attr: str) -> types.ModuleType | None:
-    """``package.attr`` when it is a module not bound in ``package`` yet."""
-    try:
-        module, _ = _import(f"{package}.{attr}", 0, {})
-    except Unstable:
-        return None
-    return module
-
-
-def _check_computed(chain: tuple[str | int, ...], namespace: Mapping[str, object]) -> None:
-    """``getattr(x, <computed>)`` / ``vars(x)``: fine on data (its content is in the
-    key), unfollowable on a user module (any of its names may be read)."""
-    if chain[0] == "import":
-        module, _ = _import(str(chain[1]), int(chain[2]), namespace)
-        target: object = module
-        attrs = chain[3:]
-        shown = str(chain[1])
-    else:
-        target = namespace.get(str(chain[0]), _MISSING)
-        attrs = chain[1:]
-        shown = str(chain[0])
-    for attr in attrs:
-        if target is None or target is _MISSING:
-            return
-        shown += f".{attr}"
-        target = getattr(target, str(attr), None) if isinstance(target, types.ModuleType) \
-            else None
-    if isinstance(target, types.ModuleType) and is_user_module(
-            str(getattr(target, "__name__", "?"))):
-        raise _unfollowed(f"it reads module '{shown}' by a computed name (getattr or vars)")
-
-
-# --- the keyer ------------------------------------------------------------------------------
-
-# Class attributes that are bookkeeping, not behaviour: descriptors for the
-# instance dict, caches that pickling or abc add on their own, line numbers.
-_CLASS_SKIP = frozenset({"__module__", "__qualname__", "__dict__", "__weakref__",
-                         "__firstlineno__", "__static_attributes__", "__slotnames__",
-                         "_abc_impl"})
 
 
 class _Failed(Exception):
@@ -674,447 +335,13 @@ class _Failed(Exception):
         self.result = result
 
 
-class _Fingerprints:
-    """Fingerprints of the user's functions and classes, and of values, for one
-    run (the state and the walk behind ``Keyer``).
-
-    The user's functions and classes form a graph (helpers, methods,
-    recursion), possibly with cycles. Each strongly connected component
-    (Tarjan) is hashed as a whole from its members' content, so a fingerprint
-    does not depend on which member was reached first. The walk is iterative
-    (no recursion from one function to the next), in two passes per node:
-    the first encodes its parts with stand-ins to find the functions and
-    classes it refers to; once its component is complete, the second encodes
-    them with their fingerprints (a stand-in remains only for a member of the
-    same component, and depends only on that member's code). So a value that
-    holds the user's functions or classes (an instance of a dataclass of
-    yours) is read twice the first time it is met, and never again in the
-    run; plain data is read once.
-    """
-
-    def __init__(self) -> None:
-        self._lock = threading.RLock()
-        self._values = Memo()  # value_digest
-        self._memo = Memo()  # the encodings of values (and of pieces of them) this run
-        self._canon = Canonical(self._memo, self._hook, _HOOKED)
-        self._codes: dict[int, tuple[types.CodeType, _CodeInfo]] = {}
-        self._fps: dict[int, bytes] = {}          # finished nodes
-        self._failed: dict[int, Unstable] = {}    # nodes without stable content
-        self._keep: list[object] = []             # keeps nodes alive: ids stay unique
-        # While a walk is solving: 1 = finding references, 2 = final encoding.
-        self._pass = 0
-        self._found: list[object] = []            # pass 1: references met
-        self._stand_ins = 0                       # stand-ins handed out so far
-        self._final: dict[int, bytes] = {}        # pass 1 results that had no stand-in
-        self._members: set[int] = set()           # pass 2: the component being finished
-        # For "why": each node's own parts (name -> short fingerprint), the nodes it
-        # refers to, and whether its code may read flowing.current().
-        self._own: dict[int, dict[str, bytes]] = {}  # filled only when "why" asks
-        self._refs: dict[int, list[object]] = {}
-        # item_key: the hash state after the prefix and the task part, for the last
-        # task key seen (a fan-out keys all its items with one task key)
-        self._item_base: tuple[str, hashlib._Hash | None] = ("", None)
-        self._current: set[int] = set()           # nodes whose own code may read current()
-        self._reaches_current: set[int] = set()   # ... or that reach such a node
-        self._touched: list[object] = []          # pass 1: every node met (finished or not)
-        self._saw_current = False                 # a function read flowing.current by value
-        self._top: list[object] | None = None     # pass 0: the nodes a task's parts start from
-        self._reached: dict[tuple[int, ...], dict[str, str]] = {}
-        # For the in-place check (see ``Behaviour.changed``): the values each node reads
-        # (globals, closure variables, defaults, attributes), noted in pass 1, and the
-        # state of each such value when the run's keys were made, by id (kept alive)
-        # (where, value, the namespace it was read from or None, the name read there)
-        self._reading: list[_Read] | None = None
-        self._reads: dict[int, list[_Read]] = {}
-        self._states: dict[int, tuple[object, str | None]] = {}
-        # per finished node: its reads and those of every node it reaches (a node's
-        # references and reads are fixed once it is finished, so this never goes stale)
-        self._closures: dict[int, tuple[_Read, ...]] = {}
-
-    # --- the hook: the user's code, by content ----------------------------------------------
-
-    def _part(self, fn: object, task: str, where: str) -> bytes:
-        try:
-            return self._chunk(fn)
-        except Unstable as e:
-            raise _Failed(Uncacheable(task, _describe(e, fn, where),
-                                      _UNFOLLOWED_FIX if e.type_name == _UNFOLLOWED
-                                      else _FIX)) from None
-
-    def _chunk(self, value: object) -> bytes:
-        return self._canon.chunk(value)
-
-
-    def _hook(self, obj: object) -> bytes | None:
-        t = type(obj)
-        if t is types.FunctionType:
-            return self._node(obj) if is_user_function(obj) else None  # type: ignore[arg-type]
-        if issubclass(t, type):
-            return self._node(obj) if is_user_class(obj) else None  # type: ignore[arg-type]
-        if issubclass(t, types.ModuleType):
-            name = str(getattr(obj, "__name__", "?"))
-            return _frame(b"!u", _text(name)) if is_user_module(name) else None
-        if issubclass(t, TaskDef):
-            return _frame(b"!t", self._canon.chunk(cast(TaskDef, obj).fn))
-        return None
-
-    def _node(self, node: object) -> bytes:
-        """A function or class of the user: its fingerprint, or, inside a walk,
-        a stand-in (noted as a reference in the first pass)."""
-        k = id(node)
-        at = self._pass  # note the node where the references are being collected
-        if at == 1:
-            self._touched.append(node)
-        elif not at and self._top is not None:
-            self._top.append(node)
-        fp = self._fps.get(k)
-        if fp is not None:
-            if k in self._reaches_current:
-                # never memoised inside a value: whoever reads that value must meet
-                # this node again, to know that it may read current()
-                self._canon.taint += 1
-            return _frame(b"!n", fp)
-        failed = self._failed.get(k)
-        if failed is not None:
-            raise failed.copy()
-        if self._pass == 0:
-            self._walk(node)
-            if k in self._reaches_current:
-                self._canon.taint += 1  # as above
-            return _frame(b"!n", self._fps[k])
-        if self._pass == 1:
-            self._found.append(node)
-        elif k not in self._members:  # not met in the first pass: the value changed meanwhile
-            raise Unstable(_node_label(node), "(changed while being read) with no fingerprint",
-                           transient=True)
-        self._canon.taint += 1  # a stand-in is only valid inside its component
-        self._stand_ins += 1
-        return self._stand_in(node)
-
-    def _stand_in(self, node: object) -> bytes:
-        if isinstance(node, type):
-            return _frame(b"!k", _text(str(node.__name__)))
-        return _frame(b"!c", self._code(node.__code__).digest)  # type: ignore[attr-defined]
-
-    def _walk(self, root: object) -> None:
-        """Fingerprint ``root`` and every node it reaches (iterative Tarjan)."""
-        index: dict[int, int] = {}
-        low: dict[int, int] = {}
-        stack: list[object] = []
-        on_stack: set[int] = set()
-        path: list[tuple[object, list[object], int]] = []  # DFS: node, references, next
-
-        def enter(node: object) -> None:
-            k = id(node)
-            self._keep.append(node)
-            index[k] = low[k] = len(index)
-            stack.append(node)
-            on_stack.add(k)
-            path.append((node, self._references(node, [p[0] for p in path]), 0))
-
-        try:
-            enter(root)
-            while path:
-                node, refs, at = path[-1]
-                k = id(node)
-                while at < len(refs):
-                    child = refs[at]
-                    at += 1
-                    c = id(child)
-                    if c in self._fps:
-                        continue
-                    failed = self._failed.get(c)
-                    if failed is not None:
-                        self._fail([p[0] for p in path], failed.copy())
-                    if c not in index:
-                        path[-1] = (node, refs, at)
-                        enter(child)
-                        break
-                    if c in on_stack:
-                        low[k] = min(low[k], index[c])
-                else:
-                    path.pop()
-                    if path:
-                        parent = id(path[-1][0])
-                        low[parent] = min(low[parent], low[k])
-                    if low[k] == index[k]:
-                        members = []
-                        while True:
-                            member = stack.pop()
-                            on_stack.discard(id(member))
-                            members.append(member)
-                            if member is node:
-                                break
-                        self._finish(members)
-        finally:
-            self._pass = 0
-            self._final.clear()
-
-    def _references(self, node: object, ancestors: list[object]) -> list[object]:
-        """Pass 1: the user's functions and classes ``node`` refers to."""
-        self._pass = 1
-        self._found = []
-        self._touched = []
-        stand_ins = self._stand_ins
-        reading: list[_Read] = []
-        self._reading = reading
-        try:
-            parts = self._parts(node)
-            self._refs[id(node)] = self._touched
-            if reading:
-                self._reads[id(node)] = reading
-            if self._stand_ins == stand_ins:  # every reference already had its fingerprint
-                self._final[id(node)] = parts
-        except Unstable as e:
-            if e.origin is None:
-                e.origin = node
-            self._fail(ancestors + [node], e)
-        finally:
-            self._reading = None
-        refs: dict[int, object] = {}
-        for ref in self._found:
-            refs.setdefault(id(ref), ref)
-        return list(refs.values())
-
-    def _fail(self, chain: list[object], e: Unstable) -> None:
-        """``chain[-1]`` has no fingerprint, nor has anything reaching it."""
-        if not e.transient:
-            for node in chain:
-                self._keep.append(node)
-                self._failed[id(node)] = e.copy()
-        raise e
-
-    def _finish(self, members: list[object]) -> None:
-        """Pass 2: encode a complete component and give each member its fingerprint."""
-        self._pass = 2
-        self._members = {id(m) for m in members}
-        try:
-            own = [hashlib.sha256(self._final_parts(m)).digest() for m in members]
-        except Unstable as e:
-            if e.origin is None:
-                e.origin = members[0]
-            raise
-        finally:
-            self._members = set()
-        component = hashlib.sha256(b"".join(sorted(own))).digest()
-        for m, d in zip(members, own):
-            self._fps[id(m)] = hashlib.sha256(component + d).digest()
-        # Whether the component may read current(): what it refers to outside itself
-        # was finished before it (Tarjan), so its answer is known already.
-        if self._current:
-            self._mark_current(members)
-
-    def _mark_current(self, members: list[object]) -> None:
-        reaches, current, refs = self._reaches_current, self._current, self._refs
-        for m in members:
-            if id(m) in current or any(id(r) in reaches for r in refs.get(id(m), ())):
-                reaches.update(id(m) for m in members)
-                return
-
-    def _final_parts(self, node: object) -> bytes:
-        found = self._final.pop(id(node), None)
-        return found if found is not None else self._parts(node)
-
-    def _parts(self, node: object) -> bytes:
-        if isinstance(node, type):
-            return self._class_parts(node)
-        return self._function_parts(node)  # type: ignore[arg-type]
-
-    def _code(self, code: types.CodeType) -> _CodeInfo:
-        found = self._codes.get(id(code))
-        if found is not None:
-            return found[1]
-        info = _code_info(code)
-        self._codes[id(code)] = (code, info)
-        return info
-
-    def _function_parts(self, fn: types.FunctionType,
-                        own: dict[str, bytes] | None = None) -> bytes:
-        """The encoding of a function of the user. With ``own``, also note there
-        the parts "why" names (called again for that, only when asked)."""
-        code = fn.__code__
-        info = self._code(code)
-        label = ""
-        if own is not None:  # named as written: 'fetch', 'Reader.read', '<lambda>'
-            label = _node_label(fn).rpartition("<locals>.")[2]
-            own[f"code:{label}"] = info.digest
-        self._saw_current = False
-        out = [_frame(b"code", info.digest)]
-        namespace = fn.__globals__
-        where = ""
-        if own is not None:
-            modname = namespace.get("__name__")
-            where = "" if modname == "__main__" or type(modname) is not str else modname + "."
-        for name in info.globals:
-            # Names missing from the module are builtins: the code digest holds them.
-            if name in namespace:
-                chains = {c[1:] for c in info.chains if c[0] == name}
-                out.append(_frame(b"global", _text(name)) + self._global(
-                    namespace[name], chains, name, "global", set(), own, where + name,
-                    namespace))
-        if info.reaches:
-            self._imports(info, namespace, out, own)
-        for var, cell in zip(code.co_freevars, fn.__closure__ or ()):
-            try:
-                content = cell.cell_contents
-            except ValueError:  # a cell not assigned yet
-                out.append(_frame(b"closure", _text(var)) + b"-")
-                continue
-            chunk = self._value(content, "closure variable", var)
-            out.append(_frame(b"closure", _text(var)) + chunk)
-            if own is not None:
-                _own_part(own, f"closure:{label}.{var}", content, chunk)
-        defaults = fn.__defaults__ or ()
-        params = code.co_varnames[:code.co_argcount][-len(defaults):] if defaults else ()
-        for param, default in zip(params, defaults):
-            chunk = self._value(default, "default of", param)
-            out.append(b"default" + chunk)
-            if own is not None:
-                _own_part(own, f"default:{label}.{param}", default, chunk)
-        kwdefaults = fn.__kwdefaults__ or {}
-        for key in sorted(kwdefaults):
-            chunk = self._value(kwdefaults[key], "default of", key)
-            out.append(_frame(b"kwdefault", _text(key)) + chunk)
-            if own is not None:
-                _own_part(own, f"default:{label}.{key}", kwdefaults[key], chunk)
-        attrs = fn.__dict__
-        if attrs:  # function attributes (``f.retries = 3`` at module level)
-            label = label or _node_label(fn)
-            for key in sorted(k for k in attrs if type(k) is str):
-                chunk = self._value(attrs[key], "attribute", f"{label}.{key}", attrs, key)
-                out.append(_frame(b"fattr", _text(key)) + chunk)
-                if own is not None:
-                    _own_part(own, f"attr:{label}.{key}", attrs[key], chunk)
-        if info.current or self._saw_current:
-            self._current.add(id(fn))
-        return b"".join(out)
-
-    def _imports(self, info: _CodeInfo, namespace: dict[str, object], out: list[bytes],
-                 own: dict[str, bytes] | None) -> None:
-        """What a function reaches beyond its globals: the modules it imports itself,
-        and the reads flowing cannot follow (raised as Unstable)."""
-        for builtin, what in info.dynamic:
-            if builtin not in namespace:  # (a name of the module's own is not the builtin)
-                raise _unfollowed(what)
-        for modname, level, chains in info.imports:
-            module, absname = _import(modname, level, namespace)
-            out.append(_frame(b"import", _text(absname)))
-            if module is not None:
-                out.append(self._global(module, set(chains), absname, "module", set(), own,
-                                        absname))
-        for chain in info.computed:
-            _check_computed(chain, namespace)
-
-    def _note(self, where: str, value: object, namespace: Mapping[str, object] | None,
-              key: str) -> None:
-        """Pass 1: note a value a node reads, for ``Behaviour.held`` (values
-        that can change) and ``Behaviour.bound`` (``namespace`` binds ``key``)."""
-        if self._reading is not None and (namespace is not None
-                                          or not isinstance(value, _HOOKED)):
-            self._reading.append((where, value, namespace, key))
-
-    def _value(self, value: object, kind: str, name: str,
-               namespace: Mapping[str, object] | None = None, key: str = "") -> bytes:
-        """The encoding of a value read by a node: ``kind`` and ``name`` say
-        where it was read ("global", "client"), for the message; ``namespace``
-        and ``key``, the name it was read by (see ``Behaviour.bound``)."""
-        if value is _CURRENT:  # an alias of flowing.current (``ctx = current``)
-            self._saw_current = True
-        self._note(f"{kind} '{name}'", value, namespace, key)
-        try:
-            return self._canon.chunk(value)
-        except Unstable as e:
-            if e.place is None:
-                e.place = f"{kind} '{name}'"
-                e.name = name
-            raise
-
-    def _global(self, value: object, chains: set[tuple[str, ...]], name: str, kind: str,
-                seen: set[int], own: dict[str, bytes] | None, label: str,
-                where: Mapping[str, object] | None = None) -> bytes:
-        """A global (or an attribute of a user module) read by a function: a user
-        module by the attributes read from it (all of them when it is read bare,
-        ``()`` in ``chains``), anything else by content. ``own`` gets the parts
-        that are data (``label``: how "why" names it, e.g. ``rules.K``);
-        ``where``, the namespace ``value`` was read from by its last name."""
-        if not issubclass(type(value), types.ModuleType):
-            chunk = self._value(value, kind, name, where, name.rpartition(".")[2])
-            if own is not None:
-                _own_part(own, f"const:{label}", value, chunk)
-            return chunk
-        if where is not None:
-            self._note(f"{kind} '{name}'", value, where, name.rpartition(".")[2])
-        name = str(getattr(value, "__name__", "?"))
-        if not is_user_module(name):
-            return _frame(b"mod", _text(name))
-        if id(value) in seen:
-            return b"usermod-again"
-        # The module's own name is left out: it differs between running a
-        # file as a script and importing it.
-        seen.add(id(value))
-        namespace = vars(value)
-        out = [b"usermod"]
-        if () in chains:  # used as a whole (aliased, passed on): every name in it
-            attrs = sorted(a for a in namespace if type(a) is str
-                           and not (a[:2] == "__" == a[-2:]))
-            everything = True
-        else:
-            attrs = sorted({c[0] for c in chains if c})
-            everything = False
-        for attr in attrs:
-            rest: set[tuple[str, ...]] = ({()} if everything
-                                          else {c[1:] for c in chains if c and c[0] == attr})
-            found = namespace.get(attr, _MISSING)
-            read_from: Mapping[str, object] | None = namespace
-            if found is _MISSING:
-                found = _submodule(name, attr)  # ``from pkg import sub`` imports it
-                read_from = None
-                if found is None:
-                    continue
-            out.append(_frame(b"attr", _text(attr)) + self._global(
-                found, rest, f"{name}.{attr}", kind, seen, own, f"{name}.{attr}", read_from))
-        return _frame(b"U" if not everything else b"W", b"".join(out))
-
-    def _class_parts(self, cls: type) -> bytes:
-        # __name__, not __qualname__: the latter names the enclosing function.
-        out = [_frame(b"class", _text(str(cls.__name__)))]
-        meta = type(cls)
-        if meta is not type:
-            out.append(_frame(b"meta", self._value(meta, "metaclass of", cls.__name__)))
-        for base in cls.__bases__:
-            out.append(_frame(b"base", self._value(base, "a base class of", cls.__name__)))
-        namespace = cls.__dict__
-        skip = _CLASS_SKIP
-        doc = namespace.get("__doc__")
-        if ("__dataclass_fields__" in namespace and type(doc) is str
-                and doc.startswith(f"{cls.__name__}(")):
-            # the docstring dataclasses writes from the fields' reprs (a set's repr is in
-            # hash-seed order): the fields are in the key already
-            skip = _CLASS_SKIP | {"__doc__"}
-        for key in sorted(k for k in namespace if type(k) is str and k not in skip):
-            attr = namespace[key]
-            self._note(f"class attribute '{cls.__name__}.{key}'", attr,
-                       None if key[:2] == "__" == key[-2:] else namespace, key)
-            try:
-                chunk = self._canon.chunk(attr)
-            except Unstable as e:
-                if e.origin is None and key[:2] == "__" == key[-2:]:
-                    out.append(_frame(b"attr?", _text(key)))  # machinery: see the docs
-                    continue
-                if e.place is None:
-                    e.name = f"{cls.__name__}.{key}"
-                    e.place = f"class attribute '{e.name}'"
-                raise
-            out.append(_frame(b"attr", _text(key)) + chunk)
-        return b"".join(out)
-
 
 class Keyer(_Fingerprints):
     """Step keys for one run. Every fingerprint (function, class, value) is
     computed once per Keyer, however many tasks read it; make a new Keyer for
     each run so that changed module values are seen. Thread-safe.
 
-    The walk over the user's code is ``_Fingerprints``'s; "why" parts and
+    The walk over the user's code is ``fingerprints._Fingerprints``'s; "why" parts and
     step keys are built here.
     """
 
@@ -1201,6 +428,14 @@ class Keyer(_Fingerprints):
         return None
 
     # --- keys -----------------------------------------------------------------------------
+
+    def _part(self, fn: object, task: str, where: str) -> bytes:
+        try:
+            return self._chunk(fn)
+        except Unstable as e:
+            raise _Failed(Uncacheable(task, _describe(e, fn, where),
+                                      _UNFOLLOWED_FIX if e.type_name == _UNFOLLOWED
+                                      else _FIX)) from None
 
     def _behaviour(self, td: TaskDef, name: str, inputs: Mapping[str, object]) -> Behaviour:
         h = hashlib.sha256(_STEP_PREFIX)
@@ -1355,9 +590,9 @@ class Keyer(_Fingerprints):
         try:
             if isinstance(node, type):
                 own[f"class:{_node_label(node).rpartition('<locals>.')[2]}"] = \
-                    self._class_parts(node)
+                    self._reader.class_parts(node)
             else:
-                self._function_parts(node, own)  # type: ignore[arg-type]
+                self._reader.function_parts(node, own)  # type: ignore[arg-type]
         except KeyboardInterrupt:
             raise
         except BaseException:  # changed meanwhile, or hostile: only the wording of "why" suffers
@@ -1383,7 +618,7 @@ class Keyer(_Fingerprints):
         return parts
 
 
-_Read = tuple[str, object, "Mapping[str, object] | None", str]
+
 _FROZEN = frozenset({int, float, complex, str, bytes, bool, type(None)})
 
 
@@ -1402,10 +637,6 @@ def _task_name(td: object) -> str:
     name = getattr(td, "name", None)
     return name if type(name) is str else "?"
 
-
-def _node_label(node: object) -> str:
-    name = getattr(node, "__qualname__", None)
-    return str(name) if type(name) is str else digest.type_label(type(node))
 
 
 def _describe(e: Unstable, root: object, where: str) -> str:
@@ -1482,6 +713,5 @@ def clear_cache() -> None:
     global _shared
     with _shared_lock:
         _shared = None
-    with _code_lock:
-        _code_cache.clear()
+    clear_code_cache()
     digest.clear_cache()

@@ -127,7 +127,7 @@ class Progress:
 
     def __init__(self, logger: logging.Logger, started_at: float,
                  stream: TextIO | None = None) -> None:
-        import logging
+        import logging  # lazy: keeps import flowing fast
 
         self.logger = logger
         self.started_at = started_at
@@ -150,7 +150,7 @@ class Progress:
 
     def _draw_live(self, done: int, total: int, running: Mapping[str, float],
                    now: float, items: Mapping[str, ItemsProgress] | None = None) -> None:
-        import shutil
+        import shutil  # lazy: keeps import flowing fast
 
         columns = shutil.get_terminal_size((100, 24)).columns
         width = max(20, columns - 1)  # never wrap: a wrapped line cannot be redrawn

@@ -45,7 +45,7 @@ if TYPE_CHECKING:
 def override_key(key: str, name: str) -> str:
     """Where ``Flow.override`` journals a value: the step key AND the task's name, so
     an override never reaches another task that happens to share its step key."""
-    import hashlib
+    import hashlib  # lazy: keeps import flowing fast
 
     return hashlib.sha256(f"flowing-override/{key}/{name}".encode("utf-8", "replace")).hexdigest()
 
@@ -118,7 +118,7 @@ class JournalPlan:
         """Each task's behaviour, fingerprinted once for the run (its key is completed
         when it is released, from its dependencies' values: see ``settle``).
         ``warning`` (if given) is told, in one line each, which tasks are not cached."""
-        import hashlib
+        import hashlib  # lazy: keeps import flowing fast
 
         from ..keys.stepkey import Keyer, Uncacheable  # lazy: journaled runs only
 
@@ -159,7 +159,7 @@ class JournalPlan:
         if b is not None and in_digest is not None:
             key = b.key(in_digest)
         else:  # a stand-in: recorded as a marker, so ``journal forget`` still follows
-            import hashlib
+            import hashlib  # lazy: keeps import flowing fast
 
             key = hashlib.sha256(f"flowing-uncacheable/{self.bases[i]}/{in_digest}"
                                  .encode()).hexdigest()

@@ -8,7 +8,7 @@ raises anywhere in an attempt — a gate value with no truth value, an
 exception whose ``__str__`` raises, a ``retry_after`` property that raises —
 becomes a FAILED (or retried) outcome naming the task. Whether a failed
 attempt is retried, and after how long, is decided here from the task's
-policy (``retry.next_delay``); the scheduler only waits and resubmits.
+policy (``retry.RetryPolicy.next_delay``); the scheduler only waits and resubmits.
 
 Order within a job, as the spec fixes it: ``when`` (falsy: skipped; raises
 or has no truth value: failed, 0 attempts) -> ``validate`` (raises: failed,
@@ -48,6 +48,7 @@ import os
 import threading
 import time
 from collections.abc import Callable
+from itertools import islice
 from typing import TYPE_CHECKING, Any
 
 from .. import context
@@ -340,7 +341,7 @@ def _verdict(job: Job, value: Any, error: BaseException | None, started: float) 
         if accepted:
             return Outcome(job, SUCCEEDED, value, attempts=job.attempt, started_at=started,
                            finished_at=finished)
-        delay = retry_policy.next_delay(td, job.attempt, None)
+        delay = td.retry_policy.next_delay(job.attempt, None)
         if delay is not None:
             return Outcome(job, RETRY, value, reason=f"retry_until rejected {safe_repr(value)}",
                            attempts=job.attempt, started_at=started, finished_at=finished,
@@ -354,7 +355,7 @@ def _verdict(job: Job, value: Any, error: BaseException | None, started: float) 
     # A body that stopped because it was told to (``raise_if_cancelled``) is not retried.
     stopped = isinstance(error, Cancelled) and job.told_to_stop()
     if not isinstance(error, NoRetry) and not stopped:
-        delay = retry_policy.next_delay(td, job.attempt, error)
+        delay = td.retry_policy.next_delay(job.attempt, error)
     kind = FAILED if delay is None else RETRY
     outcome = Outcome(job, kind, error=error, attempts=job.attempt, started_at=started,
                       finished_at=finished, retry_in=delay)
@@ -400,7 +401,6 @@ def _list_items(job: Job, started: float) -> Outcome:
     iterator (``itertools.count()``) cannot hold the GIL for long, and a slow
     generator is looked at after each item.
     """
-    from itertools import islice
 
     td = job.td
     name = td.for_each or ""
@@ -588,7 +588,7 @@ async def run_attempt_async(job: Job) -> Outcome:
     all the same. The gates are plain functions and run on the loop thread;
     keep them quick.
     """
-    import asyncio
+    import asyncio  # lazy: keeps import flowing fast
 
     started = None
     try:

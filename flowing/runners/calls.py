@@ -355,7 +355,7 @@ class RemoteCall:
                 f"({describe(exc)}); pass plain data between tasks")
 
     def _unpack(self, job: Job, code: int, data: Any) -> Any:
-        import pickle
+        import pickle  # lazy: keeps import flowing fast
 
         if code == OK:
             try:
@@ -384,7 +384,7 @@ class RemoteCall:
 
     def _engine_error(self, job: Job, exc: BaseException, what: str) -> BaseException:
         """The engine's own failure (never the body's: see ``run_shipped``)."""
-        import concurrent.futures
+        import concurrent.futures  # lazy: keeps import flowing fast
 
         why = f"({describe(exc)})"
         if isinstance(exc, concurrent.futures.BrokenExecutor):
@@ -441,8 +441,8 @@ def _cannot_load(exc: BaseException) -> bool:
 
 
 def _is_cancelled(exc: BaseException) -> bool:
-    import asyncio
-    import concurrent.futures
+    import asyncio  # lazy: keeps import flowing fast
+    import concurrent.futures  # lazy: keeps import flowing fast
 
     return (isinstance(exc, (concurrent.futures.CancelledError, asyncio.CancelledError))
             or type(exc).__name__ in ("CancelledError", "FutureCancelledError"))

@@ -57,12 +57,12 @@ _PREFIX = "flowing-ship-"
 def _entry(bundle: str, names: tuple[str, ...], body_blob: bytes, call_blob: bytes,
            cloud: bool, *rest: Any) -> Any:
     """Runs on a Dask worker (shipped by value: standard library only)."""
-    import sys
+    import sys  # on the worker, by value: standard library only
 
     state: Any = sys.modules.get("_flowing_bundle")
     if state is None:
-        import threading
-        import types
+        import threading  # on the worker, by value: standard library only
+        import types  # on the worker, by value: standard library only
 
         fresh: Any = types.ModuleType("_flowing_bundle")
         fresh.lock = threading.Lock()
@@ -72,11 +72,11 @@ def _entry(bundle: str, names: tuple[str, ...], body_blob: bytes, call_blob: byt
     if state.name != bundle:
         with state.lock:
             if state.name != bundle:
-                import importlib
-                import os
+                import importlib  # on the worker, by value: standard library only
+                import os  # on the worker, by value: standard library only
 
                 try:
-                    from distributed import get_worker
+                    from distributed import get_worker  # on the worker, by value: standard library only
 
                     path = os.path.join(get_worker().local_directory, bundle)
                 except Exception:
@@ -113,8 +113,8 @@ def _entry(bundle: str, names: tuple[str, ...], body_blob: bytes, call_blob: byt
 def _probe(names: tuple[str, ...]) -> list[str]:
     """Runs on each worker (by value): the names it cannot import on its own
     (a bundle flowing put on sys.path does not count)."""
-    import importlib.machinery
-    import sys
+    import importlib.machinery  # on the worker, by value: standard library only
+    import sys  # on the worker, by value: standard library only
 
     state = sys.modules.get("_flowing_bundle")
     own = getattr(state, "path", None)
@@ -232,8 +232,8 @@ def prepare(client: Any) -> Shipped | None:
 
 
 def _upload(client: Any, signature: str, contents: list[tuple[str, bytes]]) -> str:
-    import tempfile
-    import zipfile
+    import tempfile  # lazy: only when a bundle is made
+    import zipfile  # lazy: only when a bundle is made
 
     bundle = f"{_PREFIX}{signature}.zip"
     folder = tempfile.mkdtemp(prefix="flowing-ship-")

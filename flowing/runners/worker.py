@@ -78,7 +78,7 @@ class TaskRef:
         self.qualname = qualname
 
     def resolve(self) -> Callable[..., Any]:
-        import importlib
+        import importlib  # lazy: loaded when a call comes in
 
         obj: Any = importlib.import_module(self.module)
         for part in self.qualname.split("."):
@@ -112,7 +112,7 @@ class _WorkerTimeout(Exception):
 def _load_body(blob: bytes) -> Callable[..., Any]:
     fn = _bodies.get(blob)
     if fn is None:
-        import pickle
+        import pickle  # lazy: loaded when a call comes in
 
         body = pickle.loads(blob)
         fn = body.resolve() if isinstance(body, TaskRef) else body
@@ -152,12 +152,12 @@ def type_name(value: object) -> str:
 
 def dumps_for(cloud: bool) -> Callable[[Any], bytes]:
     if cloud:
-        import importlib
+        import importlib  # lazy: loaded when a call comes in
 
         cloudpickle: Any = importlib.import_module("cloudpickle")  # untyped; engines bring it
         dumps: Callable[[Any], bytes] = cloudpickle.dumps
         return dumps
-    import pickle
+    import pickle  # lazy: loaded when a call comes in
 
     return lambda obj: pickle.dumps(obj, pickle.HIGHEST_PROTOCOL)
 
@@ -171,7 +171,7 @@ def _invoke(fn: Callable[..., Any], kwargs: dict[str, Any], snapshot: context.Sn
     try:
         value = fn(**kwargs)
         if is_async:
-            import asyncio
+            import asyncio  # lazy: loaded when a call comes in
 
             value = asyncio.run(_await_body(value, deadline))
         exit_if_forked(pid, 0)
@@ -186,7 +186,7 @@ def _invoke(fn: Callable[..., Any], kwargs: dict[str, Any], snapshot: context.Sn
 async def _await_body(awaitable: Any, deadline: float | None) -> Any:
     if deadline is None:
         return await awaitable
-    import asyncio
+    import asyncio  # lazy: loaded when a call comes in
 
     body = asyncio.ensure_future(awaitable)
     done, _ = await asyncio.wait({body}, timeout=max(0.0, deadline - time.time()))
@@ -230,7 +230,7 @@ def _run_shipped(body_blob: bytes, call_blob: bytes, cloud: bool, keep: bool,
     pool's shutdown, or the flow's exit) beyond it. A coroutine is cancelled
     for real at the deadline.
     """
-    import pickle
+    import pickle  # lazy: loaded when a call comes in
 
     try:
         fn = _load_body(body_blob)
@@ -311,8 +311,8 @@ class _Discard:
 
 def _pickle_to_nothing(value: Any) -> None:
     """Raise what pickling ``value`` with cloudpickle raises (the bytes are dropped)."""
-    import importlib
-    import pickle
+    import importlib  # lazy: loaded when a call comes in
+    import pickle  # lazy: loaded when a call comes in
 
     cloudpickle: Any = importlib.import_module("cloudpickle")
     cloudpickle.Pickler(_Discard(), protocol=pickle.HIGHEST_PROTOCOL).dump(value)

@@ -1,0 +1,124 @@
+"""The fast encoding of a value: the C pickler, made canonical where pickle is not.
+
+Part of the content digests (see ``flowing.keys.digest``); the format is
+below. What pickle cannot write canonically goes through the canonical
+encoder (``chunk``); a structure pickle refuses raises ``_Fallback``, and the
+value is then encoded by the canonical encoder alone.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import operator
+import pickle
+from collections.abc import Callable
+from typing import Any
+
+from .encoding import _ATOMS, _FAST_PREFIX, Unstable
+
+# --- the fast encoding: the C pickler, canonical where pickle is not ---------------------
+#
+# Plain data (None, bool, int, str, bytes, list, tuple, and float but NaN) is
+# written by the C pickler (protocol 5, ``fast`` mode: no memo, so a shared
+# object is written in full wherever it occurs and ``[a, a]`` reads as
+# ``[a, copy(a)]``; a cycle makes pickle refuse, and the value is encoded by the
+# canonical encoder instead). ``persistent_id`` sees every object first and
+# replaces what pickle would not write canonically by a persistent id (a
+# BINPERSID opcode follows it, so an id never reads as plain data):
+#   dict          the dict with its items in canonical order (keys sorted by their
+#                 encoding; keys other than str, int, bytes, bool, None make the
+#                 dict go through the canonical encoder)
+#   set, frozenset  ("S"/"Z", members sorted by their encoding) (same rule)
+#   NaN           ("n",): every NaN alike
+#   anything else ("c", its canonical encoding): classes and functions by module and
+#                 name, numpy arrays and pandas frames by their buffers, objects by
+#                 their state
+# The stream is a pickle program that rebuilds the value (ids aside), so two
+# values with one stream are equal. It is hashed as it is written.
+
+_PLAIN = frozenset({str, int, type(None), bool, bytes, tuple})
+_KEY_TYPES = frozenset({str, int, bytes, bool, type(None)})
+_NAN = ("n",)
+
+
+class _Fallback(Exception):
+    """The value needs the canonical encoder (a cycle, nesting pickle refuses)."""
+
+
+class _Sink:
+    __slots__ = ("write",)
+
+    def __init__(self, write: Callable[[Any], object]) -> None:
+        self.write = write
+
+
+def _key_bytes(k: object) -> bytes:
+    return _ATOMS[type(k)](k)
+
+
+class _Pickler(pickle.Pickler):
+    def __init__(self, write: Callable[[Any], object], chunk: Callable[[object], bytes]) -> None:
+        super().__init__(_Sink(write), protocol=5)
+        self.fast = True
+        self.chunk = chunk
+        self.orders: dict[tuple[Any, ...], tuple[tuple[Any, ...], Callable[[Any], Any] | None]] = {}
+        self.mutable = False
+
+    def persistent_id(self, obj: Any) -> Any:
+        t = type(obj)
+        if t in _PLAIN:
+            return None
+        if t is float:
+            return None if obj == obj else _NAN
+        if t is dict:
+            self.mutable = True
+            return self._dict(obj)
+        if t is list:
+            self.mutable = True
+            return None
+        if t is frozenset or t is set:
+            if t is set:
+                self.mutable = True
+            if _KEY_TYPES.issuperset(map(type, obj)):
+                return ("Z" if t is frozenset else "S", tuple(sorted(obj, key=_key_bytes)))
+        self.mutable = True
+        return ("c", self.chunk(obj))
+
+    def _dict(self, d: dict[Any, Any]) -> Any:
+        keys = tuple(d)
+        if not _KEY_TYPES.issuperset(map(type, keys)):
+            return ("c", self.chunk(d))
+        orders = self.orders
+        found = orders.get(keys)
+        if found is None:
+            ordered = tuple(sorted(keys, key=_key_bytes))
+            getter: Callable[[Any], Any] | None = (
+                operator.itemgetter(*ordered) if len(ordered) > 1 else None)
+            if len(orders) > 4096:
+                orders.clear()
+            found = orders[keys] = (ordered, getter if ordered != keys else None)
+        ordered, getter = found
+        if getter is None:  # already in canonical order
+            return d
+        return dict(zip(ordered, getter(d)))
+
+
+def _fast_stream(value: object, chunk: Callable[[object], bytes], write: Callable[[Any], object]) -> bool:
+    """Write the fast encoding of ``value``; True if it met anything mutable.
+    Raises ``Unstable``, or ``_Fallback`` when pickle refuses the structure."""
+    pickler = _Pickler(write, chunk)
+    try:
+        pickler.dump(value)
+    except (Unstable, KeyboardInterrupt):
+        raise
+    except Exception:  # cycles (ValueError), nesting (RecursionError), pickle's own refusals
+        raise _Fallback from None
+    return pickler.mutable
+
+
+def _fast_hash(value: object, chunk: Callable[[object], bytes]) -> bytes:
+    """SHA-256 of the fast encoding of ``value`` (for the elements of arrays and
+    columns holding Python objects)."""
+    h = hashlib.sha256(_FAST_PREFIX)
+    _fast_stream(value, chunk, h.update)
+    return h.digest()
