@@ -15,7 +15,7 @@ from .graph import Graph
 from .interrupts import Catcher
 from .observe.reporter import Reporter, resolve_logger
 from .replay.policy import JournalPlan
-from .results import ItemResult, SkipCause, StepResult, StepState
+from .results import FailedAttempt, ItemResult, SkipCause, StepResult, StepState
 from .runners.local import open_runner
 from .tasks import TaskDef
 from .text import LOGGER_NAME, error_line, format_duration, items_line, printable, safe_str
@@ -94,7 +94,7 @@ class Flow:
         self._overrides: dict[int, StepResult] = {}
         # items that finished in for_each tasks a Ctrl-C cut short, for resume()
         self._interrupted_items: dict[int, list[ItemResult | None]] = {}
-        self.retries: list[Any] = []  # failed attempts of the last run, for reports
+        self.retries: list[FailedAttempt] = []  # failed attempts of the last run, for reports
         self.last_attempt_started: dict[str, float] = {}  # retried tasks: final attempt start
         self.why: dict[str, str] = {}  # journaled tasks that ran again anyway, and why
         self.started_at: float | None = None

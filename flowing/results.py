@@ -14,7 +14,7 @@ message.
 from __future__ import annotations
 
 import enum
-from typing import Any
+from typing import Any, ClassVar, NamedTuple
 
 from .records import Record
 from .text import safe_repr, safe_str, type_name
@@ -53,6 +53,17 @@ def skip_reason(cause: SkipCause, about: str) -> str:
     return about
 
 
+class FailedAttempt(NamedTuple):
+    """One attempt that failed and was retried, as a run keeps it for its reports."""
+
+    task: int                 # the task's index in the graph
+    item: int | None          # the for_each item's index, or None for the whole task
+    attempt: int              # 1-based
+    started: float | None     # epoch seconds
+    finished: float | None
+    error: object             # the exception, or the rejection reason (retry_until)
+
+
 class Deferred:
     """A value read on first use: a replayed value stored beside the journal.
 
@@ -61,6 +72,9 @@ class Deferred:
     """
 
     __slots__ = ()
+    # True for a value kept where it was made (a Dask worker): dependents that run
+    # there receive it as it is, unfetched (``runners.calls.RemoteValue``)
+    passed_as_is: ClassVar[bool] = False
 
     def load(self) -> Any:
         raise NotImplementedError

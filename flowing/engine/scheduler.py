@@ -62,7 +62,7 @@ Everything below is owned by the scheduler thread; workers never touch it.
                       their earlier unfinished runs (``fanout.FanOuts``)
 ``running_since[i]``  start of task i, kept only when reporting
 ``next_tick``         when progress is reported next (monotonic)
-``retries``           (task, item, attempt, started, finished, error) of failed attempts
+``retries``           ``results.FailedAttempt`` records of attempts that failed and were retried
 ``last_attempt_started``  name -> start of the last attempt, for retried tasks
 ``_finishing``        results to record and propagate (``_finish``: no recursion)
 ``_in_finish``        whether ``_finish`` is propagating already
@@ -94,6 +94,8 @@ from ..observe.events import (
     TaskSucceeded,
 )
 from ..results import (
+    Deferred,
+    FailedAttempt,
     ItemResult,
     SkipCause,
     StepResult,
@@ -103,7 +105,6 @@ from ..results import (
 from ..runners import attempt as A
 from ..runners.attempt import Job, Outcome
 from ..runners.base import WAKE, Runner, Shared
-from ..runners.calls import RemoteValue
 from ..text import safe_repr
 from . import admission as admission_
 from .admission import SYSTEM_CLOCK, Admission, Clock
@@ -176,7 +177,7 @@ class Scheduler:
                                 self.admission.queue, self._task_inputs)
         self.running_since: dict[int, float] = {}
         self.next_tick = 0.0
-        self.retries: list[tuple[int, int | None, int, float | None, float | None, Any]] = []
+        self.retries: list[FailedAttempt] = []
         self.last_attempt_started: dict[str, float] = {}
         self._finishing: list[tuple[int, StepResult]] = []
         self._in_finish = False
@@ -319,7 +320,8 @@ class Scheduler:
             r = results[d]
             assert r is not None
             # a value kept on the cluster goes to the dependent as it is (runners.calls.RemoteValue)
-            kwargs[r.name] = r._value if type(r._value) is RemoteValue else r.value
+            value = r._value
+            kwargs[r.name] = value if isinstance(value, Deferred) and value.passed_as_is else r.value
         return kwargs
 
     def make_job(self, i: int) -> Job:
@@ -430,8 +432,9 @@ class Scheduler:
 
     def _retry(self, o: Outcome) -> None:
         job = o.job
-        self.retries.append((job.task, job.item, job.attempt, o.started_at, o.finished_at,
-                             o.error if o.error is not None else o.reason))
+        self.retries.append(FailedAttempt(job.task, job.item, job.attempt, o.started_at,
+                                          o.finished_at,
+                                          o.error if o.error is not None else o.reason))
         if self.emit:
             duration = None
             if o.finished_at is not None and o.started_at is not None:

@@ -14,7 +14,7 @@ import math
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, Protocol
 
-from ..results import StepState
+from ..results import FailedAttempt, StepState
 from ..text import NO_ITEM, safe_str, type_name
 
 MESSAGE_MAX_CHARS = 2000
@@ -22,9 +22,8 @@ ITEM_REPR_CHARS = 60    # longest item repr in a report
 
 NOT_RUN = "not run"
 
-# A failed attempt, as the flow keeps it: (task index, item index or None,
-# attempt, started, finished, error or rejection reason).
-RetryEntry = tuple[int, "int | None", int, "float | None", "float | None", object]
+# A failed attempt, as the flow keeps it (``results.FailedAttempt``).
+RetryEntry = FailedAttempt
 # The same per task, without the task index.
 Fail = tuple["int | None", int, "float | None", "float | None", object]
 

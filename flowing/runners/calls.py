@@ -141,6 +141,7 @@ class RemoteValue(Deferred):
     """
 
     __slots__ = ("future", "task", "_value", "_lock")
+    passed_as_is = True
 
     def __init__(self, future: Any, task: str) -> None:
         self.future = future
