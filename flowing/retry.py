@@ -24,7 +24,7 @@ from __future__ import annotations
 import math
 import numbers
 from collections.abc import Callable
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
 from .interrupts import is_terminal
 from .text import clip, error_line, safe_repr, type_name
@@ -156,15 +156,6 @@ class RetryPolicy(NamedTuple):
     backoff_base_ms: float
     max_backoff_ms: float
     retry_on: tuple[type[BaseException], ...]
-
-    @classmethod
-    def of(cls, td: Any) -> RetryPolicy | None:
-        """The settings of ``td`` (a ``TaskDef``, or anything with its four retry
-        fields), or None when they cannot be read. Never raises."""
-        try:
-            return cls(td.retry, td.retry_backoff_base_ms, td.retry_max_backoff_ms, td.retry_on)
-        except Exception:
-            return None
 
     def retryable(self, error: BaseException | None) -> bool:
         """A rejection by ``retry_until`` (error None) is always retryable; an exception

@@ -551,18 +551,14 @@ class Sneaky(Exception, metaclass=RaisingCheck):
     pass
 
 
-class _TD:
-    """Just the retry settings of a TaskDef."""
-
-    def __init__(self, retry=3, base=1000, cap=30_000, retry_on=(Exception,)):
-        self.retry, self.retry_backoff_base_ms = retry, base
-        self.retry_max_backoff_ms, self.retry_on = cap, retry_on
+def _TD(retry=3, base=1000, cap=30_000, retry_on=(Exception,)):
+    """Just the retry settings of a TaskDef (``TaskDef.retry_policy``)."""
+    return rt.RetryPolicy(retry, base, cap, retry_on)
 
 
-def _next_delay(td, attempt, error):
-    """What the attempt module asks: the policy of ``td``, then its next delay."""
-    policy = rt.RetryPolicy.of(td)
-    return None if policy is None else policy.next_delay(attempt, error)
+def _next_delay(policy, attempt, error):
+    """What the attempt module asks: the task's policy for its next delay."""
+    return policy.next_delay(attempt, error)
 
 
 def test_next_delay_never_raises():
@@ -574,7 +570,7 @@ def test_next_delay_never_raises():
     assert _next_delay(_TD(), 1, _with_hint(5)) >= 5.0             # hint honoured
     assert _next_delay(_TD(), 1, _with_hint(1e300)) == rt.MAX_RETRY_AFTER_S
     assert _next_delay(_TD(), 1, None) is not None                 # retry_until rejection
-    assert _next_delay(object(), 1, ValueError()) is None          # no settings to read
+    assert _next_delay(_TD(retry="3"), 1, ValueError()) is None     # settings not numbers
     assert _next_delay(_TD(retry="three"), 1, ValueError()) is None
 
 

@@ -401,5 +401,3 @@ def test_retry_policy_is_the_tasks_settings_in_one_record():
     assert policy.retryable(None)  # a retry_until rejection
     with pytest.raises(AttributeError):
         policy.retries = 5  # immutable: a task's settings change only on the TaskDef
-    assert retry_policy.RetryPolicy.of(t) == policy
-    assert retry_policy.RetryPolicy.of(object()) is None
