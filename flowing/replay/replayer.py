@@ -40,7 +40,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Mapping
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any
 
 from ..errors import JournalError
 from ..interrupts import guarded
@@ -54,34 +54,13 @@ if TYPE_CHECKING:
     from ..graph import Graph
     from ..keys.stepkey import Behaviour
     from .policy import JournalPlan
+    from .record import Outcome as Finished  # the outcome of an attempt, as read here
 
 __all__ = ["ItemKeys", "Replayer"]
 
 SUCCEEDED, FAILED = StepState.SUCCEEDED, StepState.FAILED
 
 _UNKNOWN: Any = object()  # a digest not computed yet
-
-
-class _Job(Protocol):
-    """What the Replayer reads of a runner's job (``flowing.runners.attempt.Job``)."""
-
-    @property
-    def task(self) -> int: ...
-
-    def label(self) -> str: ...
-
-
-class Finished(Protocol):
-    """What the Replayer reads of a succeeded job's outcome (``runners.attempt.Outcome``)."""
-
-    @property
-    def job(self) -> _Job: ...
-
-    @property
-    def journaled(self) -> bool: ...
-
-    @property
-    def digest(self) -> str | None: ...
 
 
 class _ReplayedItems(Deferred):
