@@ -91,3 +91,111 @@ def test_cycles_fall_back_to_the_canonical_encoding():
     assert value_digest(a) is not None
     assert value_digest(a) == value_digest(b)
     assert value_digest(a) != value_digest([1, [1]])
+
+
+# --- the pickler is reused from digest to digest: nothing of one digest leaks into the next
+
+class _Boom:
+    """Refuses to be read (its digest raises inside the pickler)."""
+
+    def __reduce_ex__(self, protocol):
+        raise ValueError("no")
+
+
+class _Nested:
+    """Asks for another digest while its own is being taken (same thread)."""
+
+    def __init__(self, inner):
+        self.inner = inner
+
+    def __reduce_ex__(self, protocol):
+        value_digest([self.inner, {"x": NAN}])
+        return (_Nested, (self.inner,))
+
+
+def _sample_values(seed: int) -> list:
+    rnd = random.Random(seed)
+
+    def make(depth: int):
+        kind = rnd.randrange(7 if depth < 4 else 3)
+        if kind == 0:
+            return rnd.randrange(-10**20, 10**20)
+        if kind == 1:
+            return rnd.choice(["", "a", "é", "\ud800", "x" * 70])
+        if kind == 2:
+            return rnd.choice([0.5, -0.0, NAN, 1e300, True, None, b"\x00"])
+        if kind == 3:
+            return [make(depth + 1) for _ in range(rnd.randrange(4))]
+        if kind == 4:
+            return {rnd.choice(["k", "b", "a", 3, b"z"]): make(depth + 1) for _ in range(3)}
+        if kind == 5:
+            return frozenset(rnd.choice(["p", "q", 1, 2]) for _ in range(3))
+        return tuple(make(depth + 1) for _ in range(2))
+
+    return [make(0) for _ in range(120)]
+
+
+def _nested_lists(depth: int, inner):
+    for _ in range(depth):
+        inner = [inner]
+    return inner
+
+
+def test_digests_after_failed_and_nested_digests_equal_a_fresh_process(tmp_path):
+    """Digests that raised halfway (at every nesting depth, past pickle's own
+    limits), cycles and digests nested in another one, interleaved with plain
+    values from several threads: every plain value digests exactly as in a fresh
+    process that never saw a failure."""
+    import pickle
+    import subprocess
+    import sys
+    import threading
+
+    values = _sample_values(7)
+    (tmp_path / "values.pkl").write_bytes(pickle.dumps(values))
+    code = ("import pickle, sys; from flowing.keys.digest import value_digest; "
+            "print('\\n'.join(str(value_digest(v)) for v in "
+            "pickle.load(open(sys.argv[1], 'rb'))))")
+    fresh = subprocess.run([sys.executable, "-c", code, str(tmp_path / "values.pkl")],
+                           capture_output=True, text=True, timeout=120, check=True)
+    want = fresh.stdout.split()
+    assert len(want) == len(values)
+
+    cycle: list = []
+    cycle.append(cycle)
+    troubles = [_nested_lists(d, _Boom()) for d in (0, 1, 10, 49, 50, 51, 120)]
+    troubles += [_nested_lists(5000, 1), cycle, {"a": [_Boom()]}, _Nested([1, {"b": 2}])]
+    got: dict[int, list[str | None]] = {}
+
+    def digest_all(t: int) -> None:
+        out = []
+        for k, v in enumerate(values):
+            value_digest(troubles[(k + t) % len(troubles)])
+            out.append(value_digest(v))
+        got[t] = out
+
+    digest_all(0)
+    pool = [threading.Thread(target=digest_all, args=(t,)) for t in range(1, 4)]
+    for th in pool:
+        th.start()
+    for th in pool:
+        th.join()
+    for t in range(4):
+        assert [str(d) for d in got[t]] == want, t
+    assert value_digest(troubles[0]) is None and value_digest(cycle) is not None
+
+
+def test_dicts_whose_keys_compare_equal_across_types_never_share_an_order():
+    """``False == 0`` and ``True == 1``: a dict keyed by False must not take the key
+    order (and so the keys) of one keyed by 0, in one value or from value to value."""
+    a, b = {False: 1, None: 2}, {0: 1, None: 2}
+    assert value_digest(a) != value_digest(b)
+    assert value_digest([a, b]) != value_digest([a, a]) != value_digest([b, b])
+    assert value_digest([b, a]) != value_digest([b, b])
+    assert value_digest({True: "x", "k": 0}) != value_digest({1: "x", "k": 0})
+    # keys out of canonical order: the order found for the first dict was applied to
+    # the second, renaming 0 to False (0.3.0 gave these two lists one digest)
+    c, d = {None: 2, False: 1}, {None: 2, 0: 1}
+    assert value_digest([c, d]) != value_digest([c, c])
+    assert value_digest([{"k": 0, True: "x"}, {"k": 0, 1: "x"}]) != value_digest(
+        [{"k": 0, True: "x"}, {"k": 0, True: "x"}])

@@ -857,9 +857,10 @@ def test_for_each_continues_with_only_the_failed_items(proj):
     assert each["state"] == "failed"
     assert [i for i, it in enumerate(each["items"]) if it[0] == "failed"] == [3, 7]
     assert first.state("total") == "skipped"
-    kinds = sorted((e["kind"], e["name"]) for e in proj.entries())
-    assert kinds == sorted([("task", "src")] + [("item", f"each[{i}]") for i in range(10)
-                                                if i not in (3, 7)])
+    kinds = sorted((e["kind"], e["name"], e["enc"] != "none") for e in proj.entries())
+    # each: only the value-less line its items share (their task failed)
+    assert kinds == sorted([("task", "src", True), ("task", "each", False)] + [
+        ("item", f"each[{i}]", True) for i in range(10) if i not in (3, 7)])
 
     (proj.path / "broken").unlink()
     second = proj.run()

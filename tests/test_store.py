@@ -558,3 +558,133 @@ def test_a_run_that_writes_a_big_journal_leaves_its_index_for_the_next_open(tmp_
     assert os.path.getsize(tmp_path / "run.jsonl") > 1 << 20
     assert os.path.isfile(_db(str(tmp_path / "run.jsonl")))  # saved by the run
     assert run_script(tmp_path, repo_env).startswith("OUT True")
+
+
+def test_lines_held_by_many_threads_at_once_are_each_written_once_in_each_threads_order(tmp_path):
+    """Workers hold item lines without a lock while others write durable lines:
+    after ``flush`` every line is in the file once, whole, indexed, and the lines
+    of each thread are in the order it held them."""
+    import logging
+    import threading
+
+    path = str(tmp_path / "run.jsonl")
+    j = Journal.open(path, logging.getLogger("t"))
+    threads, per = 6, 400
+    start = threading.Barrier(threads)
+
+    def writer(t: int) -> None:
+        start.wait()
+        for i in range(per):
+            key = f"{t:032x}{i:032x}"
+            durable = t == 0 and i % 50 == 0  # one thread also writes durable lines
+            assert j.record(key, f"t{t}[{i}]", [], [t, i], "item", durable=durable)
+
+    pool = [threading.Thread(target=writer, args=(t,)) for t in range(threads)]
+    for th in pool:
+        th.start()
+    for th in pool:
+        th.join()
+    assert j.flush()
+    j.close()
+    entries = list(iter_entries(path, logging.getLogger("t")))
+    assert len(entries) == threads * per
+    seen: dict[int, list[int]] = {t: [] for t in range(threads)}
+    for e in entries:
+        t, i = (int(e.key[:32], 16), int(e.key[32:], 16))
+        seen[t].append(i)
+    assert all(seen[t] == list(range(per)) for t in range(threads))
+    with Journal.open(path, logging.getLogger("t")) as again:
+        assert again.lookup(f"{5:032x}{399:032x}") == (True, [5, 399])
+
+
+def test_held_lines_go_out_with_the_next_line_once_they_waited_long_enough(tmp_path):
+    """Held item lines are not kept past the time limit when items keep coming:
+    the first line held after it passes writes them all (no flush needed)."""
+    import logging
+
+    from flowing.journal import commit
+
+    path = str(tmp_path / "run.jsonl")
+    with Journal.open(path, logging.getLogger("t")) as j:
+        assert j.record("a" * 64, "t[0]", [], 0, "item", durable=False)
+        assert open(path, "rb").read() == HEADER
+        time.sleep(commit._PENDING_S + 0.05)
+        assert j.record("b" * 64, "t[1]", [], 1, "item", durable=False)
+        assert open(path, "rb").read().count(b"\n") == 3
+
+
+def test_item_lines_name_only_their_task_and_its_marker_holds_what_they_share(tmp_path, repo_env):
+    """What a task's items share (dependency keys, the key's parts) is written once,
+    in a value-less task line before the first item; each item line names only the
+    task's key, has no inputs digest, and a JSON value no digest (the CRC covers it);
+    a value that is not JSON keeps its digest. Everything replays."""
+    (tmp_path / "f.py").write_text(for_each_script(
+        40, 'open("calls.log", "a").write(f"{src}\\n")', "src * 2 if src % 2 else (src, src)"))
+    out = run_script(tmp_path, repo_env)
+    assert out == "OUT False 40 40"
+    entries = [json.loads(x) for x in (tmp_path / "run.jsonl").read_bytes().splitlines()[1:]]
+    src, marker = entries[0], entries[1]
+    items = [e for e in entries if e["kind"] == "item"]
+    assert src["name"] == "src" and marker["name"] == "sq" and marker["kind"] == "task"
+    assert marker["enc"] == "none" and marker["deps"] == [src["key"]] and marker["parts"]
+    assert len(items) == 40 and entries.index(items[0]) == 2
+    assert all(e["deps"] == [marker["key"]] and e["inputs"] is None for e in items)
+    by_value = {json.dumps(e["value"]): e for e in items}
+    assert by_value["6"]["enc"] == "json" and by_value["6"]["digest"] is None
+    pickled = [e for e in items if e["enc"] == "pickle"]
+    assert len(pickled) == 20 and all(e["digest"] for e in pickled)
+    last = entries[-1]
+    assert last["kind"] == "task" and last["key"] == marker["key"] and last["enc"] == "pickle"
+    assert run_script(tmp_path, repo_env) == "OUT True 40 40"
+    # without the task's list, the items replay one by one
+    assert forget(str(tmp_path / "run.jsonl"), ["sq[3]"], _log()).removed == 3
+    (tmp_path / "calls.log").unlink()
+    assert run_script(tmp_path, repo_env) == "OUT False 40 40"
+    assert (tmp_path / "calls.log").read_text().split() == ["3"]
+
+
+def _log():
+    import logging
+
+    return logging.getLogger("t")
+
+
+def test_forget_reaches_the_items_a_killed_run_left_behind(tmp_path, repo_env):
+    """kill -9 in the middle of a fan-out (the task's own line never written): the
+    items already written are still downstream of the source for ``journal forget``
+    (through the task's marker), so forgetting the source re-runs every item."""
+    body = textwrap.dedent('''
+        import os, signal, sys, time
+        from flowing import Flow, task
+
+        @task
+        def src():
+            return list(range(30))
+
+        @task(depends_on=[src], for_each="src")
+        def sq(src):
+            time.sleep(0.02)
+            if src == 25 and not os.path.exists("survived"):
+                time.sleep(0.5)
+                os.kill(os.getpid(), signal.SIGKILL)
+            open("calls.log", "a").write(f"{src}\\n")
+            return src * src
+
+        r = Flow(sq, journal_path="run.jsonl", log=False, max_workers=1).run()["sq"]
+        print("OUT", r.cached, sum(r.value), len(r.items))
+    ''')
+    (tmp_path / "f.py").write_text(body)
+    p = subprocess.run([sys.executable, "f.py"], cwd=tmp_path, env=repo_env,
+                       capture_output=True, text=True, timeout=120)
+    assert p.returncode == -signal.SIGKILL
+    path = str(tmp_path / "run.jsonl")
+    written = [e for e in iter_entries(path, _log()) if e.kind == "item"]
+    assert written, "the held lines passed their time limit before the kill"
+    assert not [e for e in iter_entries(path, _log()) if e.name == "sq" and e.enc != "none"]
+    assert forget(path, ["src"], _log()).removed >= len(written) + 2
+    assert [e for e in iter_entries(path, _log())] == []
+    (tmp_path / "survived").touch()
+    (tmp_path / "calls.log").unlink()
+    want = sum(i * i for i in range(30))
+    assert run_script(tmp_path, repo_env) == f"OUT False {want} 30"
+    assert sorted(map(int, (tmp_path / "calls.log").read_text().split())) == list(range(30))

@@ -13,6 +13,13 @@ run) or at ``close``. An item counts as acknowledged only once its task
 completes (only then may dependents start or the run report it), so the
 SPEC's "lose at most what is being written" holds.
 
+Holding a line takes no lock: it is appended to a ``collections.deque``
+(``append`` and ``popleft`` are atomic), so workers finishing items at once
+never queue behind each other; whoever writes next (under ``lock``) takes
+every held line first, in the order they were held. The size and age that
+trigger a write are read without the lock: a stale read only moves the
+write by one line.
+
 A write error disables the journal for the rest of the run (one warning):
 later writes are no-ops that return False.
 """
@@ -22,6 +29,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections import deque
 from collections.abc import Callable
 
 from ..text import safe_str
@@ -66,26 +74,39 @@ class GroupCommit:
         # Guards the fsync state below and wakes writers waiting for an fsync.
         self._cond = threading.Condition(threading.Lock())
         self._syncing = False              # one thread is in fsync; others wait for it
-        self._pending: list[_Line] = []
-        self._pending_bytes = 0
-        self._pending_since = 0.0          # time.monotonic() of the oldest held line
+        self._held: deque[_Line] = deque()  # held lines, oldest first (taken under ``lock``)
+        self._held_bytes = 0               # their size, about (updated without a lock)
+        self._held_since = 0.0             # time.monotonic() when the oldest was held, about
 
     def write(self, line: bytes, entry: _Held, durable: bool = True,
               check: Check | None = None) -> bool:
         """Append ``line`` (with any held lines before it), then fsync unless it may wait."""
+        if self.disabled is not None or self.closed:
+            return False
+        if not durable:
+            held = self._held
+            held.append((line, entry, check))
+            self._held_bytes += len(line)
+            now = time.monotonic()
+            if len(held) == 1:
+                self._held_since = now
+            if self._held_bytes < _PENDING_BYTES and now - self._held_since < _PENDING_S:
+                return True
+            # Time to write them: unless another thread is writing already (it, or
+            # the next writer, takes this line too).
+            if not self.lock.acquire(blocking=False):
+                return True
+            try:
+                if not self._write_held(None):
+                    return False
+                seq = self._written
+            finally:
+                self.lock.release()
+            return self._sync(seq)
         with self.lock:
             if self.disabled is not None or self.closed:
                 return False
-            pending = self._pending
-            pending.append((line, entry, check))
-            self._pending_bytes += len(line)
-            if not durable:
-                if len(pending) == 1:
-                    self._pending_since = time.monotonic()
-                if (self._pending_bytes < _PENDING_BYTES
-                        and time.monotonic() - self._pending_since < _PENDING_S):
-                    return True
-            if not self._write_pending():
+            if not self._write_held((line, entry, check)):
                 return False
             seq = self._written
         return self._sync(seq)
@@ -93,16 +114,22 @@ class GroupCommit:
     def flush(self) -> bool:
         """Write and fsync the held lines. True if all are durable."""
         with self.lock:
-            if not self._pending:
+            if not self._held:
                 return self.disabled is None
-            if self.disabled is not None or self.closed or not self._write_pending():
+            if self.disabled is not None or self.closed or not self._write_held(None):
                 return False
             seq = self._written
         return self._sync(seq)
 
-    def _write_pending(self) -> bool:
-        """Write the held lines in one append (``lock`` held). False on error."""
-        held, self._pending, self._pending_bytes = self._pending, [], 0
+    def _write_held(self, last: _Line | None) -> bool:
+        """Write the held lines, then ``last``, in one append (``lock`` held). False on error."""
+        held: list[_Line] = []
+        queue = self._held
+        self._held_bytes = 0
+        while queue:  # (lines held meanwhile by other threads are taken too)
+            held.append(queue.popleft())
+        if last is not None:
+            held.append(last)
         if any(x[2] is not None for x in held):
             held = self._checked(held)
         if not held:

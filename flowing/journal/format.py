@@ -33,10 +33,15 @@ Every other line is one entry, whose fields always come in this order::
             ``override`` (a value set by hand).
 ``name``    the task name, for people and for ``flowing journal forget``.
 ``deps``    the step keys this entry was computed from, so the journal alone
-            knows what is downstream of what.
+            knows what is downstream of what. An item names only its
+            task's key: what a task's items share (dependency keys,
+            ``parts``) is in a value-less task line written when its
+            fan-out starts (flowing.replay.record), which ``forget`` follows.
 ``t``       wall-clock time of the write (seconds since the epoch); a line
             whose ``t`` is not a finite number is skipped as corrupt.
-``digest``  content digest of the value (hex), or null when unknown.
+``digest``  content digest of the value (hex), or null when unknown (and
+            for an item stored as JSON: nothing reads it, and its text is
+            covered by ``crc``).
 ``inputs``  digest of the dependency values the entry was computed from, or
             null. With ``digest`` it lets a run replay an entry only when its
             dependencies still hold the same values (early cutoff).
@@ -156,6 +161,11 @@ _SMALL_JSON = 4096
 _SMALL_JSON_NODES = 512
 
 
+# The JSON text of a value in a line (made once: ``json.dumps`` with arguments
+# builds an encoder per call)
+_json_text = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode
+
+
 def _small_plain_json(v: Any, budget: int) -> int:
     """The node budget left after walking ``v`` if it is plain JSON (see
     ``_is_plain_json``) within ``budget`` nodes, else -1 (not plain, or too big)."""
@@ -201,7 +211,7 @@ def _encode_value(value: Any) -> tuple[str, str, tuple[bytes, list[memoryview]] 
     """
     if _small_plain_json(value, _SMALL_JSON_NODES) >= 0:
         try:
-            text = json.dumps(value, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+            text = _json_text(value)
         except (RecursionError, ValueError):
             text = ""
         if text and len(text) <= _SMALL_JSON:
@@ -218,7 +228,7 @@ def _encode_value(value: Any) -> tuple[str, str, tuple[bytes, list[memoryview]] 
         return "file", "", (frame, bufs)
     try:
         if _is_plain_json(value):
-            text = json.dumps(value, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+            text = _json_text(value)
             try:
                 text.encode("utf-8")
             except UnicodeEncodeError:  # lone surrogates: keep them as \\u escapes
@@ -244,18 +254,20 @@ def _json_str(s: str | None) -> str:
         json.dumps(s))
 
 
+_LINE = '"key":%s,"kind":"%s","name":%s,"deps":[%s],"t":%.3f,"digest":%s,"inputs":%s,"enc":"%s"%s,"value":%s}'
+
+
 def _make_line(key: str, kind: str, name: str, deps: list[str], t: float, enc: str,
                value_text: str, digest: str | None = None, inputs: str | None = None,
                parts: Mapping[str, str] | None = None) -> bytes:
-    rest = ('"key":' + _json_str(key) + ',"kind":"' + kind + '","name":' + _json_str(name)
-            + ',"deps":[' + ",".join(map(_json_str, deps)) + '],"t":' + ("%.3f" % t)
-            + ',"digest":' + _json_str(digest) + ',"inputs":' + _json_str(inputs)
-            + ',"enc":"' + enc + '"'
-            # (a part named "value" would read as the value field: never written)
-            + ('' if parts is None else ',"parts":' + json.dumps(
-                {k: v for k, v in parts.items() if k != "value"}, separators=(",", ":"),
-                sort_keys=True))
-            + ',"value":' + value_text + "}").encode("utf-8")
+    rest = (_LINE % (
+        _json_str(key), kind, _json_str(name), ",".join(map(_json_str, deps)), t,
+        _json_str(digest), _json_str(inputs), enc,
+        # (a part named "value" would read as the value field: never written)
+        '' if parts is None else ',"parts":' + json.dumps(
+            {k: v for k, v in parts.items() if k != "value"}, separators=(",", ":"),
+            sort_keys=True),
+        value_text)).encode("utf-8")
     return b'%s%08x",%s\n' % (_PREFIX, binascii.crc32(rest), rest)
 
 

@@ -182,6 +182,7 @@ class Index:
                 os.chmod(path, stat.S_IMODE(st.st_mode) & 0o666)
             db.execute("PRAGMA journal_mode=DELETE")
             db.execute("PRAGMA synchronous=NORMAL")
+            db.execute("PRAGMA cache_size=-32768")  # up to 32 MiB: a big save re-reads no page
             db.executescript(
                 "CREATE TABLE IF NOT EXISTS meta (id INTEGER PRIMARY KEY CHECK (id = 1), "
                 "  version INTEGER, dev INTEGER, ino INTEGER, covered INTEGER, tail INTEGER, "

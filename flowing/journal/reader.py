@@ -13,8 +13,11 @@ Values read back
 ----------------
 A value read back is checked before it is used: a line value is decoded and
 its content digest (``flowing.keys.digest.value_digest``) must equal the entry's
-``digest`` (when one is recorded), so a value edited by hand, even with its
-checksum fixed up, is not replayed; a stored file must have the size and
+``digest`` (when one is recorded: an item stored as JSON has none, its CRC
+covers its text), so a value edited by hand, even with its checksum fixed
+up, is not replayed unless its digest is made again too (the digest is no
+secret: a journal others may write is trusted for JSON values only, see
+``trusted``); a stored file must have the size and
 sha256 its line names. ``get(key, lazy=True)`` (what replay uses) checks a
 stored file cheaply (present, trusted, right size) and returns a
 ``StoredValue`` that reads and verifies it on first use; if that fails, the
@@ -53,7 +56,7 @@ from ..results import Deferred
 from ..text import safe_str
 from .commit import _Held, _Line
 from .files import _first_line, _refusal, _trust_problem
-from .format import _HEAD, _HEX64, _TORN, _VALUE_TAG, HEADER, Hit, _check, _stored_ref, human_size
+from .format import _HEAD, _TORN, _VALUE_TAG, HEADER, Hit, _check, _stored_ref, human_size
 from .scan import _scan, _Warner
 
 _JSON, _PICKLE, _FILE = 0, 1, 2     # how an indexed entry holds its value
@@ -63,8 +66,14 @@ _UNLOADED: Any = object()
 
 def _pack(digest: str | None) -> bytes | str | None:
     """A 64-hex-digit digest as its 32 bytes (half the memory in the index); others as they are."""
-    if digest is not None and len(digest) == 64 and _HEX64.fullmatch(digest):
-        return bytes.fromhex(digest)
+    if digest is not None and len(digest) == 64:
+        try:
+            packed = bytes.fromhex(digest)
+        except ValueError:
+            return digest
+        # (fromhex also reads spaces and capitals: only what hex() gives back is packed)
+        if packed.hex() == digest:
+            return packed
     return digest
 
 

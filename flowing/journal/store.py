@@ -37,7 +37,7 @@ import fcntl
 import logging
 import os
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
 from ..errors import JournalError
@@ -222,12 +222,16 @@ class Journal:
     def record(self, key: str, name: str, dep_keys: Sequence[str], value: Any, kind: str = "task",
                *, digest: str | None = None, inputs: str | None = None, store: bool = True,
                parts: Mapping[str, str] | None = None, durable: bool = True,
-               check: Check | None = None) -> bool:
+               check: Check | None = None,
+               digest_of: Callable[[Any], str | None] | None = None) -> bool:
         """Append one entry and fsync it. True if what was asked is durable.
 
         ``digest``: content digest of ``value``; ``inputs``: digest of the
         dependency values it was computed from (both stored as given, None
-        when unknown). ``parts``: short fingerprints of what the key was
+        when unknown). ``digest_of`` (with no ``digest``): computes the digest
+        only for a value not stored as JSON in the line, the one case where
+        reading it back needs the digest to check it (a JSON value round-trips
+        exactly and the line's CRC covers its text). ``parts``: short fingerprints of what the key was
         computed from (``flowing.replay.why``), kept in the line for ``latest_parts``.
         ``store=False`` writes a value-less marker (``enc``
         ``none``) that never replays but keeps the chain of dependency keys
@@ -267,6 +271,8 @@ class Journal:
         if store:
             try:
                 enc, text, big = _encode_value(value)
+                if enc != "json" and digest is None and digest_of is not None:
+                    digest = digest_of(value)
                 if big is not None:
                     sha, size, held = valuestore.write(self._abspath, os.fstat(self._fd), *big)
                     text = '{"sha256":"%s","size":%d}' % (sha, size)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import operator
 import pickle
+import threading
 from collections.abc import Callable
 from typing import Any
 
@@ -46,10 +47,20 @@ class _Fallback(Exception):
 
 
 class _Sink:
-    __slots__ = ("write",)
+    """The pickler's file: forwards to ``target``, the writer of the current dump
+    (the C pickler binds ``write`` once, when it is made)."""
 
-    def __init__(self, write: Callable[[Any], object]) -> None:
-        self.write = write
+    __slots__ = ("target",)
+
+    def __init__(self) -> None:
+        self.target: Callable[[Any], object] = _nowhere
+
+    def write(self, data: Any) -> None:
+        self.target(data)
+
+
+def _nowhere(data: Any) -> None:
+    raise RuntimeError("no dump in progress")
 
 
 def _key_bytes(k: object) -> bytes:
@@ -57,11 +68,15 @@ def _key_bytes(k: object) -> bytes:
 
 
 class _Pickler(pickle.Pickler):
-    def __init__(self, write: Callable[[Any], object], chunk: Callable[[object], bytes]) -> None:
-        super().__init__(_Sink(write), protocol=5)
+    def __init__(self) -> None:
+        sink = _Sink()
+        super().__init__(sink, protocol=5)
+        self.sink = sink
         self.fast = True
-        self.chunk = chunk
-        self.orders: dict[tuple[Any, ...], tuple[tuple[Any, ...], Callable[[Any], Any] | None]] = {}
+        self.chunk: Callable[[object], bytes] = _no_chunk
+        # (keys, their types) -> their canonical order (content only: kept from dump to dump)
+        self.orders: dict[tuple[tuple[Any, ...], tuple[type, ...]],
+                          tuple[tuple[Any, ...], Callable[[Any], Any] | None]] = {}
         self.mutable = False
 
     def persistent_id(self, obj: Any) -> Any:
@@ -86,34 +101,57 @@ class _Pickler(pickle.Pickler):
 
     def _dict(self, d: dict[Any, Any]) -> Any:
         keys = tuple(d)
-        if not _KEY_TYPES.issuperset(map(type, keys)):
+        types = tuple(map(type, keys))
+        if not _KEY_TYPES.issuperset(types):
             return ("c", self.chunk(d))
         orders = self.orders
-        found = orders.get(keys)
+        # (by the keys and their types: ``(False, None) == (0, None)`` as tuples, and
+        # the order found for one must never rename the keys of the other)
+        cached = (keys, types)
+        found = orders.get(cached)
         if found is None:
             ordered = tuple(sorted(keys, key=_key_bytes))
             getter: Callable[[Any], Any] | None = (
                 operator.itemgetter(*ordered) if len(ordered) > 1 else None)
             if len(orders) > 4096:
                 orders.clear()
-            found = orders[keys] = (ordered, getter if ordered != keys else None)
+            found = orders[cached] = (ordered, getter if ordered != keys else None)
         ordered, getter = found
         if getter is None:  # already in canonical order
             return d
         return dict(zip(ordered, getter(d)))
 
 
+def _no_chunk(obj: object) -> bytes:
+    raise RuntimeError("no dump in progress")
+
+
+# One idle pickler per thread, reused: making one costs more than pickling a small
+# value. It is reused only after a dump that returned (a dump that raised may leave
+# the C pickler's nesting state behind: that pickler is dropped), and never by a
+# dump nested in another on the same thread (it is taken while in use).
+_idle = threading.local()
+
+
 def _fast_stream(value: object, chunk: Callable[[object], bytes], write: Callable[[Any], object]) -> bool:
     """Write the fast encoding of ``value``; True if it met anything mutable.
     Raises ``Unstable``, or ``_Fallback`` when pickle refuses the structure."""
-    pickler = _Pickler(write, chunk)
+    pickler: _Pickler | None = getattr(_idle, "pickler", None)
+    if pickler is None:
+        pickler = _Pickler()
+    else:
+        _idle.pickler = None
+    pickler.sink.target, pickler.chunk, pickler.mutable = write, chunk, False
     try:
         pickler.dump(value)
     except (Unstable, KeyboardInterrupt):
         raise
     except Exception:  # cycles (ValueError), nesting (RecursionError), pickle's own refusals
         raise _Fallback from None
-    return pickler.mutable
+    mutable = pickler.mutable
+    pickler.sink.target, pickler.chunk = _nowhere, _no_chunk  # (holds nothing of this dump)
+    _idle.pickler = pickler
+    return mutable
 
 
 def _fast_hash(value: object, chunk: Callable[[object], bytes]) -> bytes:

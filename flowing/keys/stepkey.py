@@ -163,7 +163,7 @@ from typing import Any
 from ..keys import digest
 from ..keys.digest import Canonical, Unstable
 from ..tasks import TaskDef
-from .encoding import _frame, _text
+from .encoding import _ATOMS, _frame, _text
 from .fingerprints import _Fingerprints
 from .nodes import _HOOKED, _node_label, _Read
 from .reach import _MISSING, _UNFOLLOWED, _code_info, clear_code_cache
@@ -384,9 +384,11 @@ class Keyer(_Fingerprints):
         content as it is now, never its position unless ``index`` is given (a body
         that reads ``current().item_index``); None when the item has no stable
         content. Never memoised: an item changed in place gets its new key."""
+        atom = _ATOMS.get(type(item))  # (what ``chunk`` does first, without an encoder)
         with self._lock:
             try:
-                chunk = Canonical(None, self._hook, _HOOKED).chunk(item)
+                chunk = atom(item) if atom is not None else Canonical(
+                    None, self._hook, _HOOKED).chunk(item)
             except KeyboardInterrupt:
                 raise
             except BaseException:  # no stable content, or a hostile __reduce__ (SystemExit)

@@ -202,6 +202,9 @@ class RunDigests:
         source = job.td.for_each
         if expected is None or source is None:
             return None
+        fan = self._fans.get(job.task)  # (made once per fan-out: items find it without the lock)
+        if fan is not None:
+            return fan
         with self._lock:
             fan = self._fans.get(job.task)
             if fan is None:

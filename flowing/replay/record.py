@@ -13,19 +13,23 @@ Policy, in the order it is checked:
   ``closed`` (it returned or raised): a worker finishing late never writes;
 * nothing without a journal or a step key, and each outcome at most once
   (``journaled``);
-* the value's content digest is computed here, on the worker's thread, so that
+* a task's value digest is computed here, on the worker's thread, so that
   dependents can be replayed by value (early cutoff) without the scheduler
-  thread hashing anything;
+  thread hashing anything; an item's only when the journal cannot store its
+  value as JSON (``Journal.record(digest_of=)``): no dependent reads it;
 * a body that changed a dependency's value in place must not be journaled as
   computed from the original (the checks: ``inplace``): a task's entry is then
   a value-less marker (``store=False``) and the outcome carries the warning;
   an item's side inputs are checked by the journal just before its line is
   written (``RunDigests.item_check``);
-* an item's line names the task's key as well as its dependencies' (the task
-  may have no entry of its own when some items failed, and ``journal forget``
-  must still reach its items), and is written without an fsync of its own
-  (group commit: acknowledged when the task completes, when the scheduler
-  flushes the journal, so lines may share an fsync).
+* an item's line names only its task's key as its dependency: what a task's
+  items share (the dependencies' keys, their digest, the key's parts) is in the
+  task's own line, a value-less marker written when its fan-out starts
+  (``Replayer.items``), so ``journal forget`` reaches every item through it even
+  when the task never completes; the item's ``inputs`` is null (its key covers
+  them). It is written without an fsync of its own (group commit: acknowledged
+  when the task completes, when the scheduler flushes the journal, so lines may
+  share an fsync).
 """
 
 from __future__ import annotations
@@ -87,8 +91,6 @@ def record_outcome(run: Run, outcome: Outcome, item: bool) -> None:
         return
     outcome.journaled = True
     digests = run.digest
-    digest = digests(outcome.value) if digests is not None else None
-    outcome.digest = digest
     store = job.store
     check = None
     if store and digests is not None:
@@ -99,14 +101,16 @@ def record_outcome(run: Run, outcome: Outcome, item: bool) -> None:
             if changed is not None:
                 store = False
                 outcome.warning = changed
-    dep_keys = run.dep_keys(job.task)
     if item:
         keys = run.keys
         assert keys is not None
-        journal.record(job.key, f"{job.td.name}[{job.item}]", [keys[job.task], *dep_keys],
-                       outcome.value, "item", digest=digest, inputs=job.in_digest,
-                       store=store, durable=False, check=check)
-    else:
-        journal.record(job.key, job.td.name, dep_keys, outcome.value, "task",
-                       digest=digest, inputs=job.in_digest, store=store,
-                       parts=run.parts[job.task])
+        # (no dependent reads an item's digest: the journal takes one only to check a
+        # value it cannot store as JSON when it is read back)
+        journal.record(job.key, f"{job.td.name}[{job.item}]", [keys[job.task]],
+                       outcome.value, "item", digest_of=digests, store=store, durable=False,
+                       check=check)
+        return
+    digest = digests(outcome.value) if digests is not None else None
+    outcome.digest = digest
+    journal.record(job.key, job.td.name, run.dep_keys(job.task), outcome.value, "task",
+                   digest=digest, inputs=job.in_digest, store=store, parts=run.parts[job.task])

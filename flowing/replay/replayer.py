@@ -264,7 +264,20 @@ class Replayer:
         base = None  # the items' common part of their keys: behaviour and other dependencies
         if behaviour is not None and others is not None:
             base = behaviour.key(others)
-        return ItemKeys(self, i, others, self._storable(i, others), base, behaviour)
+        store = self._storable(i, others)
+        if store and base is not None:
+            # What the items share, written once: their lines name only the task's key
+            # (replay/record.py), this marker names its dependencies' for ``journal
+            # forget``, whether or not the task completes.
+            td = g.tasks[i]
+            try:
+                self.journal.record(self.keys[i], td.name, [self.keys[d] for d in g.deps[i]],
+                                    None, "task", store=False, parts=self.parts[i],
+                                    durable=False)
+            except Exception as exc:
+                self._warn(f"task '{td.name}': could not journal its items ({safe_str(exc)})")
+                store = False
+        return ItemKeys(self, i, others, store, base, behaviour)
 
     def flush(self) -> None:
         """A fan-out's items are done: their lines (group commit) are acknowledged
@@ -333,7 +346,9 @@ class ItemKeys:
         # an object in place), and its index when the body can read it
         key: str | None = guarded(r.plan.keyer.item_key, base, item,
                                   index if behaviour.current else None, fallback=None)
-        if key is not None and r._usable(self.task, key, self.in_digest, item=True):
+        # (a first run knows none of its items' keys: no verdict to reach)
+        if key is not None and key in r.journal and r._usable(self.task, key, self.in_digest,
+                                                              item=True):
             hit = r.journal.get(key)
             if hit is not None:
                 return key, ItemResult(index, SUCCEEDED, hit.value, cached=True, item=item)
