@@ -688,3 +688,30 @@ def test_forget_reaches_the_items_a_killed_run_left_behind(tmp_path, repo_env):
     want = sum(i * i for i in range(30))
     assert run_script(tmp_path, repo_env) == f"OUT False {want} 30"
     assert sorted(map(int, (tmp_path / "calls.log").read_text().split())) == list(range(30))
+
+
+def test_an_index_of_another_schema_version_is_rebuilt_in_the_current_one(tmp_path):
+    """An index written by another flowing version (other tables) is dropped and made
+    again; lookups read the journal as before."""
+    import logging
+    import sqlite3
+
+    from flowing.journal import index as journalindex
+
+    path = str(tmp_path / "run.jsonl")
+    values = _big_journal(path)
+    with Journal.open(path, logging.getLogger("t")) as j:
+        j.checkpoint()
+    db = sqlite3.connect(_db(path))
+    db.execute("UPDATE meta SET version = 3")
+    db.commit()
+    db.close()
+    with Journal.open(path, logging.getLogger("t")) as j:
+        assert all(j.lookup(k) == (True, v) for k, v in values.items())
+        j.checkpoint()
+    db = sqlite3.connect(_db(path))
+    assert db.execute("SELECT version FROM meta").fetchone()[0] == journalindex.SCHEMA_VERSION
+    sql = db.execute("SELECT sql FROM sqlite_master WHERE name = 'entries'").fetchone()[0]
+    assert "WITHOUT ROWID" in sql and db.execute("SELECT count(*) FROM entries").fetchone()[0] \
+        == len(values)
+    db.close()

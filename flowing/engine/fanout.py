@@ -126,8 +126,8 @@ class FanOuts:
         job = o.job
         i = job.task
         fan = self.running[i]
-        if o.kind is attempt_.SUCCEEDED and self.replayer is not None:
-            self.replayer.record(o)
+        if o.kind is attempt_.SUCCEEDED and self.replayer is not None and not o.journaled:
+            self.replayer.record(o)  # (the worker's thread journals it first, as a rule)
         if o.stopped:
             fan.stopped = True
         assert job.item is not None

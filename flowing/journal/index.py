@@ -50,7 +50,17 @@ except ImportError:  # some Python builds lack it: the index stays in memory
 
 DB_NAME = "index.sqlite3"
 MIN_INDEXED = 1 << 20  # smaller journals are scanned whole (a few ms), no database
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
+# (``entries`` without a rowid: one b-tree per row inserted, not two)
+_SCHEMA = (
+    "CREATE TABLE IF NOT EXISTS meta (id INTEGER PRIMARY KEY CHECK (id = 1), "
+    "  version INTEGER, dev INTEGER, ino INTEGER, covered INTEGER, tail INTEGER, "
+    "  mtime INTEGER, lines INTEGER);"
+    "CREATE TABLE IF NOT EXISTS entries (key TEXT PRIMARY KEY, off INTEGER, "
+    "  len INTEGER, vstart INTEGER, code INTEGER, t REAL, digest, inputs) WITHOUT ROWID;"
+    "CREATE TABLE IF NOT EXISTS names (name TEXT PRIMARY KEY);"
+    "CREATE TABLE IF NOT EXISTS parts (name TEXT PRIMARY KEY, off INTEGER, "
+    "  vstart INTEGER);")
 _TAIL = 256   # bytes before ``covered`` whose CRC tells a rewritten file from an appended one
 
 # (offset, length, value start, code, t, digest, inputs); digests packed as in flowing.journal.reader (_pack)
@@ -183,17 +193,13 @@ class Index:
             db.execute("PRAGMA journal_mode=DELETE")
             db.execute("PRAGMA synchronous=NORMAL")
             db.execute("PRAGMA cache_size=-32768")  # up to 32 MiB: a big save re-reads no page
-            db.executescript(
-                "CREATE TABLE IF NOT EXISTS meta (id INTEGER PRIMARY KEY CHECK (id = 1), "
-                "  version INTEGER, dev INTEGER, ino INTEGER, covered INTEGER, tail INTEGER, "
-                "  mtime INTEGER, lines INTEGER);"
-                "CREATE TABLE IF NOT EXISTS entries (key TEXT PRIMARY KEY, off INTEGER, "
-                "  len INTEGER, vstart INTEGER, code INTEGER, t REAL, digest, inputs);"
-                "CREATE TABLE IF NOT EXISTS names (name TEXT PRIMARY KEY);"
-                "CREATE TABLE IF NOT EXISTS parts (name TEXT PRIMARY KEY, off INTEGER, "
-                "  vstart INTEGER);")
+            db.executescript(_SCHEMA)
             row = db.execute("SELECT version, dev, ino, covered, tail, mtime, lines "
                              "FROM meta").fetchone()
+            if row is not None and row[0] != SCHEMA_VERSION:  # another version's tables
+                db.executescript("DROP TABLE meta; DROP TABLE entries; DROP TABLE names; "
+                                 "DROP TABLE parts;" + _SCHEMA)
+                row = None
         except sqlite3.DatabaseError as e:
             db.close()
             if isinstance(e, sqlite3.OperationalError):  # (locked, read-only...): leave it

@@ -46,6 +46,7 @@ import pickle
 import re
 import stat
 import struct
+import threading
 from typing import Any
 
 THRESHOLD = 64 * 1024              # pickles larger than this go to a file
@@ -184,6 +185,44 @@ def _writev_all(fd: int, pieces: list[memoryview]) -> None:
                 n = 0
 
 
+_PARALLEL_HASH = 8 << 20           # bytes from which a file's sha256 runs beside its write
+
+
+class _Sha256:
+    """The sha256 of ``pieces``: for a big value on a thread of its own, so that
+    hashing (hashlib releases the GIL) overlaps writing and fsyncing the same
+    bytes (the file is named by it only after both)."""
+
+    def __init__(self, pieces: list[memoryview], size: int) -> None:
+        self._pieces = pieces
+        self._sha: str | None = None
+        self._error: BaseException | None = None
+        self._thread: threading.Thread | None = None
+        if size >= _PARALLEL_HASH:
+            self._thread = threading.Thread(target=self._run, name="flowing-store-sha256",
+                                            daemon=True)
+            self._thread.start()
+        else:
+            self._run()
+
+    def _run(self) -> None:
+        try:
+            h = hashlib.sha256()
+            for p in self._pieces:
+                h.update(p)
+            self._sha = h.hexdigest()
+        except BaseException as e:  # (re-raised by result(), on the writer's thread)
+            self._error = e
+
+    def result(self) -> str:
+        if self._thread is not None:
+            self._thread.join()  # bounded: hashing bytes in memory always ends
+        if self._error is not None:
+            raise self._error
+        assert self._sha is not None
+        return self._sha
+
+
 def write(journal_abspath: str, journal_st: os.stat_result, frame: bytes,
           bufs: list[memoryview]) -> tuple[str, int, int]:
     """Store a pickled value durably; return (sha256 hex of the file, its size, lock fd).
@@ -199,12 +238,8 @@ def write(journal_abspath: str, journal_st: os.stat_result, frame: bytes,
         head = _FIXED.pack(MAGIC, len(bufs), len(frame)) + b"".join(
             struct.pack("<Q", b.nbytes) for b in bufs)
         pieces = [memoryview(head), memoryview(frame), *(b.cast("B") for b in bufs)]
-        h = hashlib.sha256()
-        for p in pieces:
-            h.update(p)
-        sha = h.hexdigest()
         size = sum(p.nbytes for p in pieces)
-        final = file_name(sha)
+        hashing = _Sha256(pieces, size)  # (beside the write below, for a big value)
         while True:
             tmp = f".{os.urandom(8).hex()}.tmp"
             try:
@@ -221,7 +256,8 @@ def write(journal_abspath: str, journal_st: os.stat_result, frame: bytes,
             take_owner_and_mode(tfd, journal_st)
             _writev_all(tfd, pieces)
             os.fsync(tfd)
-            os.rename(tmp, final, src_dir_fd=dfd, dst_dir_fd=dfd)
+            sha = hashing.result()
+            os.rename(tmp, file_name(sha), src_dir_fd=dfd, dst_dir_fd=dfd)
             os.fsync(dfd)
         except BaseException:
             try:
