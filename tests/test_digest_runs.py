@@ -2,6 +2,7 @@
 a body did not change its dependencies in place (flowing.replay.inplace)."""
 
 import logging
+import threading
 
 import pytest
 from helpers import ListHandler
@@ -167,3 +168,56 @@ def test_items_reading_a_side_input_changed_between_checks_are_never_replayed(tm
     assert run() == want
     assert run() == want  # items 0-3 replay; item 4 runs again, and so what reads its change
     assert run() == want
+
+
+@pytest.mark.parametrize("changes", [True, False])
+def test_a_big_dependency_is_checked_beside_the_value_digest_and_a_change_still_seen(
+        tmp_path, calls, changes, monkeypatch):
+    """A dependency slow to digest (a 40 MB array) is checked on a thread of its own
+    while the task's value is digested: a body that changed it in place is still not
+    journaled (and its sibling, run after it, neither), one that did not is."""
+    np = pytest.importorskip("numpy")
+    journal = str(tmp_path / "run.jsonl")
+    monkeypatch.setattr(inplace, "_SLOW_S", 0.0)  # (however fast this machine hashes)
+    beside = []
+    real_check = inplace.RunDigests.check_job
+
+    def check_job(self, job):
+        beside.append(threading.current_thread().name)
+        return real_check(self, job)
+
+    monkeypatch.setattr(inplace.RunDigests, "check_job", check_job)
+
+    def build():
+        @task
+        def load():
+            return np.arange(5_000_000, dtype=np.float64)
+
+        @task(depends_on=[load])
+        def scale(load):
+            calls.hit("scale")
+            if changes:
+                load[7] = -1.0  # in place: the entry would say "computed from the original"
+            return load * 2.0
+
+        @task(depends_on=[load, scale])
+        def total(load, scale):
+            calls.hit("total")
+            return float(load.sum() + scale.sum())
+
+        return total
+
+    records = ListHandler()
+    log = logging.getLogger(f"flowing.test.bigcheck.{changes}")
+    log.addHandler(records)
+    first = Flow(build(), journal_path=journal, log=log)
+    first.run()
+    assert first.ok
+    assert calls.take() == {"scale": 1, "total": 1}
+    warned = [m for m in records.messages if "changed in place" in m]
+    assert bool(warned) is changes and (not warned or "scale" in warned[0])
+    assert "flowing-inplace-check" in beside
+    second = Flow(build(), journal_path=journal, log=False)
+    second.run()
+    # load replays its original; what scale computed from the changed array does not
+    assert calls.take() == ({"scale": 1, "total": 1} if changes else {})

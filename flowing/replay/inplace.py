@@ -45,6 +45,12 @@ What is checked, and when (the policy)
 * Values shipped to another process (process pools, Dask) are copies: a body
   there cannot change the originals, and the check finds nothing.
 * A value changed and changed back between two checks is not detected.
+* Cost: a check digests again what a mutable dependency holds, so for a big
+  array or frame it costs what its first digest did. When a task's
+  dependency took at least ``_SLOW_S`` to digest, the check runs on a thread
+  of its own while the task's value is digested (``digest_and_check``): both
+  hash buffers in place with the GIL released, so on two cores the check
+  adds little to the journal write.
 
 Digests are never cached by ``id()`` for values that can change: a mutable
 value is digested afresh each time it is checked.
@@ -53,6 +59,7 @@ value is digested afresh each time it is checked.
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -81,6 +88,7 @@ class Job(Protocol):
 _SCALARS = frozenset({int, float, str, bytes, bool, type(None), complex})
 _SIZED = (str, bytes)
 _SMALL = 4096  # scalars up to this length are digested again rather than remembered
+_SLOW_S = 0.005  # a value whose digest took this long (s) is checked beside the next digest
 
 
 class _Fan:
@@ -122,6 +130,8 @@ class RunDigests:
                  behaviours: Iterable[Behaviour | None] = ()) -> None:
         self._lock = threading.Lock()
         self._immutable: dict[int, tuple[object, str]] = {}  # keeps the values alive
+        # id -> value, of mutable values slow to digest (kept alive: their ids stay theirs)
+        self._slow: dict[int, object] = {}
         self._fans: dict[int, _Fan] = {}
         # Flow(inputs=...) and their digests as the run's keys covered them (before
         # any body ran): a body may change an input in place too
@@ -141,11 +151,40 @@ class RunDigests:
                 return hit[1]
         # a KeyboardInterrupt raised by the value's own code is not the terminal's
         nothing: tuple[str | None, bool] = (None, False)
+        began = time.perf_counter()
         found, immutable = guarded(digest_info, value, fallback=nothing)
         if immutable and found is not None and not small:
             with self._lock:
                 self._immutable[id(value)] = (value, found)
+        elif not small and time.perf_counter() - began >= _SLOW_S:
+            with self._lock:
+                self._slow[id(value)] = value
         return found
+
+    def digest_and_check(self, job: Job, value: object) -> tuple[str | None, str | None]:
+        """``(self(value), self.check_job(job))``: on two threads at once when one
+        of the job's dependency values was slow to digest (see the module doc)."""
+        slow = self._slow
+        if not any(slow.get(id(v)) is v for v in job.kwargs.values()):
+            return self(value), self.check_job(job)
+        box: list[str | None] = []
+        failed: list[BaseException] = []
+
+        def check() -> None:
+            try:
+                box.append(self.check_job(job))
+            except BaseException as exc:  # (raised again on the caller's thread)
+                failed.append(exc)
+
+        beside = threading.Thread(target=check, name="flowing-inplace-check", daemon=True)
+        beside.start()
+        try:
+            digest = self(value)
+        finally:
+            beside.join()  # bounded: digesting values in memory ends (self() never raises)
+        if failed:
+            raise failed[0]
+        return digest, box[0]
 
     def unchanged(self, named: Iterable[tuple[str, object]], expected: str) -> bool:
         """Whether the (name, value) pairs still digest to ``expected`` (an

@@ -92,25 +92,25 @@ def record_outcome(run: Run, outcome: Outcome, item: bool) -> None:
     outcome.journaled = True
     digests = run.digest
     store = job.store
-    check = None
-    if store and digests is not None:
-        if item:
-            check = digests.item_check(job)
-        else:
-            changed = digests.check_job(job)
-            if changed is not None:
-                store = False
-                outcome.warning = changed
     if item:
         keys = run.keys
         assert keys is not None
+        check = digests.item_check(job) if store and digests is not None else None
         # (no dependent reads an item's digest: the journal takes one only to check a
         # value it cannot store as JSON when it is read back)
         journal.record(job.key, f"{job.td.name}[{job.item}]", [keys[job.task]],
                        outcome.value, "item", digest_of=digests, store=store, durable=False,
                        check=check)
         return
-    digest = digests(outcome.value) if digests is not None else None
+    digest = None
+    if digests is not None:
+        if store:
+            digest, changed = digests.digest_and_check(job, outcome.value)
+            if changed is not None:
+                store = False
+                outcome.warning = changed
+        else:
+            digest = digests(outcome.value)
     outcome.digest = digest
     journal.record(job.key, job.td.name, run.dep_keys(job.task), outcome.value, "task",
                    digest=digest, inputs=job.in_digest, store=store, parts=run.parts[job.task])
