@@ -74,9 +74,8 @@ class _Pickler(pickle.Pickler):
         self.sink = sink
         self.fast = True
         self.chunk: Callable[[object], bytes] = _no_chunk
-        # (keys, their types) -> their canonical order (content only: kept from dump to dump)
-        self.orders: dict[tuple[tuple[Any, ...], tuple[type, ...]],
-                          tuple[tuple[Any, ...], Callable[[Any], Any] | None]] = {}
+        # keys (see ``_dict``) -> their canonical order (content only: kept from dump to dump)
+        self.orders: dict[tuple[Any, ...], tuple[tuple[Any, ...], Callable[[Any], Any] | None]] = {}
         self.mutable = False
 
     def persistent_id(self, obj: Any) -> Any:
@@ -101,13 +100,15 @@ class _Pickler(pickle.Pickler):
 
     def _dict(self, d: dict[Any, Any]) -> Any:
         keys = tuple(d)
-        types = tuple(map(type, keys))
-        if not _KEY_TYPES.issuperset(types):
+        types = set(map(type, keys))
+        if not types <= _KEY_TYPES:
             return ("c", self.chunk(d))
         orders = self.orders
-        # (by the keys and their types: ``(False, None) == (0, None)`` as tuples, and
-        # the order found for one must never rename the keys of the other)
-        cached = (keys, types)
+        # Keys of these types equal only keys of their own type, but for bool and int
+        # (``(False, None) == (0, None)``): the order found for one must never rename
+        # the keys of the other, so keys holding a bool are told apart by their types
+        # (a tuple of two tuples never equals a tuple of keys).
+        cached: tuple[Any, ...] = keys if bool not in types else (keys, tuple(map(type, keys)))
         found = orders.get(cached)
         if found is None:
             ordered = tuple(sorted(keys, key=_key_bytes))
