@@ -221,3 +221,31 @@ def test_a_big_dependency_is_checked_beside_the_value_digest_and_a_change_still_
     second.run()
     # load replays its original; what scale computed from the changed array does not
     assert calls.take() == ({"scale": 1, "total": 1} if changes else {})
+
+
+def test_small_dependencies_are_checked_on_the_tasks_own_thread(tmp_path, monkeypatch):
+    """Only a dependency slow to digest gets a check thread: not None (once taken
+    for a slow value: a lookup's default), not small values, however busy the run."""
+    started = []
+    real_start = threading.Thread.start
+
+    def start(self):
+        started.append(self.name)
+        real_start(self)
+
+    monkeypatch.setattr(threading.Thread, "start", start)
+
+    @task
+    def root():
+        return None
+
+    @task
+    def small():
+        return {"a": [1, 2, 3]}
+
+    mids = [task(lambda root, small, i=i: i, name=f"m{i}", depends_on=[root, small])
+            for i in range(40)]
+    flow = Flow(*mids, journal_path=str(tmp_path / "run.jsonl"), log=False, max_workers=5)
+    flow.run()
+    assert flow.ok
+    assert "flowing-inplace-check" not in started

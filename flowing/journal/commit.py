@@ -123,11 +123,10 @@ class GroupCommit:
 
     def _write_held(self, last: _Line | None) -> bool:
         """Write the held lines, then ``last``, in one append (``lock`` held). False on error."""
-        held: list[_Line] = []
         queue = self._held
         self._held_bytes = 0
-        while queue:  # (lines held meanwhile by other threads are taken too)
-            held.append(queue.popleft())
+        # the lines held now (bounded: lines held meanwhile go with the next write)
+        held: list[_Line] = [queue.popleft() for _ in range(len(queue))]
         if last is not None:
             held.append(last)
         if any(x[2] is not None for x in held):

@@ -88,6 +88,10 @@ class Index:
         self.parts: dict[str, tuple[int, int] | None] = {}  # None hides a database row
         self.db: Any = None
         self._lock = threading.Lock()
+        # The database's answer for the key asked last (replay asks for one key a few
+        # times in a row); only the database's, so the overlay above always wins.
+        # Set and cleared under ``_lock`` with the database's writes.
+        self._last: tuple[str, Where | None] | None = None
 
     # -- the overlay -------------------------------------------------------
 
@@ -115,11 +119,15 @@ class Index:
         if self.db is None:
             return None
         with self._lock:
+            last = self._last
+            if last is not None and last[0] == key:
+                return last[1]
             row = self.db.execute("SELECT off, len, vstart, code, t, digest, inputs FROM entries "
                                   "WHERE key = ?", (key,)).fetchone()
-        if row is None:
-            return None
-        return (row[0], row[1], row[2], row[3], row[4], row[5], row[6])
+            where: Where | None = None if row is None else (
+                row[0], row[1], row[2], row[3], row[4], row[5], row[6])
+            self._last = (key, where)
+        return where
 
     def has_name(self, name: str) -> bool:
         if name in self.names:
@@ -229,6 +237,7 @@ class Index:
             return
         try:
             with self._lock:
+                self._last = None
                 db.execute("BEGIN IMMEDIATE")
                 try:
                     if rebuild:
@@ -263,6 +272,7 @@ class Index:
         self.parts.clear()
 
     def close(self) -> None:
+        self._last = None
         if self.db is not None:
             try:
                 self.db.close()

@@ -88,7 +88,8 @@ class Job(Protocol):
 _SCALARS = frozenset({int, float, str, bytes, bool, type(None), complex})
 _SIZED = (str, bytes)
 _SMALL = 4096  # scalars up to this length are digested again rather than remembered
-_SLOW_S = 0.005  # a value whose digest took this long (s) is checked beside the next digest
+_SLOW_S = 0.005  # a value whose digest took this much CPU (s) is checked beside the next digest
+_NOT_SLOW: Any = object()  # (not a value: ``None`` is one)
 
 
 class _Fan:
@@ -151,12 +152,12 @@ class RunDigests:
                 return hit[1]
         # a KeyboardInterrupt raised by the value's own code is not the terminal's
         nothing: tuple[str | None, bool] = (None, False)
-        began = time.perf_counter()
+        began = time.thread_time()  # (CPU time: waiting for the GIL does not count)
         found, immutable = guarded(digest_info, value, fallback=nothing)
         if immutable and found is not None and not small:
             with self._lock:
                 self._immutable[id(value)] = (value, found)
-        elif not small and time.perf_counter() - began >= _SLOW_S:
+        elif not small and time.thread_time() - began >= _SLOW_S:
             with self._lock:
                 self._slow[id(value)] = value
         return found
@@ -165,7 +166,7 @@ class RunDigests:
         """``(self(value), self.check_job(job))``: on two threads at once when one
         of the job's dependency values was slow to digest (see the module doc)."""
         slow = self._slow
-        if not any(slow.get(id(v)) is v for v in job.kwargs.values()):
+        if not any(slow.get(id(v), _NOT_SLOW) is v for v in job.kwargs.values()):
             return self(value), self.check_job(job)
         box: list[str | None] = []
         failed: list[BaseException] = []
