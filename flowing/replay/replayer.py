@@ -157,12 +157,14 @@ class Replayer:
         items). When it may not and the journal knows the task from an earlier run,
         ``why`` says why it runs again (a first run needs no explaining)."""
         td = self.graph.tasks[i]
-        explain = not item and self.journal.has_task(td.name)
-        why = self.plan.verdict(i, td, key, in_digest, self.parts[i] or {}, explain)
-        if why is None:
+        parts = self.parts[i] or {}
+        if self.plan.verdict(i, td, key, in_digest, parts, explain=False) is None:
             return True
-        if explain:
-            self.why[i] = why
+        # (asked only now: a replay needs no explaining, and asking costs a lookup)
+        if not item and self.journal.has_task(td.name):
+            why = self.plan.verdict(i, td, key, in_digest, parts, explain=True)
+            if why is not None:
+                self.why[i] = why
         return False
 
     def _replay(self, i: int, in_digest: str | None) -> StepResult | None:
