@@ -199,3 +199,27 @@ def test_dicts_whose_keys_compare_equal_across_types_never_share_an_order():
     assert value_digest([c, d]) != value_digest([c, c])
     assert value_digest([{"k": 0, True: "x"}, {"k": 0, 1: "x"}]) != value_digest(
         [{"k": 0, True: "x"}, {"k": 0, True: "x"}])
+
+
+def test_digests_do_not_keep_the_keys_of_dicts_the_user_dropped():
+    """The reused pickler remembers key orders of small dicts with short keys only:
+    dicts with long keys or many keys leave nothing behind once dropped."""
+    import gc
+    import tracemalloc
+
+    value_digest({"warm": 1})
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        for i in range(200):
+            d = {bytes([i % 256]) * 100_000 + str(i).encode(): i, "b": 2}
+            value_digest(d)
+            del d
+        big = {f"k{i}": i for i in range(50_000)}
+        value_digest(big)
+        del big
+        gc.collect()
+        held = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+    assert held < 2_000_000, held

@@ -715,3 +715,53 @@ def test_an_index_of_another_schema_version_is_rebuilt_in_the_current_one(tmp_pa
     assert "WITHOUT ROWID" in sql and db.execute("SELECT count(*) FROM entries").fetchone()[0] \
         == len(values)
     db.close()
+
+
+def test_forgetting_one_item_keeps_its_siblings_downstream_of_the_source(tmp_path, repo_env):
+    """``forget sq[3]`` takes the task's lines (else the task replays whole and the
+    item never runs): its other items must stay reachable, so a later ``forget src``
+    still makes every item run again."""
+    (tmp_path / "f.py").write_text(for_each_script(
+        6, 'open("calls.log", "a").write(f"{src}\\n")', "src * src"))
+    want = sum(i * i for i in range(6))
+    assert run_script(tmp_path, repo_env) == f"OUT False {want} 6"
+    path = str(tmp_path / "run.jsonl")
+    forget(path, ["sq[3]"], _log())
+    forget(path, ["src"], _log())
+    assert [e.name for e in iter_entries(path, _log())] == []
+    (tmp_path / "calls.log").unlink()
+    assert run_script(tmp_path, repo_env) == f"OUT False {want} 6"
+    assert sorted(map(int, (tmp_path / "calls.log").read_text().split())) == list(range(6))
+
+
+def test_flush_waits_for_the_fsync_of_lines_another_writer_took(tmp_path):
+    """Held lines taken by another writer and still in its fsync are not durable yet:
+    ``flush`` returns only once that fsync is done."""
+    import logging
+    import threading
+
+    from flowing.journal.commit import GroupCommit
+
+    in_fsync, release = threading.Event(), threading.Event()
+    synced = []
+
+    def fsync() -> None:
+        in_fsync.set()
+        release.wait(10)
+        synced.append(True)
+
+    commit = GroupCommit(lambda lines: None, fsync, logging.getLogger("t"), "x")
+    entry = ("k" * 64, "item", "t[0]", "json", 0.0, None, None, 0, False)
+    assert commit.write(b"held\n", entry, durable=False)
+    writer = threading.Thread(target=commit.write, args=(b"task\n", entry))
+    writer.start()
+    assert in_fsync.wait(10)
+    flushed = []
+    flusher = threading.Thread(target=lambda: flushed.append(commit.flush()))
+    flusher.start()
+    flusher.join(0.3)
+    assert flushed == [], "flush returned while the lines were still being fsynced"
+    release.set()
+    flusher.join(10)
+    writer.join(10)
+    assert flushed == [True] and synced

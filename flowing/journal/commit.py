@@ -114,9 +114,11 @@ class GroupCommit:
     def flush(self) -> bool:
         """Write and fsync the held lines. True if all are durable."""
         with self.lock:
-            if not self._held:
-                return self.disabled is None
-            if self.disabled is not None or self.closed or not self._write_held(None):
+            if self.disabled is not None or self.closed:
+                return False
+            # (with nothing held, the lines another writer took may still be in its
+            # fsync: wait for that one too)
+            if self._held and not self._write_held(None):
                 return False
             seq = self._written
         return self._sync(seq)

@@ -122,8 +122,11 @@ class Index:
             last = self._last
             if last is not None and last[0] == key:
                 return last[1]
-            row = self.db.execute("SELECT off, len, vstart, code, t, digest, inputs FROM entries "
-                                  "WHERE key = ?", (key,)).fetchone()
+            try:
+                row = self.db.execute("SELECT off, len, vstart, code, t, digest, inputs "
+                                      "FROM entries WHERE key = ?", (key,)).fetchone()
+            except sqlite3.Error:  # (changed under us by another flowing: not replayed)
+                return None
             where: Where | None = None if row is None else (
                 row[0], row[1], row[2], row[3], row[4], row[5], row[6])
             self._last = (key, where)
@@ -205,8 +208,8 @@ class Index:
             row = db.execute("SELECT version, dev, ino, covered, tail, mtime, lines "
                              "FROM meta").fetchone()
             if row is not None and row[0] != SCHEMA_VERSION:  # another version's tables
-                db.executescript("DROP TABLE meta; DROP TABLE entries; DROP TABLE names; "
-                                 "DROP TABLE parts;" + _SCHEMA)
+                db.executescript("BEGIN IMMEDIATE; DROP TABLE meta; DROP TABLE entries; "
+                                 "DROP TABLE names; DROP TABLE parts;" + _SCHEMA + "COMMIT;")
                 row = None
         except sqlite3.DatabaseError as e:
             db.close()

@@ -17,6 +17,7 @@ import errno
 import fcntl
 import logging
 import os
+import time
 from dataclasses import dataclass
 
 from ..errors import JournalError
@@ -32,7 +33,7 @@ from .files import (
     _remove_stale_temps,
     _same_file,
 )
-from .format import HEADER, Entry, _base_name
+from .format import HEADER, Entry, _base_name, _make_line
 from .scan import _entry, _scan, _Warner
 
 __all__ = ["compact", "forget", "CompactResult", "ForgetResult"]
@@ -106,8 +107,9 @@ class _Exclusive:
         _remove_stale_temps(self.abspath, self.logger)  # we hold the exclusive lock
         return entries, warner.count, size, first
 
-    def replace_with(self, spans: list[tuple[int, int]]) -> int:
-        """Atomically replace the file by a header and the byte ranges ``spans`` of the current one.
+    def replace_with(self, spans: list[tuple[int, int]], extra: bytes = b"") -> int:
+        """Atomically replace the file by a header, the byte ranges ``spans`` of the current
+        one and the whole lines ``extra``.
 
         The new file keeps the journal's permission bits and, where allowed, its owner.
         """
@@ -126,6 +128,8 @@ class _Exclusive:
                         off += len(buf)
                         length -= len(buf)
                         total += len(buf)
+                out.write(extra)
+                total += len(extra)
                 out.flush()
                 os.fsync(out.fileno())
             os.replace(tmp, self.abspath)
@@ -171,7 +175,9 @@ def forget(path: str | os.PathLike[str], tasks: list[str], logger: logging.Logge
 
     A name matches entries named exactly so and, for ``for_each`` tasks, its
     items ``name[i]``. Every entry that lists a removed key among its
-    dependencies is removed too, transitively. Unreadable lines are dropped.
+    dependencies is removed too, transitively. A task whose lines go because
+    one of its items was asked for keeps a value-less line when other items of
+    it stay (``_chains``). Unreadable lines are dropped.
     Raises JournalError (with close matches) if a name matches nothing, and
     if the file is not a flowing journal; the file is then left untouched.
     """
@@ -229,11 +235,27 @@ def forget(path: str | os.PathLike[str], tasks: list[str], logger: logging.Logge
                 downstream.setdefault(e.task, []).append(e)
             else:
                 keep.append(e)
-        ex.replace_with([(e.offset, e.size) for e in keep])
+        ex.replace_with([(e.offset, e.size) for e in keep], _chains(entries, parents, keep))
         _removed, freed = valuestore.clean(ex.abspath, _stored_of(keep))
     removed = sum(map(len, requested.values())) + sum(map(len, downstream.values()))
     return ForgetResult(requested=requested, downstream=downstream, removed=removed,
                         kept=len(keep), values_freed=freed)
+
+
+def _chains(entries: list[Entry], parents: set[str], keep: list[Entry]) -> bytes:
+    """Value-less lines for the task keys whose lines go because one of their items
+    was asked for, while other items of theirs stay: an item line names only its
+    task's key (flowing.replay.record), so without such a line a later ``forget`` of
+    a dependency could no longer reach those items. Never replays (``enc`` none)."""
+    kept_tasks = {e.dep_keys[0] for e in keep if e.kind == "item" and e.dep_keys}
+    lines = []
+    done: set[str] = set()
+    for e in entries:
+        if e.key in parents and e.key in kept_tasks and e.key not in done and e.kind != "item":
+            done.add(e.key)
+            lines.append(_make_line(e.key, e.kind, e.name, list(e.dep_keys), time.time(),
+                                    "none", "null"))
+    return b"".join(lines)
 
 
 def _stored_of(entries: list[Entry]) -> set[str]:

@@ -40,6 +40,13 @@ from .encoding import _ATOMS, _FAST_PREFIX, Unstable
 _PLAIN = frozenset({str, int, type(None), bool, bytes, tuple})
 _KEY_TYPES = frozenset({str, int, bytes, bool, type(None)})
 _NAN = ("n",)
+# The key orders a pickler remembers (it outlives one digest: see ``_idle``): at most
+# this many, of dicts of at most this many keys, so the keys of dicts a user dropped
+# are never held in bulk (about 2 MB of keys at worst).
+_ORDERS = 1024
+_ORDER_KEYS = 32
+_ORDER_KEY_LEN = 64                 # ... whose str and bytes keys are this long at most
+_SIZED_KEYS = (str, bytes)
 
 
 class _Fallback(Exception):
@@ -103,6 +110,8 @@ class _Pickler(pickle.Pickler):
         types = set(map(type, keys))
         if not types <= _KEY_TYPES:
             return ("c", self.chunk(d))
+        if len(keys) > _ORDER_KEYS:  # (a big dict: sorted afresh, its keys never held)
+            return _in_order(d, keys, tuple(sorted(keys, key=_key_bytes)))
         orders = self.orders
         # Keys of these types equal only keys of their own type, but for bool and int
         # (``(False, None) == (0, None)``): the order found for one must never rename
@@ -112,15 +121,22 @@ class _Pickler(pickle.Pickler):
         found = orders.get(cached)
         if found is None:
             ordered = tuple(sorted(keys, key=_key_bytes))
+            if any(type(k) in _SIZED_KEYS and len(k) > _ORDER_KEY_LEN for k in keys):
+                return _in_order(d, keys, ordered)  # (long keys: never held)
             getter: Callable[[Any], Any] | None = (
                 operator.itemgetter(*ordered) if len(ordered) > 1 else None)
-            if len(orders) > 4096:
+            if len(orders) >= _ORDERS:
                 orders.clear()
             found = orders[cached] = (ordered, getter if ordered != keys else None)
         ordered, getter = found
         if getter is None:  # already in canonical order
             return d
         return dict(zip(ordered, getter(d)))
+
+
+def _in_order(d: dict[Any, Any], keys: tuple[Any, ...], ordered: tuple[Any, ...]) -> Any:
+    """``d`` with its items in the canonical order ``ordered`` (of its ``keys``)."""
+    return d if ordered == keys else {k: d[k] for k in ordered}
 
 
 def _no_chunk(obj: object) -> bytes:
