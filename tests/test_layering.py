@@ -13,7 +13,7 @@ PKG = Path(__file__).resolve().parent.parent / "flowing"
 
 # Lowest first. A module may import modules of its own layer or of lower ones.
 LAYERS: list[set[str]] = [
-    {"interrupts", "text", "version"},                             # words, and one boundary
+    {"interrupts", "text", "version", "beside"},                   # words, one boundary
     {"errors", "records", "limits", "context", "results", "retry", "tasks", "graph"},  # model
     {"keys"},                                                       # content digests, step keys
     {"journal"},                                                    # the file and its store

@@ -46,8 +46,9 @@ import pickle
 import re
 import stat
 import struct
-import threading
 from typing import Any
+
+from ..beside import Beside
 
 THRESHOLD = 64 * 1024              # pickles larger than this go to a file
 SUFFIX = ".values"                 # run.jsonl -> run.jsonl.values/
@@ -188,39 +189,11 @@ def _writev_all(fd: int, pieces: list[memoryview]) -> None:
 _PARALLEL_HASH = 8 << 20           # bytes from which a file's sha256 runs beside its write
 
 
-class _Sha256:
-    """The sha256 of ``pieces``: for a big value on a thread of its own, so that
-    hashing (hashlib releases the GIL) overlaps writing and fsyncing the same
-    bytes (the file is named by it only after both)."""
-
-    def __init__(self, pieces: list[memoryview], size: int) -> None:
-        self._pieces = pieces
-        self._sha: str | None = None
-        self._error: BaseException | None = None
-        self._thread: threading.Thread | None = None
-        if size >= _PARALLEL_HASH:
-            self._thread = threading.Thread(target=self._run, name="flowing-store-sha256",
-                                            daemon=True)
-            self._thread.start()
-        else:
-            self._run()
-
-    def _run(self) -> None:
-        try:
-            h = hashlib.sha256()
-            for p in self._pieces:
-                h.update(p)
-            self._sha = h.hexdigest()
-        except BaseException as e:  # (re-raised by result(), on the writer's thread)
-            self._error = e
-
-    def result(self) -> str:
-        if self._thread is not None:
-            self._thread.join()  # bounded: hashing bytes in memory always ends
-        if self._error is not None:
-            raise self._error
-        assert self._sha is not None
-        return self._sha
+def _sha256_hex(pieces: list[memoryview]) -> str:
+    h = hashlib.sha256()
+    for p in pieces:
+        h.update(p)
+    return h.hexdigest()
 
 
 def write(journal_abspath: str, journal_st: os.stat_result, frame: bytes,
@@ -239,7 +212,10 @@ def write(journal_abspath: str, journal_st: os.stat_result, frame: bytes,
             struct.pack("<Q", b.nbytes) for b in bufs)
         pieces = [memoryview(head), memoryview(frame), *(b.cast("B") for b in bufs)]
         size = sum(p.nbytes for p in pieces)
-        hashing = _Sha256(pieces, size)  # (beside the write below, for a big value)
+        # A big value's sha256 (its file's name) is taken beside its write and fsync
+        # (hashlib releases the GIL); the file is named only once both are done.
+        hashing = (Beside(lambda: _sha256_hex(pieces), "flowing-store-sha256")
+                   if size >= _PARALLEL_HASH else None)
         while True:
             tmp = f".{os.urandom(8).hex()}.tmp"
             try:
@@ -256,7 +232,7 @@ def write(journal_abspath: str, journal_st: os.stat_result, frame: bytes,
             take_owner_and_mode(tfd, journal_st)
             _writev_all(tfd, pieces)
             os.fsync(tfd)
-            sha = hashing.result()
+            sha = hashing.result() if hashing is not None else _sha256_hex(pieces)
             os.rename(tmp, file_name(sha), src_dir_fd=dfd, dst_dir_fd=dfd)
             os.fsync(dfd)
         except BaseException:

@@ -63,6 +63,7 @@ import time
 from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Any, Protocol
 
+from ..beside import Beside
 from ..interrupts import guarded
 from ..keys.digest import digest_info, inputs_digest
 
@@ -168,24 +169,9 @@ class RunDigests:
         slow = self._slow
         if not any(slow.get(id(v), _NOT_SLOW) is v for v in job.kwargs.values()):
             return self(value), self.check_job(job)
-        box: list[str | None] = []
-        failed: list[BaseException] = []
-
-        def check() -> None:
-            try:
-                box.append(self.check_job(job))
-            except BaseException as exc:  # (raised again on the caller's thread)
-                failed.append(exc)
-
-        beside = threading.Thread(target=check, name="flowing-inplace-check", daemon=True)
-        beside.start()
-        try:
-            digest = self(value)
-        finally:
-            beside.join()  # bounded: digesting values in memory ends (self() never raises)
-        if failed:
-            raise failed[0]
-        return digest, box[0]
+        check = Beside(lambda: self.check_job(job), "flowing-inplace-check")
+        digest = self(value)  # (never raises)
+        return digest, check.result()
 
     def unchanged(self, named: Iterable[tuple[str, object]], expected: str) -> bool:
         """Whether the (name, value) pairs still digest to ``expected`` (an
