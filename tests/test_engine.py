@@ -15,6 +15,7 @@ from hypothesis import strategies as st
 from flowing import Flow, Limit, StepState, task
 from flowing.engine.scheduler import Scheduler, run_ok
 from flowing.results import SkipCause, StepResult
+from flowing.runners.base import Unbatched
 from flowing.runners.inline import InlineRunner, ManualClock
 
 S, F, K = StepState.SUCCEEDED, StepState.FAILED, StepState.SKIPPED
@@ -338,7 +339,7 @@ def test_the_runner_is_the_callers():
     assert scheduler.run({}, {})[0].value == 1  # type: ignore[union-attr]
 
 
-class _Hangs:
+class _Hangs(Unbatched):
     """A runner on which the jobs of one task never come back (a hung engine): they
     start (their deadline is stamped) and no verdict ever arrives."""
 

@@ -5,6 +5,10 @@ Policy
 * At most ``capacity`` jobs are in flight: ``max_workers``, or twice that
   when the runner queues jobs ahead for its own idle workers (so a worker
   never idles waiting for the scheduler). Jobs start in FIFO order.
+* A runner that batches (``Runner.quick``: a process pool) marks the tasks
+  whose bodies it measured quick; their jobs may go beyond ``capacity``, up
+  to ``quick_capacity``, so that the runner can ship several in one engine
+  call. The first job that is not quick waits for ``capacity`` as usual.
 * A task's ``Limit`` further bounds its bodies in flight and their start rate
   across every flow of the process: its jobs are parked per Limit (FIFO) and
   admitted by ``Limit.try_acquire``. A rate counts starts, so a rate-limited
@@ -30,6 +34,7 @@ State
 ``ready``        released tasks (by index) and jobs (retries, items) waiting
                  for a slot, FIFO; a task's Job is made when it starts
 ``in_flight``    jobs handed to the runner whose verdict is not taken yet
+``quick``        the runner's flags (task index -> 1: quick bodies), or None
 ``timers``       heap of (due, seq, job): retries after their backoff, and
                  wake-ups for rate limits (job None)
 ``overdue``      heap of (due, seq, job): timed jobs to fail if their verdict
@@ -57,6 +62,9 @@ if TYPE_CHECKING:
 
 # The longest the scheduler sleeps without looking around (timers, progress).
 MAX_WAIT_S = 1.0
+
+# Jobs of quick tasks a batching runner may hold, as a multiple of ``capacity``.
+QUICK_AHEAD = 16
 
 # A sync body that timed out keeps its Limit slot while it still runs, for at most
 # this long after its deadline, or timeout_s if that is longer (see give_back).
@@ -115,9 +123,12 @@ class Admission:
     """Capacity, Limit parking, timers and overdue jobs of one run."""
 
     def __init__(self, max_workers: int, capacity: int, clock: Clock,
-                 wake: Callable[[], None], warn: Callable[[str], None]) -> None:
+                 wake: Callable[[], None], warn: Callable[[str], None],
+                 quick: bytearray | None = None, quick_capacity: int = 0) -> None:
         self.max_workers = max_workers
         self.capacity = capacity
+        self.quick = quick  # per task, 1 while the runner batches its quick bodies
+        self.quick_capacity = quick_capacity
         self.clock = clock
         self.wake = wake  # a Limit slot freed (maybe by another flow)
         self.warn = warn  # a warning, once per text
@@ -175,11 +186,18 @@ class Admission:
     def dispatch(self, s: Starter) -> None:
         """Hand waiting jobs to the runner while there is room."""
         if self.in_flight >= self.capacity:
-            return
-        if self.busy_limits:
+            if self.quick is None or not self.ready:
+                return
+        elif self.busy_limits:
             self._dispatch_limited(s)
-        ready, capacity, start = self.ready, self.capacity, s.start
-        while ready and self.in_flight < capacity:
+        ready, capacity, start, quick = self.ready, self.capacity, s.start, self.quick
+        while ready:
+            if self.in_flight >= capacity:
+                # beyond it, only jobs of tasks whose bodies the runner found quick
+                head = ready[0]
+                if (quick is None or self.in_flight >= self.quick_capacity
+                        or not quick[head if isinstance(head, int) else head.task]):
+                    break
             entry = ready.popleft()
             if type(entry) is int:  # a released task: its first attempt starts now
                 if s.not_started(entry):

@@ -171,8 +171,10 @@ class Scheduler:
         if self.runner.queues_ahead and not any(td.is_async for td in graph.tasks):
             capacity = 2 * max_workers
         inbox = self.shared.inbox
+        # a batching runner may take up to this many jobs of quick tasks (see admission)
+        quick_capacity = capacity * admission_.QUICK_AHEAD
         self.admission = Admission(max_workers, capacity, clock, lambda: inbox.put(WAKE),
-                                   self._warn)
+                                   self._warn, self.runner.quick, quick_capacity)
         self.fan_outs = FanOuts(graph, self.shared, self.replayer, self.keys,
                                 self.admission.queue, self._task_inputs)
         self.running_since: dict[int, float] = {}
@@ -246,10 +248,12 @@ class Scheduler:
 
     def _loop(self) -> None:
         inbox, admission, clock, rs = self.shared.inbox, self.admission, self.clock, self.ready_set
+        runner = self.runner
         while rs.unfinished:
             if self.catcher.seen:
                 raise KeyboardInterrupt
             admission.dispatch(self)
+            runner.flush()
             if not rs.unfinished:
                 break
             if admission.idle():

@@ -12,6 +12,11 @@ The protocol (``Runner``)
 ``fuses``        whether this runner runs fused chains (see the scheduler).
 ``queues_ahead`` whether jobs may wait queued at the runner, beyond the bodies
                  in flight (only when idle workers pick them up themselves).
+``quick``        None, or (a runner that batches) a flag per task, set while
+                 its bodies are quick enough to ship several per engine call:
+                 admission may then hand it more jobs of that task.
+``flush()``      the scheduler has handed over what it could for now: ship any
+                 job held back to go with others (called after each dispatch).
 
 The scheduler talks to one ``Runner`` and never learns which kind it is: the
 run's threads, an event loop or a caller's executor (``local``), a process
@@ -115,10 +120,22 @@ class Runner(Protocol):
 
     fuses: bool
     queues_ahead: bool
+    quick: bytearray | None
 
     def submit(self, job: Job) -> None: ...
 
+    def flush(self) -> None: ...
+
     def close(self) -> None: ...
+
+
+class Unbatched:
+    """For runners that ship one job at a time: nothing is ever held back."""
+
+    quick: bytearray | None = None
+
+    def flush(self) -> None:
+        pass
 
 
 def work(job: Job | None, shared: Shared) -> None:

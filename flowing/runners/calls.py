@@ -73,6 +73,7 @@ from .worker import (
     TaskRef,
     describe,
     dumps_for,
+    run_batch,
     run_shipped,
     type_name,
 )
@@ -207,44 +208,64 @@ class RemoteCall:
         self._gathering = threading.Lock()  # held by the one thread gathering a batch
         self._target: tuple[Callable[..., Any], tuple[Any, ...]] | None = None  # Dask only
 
+    def pack(self, job: Job, kwargs: dict[str, Any]) -> tuple[bytes, bytes]:
+        """The pickled body and call of ``job`` (see ``start_batch``). Raises
+        CannotShip, saying what could not be pickled."""
+        return self._body_blob(job), self._call_blob(job, kwargs)
+
+    def start_batch(self, packed: tuple[tuple[bytes, bytes], ...]) -> Any:
+        """Process pools: submit packed calls as one engine task (``run_batch``);
+        -> its future. Raises what the executor raised (see ``engine_error``)."""
+        future = self._executor.submit(run_batch, packed, self._cloud)
+        with self._lock:
+            self._futures.add(future)
+        return future
+
+    def batch_outcomes(self, future: Any) -> tuple[list[tuple[int, Any]], float]:
+        """What a finished ``start_batch`` future holds: each call's ``(code, data)``
+        (see ``unpack``) and the seconds they took on the worker. Raises the
+        engine's own failure as it is (see ``engine_error``)."""
+        with self._lock:
+            self._futures.discard(future)
+        done, seconds = future.result(timeout=0)
+        return done, seconds
+
     def start(self, job: Job, kwargs: dict[str, Any], keep: bool = False) -> Any:
-        """Pickle and submit the body call; -> the engine's future. Raises CannotShip
-        (what could not be pickled) or CannotRun (a refused submit).
+        """Dask: pickle and submit the body call; -> the engine's future. Raises
+        CannotShip (what could not be pickled) or CannotRun (a refused submit).
 
         A dependency value kept on the cluster (``RemoteValue``) is passed as its
         future: Dask hands the value to the worker from where it was made.
         ``keep``: the value is to stay on the worker (see ``run_shipped``)."""
         body = self._body_blob(job)
-        names: tuple[str, ...] = ()
+        names = tuple(k for k, v in kwargs.items() if isinstance(v, RemoteValue))
         futures: tuple[Any, ...] = ()
-        if self.dask:
-            names = tuple(k for k, v in kwargs.items() if isinstance(v, RemoteValue))
-            if names:
-                futures = tuple(kwargs[n].future for n in names)
-                kwargs = {k: v for k, v in kwargs.items() if k not in names}
-        deadline = job.deadline
-        left = None if deadline is None else max(0.0, deadline - time.time())
+        if names:
+            futures = tuple(kwargs[n].future for n in names)
+            kwargs = {k: v for k, v in kwargs.items() if k not in names}
+        call = self._call_blob(job, kwargs)
         try:
-            call = self._dumps((kwargs, job.context_fields()[:5], left, job.td.is_async))
+            key = f"{job.td.name}-{next(self._count)}-{self._token}"
+            target, prefix = self._dask_target()
+            future = self._executor.submit(target, *prefix, body, call, self._cloud, keep,
+                                           names, *futures, pure=False, key=key)
         except Exception as exc:
-            raise CannotShip(self._which_argument(job, kwargs, exc)) from None
-        try:
-            if self.dask:
-                key = f"{job.td.name}-{next(self._count)}-{self._token}"
-                target, prefix = self._dask_target()
-                future = self._executor.submit(target, *prefix, body, call, self._cloud, keep,
-                                               names, *futures, pure=False, key=key)
-            else:
-                future = self._executor.submit(run_shipped, body, call, self._cloud)
-        except Exception as exc:
-            raise self._engine_error(job, exc, "refused it") from exc
+            raise self.engine_error(job, exc, "refused it") from exc
         with self._lock:
             self._futures.add(future)
         return future
 
+    def _call_blob(self, job: Job, kwargs: dict[str, Any]) -> bytes:
+        deadline = job.deadline
+        left = None if deadline is None else max(0.0, deadline - time.time())
+        try:
+            return self._dumps((kwargs, job.context_fields()[:5], left, job.td.is_async))
+        except Exception as exc:
+            raise CannotShip(self._which_argument(job, kwargs, exc)) from None
+
     def result(self, job: Job, future: Any, keep: bool = False) -> Any:
-        """The body's value from its finished ``future`` (raises the body's exception,
-        or the engine's failure as CannotShip/WorkerLost/PoolBroken). ``keep``: a
+        """Dask: the body's value from its finished ``future`` (raises the body's
+        exception, or the engine's failure as CannotShip/WorkerLost). ``keep``: a
         success is a ``RemoteValue``; nothing is fetched but a failure."""
         with self._lock:
             self._futures.discard(future)
@@ -256,23 +277,23 @@ class RemoteCall:
             except BaseException as exc:
                 if is_terminal(exc):
                     raise
-                raise self._engine_error(job, exc, "lost it") from exc
+                raise self.engine_error(job, exc, "lost it") from exc
             args: tuple[Any, ...] = getattr(error, "args", ())
             if type(error) is RuntimeError and len(args) == 3 and args[0] == KEPT_TAG:
-                return self._unpack(job, args[1], args[2])
-            raise self._engine_error(job, error or RuntimeError("no result"), "lost it")
+                return self.unpack(job, args[1], args[2])
+            raise self.engine_error(job, error or RuntimeError("no result"), "lost it")
         try:
             if self._gathers and future.status == "finished":
                 outcome = self._gather(future)
             else:  # done: a Dask error is fetched from the cluster
                 outcome = future.result()
         except Exception as exc:
-            raise self._engine_error(job, exc, "lost it") from exc
+            raise self.engine_error(job, exc, "lost it") from exc
         try:
             code, data = outcome
         except Exception as exc:  # not what run_shipped returns: the executor ran something else
-            raise self._engine_error(job, exc, "lost it") from exc
-        return self._unpack(job, code, data)
+            raise self.engine_error(job, exc, "lost it") from exc
+        return self.unpack(job, code, data)
 
     def forget(self, future: Any) -> None:
         """The attempt is over without its value (timed out): cancel the call."""
@@ -355,7 +376,9 @@ class RemoteCall:
         return (f"{job.label()}: its arguments cannot be pickled to send them to a worker "
                 f"({describe(exc)}); pass plain data between tasks")
 
-    def _unpack(self, job: Job, code: int, data: Any) -> Any:
+    def unpack(self, job: Job, code: int, data: Any) -> Any:
+        """The value of one call from its ``(code, data)``; raises the body's
+        exception, or CannotShip, or the timeout."""
         import pickle  # lazy: keeps import flowing fast
 
         if code == OK:
@@ -383,8 +406,9 @@ class RemoteCall:
         job.cancelled = True
         raise timeout_error(job)
 
-    def _engine_error(self, job: Job, exc: BaseException, what: str) -> BaseException:
-        """The engine's own failure (never the body's: see ``run_shipped``)."""
+    def engine_error(self, job: Job, exc: BaseException, what: str) -> BaseException:
+        """The engine's own failure for ``job`` (never the body's: see ``run_shipped``);
+        ``what``: "refused it" (at submit) or "lost it"."""
         import concurrent.futures  # lazy: keeps import flowing fast
 
         why = f"({describe(exc)})"

@@ -31,7 +31,7 @@ from typing import Any
 from .. import context
 from . import attempt as attempt_
 from .attempt import Job, Outcome
-from .base import Shared, report
+from .base import Shared, Unbatched, report
 
 
 class ManualClock:
@@ -59,7 +59,7 @@ class ManualClock:
         return None
 
 
-class InlineRunner:
+class InlineRunner(Unbatched):
     """Settles each attempt inside ``submit``; see the module docstring."""
 
     fuses = False

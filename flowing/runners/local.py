@@ -34,13 +34,13 @@ from typing import TYPE_CHECKING, Any
 
 from ..text import safe_str
 from .attempt import FAILED, Job, Outcome, broken_outcome, run_attempt_async
-from .base import Runner, Shared, report, work
+from .base import Runner, Shared, Unbatched, report, work
 
 if TYPE_CHECKING:
     from concurrent.futures import Executor, Future
 
 
-class ThreadRunner:
+class ThreadRunner(Unbatched):
     """Daemon worker threads owned by one run.
 
     Daemon threads, unlike ``ThreadPoolExecutor``'s, never hold the
@@ -91,7 +91,7 @@ class ThreadRunner:
             self._jobs.put(None)
 
 
-class ExecutorRunner:
+class ExecutorRunner(Unbatched):
     """Runs whole attempts on the caller's thread-based executor (never shut down here)."""
 
     fuses = True
@@ -129,7 +129,7 @@ class ExecutorRunner:
         pass
 
 
-class EventLoopRunner:
+class EventLoopRunner(Unbatched):
     """An event loop on a daemon thread, owned by one run, for coroutine bodies."""
 
     fuses = False
@@ -190,6 +190,7 @@ class Mixed:
         self._loop: EventLoopRunner | None = None
         self.fuses = sync.fuses and (remote is None or remote.fuses)
         self.queues_ahead = sync.queues_ahead and (remote is None or remote.queues_ahead)
+        self.quick = None if remote is None else remote.quick  # local=True tasks never set it
 
     def submit(self, job: Job) -> None:
         if self._remote is not None and not job.td.local:
@@ -200,6 +201,10 @@ class Mixed:
             self._loop.submit(job)
         else:
             self._sync.submit(job)
+
+    def flush(self) -> None:
+        if self._remote is not None:
+            self._remote.flush()
 
     def close(self) -> None:
         if self._remote is not None:

@@ -21,6 +21,26 @@ here needs it (a ``local=True`` body, a gate, listing ``for_each`` items,
 ``retry_until``, ``StepResult.value``); with a journal, or
 ``client.get_executor()``, values come back as with process pools.
 
+Batching (process pools and loky; never Dask, whose tasks must stay one per
+call to pass values on). Every call goes to the pool as ``worker.run_batch``,
+which says how long its bodies took on the worker. A body function whose
+calls took at most ``_QUICK_S`` (2 ms) each is quick, for every task that
+runs it, until a later batch says otherwise. The scheduler may then hand over
+jobs of those tasks beyond ``2 * max_workers`` (up to ``admission.QUICK_AHEAD``
+times as many), and ``flush()``, called after each dispatch, ships the jobs
+held meanwhile several per engine task: enough tasks to keep ``2 *
+max_workers`` of them in flight, each of at most ``_BATCH_MAX`` calls and
+about ``_BATCH_S`` (20 ms) of work. Each call keeps its own value, error,
+retries and verdict; calls of a batch come back together. Timed (the
+deadline is per call), gated (``when``/``validate``), ``Limit``-ed,
+coroutine and ``local=True`` bodies always go one per engine task. A quick
+job handed over is started, for fail_fast as any other (it runs even if a
+failure arrives meanwhile). A worker lost during a batch fails each of its
+calls with ``PoolBroken``. This is what ``pool.map(chunksize=)`` and joblib's
+automatic batching do, learnt as the run goes: 400 no-op tasks on
+``ProcessPoolExecutor(2)`` cost less than submitting them to the pool one by
+one (``bench/remote.py``).
+
 An attempt is split in two (``attempt.begin_attempt`` / ``finish_attempt``):
 
 1. ``submit(job)`` (scheduler thread): the attempt begins — its start stamp and
@@ -99,8 +119,14 @@ from .base import Shared, report
 from .calls import RemoteCall, RemoteValue
 from .worker import OK
 
-# A process pool's value up to this size is unpickled on the engine's callback thread.
+# A process pool's values up to this size in all are unpickled on the engine's callback thread.
 _QUICK_BYTES = 64 * 1024
+# Batching (process pools, see the module docstring): a body that took at most
+# _QUICK_S on its worker is quick; quick calls go up to _BATCH_MAX per engine
+# task, adding up to about _BATCH_S of work.
+_QUICK_S = 0.002
+_BATCH_MAX = 16
+_BATCH_S = 0.02
 # Kept Dask values fetched at the end of a run: each at most, and all together at most.
 _SMALL_BYTES = 1 << 20
 _SMALL_TOTAL = 64 << 20
@@ -116,10 +142,14 @@ class _Threads:
         self._lock = threading.Lock()
         self._threads = 0
         self._idle = 0
+        self._closed = False
 
     def run(self, fn: Callable[[], None]) -> None:
-        self._queue.put(fn)
         with self._lock:
+            if self._closed:  # a late callback: a thread of its own, which then ends
+                threading.Thread(target=fn, daemon=True, name=f"{self._name}-late").start()
+                return
+            self._queue.put(fn)
             if self._idle or self._threads >= self._limit:
                 return
             self._threads += 1
@@ -140,6 +170,7 @@ class _Threads:
 
     def close(self) -> None:
         with self._lock:
+            self._closed = True
             n = self._threads
         for _ in range(n):
             self._queue.put(None)
@@ -157,6 +188,10 @@ class _Call:
         self.future: Any = None
         self._settled = False
         self._lock = threading.Lock()
+
+    @property
+    def settled(self) -> bool:
+        return self._settled
 
     def settle(self) -> bool:
         """True for the first caller only (the completion or the deadline)."""
@@ -218,6 +253,18 @@ class RemoteRunner:
     def __init__(self, executor: Any, max_workers: int, shared: Shared) -> None:
         self._remote = RemoteCall(executor)
         self._dask = self._remote.dask
+        # Process pools batch. Set by the threads that settle calls, read by admission:
+        self.quick: bytearray | None = None if self._dask else bytearray(len(shared.tasks))
+        self._seconds: dict[int, float] = {}  # id(body) -> a call's seconds on the worker, last seen
+        self._alike: dict[int, list[int]] = {}  # id(body) -> the tasks running that body
+        for i, td in enumerate(shared.tasks):
+            if not (td.timeout_s is not None or td.limit is not None or td.when is not None
+                    or td.validate is not None or td.is_async or td.local):  # never batched
+                self._alike.setdefault(id(td.fn), []).append(i)
+        self._held: list[Job] = []  # quick jobs waiting for flush() (scheduler thread)
+        self._slots = max(1, max_workers)
+        self._items = 0  # engine tasks in flight (process pools), under _items_lock
+        self._items_lock = threading.Lock()
         # a Dask Client (its concurrent.futures face cannot pass futures on)
         self._keeps_values = self._remote.client is not None and self._remote.client is executor
         self._shared = shared
@@ -230,29 +277,160 @@ class RemoteRunner:
         if job.gates and (job.mode == GATE or job.td.when is not None
                           or job.td.validate is not None):
             self._threads.run(lambda: self._begin(job))  # gates are user code
+        elif self.quick is not None and self.quick[job.task]:
+            self._held.append(job)  # shipped with others by flush()
         else:
             self._begin(job)
 
+    def flush(self) -> None:
+        """Ship the quick jobs held since the last flush, several per engine task:
+        as many tasks as keep the engine's ``2 * max_workers`` slots and queue
+        busy, each of at most ``_BATCH_MAX`` calls and about ``_BATCH_S`` of work."""
+        held = self._held
+        if not held:
+            return
+        self._held = []
+        with self._items_lock:
+            free = max(1, 2 * self._slots - self._items)
+        worst = max(self._seconds.get(id(job.td.fn), _QUICK_S) for job in held)
+        size = min(-(-len(held) // free), _BATCH_MAX, max(1, int(_BATCH_S / max(worst, 1e-6))))
+        for k in range(0, len(held), size):
+            self._ship(held[k:k + size])
+
     def _begin(self, job: Job) -> None:
-        shared = self._shared
-        if shared.interrupted:
+        if not self._dask:
+            self._ship([job])
             return
-        if job.announce:
-            shared.inbox.put(Outcome(job, STARTED, started_at=time.time()))
-        started, early = begin_attempt(job)
-        if early is not None:
-            report(early, shared)
+        call = self._started(job)
+        if call is None:
             return
-        call = _Call(job, started, self._keeps(job))
+        call.keep = self._keeps(job)
         try:
             call.future = self._remote.start(job, job.shipped_kwargs(), call.keep)
             if job.deadline is not None:
                 self._deadlines.add(job.deadline, call)
             call.future.add_done_callback(lambda _: self._done(call))
         except BaseException as exc:  # could not ship, or the engine refused it
-            if call.settle():
-                error = exc
-                self._threads.run(lambda: self._finish(call, None, error))
+            self._fail(call, exc)
+
+    def _started(self, job: Job) -> _Call | None:
+        """The attempt begins here (its gates, its deadline): its call, or None when
+        it is over already (a gate said so; the run was interrupted)."""
+        shared = self._shared
+        if shared.interrupted:
+            return None
+        if job.announce:
+            shared.inbox.put(Outcome(job, STARTED, started_at=time.time()))
+        started, early = begin_attempt(job)
+        if early is not None:
+            report(early, shared)
+            return None
+        return _Call(job, started, False)
+
+    def _fail(self, call: _Call, error: BaseException) -> None:
+        """The call could not be shipped: its attempt fails with ``error``."""
+        if call.settle():
+            self._threads.run(lambda: self._finish(call, None, error))
+
+    def _ship(self, jobs: list[Job]) -> None:
+        """Process pools: begin the attempts and ship their calls as one engine task."""
+        calls: list[_Call] = []
+        packed = []
+        for job in jobs:
+            call = self._started(job)
+            if call is None:
+                continue
+            try:
+                packed.append(self._remote.pack(job, job.shipped_kwargs()))
+            except BaseException as exc:  # CannotShip: this call alone fails
+                self._fail(call, exc)
+                continue
+            calls.append(call)
+        if not calls:
+            return
+        try:
+            future = self._remote.start_batch(tuple(packed))
+        except BaseException as exc:  # the engine refused it
+            for call in calls:
+                self._fail(call, self._remote.engine_error(call.job, exc, "refused it"))
+            return
+        with self._items_lock:
+            self._items += 1
+        for call in calls:
+            call.future = future
+            if call.job.deadline is not None:  # never batched: a timed call goes alone
+                self._deadlines.add(call.job.deadline, call)
+        future.add_done_callback(lambda _: self._batch_done(calls, future))
+
+    def _batch_done(self, calls: list[_Call], future: Any) -> None:
+        """A process pool's callback (its thread): settle the calls right here when that
+        is quick and runs no user code (see ``_quick_batch``), else on a finisher."""
+        with self._items_lock:
+            self._items -= 1
+        if all(call.settled for call in calls):
+            return  # timed out (a timed call goes alone)
+        try:
+            quick = self._quick_batch(calls, future)
+        except Exception:  # never leave a call unsettled
+            quick = False
+        if quick:
+            self._settle_batch(calls, future)
+        else:
+            self._threads.run(lambda: self._settle_batch(calls, future))
+
+    def _quick_batch(self, calls: list[_Call], future: Any) -> bool:
+        """Successes with small values, no ``retry_until`` and no journal: their
+        verdicts need no user code nor I/O."""
+        if self._shared.journal is not None or future.cancelled():
+            return False
+        if any(call.job.td.retry_until is not None for call in calls):
+            return False
+        if future.exception(timeout=0) is not None:
+            return False
+        total = 0
+        for code, data in future.result(timeout=0)[0]:
+            if code != OK or type(data) is not bytes:
+                return False
+            total += len(data)
+        return total <= _QUICK_BYTES
+
+    def _settle_batch(self, calls: list[_Call], future: Any) -> None:
+        """Each call's verdict from what its engine task brought back."""
+        try:
+            done, seconds = self._remote.batch_outcomes(future)
+            if len(done) != len(calls):
+                raise RuntimeError(f"{len(done)} results for {len(calls)} calls")
+        except BaseException as exc:  # the engine's own failure (or a cancelled call)
+            for call in calls:
+                if call.settle():
+                    self._finish(call, None, self._remote.engine_error(call.job, exc, "lost it"))
+            return
+        self._learn(calls, seconds)
+        for call, (code, data) in zip(calls, done):
+            if not call.settle():
+                continue  # its deadline settled it
+            try:
+                value = self._remote.unpack(call.job, code, data)
+            except BaseException as exc:
+                self._finish(call, None, exc)
+                continue
+            self._finish(call, value, None)
+
+    def _learn(self, calls: list[_Call], seconds: float) -> None:
+        """Mark the tasks whose bodies are quick, with every task running the same
+        function (admission then hands over more of them, and ``submit`` holds
+        them for ``flush``). A timed, gated, limited or coroutine body is never
+        batched (see ``__init__``)."""
+        quick = self.quick
+        assert quick is not None
+        each = seconds / len(calls)
+        flag = each <= _QUICK_S
+        for body in {id(call.job.td.fn) for call in calls}:
+            was = self._seconds.get(body)
+            self._seconds[body] = each
+            if was is None or (was <= _QUICK_S) != flag:
+                for i in self._alike.get(body, ()):
+                    quick[i] = flag
 
     def _done(self, call: _Call) -> None:
         """The engine's callback (its thread): hand the call to a finisher, or finish
@@ -276,19 +454,10 @@ class RemoteRunner:
                 and self._shared.journal is None)
 
     def _quick(self, call: _Call) -> bool:
-        """A kept Dask success, or a process pool's small value, with no
-        ``retry_until`` and no journal: its verdict is a success needing no user
-        code nor I/O. (Other Dask values are fetched over the network: on a
-        finisher thread, in batches.)"""
-        if call.keep:
-            return bool(call.future.status == "finished")
-        if self._dask or call.job.td.retry_until is not None or self._shared.journal is not None:
-            return False
-        try:
-            code, data = call.future.result(timeout=0)
-        except BaseException:
-            return False
-        return code == OK and isinstance(data, bytes) and len(data) <= _QUICK_BYTES
+        """A kept Dask success: its verdict is a success needing no user code nor
+        I/O. (Other Dask values are fetched over the network: on a finisher
+        thread, in batches.)"""
+        return call.keep and bool(call.future.status == "finished")
 
     def _fetch(self, call: _Call) -> None:
         try:
