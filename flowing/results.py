@@ -14,6 +14,7 @@ message.
 from __future__ import annotations
 
 import enum
+from collections.abc import Callable
 from typing import Any, ClassVar, NamedTuple
 
 from .records import Record
@@ -78,6 +79,16 @@ class Deferred:
 
     def load(self) -> Any:
         raise NotImplementedError
+
+    def content_digest(self, digest: Callable[[Any], str | None]) -> str | None:
+        """The value's content digest (``digest`` is the run's): of the loaded value,
+        unless the value knows it from where it was made."""
+        return digest(self.load())
+
+    def journal_form(self) -> Any:
+        """What the journal writes for this value: the value itself, unless the
+        value was pickled where it was made (``journal.values.Pickled``)."""
+        return self.load()
 
 
 class StepResult(Record):

@@ -91,3 +91,21 @@ def external_cluster(folder: Path, workers: int = 2) -> Iterator[str]:
     finally:
         for proc in reversed(procs):
             _stop(proc)
+
+
+@contextlib.contextmanager
+def local_client(workers: int, threads: int, **scheduler_kwargs: object) -> Iterator[object]:
+    """A ``Client`` of a ``LocalCluster`` of ``workers`` processes with ``threads``
+    threads each, closed (bounded) at the end."""
+    import distributed  # the engine is optional: only its test modules import it
+
+    cluster = distributed.LocalCluster(processes=True, n_workers=workers,
+                                       threads_per_worker=threads, dashboard_address=":0",
+                                       scheduler_kwargs=scheduler_kwargs)
+    client = distributed.Client(cluster)
+    try:
+        client.wait_for_workers(workers, timeout=60)
+        yield client
+    finally:
+        client.close(timeout=30)
+        cluster.close(timeout=30)

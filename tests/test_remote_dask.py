@@ -22,6 +22,8 @@ import pytest
 
 distributed = pytest.importorskip("distributed")
 
+from dask_cluster import local_client  # noqa: E402
+
 from flowing import Flow, Limit, StepState, current, task  # noqa: E402
 from flowing.errors import CannotShip, WorkerLost  # noqa: E402
 
@@ -30,16 +32,8 @@ FLOW_PID = os.getpid()
 
 @pytest.fixture(scope="module")
 def client():
-    cluster = distributed.LocalCluster(processes=True, n_workers=2, threads_per_worker=1,
-                                       dashboard_address=":0",
-                                       scheduler_kwargs={"allowed_failures": 0})
-    c = distributed.Client(cluster)
-    try:
-        c.wait_for_workers(2, timeout=60)
+    with local_client(2, 1, allowed_failures=0) as c:
         yield c
-    finally:
-        c.close(timeout=30)
-        cluster.close(timeout=30)
 
 
 @pytest.fixture(params=["client", "executor"])

@@ -12,6 +12,7 @@ import sys
 import textwrap
 from pathlib import Path
 
+import flowing
 import flowing.runners.worker as worker
 
 REPO = Path(__file__).resolve().parent.parent
@@ -29,14 +30,21 @@ ENTRY_SCRIPT = textwrap.dedent('''
     worker._bodies[b"stale"] = print  # a body unpickled under the previous bundle
     bundle = sys.argv[1]
     zipfile.ZipFile(bundle, "w").close()  # empty: flowing is importable here already
-    call = pickle.dumps(({"x": 21}, ("double", 1, 1, None, None), None, False))
-    code, data = shipping.ENTRY(bundle, (), pickle.dumps(double), call, False)
+    call = pickle.dumps(({"x": 21}, ("double", 1, 1, None, None), None, False, ()))
+    code, data = shipping.ENTRY(bundle, (), "run_shipped", pickle.dumps(double), call, False)
     print(code, pickle.loads(data), b"stale" in worker._bodies, sys.path[0] == bundle)
     # keep (a Dask task whose value stays on the worker): the value itself
-    print(shipping.ENTRY(bundle, (), pickle.dumps(double), call, False, True))
-    code, data = shipping.ENTRY(bundle, (), pickle.dumps(boom), call, False)
+    print(shipping.ENTRY(bundle, (), "run_shipped", pickle.dumps(double), call, False, True))
+    code, data = shipping.ENTRY(bundle, (), "run_shipped", pickle.dumps(boom), call, False)
     error, tb = pickle.loads(data)
     print(code, type(error).__name__, error.args, "boom" in tb)
+    # what the journal needs of a value kept there: its digest and its pickle
+    from flowing.keys.digest import DIGEST_VERSION, value_digest
+    from flowing.version import __version__
+    code, digest, immutable, small, frame, *buffers = shipping.ENTRY(
+        bundle, (), "store_form", [1, 2], (__version__, DIGEST_VERSION), True)
+    print(code, digest == value_digest([1, 2]), immutable, pickle.loads(small), frame, buffers)
+    print(shipping.ENTRY(bundle, (), "store_form", [1, 2], ("0.0.1", DIGEST_VERSION), True))
 ''')
 
 
@@ -52,6 +60,9 @@ def test_a_dask_worker_given_a_bundle_runs_the_call_through_the_worker_module(tm
         "0 42 False True",
         "42",
         f"{worker.RAISED} KeyError (21,) True",
+        f"{worker.STORED} True False [1, 2] None []",
+        f"({worker.UNSHIPPABLE}, \"the worker's flowing is {flowing.__version__}, the flow's "
+        f"0.0.1\")",
     ]
 
 

@@ -198,7 +198,8 @@ def _small_plain_json(v: Any, budget: int) -> int:
     return -1
 
 
-def _encode_value(value: Any) -> tuple[str, str, tuple[bytes, list[memoryview]] | None]:
+def _encode_value(value: Any) -> tuple[str, str,
+                                      tuple[bytes | memoryview, list[memoryview]] | None]:
     """(enc, JSON text of the value field, big pickle to store beside the journal or None).
 
     Raises if the value cannot be stored.
@@ -209,6 +210,8 @@ def _encode_value(value: Any) -> tuple[str, str, tuple[bytes, list[memoryview]] 
     as its JSON text, plus a few per string and container, all counted in
     ``_SMALL_JSON``'s margin).
     """
+    if type(value) is valuestore.Pickled:  # pickled where it was made: stored as it is
+        return "file", "", (value.frame, value.buffers)
     if _small_plain_json(value, _SMALL_JSON_NODES) >= 0:
         try:
             text = _json_text(value)

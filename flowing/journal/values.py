@@ -17,7 +17,9 @@ File format (``<sha256 of the whole file>.pkl``)::
 The buffers are the out-of-band ``PickleBuffer``s of the value (numpy
 arrays, pandas columns, bytes-like data) written as they are, with no
 base64 and no whole extra copy: ``os.writev`` of the frame, then of each
-buffer's memory. Reading allocates each buffer once and ``readinto``s it,
+buffer's memory. A value pickled elsewhere by ``dumps`` (on the Dask worker
+that holds it) arrives as a ``Pickled`` frame and buffers and is written the
+same way, never unpickled here. Reading allocates each buffer once and ``readinto``s it,
 so arrays come back writeable without a copy.
 
 Durability: the file is written to ``.<16 hex>.tmp`` in the folder, fsynced,
@@ -46,7 +48,7 @@ import pickle
 import re
 import stat
 import struct
-from typing import Any
+from typing import Any, NamedTuple
 
 from ..beside import Beside
 
@@ -108,7 +110,16 @@ def take_owner_and_mode(fd: int, like: os.stat_result, mode: int | None = None) 
         pass
 
 
-def pickled_size(frame: bytes, bufs: list[memoryview]) -> int:
+class Pickled(NamedTuple):
+    """A value pickled elsewhere in this module's form (``dumps``: a Dask worker's,
+    see ``flowing.runners.worker.store_form``): the journal stores these bytes as
+    they are, without unpickling them."""
+
+    frame: memoryview
+    buffers: list[memoryview]
+
+
+def pickled_size(frame: bytes | memoryview, bufs: list[memoryview]) -> int:
     return len(frame) + sum(b.nbytes for b in bufs)
 
 
@@ -196,7 +207,7 @@ def _sha256_hex(pieces: list[memoryview]) -> str:
     return h.hexdigest()
 
 
-def write(journal_abspath: str, journal_st: os.stat_result, frame: bytes,
+def write(journal_abspath: str, journal_st: os.stat_result, frame: bytes | memoryview,
           bufs: list[memoryview]) -> tuple[str, int, int]:
     """Store a pickled value durably; return (sha256 hex of the file, its size, lock fd).
 

@@ -43,7 +43,15 @@ What is checked, and when (the policy)
   journaled (one warning naming the value). Only that task's values: one a task's key did not read never
   stops it. A task that read none costs nothing.
 * Values shipped to another process (process pools, Dask) are copies: a body
-  there cannot change the originals, and the check finds nothing.
+  there cannot change the originals, and the check finds nothing. A value
+  kept on a Dask worker (``runners.calls.RemoteValue``) is not: a body on that
+  worker receives the very object. It is checked there, after each body that
+  received it, against the digest made there (``worker.store_form``); a
+  change comes back as the job's ``remote_change`` and stops the entry (and,
+  for an item, its fan-out) as a change seen here does. Here it digests as
+  that worker digest while the copy fetched here (for a local body, a gate)
+  still digests as it did when it arrived (``content_digest``): digests made
+  on a worker and here are never compared.
 * A value changed and changed back between two checks is not detected.
 * Cost: a check digests again what a mutable dependency holds, so for a big
   array or frame it costs what its first digest did. When a task's
@@ -66,6 +74,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from ..beside import Beside
 from ..interrupts import guarded
 from ..keys.digest import digest_info, inputs_digest
+from ..results import Deferred
 
 if TYPE_CHECKING:
     from ..keys.stepkey import Behaviour
@@ -83,6 +92,7 @@ class Job(Protocol):
     inputs: Any
     gate_inputs: Any
     in_digest: str | None
+    remote_change: str | None  # a change its worker saw (a value kept on a Dask cluster)
 
     def label(self) -> str: ...
 
@@ -97,7 +107,7 @@ class _Fan:
     """The in-place check of one for_each task's side inputs; called by the journal
     just before it writes item lines (see ``Journal.record``'s ``check``)."""
 
-    __slots__ = ("digests", "task", "name", "side", "expected", "given", "changed")
+    __slots__ = ("digests", "task", "name", "side", "expected", "given", "changed", "remote")
 
     def __init__(self, digests: RunDigests, task: int, name: str, side: list[tuple[str, object]],
                  expected: str, given: Iterable[str]) -> None:
@@ -108,13 +118,14 @@ class _Fan:
         self.expected = expected  # their inputs_digest when the items were keyed
         self.given = tuple(given)  # the names of the Flow inputs the items receive
         self.changed = False
+        self.remote = False  # an item's worker saw a side input change (Job.remote_change)
 
     def __call__(self) -> str | None:
         """None while the side inputs are unchanged, else why the lines are dropped."""
         if self.changed:
             return ""
         held = self.digests.held_change(self.task)
-        if held is None and (self.digests.unchanged(self.side, self.expected)
+        if held is None and not self.remote and (self.digests.unchanged(self.side, self.expected)
                              and self.digests.inputs_unchanged(self.given)):
             return None
         self.changed = True
@@ -145,6 +156,8 @@ class RunDigests:
                       for b in behaviours]
 
     def __call__(self, value: object) -> str | None:
+        if isinstance(value, Deferred):  # kept where it was made, or not read yet
+            return guarded(value.content_digest, self, fallback=None)
         small = type(value) in _SCALARS and (
             type(value) not in _SIZED or len(value) <= _SMALL)  # type: ignore[arg-type]
         if not small:
@@ -209,6 +222,8 @@ class RunDigests:
     def check_job(self, job: Job) -> str | None:
         """The in-place check for one journaled task (see the module docs): None
         when its entry may be written, else the warning to log."""
+        if job.remote_change is not None:
+            return job.remote_change
         held = self.held_change(job.task)
         if held is not None:
             return (f"{job.label()}: {held} (read by its key) changed or was rebound during the "
@@ -229,14 +244,15 @@ class RunDigests:
         if expected is None or source is None:
             return None
         fan = self._fans.get(job.task)  # (made once per fan-out: items find it without the lock)
-        if fan is not None:
-            return fan
-        with self._lock:
-            fan = self._fans.get(job.task)
-            if fan is None:
-                side = [(name, value) for name, value in job.kwargs.items() if name != source]
-                fan = self._fans[job.task] = _Fan(self, job.task, job.td.name, side, expected,
-                                                  self._given_names(job))
+        if fan is None:
+            with self._lock:
+                fan = self._fans.get(job.task)
+                if fan is None:
+                    side = [(name, value) for name, value in job.kwargs.items() if name != source]
+                    fan = self._fans[job.task] = _Fan(self, job.task, job.td.name, side,
+                                                      expected, self._given_names(job))
+        if job.remote_change is not None:
+            fan.remote = True
         return fan
 
     def fan_out_unchanged(self, task: int, named: Iterable[tuple[str, Any]],
@@ -246,7 +262,7 @@ class RunDigests:
         ``expected``."""
         with self._lock:
             fan = self._fans.get(task)
-            if fan is not None and fan.changed:
+            if fan is not None and (fan.changed or fan.remote):
                 return False
         return self.held_change(task) is None and self.unchanged(named, expected)
 

@@ -13,6 +13,9 @@ Policy, in the order it is checked:
   ``closed`` (it returned or raised): a worker finishing late never writes;
 * nothing without a journal or a step key, and each outcome at most once
   (``journaled``);
+* a value kept on a Dask worker is journaled from what that worker made of
+  it (``Deferred.journal_form``: its pickle, written to the store as it
+  came, and its digest), never fetched to be pickled here again;
 * a task's value digest is computed here, on the worker's thread, so that
   dependents can be replayed by value (early cutoff) without the scheduler
   thread hashing anything; an item's only when the journal cannot store its
@@ -36,6 +39,8 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, Protocol
+
+from ..results import Deferred
 
 if TYPE_CHECKING:  # shapes only: run time needs none of them (nor inplace's digests)
     from ..journal.store import Journal
@@ -112,5 +117,13 @@ def record_outcome(run: Run, outcome: Outcome, item: bool) -> None:
         else:
             digest = digests(outcome.value)
     outcome.digest = digest
-    journal.record(job.key, job.td.name, run.dep_keys(job.task), outcome.value, "task",
+    value = outcome.value
+    if store and isinstance(value, Deferred):  # kept where it was made (a Dask worker)
+        try:
+            value = value.journal_form()  # its pickle made there, or the value fetched here
+        except Exception as exc:  # (a lost worker): a marker, and the task runs next time
+            store = False
+            outcome.warning = (f"{job.label()}: its value could not be journaled "
+                               f"({type(exc).__name__}); it runs again next time")
+    journal.record(job.key, job.td.name, run.dep_keys(job.task), value, "task",
                    digest=digest, inputs=job.in_digest, store=store, parts=run.parts[job.task])

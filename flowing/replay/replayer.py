@@ -295,7 +295,7 @@ class Replayer:
         digests = self.digest
         in_digest = self._in_digest(i)
         if in_digest is not None and not digests.fan_out_unchanged(
-                i, ((r.name, r.value) for d in self.graph.deps[i]
+                i, ((r.name, _as_passed(r)) for d in self.graph.deps[i]
                     if (r := self.results[d]) is not None), in_digest):
             in_digest = None  # a dependency changed in place meanwhile: not stored
         digest = digests(values)
@@ -355,3 +355,10 @@ class ItemKeys:
             if hit is not None:
                 return key, ItemResult(index, SUCCEEDED, hit.value, cached=True, item=item)
         return key, None
+
+
+def _as_passed(r: StepResult) -> Any:
+    """A result's value as its dependents received it: one kept where it was made
+    (a Dask worker) stays there (its digest is known without fetching it)."""
+    value = r._value
+    return value if isinstance(value, Deferred) and value.passed_as_is else r.value

@@ -93,7 +93,7 @@ class Job:
     __slots__ = ("task", "td", "kwargs", "inputs", "attempt", "mode", "item", "item_value",
                  "gates", "key", "first_started", "announce", "deadline", "cancelled",
                  "settled", "signals", "in_digest", "store", "gate_inputs", "saw_stop",
-                 "abandoned")
+                 "abandoned", "remote_change")
 
     def __init__(self, task: int, td: TaskDef, kwargs: dict[str, Any], attempt: int = 1,
                  mode: int = TASK, item: int | None = None, gates: bool = True,
@@ -124,6 +124,8 @@ class Job:
         self.gate_inputs: tuple[dict[str, Any], dict[str, Any]] | None = None
         # a sync body that timed out and still runs on its abandoned thread, or None
         self.abandoned: Abandoned | None = None
+        # why its result must not be journaled, seen by its worker (calls.CHANGED), or None
+        self.remote_change: str | None = None
 
     def retry_job(self) -> Job:
         return Job(self.task, self.td, self.kwargs, self.attempt + 1, self.mode, self.item,

@@ -9,7 +9,8 @@ function and run, and each call's arguments (dependency values, Flow inputs,
 the ``current()`` facts) into bytes itself; the worker runs ``run_shipped``
 (on Dask flowing sends itself to workers that lack it: see shipping.py) and
 pickles the value back into bytes (a kept Dask value is only checked to
-pickle). The engine only ever carries bytes, and every (un)pickling
+pickle; with a journal, its digest and pickle are made there by
+``worker.store_form``, see ``RemoteCall.store``). The engine only ever carries bytes, and every (un)pickling
 happens inside flowing's own ``try``: a failure is the task's error
 (``CannotShip``, never retried) saying what could not be pickled — the body,
 which argument, the return value — and how to fix it; it never breaks the
@@ -66,19 +67,21 @@ from ..results import Deferred
 from ..text import safe_repr, safe_str
 from .attempt import Job, timeout_error
 from .worker import (
+    CHANGED,
     KEPT_TAG,
     OK,
     RAISED,
+    STORED,
     UNSHIPPABLE,
     TaskRef,
     describe,
     dumps_for,
     run_batch,
-    run_shipped,
     type_name,
 )
 
 if TYPE_CHECKING:
+    from ..journal.values import Pickled
     from ..tasks import TaskDef
 
 
@@ -139,9 +142,18 @@ class RemoteValue(Deferred):
     run, the small ones are fetched in one ``gather`` (``RemoteRunner.close``)
     so that results stay readable after the client closes; a big one is
     fetched on first use, while the client is open.
+
+    With a journal, what it needs is made on the worker (``worker.store_form``,
+    see ``RemoteCall.store``): ``made``, the digest of the value where it was
+    made, and ``mutable``; the pickled value to store (``journal_form``, taken
+    once), or the value itself when it is small. A digest made on a worker is
+    never compared with one made here: a mutable value fetched here is
+    digested here too (``baseline``, by ``digester``), and ``content_digest``
+    says ``made`` while the fetched copy still digests to that baseline.
     """
 
-    __slots__ = ("future", "task", "_value", "_lock")
+    __slots__ = ("future", "task", "_value", "_lock", "made", "mutable", "stored", "baseline",
+                 "digester")
     passed_as_is = True
 
     def __init__(self, future: Any, task: str) -> None:
@@ -149,6 +161,11 @@ class RemoteValue(Deferred):
         self.task = task
         self._value: Any = _UNFETCHED
         self._lock = threading.Lock()
+        self.made: str | None = None      # the digest taken on the worker (journal only)
+        self.mutable = True               # whether the value can change in place
+        self.stored: Pickled | None = None  # its pickle, until the journal takes it
+        self.baseline: str | None = None  # the digest here of the fetched copy
+        self.digester: Callable[[Any], str | None] | None = None  # the run's, with a journal
 
     @property
     def fetched(self) -> bool:
@@ -158,18 +175,40 @@ class RemoteValue(Deferred):
         with self._lock:
             if self._value is _UNFETCHED:
                 try:
-                    self._value = self.future.result()
+                    value = self.future.result()
                 except Exception as exc:
                     raise WorkerLost(
                         f"task '{self.task}': its value, kept on the Dask cluster, could not "
                         f"be fetched ({describe(exc)}); read results before the client "
                         f"closes (small values are fetched at the end of the run)") from exc
+                self._arrived(value)
             return self._value
 
     def set(self, value: Any) -> None:
         with self._lock:
             if self._value is _UNFETCHED:
-                self._value = value
+                self._arrived(value)
+
+    def _arrived(self, value: Any) -> None:
+        """The value is here (under the lock): digest it here if it can change."""
+        if self.made is not None and self.mutable and self.digester is not None:
+            self.baseline = self.digester(value)
+        self._value = value
+
+    def content_digest(self, digest: Callable[[Any], str | None]) -> str | None:
+        """The value's digest for the journal's checks: ``made`` while nothing here
+        changed the copy fetched here (None if it did), else ``digest`` of it."""
+        made = self.made
+        if made is None:
+            return digest(self.load())
+        if not self.mutable or not self.fetched:
+            return made
+        return made if (now := digest(self._value)) is not None and now == self.baseline else None
+
+    def journal_form(self) -> Any:
+        """What the journal writes: the pickle made on the worker (once), else the value."""
+        stored, self.stored = self.stored, None
+        return stored if stored is not None else self.load()
 
     def __repr__(self) -> str:
         return f"<value of task '{self.task}' on the Dask cluster>"
@@ -206,7 +245,8 @@ class RemoteCall:
         self._gathers = self.dask and callable(getattr(executor, "gather", None))
         self._to_gather: list[tuple[Any, list[Any]]] = []  # (future, box), under _lock
         self._gathering = threading.Lock()  # held by the one thread gathering a batch
-        self._target: tuple[Callable[..., Any], tuple[Any, ...]] | None = None  # Dask only
+        # Dask only: how to call a worker function there (see _dask_call); None: not asked yet
+        self._shipped: tuple[Any, ...] | None = None
 
     def pack(self, job: Job, kwargs: dict[str, Any]) -> tuple[bytes, bytes]:
         """The pickled body and call of ``job`` (see ``start_batch``). Raises
@@ -238,30 +278,105 @@ class RemoteCall:
         future: Dask hands the value to the worker from where it was made.
         ``keep``: the value is to stay on the worker (see ``run_shipped``)."""
         body = self._body_blob(job)
-        names = tuple(k for k, v in kwargs.items() if isinstance(v, RemoteValue))
-        futures: tuple[Any, ...] = ()
+        kept = {k: v for k, v in kwargs.items() if isinstance(v, RemoteValue)}
+        for k, v in list(kept.items()):
+            if v.digester is not None and v.made is None:
+                # journaled, but its worker made no digest of it (store() failed): a body
+                # there could change it unchecked, so it ships from here, as a copy
+                kwargs = {**kwargs, k: v.load()}
+                del kept[k]
+        names = tuple(kept)
+        futures = tuple(v.future for v in kept.values())
+        # mutable kept values whose digest was made on their worker: digested again
+        # there after the body ran (a body on that worker receives the very object)
+        checks = tuple((k, v.made) for k, v in kept.items() if v.made is not None and v.mutable)
         if names:
-            futures = tuple(kwargs[n].future for n in names)
-            kwargs = {k: v for k, v in kwargs.items() if k not in names}
-        call = self._call_blob(job, kwargs)
+            kwargs = {k: v for k, v in kwargs.items() if k not in kept}
+        call = self._call_blob(job, kwargs, checks)
         try:
             key = f"{job.td.name}-{next(self._count)}-{self._token}"
-            target, prefix = self._dask_target()
-            future = self._executor.submit(target, *prefix, body, call, self._cloud, keep,
-                                           names, *futures, pure=False, key=key)
+            future = self._dask_call("run_shipped", body, call, self._cloud, keep, names,
+                                     *futures, pure=False, key=key)
         except Exception as exc:
             raise self.engine_error(job, exc, "refused it") from exc
         with self._lock:
             self._futures.add(future)
         return future
 
-    def _call_blob(self, job: Job, kwargs: dict[str, Any]) -> bytes:
+    def _call_blob(self, job: Job, kwargs: dict[str, Any],
+                   checks: tuple[tuple[str, str], ...] = ()) -> bytes:
         deadline = job.deadline
         left = None if deadline is None else max(0.0, deadline - time.time())
         try:
-            return self._dumps((kwargs, job.context_fields()[:5], left, job.td.is_async))
+            return self._dumps((kwargs, job.context_fields()[:5], left, job.td.is_async, checks))
         except Exception as exc:
             raise CannotShip(self._which_argument(job, kwargs, exc)) from None
+
+    def store(self, kept: RemoteValue, with_bytes: bool, closed: Callable[[], bool]) -> None:
+        """Dask, with a journal: have the worker holding ``kept`` digest it and, when
+        ``with_bytes``, pickle it for the store (``worker.store_form``), and keep
+        that on ``kept``. Whatever fails here leaves ``kept`` as it was: the value
+        is then fetched and digested here, as with a process pool. The wait is
+        bounded: it ends once ``closed()`` (the run is over or interrupted)."""
+        from ..keys.digest import DIGEST_VERSION  # lazy: Dask with a journal only
+        from ..version import __version__  # lazy: Dask with a journal only
+
+        try:
+            future = self._dask_call("store_form", kept.future, (__version__, DIGEST_VERSION),
+                                     with_bytes, pure=False,
+                                     key=f"store-{kept.task}-{next(self._count)}-{self._token}")
+        except Exception:
+            return
+        done = threading.Event()
+        try:
+            future.add_done_callback(lambda _: done.set())
+            while not done.wait(_WAIT_S):
+                if closed():
+                    return
+            # (done: what is left is the transfer; a timeout here would start it over)
+            answer = future.result()
+        except Exception:  # the worker was lost: fetch it (and say why) if needed
+            return
+        finally:
+            self._cancel(future)
+        if answer[0] != STORED:
+            return
+        _, digest, immutable, small, frame, *buffers = answer
+        if type(digest) is not str:
+            return  # no stable content: digested here, which says why
+        kept.made, kept.mutable = digest, not immutable
+        if frame is not None:
+            kept.stored = _pickled(frame, buffers)
+        elif small is not None:
+            import pickle  # lazy: keeps import flowing fast
+
+            try:
+                kept.set(pickle.loads(small))
+            except BaseException as exc:  # not loadable here: fetched (and said) when needed
+                if is_terminal(exc):
+                    raise
+                kept.made = None
+
+    def _dask_call(self, name: str, *args: Any, **options: Any) -> Any:
+        """Submit ``worker.<name>(*args)`` to Dask: as it is when the workers import
+        flowing and the script's modules themselves, else through ``shipping.ENTRY``
+        with the bundle that ``shipping.prepare`` sent them (once per run and
+        client; see shipping.py)."""
+        with self._lock:
+            if self._shipped is None:
+                from . import shipping  # lazy: Dask clients only
+
+                try:
+                    shipped = shipping.prepare(self.client)
+                except Exception:  # a closed client: the submit itself will say so
+                    shipped = None
+                self._shipped = () if shipped is None else (shipping.ENTRY, *shipped)
+            shipped_as = self._shipped
+        if not shipped_as:
+            from . import worker  # (imported already: the module attribute, by reference)
+
+            return self._executor.submit(getattr(worker, name), *args, **options)
+        return self._executor.submit(*shipped_as, name, *args, **options)
 
     def result(self, job: Job, future: Any, keep: bool = False) -> Any:
         """Dask: the body's value from its finished ``future`` (raises the body's
@@ -300,22 +415,6 @@ class RemoteCall:
         with self._lock:
             self._futures.discard(future)
         self._cancel(future)
-
-    def _dask_target(self) -> tuple[Callable[..., Any], tuple[Any, ...]]:
-        """What Dask runs: ``run_shipped`` when the workers import flowing and the
-        script's modules themselves, else ``shipping.ENTRY`` with the bundle that
-        ``shipping.prepare`` sent them (once per run and client; see shipping.py)."""
-        with self._lock:
-            if self._target is None:
-                from . import shipping  # lazy: Dask clients only
-
-                try:
-                    shipped = shipping.prepare(self.client)
-                except Exception:  # a closed client: the submit itself will say so
-                    shipped = None
-                self._target = ((run_shipped, ()) if shipped is None
-                                else (shipping.ENTRY, shipped))
-            return self._target
 
     def _gather(self, future: Any) -> Any:
         """Fetch a finished Dask task's value, together with every other value that
@@ -381,6 +480,13 @@ class RemoteCall:
         exception, or CannotShip, or the timeout."""
         import pickle  # lazy: keeps import flowing fast
 
+        if code == CHANGED:
+            job.remote_change = (
+                f"{job.label()}: a dependency's value kept on the Dask cluster changed in place "
+                f"while it ran (bodies on the worker holding it receive that very object), so "
+                f"its result is not journaled; build new values instead of changing the ones "
+                f"a task received")
+            code = OK
         if code == OK:
             try:
                 return pickle.loads(data)
@@ -453,6 +559,14 @@ class RemoteCall:
 
 
 _UNGATHERED = object()  # a value the batch could not fetch: its thread asks for it alone
+_WAIT_S = 1.0  # a wait for the cluster checks this often whether the run is over
+
+
+def _pickled(frame: Any, buffers: list[Any]) -> Pickled:
+    """The frame and buffers Dask brought (bytes, or views of its frames) as bytes views."""
+    from ..journal.values import Pickled  # lazy: Dask with a journal only
+
+    return Pickled(memoryview(frame).cast("B"), [memoryview(b).cast("B") for b in buffers])
 
 
 def _cannot_load(exc: BaseException) -> bool:

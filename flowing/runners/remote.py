@@ -18,8 +18,10 @@ back to the flow's process. On a Dask ``Client`` without a journal a whole
 task's value stays on the worker that made it (``calls.RemoteValue``): remote
 dependents get it as a future argument, and it comes here only when something
 here needs it (a ``local=True`` body, a gate, listing ``for_each`` items,
-``retry_until``, ``StepResult.value``); with a journal, or
-``client.get_executor()``, values come back as with process pools.
+``retry_until``, ``StepResult.value``). With a journal too: what the
+journal needs of a kept value (its digest, its pickle) is made on its worker
+and only that comes here (``RemoteCall.store``). With
+``client.get_executor()`` values come back as with process pools.
 
 Batching (process pools and loky; never Dask, whose tasks must stay one per
 call to pass values on). Every call goes to the pool as ``worker.run_batch``,
@@ -448,16 +450,16 @@ class RemoteRunner:
 
     def _keeps(self, job: Job) -> bool:
         """Whether this attempt's value stays on the cluster (SPEC §7b): Dask, a whole
-        task (items come back: the scheduler lists them), no ``retry_until`` (it
-        reads the value here) and no journal (it writes the value here)."""
-        return (self._keeps_values and job.mode == TASK and job.td.retry_until is None
-                and self._shared.journal is None)
+        task (items come back: the scheduler lists them) and no ``retry_until``
+        (it reads the value here)."""
+        return self._keeps_values and job.mode == TASK and job.td.retry_until is None
 
     def _quick(self, call: _Call) -> bool:
-        """A kept Dask success: its verdict is a success needing no user code nor
-        I/O. (Other Dask values are fetched over the network: on a finisher
-        thread, in batches.)"""
-        return call.keep and bool(call.future.status == "finished")
+        """A kept Dask success without a journal: its verdict is a success needing
+        no user code nor I/O. (Other Dask values are fetched over the network,
+        and the journal's part is made on the cluster: on a finisher thread.)"""
+        return (call.keep and self._shared.journal is None
+                and bool(call.future.status == "finished"))
 
     def _fetch(self, call: _Call) -> None:
         try:
@@ -466,6 +468,12 @@ class RemoteRunner:
             self._finish(call, None, exc)
             return
         if isinstance(value, RemoteValue):
+            shared = self._shared
+            if shared.journal is not None:  # its digest and pickle are made where it is
+                value.digester = shared.digest
+                job = call.job
+                self._remote.store(value, job.store and job.key is not None,
+                                   lambda: shared.closed or shared.interrupted)
             with self._kept_lock:
                 self._kept.append(value)
         self._finish(call, value, None)

@@ -27,8 +27,9 @@ scheduler (which unpickles every task) nor a worker needs flowing to load
 it. On the worker it puts the bundle (in the worker's local directory) first
 on ``sys.path`` (once per bundle; a new bundle first drops the previous
 bundle's user modules from ``sys.modules``, so edited code is used), imports
-``flowing.runners.worker`` and runs ``run_shipped``. Without a bundle the plain
-``run_shipped`` is submitted (by reference).
+``flowing.runners.worker`` and runs the function it was asked for
+(``run_shipped``, or ``store_form`` for the journal). Without a bundle those
+functions are submitted as they are (by reference).
 
 Format of the zip: ``flowing/...`` and the user's modules at the root, ``.py``
 files only, fixed timestamps (the same sources make the same bytes).
@@ -54,10 +55,14 @@ _lock = threading.Lock()
 _PREFIX = "flowing-ship-"
 
 
-def _entry(bundle: str, names: tuple[str, ...], body_blob: bytes, call_blob: bytes,
-           cloud: bool, *rest: Any) -> Any:
-    """Runs on a Dask worker (shipped by value: standard library only)."""
+def _entry(bundle: str, names: tuple[str, ...], target: str, *args: Any) -> Any:
+    """Runs on a Dask worker (shipped by value: standard library only): the function
+    ``target`` of ``flowing.runners.worker`` (``run_shipped``, ``store_form``) on
+    ``args``. Both return ``(code, data)``; a ``run_shipped`` call that keeps its
+    value raises instead (see ``worker.run_shipped``)."""
     import sys  # on the worker, by value: standard library only
+
+    keep = target == "run_shipped" and len(args) > 3 and bool(args[3])
 
     state: Any = sys.modules.get("_flowing_bundle")
     if state is None:
@@ -84,7 +89,7 @@ def _entry(bundle: str, names: tuple[str, ...], body_blob: bytes, call_blob: byt
                 if not os.path.exists(path):
                     why = (f"the bundle of flowing and the script's modules ({bundle}) "
                            f"did not reach this worker; run again")
-                    if rest and rest[0]:  # keep: see runners.worker.run_shipped
+                    if keep:
                         raise RuntimeError("flowing: not kept", 2, why)
                     return 2, why
                 if state.path in sys.path:
@@ -100,14 +105,14 @@ def _entry(bundle: str, names: tuple[str, ...], body_blob: bytes, call_blob: byt
                 state.path = path
                 state.name = bundle
     try:
-        from flowing.runners.worker import run_shipped  # on the worker, after the bundle is on sys.path
+        from flowing.runners import worker  # on the worker, after the bundle is on sys.path
     except BaseException as exc:
-        if rest and rest[0]:  # keep: see runners.worker.run_shipped
+        if keep:
             raise RuntimeError("flowing: not kept", 2, f"flowing cannot be imported on the "
                                f"worker ({type(exc).__name__}: {exc})") from None
         return 2, (f"flowing cannot be imported on the worker ({type(exc).__name__}: {exc}); "
                    f"run again, or install flowing on the workers")
-    return run_shipped(body_blob, call_blob, cloud, *rest)
+    return getattr(worker, target)(*args)
 
 
 def _probe(names: tuple[str, ...]) -> list[str]:

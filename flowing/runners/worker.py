@@ -11,7 +11,7 @@ a call comes.
 
 The call (made by ``calls.RemoteCall``, the flow's side): the pickled body (a
 ``TaskRef`` or the function itself), and the pickled ``(kwargs, the current()
-facts, seconds left before the deadline or None, is_async)``. Bodies already
+facts, seconds left before the deadline or None, is_async, checks)``. Bodies already
 unpickled are kept by their bytes (at most ``_BODY_CACHE_SIZE``), so a body
 is unpickled once per worker, not once per call.
 
@@ -36,6 +36,27 @@ dead worker, a shutdown):
                 checked to pickle; anything else is raised as
                 ``RuntimeError(KEPT_TAG, code, data)``, a builtin class, so the
                 Dask scheduler never needs flowing to hold it.
+``CHANGED``     data: the pickled value, as ``OK``; but an argument kept on
+                the cluster no longer has the digest the call gave for it
+                (``checks``): a body on this worker changed it in place. The
+                flow does not journal that result (``inplace``).
+``STORED``      (``store_form``) what the journal stores of a value kept on
+                the worker, flat: ``(STORED, digest, immutable, small, frame,
+                *buffers)`` (Dask carries a tuple's top-level pieces as
+                frames of their own; nested, 200 MB takes several times longer).
+
+With a journal, the values of Dask steps stay on the workers, and what the
+journal needs of each is made where it is (``store_form``, a Dask task of its
+own run on the value right after its step): its content digest, taken with
+the same code as in the flow (the same flowing version, checked; else
+``UNSHIPPABLE`` and the flow fetches the value and digests it itself), and
+its pickle: a small one (at most the store's threshold) as bytes, which the
+flow unpickles for a readable line; a big one as protocol-5 frame and
+out-of-band buffers (memoryviews), which Dask carries without copies and the flow writes
+to the value store as they come, never unpickling them. A dependent's call
+names the digests of its mutable kept arguments (``checks``): a body on the
+same worker receives those very objects, so they are digested again after
+the body ran, and a change is ``CHANGED``.
 
 ``flowing.current()`` answers in the worker from a snapshot: task, attempt,
 max_attempts, item_index, item, deadline (in the worker's clock);
@@ -101,6 +122,8 @@ RAISED = 1      # data: the pickled (exception, formatted traceback)
 UNSHIPPABLE = 2  # data: str, what could not be (un)pickled in the worker
 TIMED_OUT = 3   # data: None; the worker gave up on the body at its deadline
 KEPT = 4        # data: the value itself, kept on the worker (run_shipped's keep)
+STORED = 5      # (store_form) then: digest, immutable, small pickle or None, frame, *buffers
+CHANGED = 6     # data: the pickled value; a kept argument changed in place while the body ran
 KEPT_TAG = "flowing: not kept"  # args[0] of the RuntimeError run_shipped(keep) raises
 
 # Bodies already unpickled, by their pickled bytes (bounded; shipping.ENTRY clears it).
@@ -255,7 +278,7 @@ def _run_shipped(body_blob: bytes, call_blob: bytes, cloud: bool, keep: bool,
             "under `if __name__ == \"__main__\":`, and tasks written in a notebook need fork, "
             "loky or Dask (or a module)")
     try:
-        kwargs, fields, left, is_async = pickle.loads(call_blob)
+        kwargs, fields, left, is_async, checks = pickle.loads(call_blob)
     except BaseException as exc:
         return UNSHIPPABLE, _unloadable(
             exc, "its arguments", "unpickled", "pass plain data, or values whose classes the "
@@ -283,6 +306,8 @@ def _run_shipped(body_blob: bytes, call_blob: bytes, cloud: bool, keep: bool,
     dumps = dumps_for(cloud)
     if ok:
         try:
+            if checks and _changed(kwargs, checks):
+                return CHANGED, dumps(value)
             if keep:  # it must be able to travel later (to a dependent, or here)
                 if type(value) not in _PLAIN:
                     _pickle_to_nothing(value)
@@ -316,11 +341,55 @@ def _run_shipped(body_blob: bytes, call_blob: bytes, cloud: bool, keep: bool,
 _PLAIN = frozenset({bytes, bytearray, str, int, float, bool, type(None)})
 
 
+def _changed(kwargs: dict[str, Any], checks: tuple[tuple[str, str], ...]) -> bool:
+    """Whether a kept argument no longer digests as the call said it did."""
+    from ..keys.digest import value_digest  # lazy: only calls with a journal check
+
+    return any(value_digest(kwargs.get(name)) != digest for name, digest in checks)
+
+
+def store_form(value: Any, versions: tuple[str, int], with_bytes: bool) -> tuple[Any, ...]:
+    """Runs on a Dask worker, on a value kept there (see the module docstring):
+    ``(STORED, digest, immutable, small, frame, *buffers)``, or ``UNSHIPPABLE``
+    with why the flow must fetch the value and do it itself. ``versions``: the
+    flow's flowing and digest versions; ``with_bytes``: the journal stores the
+    value (else only its digest is wanted)."""
+    try:
+        from ..keys.digest import DIGEST_VERSION, digest_info  # lazy: only when a journal asks
+        from ..version import __version__  # lazy: as above
+
+        if (__version__, DIGEST_VERSION) != versions:
+            return UNSHIPPABLE, (f"the worker's flowing is {__version__}, the flow's "
+                                 f"{versions[0]}")
+        digest, immutable = digest_info(value)
+        small: bytes | None = None
+        frame: Any = None
+        buffers: list[Any] = []
+        if with_bytes:
+            from ..journal.values import THRESHOLD, dumps, pickled_size  # lazy: as above
+
+            try:  # (memoryviews: Dask carries them without copies)
+                frame, buffers = dumps(value)
+                big = pickled_size(frame, buffers) > THRESHOLD
+            except Exception:  # (a class shipped by value): only cloudpickle can, if small
+                frame, buffers, big = None, [], False
+            if not big:
+                small, frame, buffers = dumps_for(True)(value), None, []
+                if len(small) > THRESHOLD:
+                    return UNSHIPPABLE, "its value cannot be pickled here for the journal"
+        # flat: Dask carries the top-level pieces of a tuple as frames of their own
+        return (STORED, digest, immutable, small, frame, *buffers)
+    except KeyboardInterrupt:
+        raise
+    except BaseException as exc:  # anything else: the flow then does it itself
+        return UNSHIPPABLE, describe(exc)
+
+
 class _Discard:
     """A file that keeps nothing: pickling into it checks a value without a copy."""
 
     def write(self, data: Any) -> int:
-        return len(data)
+        return memoryview(data).nbytes  # (protocol 5 writes big buffers as PickleBuffer)
 
 
 def _pickle_to_nothing(value: Any) -> None:

@@ -1,0 +1,201 @@
+"""A journal on Dask (SPEC §6, §7b): the values of remote steps stay on the workers,
+and what the journal needs of each is made where the value is — its content digest,
+and its pickle, written here as it arrives without being unpickled here.
+
+A real ``distributed.LocalCluster``, one per module: one worker process with two
+threads, so that two bodies of one run share the worker's objects (the case the
+in-place check on the worker is for)."""
+
+import logging
+import os
+import pickle
+
+import pytest
+
+distributed = pytest.importorskip("distributed")
+np = pytest.importorskip("numpy")
+
+from dask_cluster import local_client  # noqa: E402
+
+from flowing import Flow, StepState, task  # noqa: E402
+from flowing.journal.store import Journal  # noqa: E402
+from flowing.keys.digest import value_digest  # noqa: E402
+
+N = 1 << 20  # 8 MB of float64: far beyond the journal's 64 KiB threshold
+LOG = logging.getLogger("test-remote-journal")
+
+
+@pytest.fixture(scope="module")
+def client():
+    with local_client(1, 2) as c:
+        yield c
+
+
+def entries(path):
+    """The newest entry per task name: (enc, digest)."""
+    with Journal.open(str(path), LOG) as j:
+        return {e.name: (e.enc, e.digest) for e in j.entries()}
+
+
+def array():
+    return np.arange(N, dtype=np.float64)
+
+
+def array_too():  # another function, the same value
+    return np.arange(N, dtype=np.float64) * 1.0
+
+
+def total(load):
+    return {"pid": os.getpid(), "sum": float(load.sum())}
+
+
+def report(total):
+    return {"pid": os.getpid(), "sum": total["sum"]}
+
+
+def chain(load_fn):
+    load = task(load_fn, name="load")
+    t = task(total, name="total", depends_on=[load])
+    return task(report, name="report", depends_on=[t], local=True)
+
+
+def test_a_big_value_is_digested_and_pickled_on_its_worker_and_replays(client, tmp_path):
+    path = tmp_path / "run.jsonl"
+    flow = Flow(chain(array), executor=client, journal_path=str(path), log=False)
+    results = flow.run()
+    assert flow.ok, flow.failures
+    workers = set(client.run(os.getpid).values())
+    assert results["total"].value["pid"] in workers
+    assert results["report"].value["pid"] == os.getpid()
+    assert not results["load"].value_loaded  # journaled, yet never unpickled here
+    found = entries(path)
+    assert found["load"][0] == "file"
+    # the digest made on the worker is the one this process makes of the same value
+    assert found["load"][1] == value_digest(array())
+    stored = list((tmp_path / "run.jsonl.values").iterdir())
+    assert len(stored) == 1 and stored[0].stat().st_size > N * 8
+
+    # a fresh flow on threads replays all three, reading the worker's pickle back
+    again = Flow(chain(array), journal_path=str(path), log=False).run()
+    assert all(r.cached for r in again.values())
+    value = again["load"].value
+    assert isinstance(value, np.ndarray) and value.flags.writeable
+    assert np.array_equal(value, array())
+
+
+def test_dependents_replay_by_the_worker_digest_on_another_engine(client, tmp_path):
+    """Early cutoff across engines: the load step edited to give the same value runs
+    again (here, on threads) and its dependents replay: the digest its worker made
+    in the first run is the one this process makes now."""
+    path = str(tmp_path / "run.jsonl")
+    assert Flow(chain(array), executor=client, journal_path=path, log=False).run()["report"].ok
+    edited = Flow(chain(array_too), journal_path=path, log=False).run()
+    assert not edited["load"].cached and edited["load"].attempts == 1
+    assert edited["total"].cached and edited["report"].cached
+
+
+def mutable():
+    return bytearray(200_000)
+
+
+def poke(load):
+    load[0] = 7  # in place: on one worker, every body gets this very object
+    return os.getpid()
+
+
+def first(load, poke):
+    return load[0]
+
+
+def test_a_body_changing_a_kept_value_in_place_is_caught_on_the_worker(client, tmp_path,
+                                                                        capfd):
+    load = task(mutable, name="load")
+    p = task(poke, name="poke", depends_on=[load])
+    f = task(first, name="first", depends_on=[load, p])
+    path = tmp_path / "run.jsonl"
+    results = Flow(f, executor=client, journal_path=str(path)).run()
+    assert results["first"].state is StepState.SUCCEEDED
+    assert results["first"].value == 7  # it ran on the changed object
+    found = entries(path)
+    assert found["load"][0] == "file"  # the value as it was made
+    assert found["poke"][0] == "none" and found["first"][0] == "none"  # markers only
+    err = capfd.readouterr().err
+    assert "task 'poke': a dependency's value kept on the Dask cluster changed in place" in err
+    # nothing replays a value computed from the changed object as if from the original
+    stored = Flow(load, journal_path=str(path), log=False).run()["load"]
+    assert stored.cached and bytes(stored.value) == bytes(200_000)
+    again = Flow(f, journal_path=str(path), log=False).run()
+    assert again["load"].cached
+    assert not again["poke"].cached and not again["first"].cached
+    assert again["first"].value == 7
+
+
+def listing():
+    return [1, 2, 3]
+
+
+def poke_item(listing, load):
+    load[listing] = 1
+    return listing
+
+
+def test_an_item_changing_a_kept_side_input_stops_its_fan_out_journal(client, tmp_path,
+                                                                       capfd):
+    load = task(mutable, name="load")
+    src = task(listing, name="listing")
+    each = task(poke_item, name="each", depends_on=[src, load], for_each=src)
+    path = tmp_path / "run.jsonl"
+    results = Flow(each, executor=client, journal_path=str(path)).run()
+    assert results["each"].state is StepState.SUCCEEDED and results["each"].value == [1, 2, 3]
+    with Journal.open(str(path), LOG) as j:
+        kinds = [(e.name, e.enc) for e in j.entries()]
+    assert not [name for name, enc in kinds if name.startswith("each[") and enc != "none"]
+    assert ("each", "json") not in kinds
+    assert "task 'each': a dependency's value changed in place" in capfd.readouterr().err
+
+
+class Opaque:
+    """No stable content (an attribute holding a lambda): the worker makes no digest."""
+
+    def __init__(self):
+        self.data = bytearray(100_000)
+        self.fn = lambda: None
+
+
+def opaque():
+    return Opaque()
+
+
+def change(opaque):
+    opaque.data[0] = 9
+    return True
+
+
+def read(opaque, change):
+    return opaque.data[0]
+
+
+def test_a_value_its_worker_cannot_digest_reaches_dependents_as_copies(client, tmp_path):
+    """When the worker cannot make the journal's form of a value, the flow does it
+    here, and the value's dependents get copies from here: none can change it for
+    another unseen on the worker."""
+    o = task(opaque, name="opaque")
+    c = task(change, name="change", depends_on=[o])
+    r = task(read, name="read", depends_on=[o, c])
+    results = Flow(r, executor=client, journal_path=str(tmp_path / "run.jsonl"),
+                   log=False).run()
+    assert results["read"].state is StepState.SUCCEEDED
+    assert results["read"].value == 0
+    assert results["opaque"].value.data[0] == 0
+
+
+def test_the_pickle_made_on_the_worker_is_the_one_made_here(client, tmp_path):
+    """The stored file is byte for byte what this process would have written."""
+    path = tmp_path / "run.jsonl"
+    assert Flow(chain(array), executor=client, journal_path=str(path), log=False).run()["report"].ok
+    here = tmp_path / "here.jsonl"
+    assert Flow(chain(array), journal_path=str(here), log=False).run()["report"].ok
+    remote = sorted(p.name for p in (tmp_path / "run.jsonl.values").iterdir())
+    local = sorted(p.name for p in (tmp_path / "here.jsonl.values").iterdir())
+    assert remote == local  # named by the sha256 of their bytes
+    assert pickle.loads(pickle.dumps(array())).sum() == array().sum()
