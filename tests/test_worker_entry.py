@@ -86,3 +86,15 @@ def test_the_worker_module_imports_none_of_the_flow_side():
                    and m.partition(".")[0] not in sys.stdlib_module_names}
     assert not third_party
     assert imported >= {"flowing.runners.attempt"}  # the walk saw the module's imports
+
+
+def test_the_worker_keeps_on_a_dask_cluster_what_the_journal_would_store_beside_it():
+    """With a journal, a value stays on its Dask worker only when its pickle is too big
+    for a journal line: the worker's limit is the store's."""
+    from flowing.journal.values import THRESHOLD
+
+    assert worker._SMALL_PICKLE == THRESHOLD
+    assert worker._small_pickle(b"x" * (THRESHOLD - 100)) is not None
+    assert worker._small_pickle(b"x" * THRESHOLD) is None
+    assert worker._small_pickle(list(range(10))) == __import__("cloudpickle").dumps(
+        list(range(10)), protocol=5)

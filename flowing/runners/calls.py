@@ -68,11 +68,13 @@ from ..text import safe_repr, safe_str
 from .attempt import Job, timeout_error
 from .worker import (
     CHANGED,
+    KEEP_BIG,
     KEPT_TAG,
     OK,
     RAISED,
     STORED,
     UNSHIPPABLE,
+    Returned,
     TaskRef,
     describe,
     dumps_for,
@@ -270,13 +272,14 @@ class RemoteCall:
         done, seconds = future.result(timeout=0)
         return done, seconds
 
-    def start(self, job: Job, kwargs: dict[str, Any], keep: bool = False) -> Any:
+    def start(self, job: Job, kwargs: dict[str, Any], keep: int = 0) -> Any:
         """Dask: pickle and submit the body call; -> the engine's future. Raises
         CannotShip (what could not be pickled) or CannotRun (a refused submit).
 
         A dependency value kept on the cluster (``RemoteValue``) is passed as its
         future: Dask hands the value to the worker from where it was made.
-        ``keep``: the value is to stay on the worker (see ``run_shipped``)."""
+        ``keep``: whether the value is to stay on the worker (``worker.KEEP``,
+        ``KEEP_BIG``: see ``run_shipped``)."""
         body = self._body_blob(job)
         kept = {k: v for k, v in kwargs.items() if isinstance(v, RemoteValue)}
         for k, v in list(kept.items()):
@@ -378,13 +381,17 @@ class RemoteCall:
             return self._executor.submit(getattr(worker, name), *args, **options)
         return self._executor.submit(*shipped_as, name, *args, **options)
 
-    def result(self, job: Job, future: Any, keep: bool = False) -> Any:
+    def result(self, job: Job, future: Any, keep: int = 0) -> Any:
         """Dask: the body's value from its finished ``future`` (raises the body's
-        exception, or the engine's failure as CannotShip/WorkerLost). ``keep``: a
-        success is a ``RemoteValue``; nothing is fetched but a failure."""
+        exception, or the engine's failure as CannotShip/WorkerLost). ``keep``
+        (``worker.KEEP``): a success is a ``RemoteValue``; nothing is fetched but
+        a failure. ``KEEP_BIG``: the same for a value that stayed on its worker;
+        what came back instead (``worker.Returned``: a small value, a failure)
+        is fetched as without ``keep``."""
         with self._lock:
             self._futures.discard(future)
-        if keep:
+        returned = keep == KEEP_BIG and _may_be_returned(future)
+        if keep and not returned:
             if future.status == "finished":
                 return RemoteValue(future, job.td.name)
             try:
@@ -404,6 +411,8 @@ class RemoteCall:
                 outcome = future.result()
         except Exception as exc:
             raise self.engine_error(job, exc, "lost it") from exc
+        if returned and type(outcome) is not Returned:
+            return outcome  # (Dask did not say its type) the value itself, fetched after all
         try:
             code, data = outcome
         except Exception as exc:  # not what run_shipped returns: the executor ran something else
@@ -567,6 +576,17 @@ def _pickled(frame: Any, buffers: list[Any]) -> Pickled:
     from ..journal.values import Pickled  # lazy: Dask with a journal only
 
     return Pickled(memoryview(frame).cast("B"), [memoryview(b).cast("B") for b in buffers])
+
+
+def _may_be_returned(future: Any) -> bool:
+    """Whether a finished ``KEEP_BIG`` Dask task may hold a ``worker.Returned`` rather
+    than a kept value: the type its worker reported (a name, or the class) says;
+    when it says nothing, the result is fetched to see."""
+    if future.status != "finished":
+        return False  # a failure: raised, as with KEEP
+    kind = getattr(future, "type", None)
+    name = kind if isinstance(kind, str) else getattr(kind, "__qualname__", None)
+    return not isinstance(name, str) or name.rpartition(".")[2] == Returned.__name__
 
 
 def _cannot_load(exc: BaseException) -> bool:

@@ -18,9 +18,11 @@ back to the flow's process. On a Dask ``Client`` without a journal a whole
 task's value stays on the worker that made it (``calls.RemoteValue``): remote
 dependents get it as a future argument, and it comes here only when something
 here needs it (a ``local=True`` body, a gate, listing ``for_each`` items,
-``retry_until``, ``StepResult.value``). With a journal too: what the
-journal needs of a kept value (its digest, its pickle) is made on its worker
-and only that comes here (``RemoteCall.store``). With
+``retry_until``, ``StepResult.value``). With a journal, only a value too
+big for a journal line stays (``worker.KEEP_BIG``; a small one comes here to
+be written in its line), and what the journal needs of it (its digest, its
+pickle) is made on its worker and only that comes here
+(``RemoteCall.store``). With
 ``client.get_executor()`` values come back as with process pools.
 
 Batching (process pools and loky; never Dask, whose tasks must stay one per
@@ -119,7 +121,7 @@ from .attempt import (
 )
 from .base import Shared, report
 from .calls import RemoteCall, RemoteValue
-from .worker import OK
+from .worker import KEEP, KEEP_BIG, OK
 
 # A process pool's values up to this size in all are unpickled on the engine's callback thread.
 _QUICK_BYTES = 64 * 1024
@@ -183,10 +185,10 @@ class _Call:
 
     __slots__ = ("job", "started", "future", "keep", "_settled", "_lock")
 
-    def __init__(self, job: Job, started: float, keep: bool) -> None:
+    def __init__(self, job: Job, started: float, keep: int) -> None:
         self.job = job
         self.started = started
-        self.keep = keep  # its value stays on the cluster (see RemoteRunner._keeps)
+        self.keep = keep  # whether its value stays on the cluster (see RemoteRunner._keeps)
         self.future: Any = None
         self._settled = False
         self._lock = threading.Lock()
@@ -327,7 +329,7 @@ class RemoteRunner:
         if early is not None:
             report(early, shared)
             return None
-        return _Call(job, started, False)
+        return _Call(job, started, 0)
 
     def _fail(self, call: _Call, error: BaseException) -> None:
         """The call could not be shipped: its attempt fails with ``error``."""
@@ -448,18 +450,20 @@ class RemoteRunner:
         else:
             self._threads.run(lambda: self._fetch(call))
 
-    def _keeps(self, job: Job) -> bool:
+    def _keeps(self, job: Job) -> int:
         """Whether this attempt's value stays on the cluster (SPEC §7b): Dask, a whole
         task (items come back: the scheduler lists them) and no ``retry_until``
-        (it reads the value here)."""
-        return self._keeps_values and job.mode == TASK and job.td.retry_until is None
+        (it reads the value here). With a journal only a big one (``KEEP_BIG``):
+        a small value comes here anyway, to be written in its line."""
+        if not (self._keeps_values and job.mode == TASK and job.td.retry_until is None):
+            return 0
+        return KEEP if self._shared.journal is None else KEEP_BIG
 
     def _quick(self, call: _Call) -> bool:
         """A kept Dask success without a journal: its verdict is a success needing
         no user code nor I/O. (Other Dask values are fetched over the network,
         and the journal's part is made on the cluster: on a finisher thread.)"""
-        return (call.keep and self._shared.journal is None
-                and bool(call.future.status == "finished"))
+        return call.keep == KEEP and bool(call.future.status == "finished")
 
     def _fetch(self, call: _Call) -> None:
         try:

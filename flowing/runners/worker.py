@@ -45,15 +45,18 @@ dead worker, a shutdown):
                 *buffers)`` (Dask carries a tuple's top-level pieces as
                 frames of their own; nested, 200 MB takes several times longer).
 
-With a journal, the values of Dask steps stay on the workers, and what the
-journal needs of each is made where it is (``store_form``, a Dask task of its
-own run on the value right after its step): its content digest, taken with
+With a journal, the big values of Dask steps (``KEEP_BIG``: a pickle too big
+for a journal line; a small one comes back as without ``keep``) stay on the
+workers, and what the journal needs of each is made where it is
+(``store_form``, a Dask task of its own run on the value right after its
+step): its content digest, taken with
 the same code as in the flow (the same flowing version, checked; else
 ``UNSHIPPABLE`` and the flow fetches the value and digests it itself), and
-its pickle: a small one (at most the store's threshold) as bytes, which the
-flow unpickles for a readable line; a big one as protocol-5 frame and
-out-of-band buffers (memoryviews), which Dask carries without copies and the flow writes
-to the value store as they come, never unpickling them. A dependent's call
+its pickle, as protocol-5 frame and out-of-band buffers (memoryviews), which
+Dask carries without copies and the flow writes to the value store as they
+come, never unpickling them (a value asked for without ``KEEP_BIG`` may be
+small: its pickle then comes as bytes, unpickled for a readable line). A
+dependent's call
 names the digests of its mutable kept arguments (``checks``): a body on the
 same worker receives those very objects, so they are digested again after
 the body ran, and a change is ``CHANGED``.
@@ -125,6 +128,9 @@ KEPT = 4        # data: the value itself, kept on the worker (run_shipped's keep
 STORED = 5      # (store_form) then: digest, immutable, small pickle or None, frame, *buffers
 CHANGED = 6     # data: the pickled value; a kept argument changed in place while the body ran
 KEPT_TAG = "flowing: not kept"  # args[0] of the RuntimeError run_shipped(keep) raises
+# run_shipped's keep: the value stays on the worker; or only when too big for a journal line
+KEEP = 1
+KEEP_BIG = 2
 
 # Bodies already unpickled, by their pickled bytes (bounded; shipping.ENTRY clears it).
 _bodies: dict[bytes, Callable[..., Any]] = {}
@@ -222,23 +228,35 @@ async def _await_body(awaitable: Any, deadline: float | None) -> Any:
     return body.result()
 
 
-def run_shipped(body_blob: bytes, call_blob: bytes, cloud: bool, keep: bool = False,
+def run_shipped(body_blob: bytes, call_blob: bytes, cloud: bool, keep: int = 0,
                 names: tuple[str, ...] = (), *values: Any) -> Any:
     """Runs in the worker: unpickle the body and its call, run it, pickle what it gives.
 
     ``names``/``values``: arguments that were kept on the cluster (Dask hands the
     values of the futures passed for them). ``keep`` (Dask, a whole task's
-    attempt): the value is returned as it is, to stay on the worker until a
-    dependent or the flow asks for it; anything else is raised as
+    attempt): ``KEEP``: the value is returned as it is, to stay on the worker
+    until a dependent or the flow asks for it; anything else is raised as
     ``RuntimeError(KEPT_TAG, code, data)`` (a builtin class: the scheduler
     never needs flowing to hold it), so a finished task means a success.
+    ``KEEP_BIG`` (with a journal): only a value whose pickle passes the
+    journal's threshold stays; anything else, a small value included, comes
+    back as ``Returned((code, data))``, whose type the flow sees in the Dask
+    future's ``type`` without fetching anything.
     """
     code, data = _run_shipped(body_blob, call_blob, cloud, keep, names, values)
     if not keep:
         return code, data
     if code == KEPT:
         return data
+    if keep == KEEP_BIG:
+        return Returned((code, data))
     raise RuntimeError(KEPT_TAG, code, data)
+
+
+class Returned(tuple):  # type: ignore[type-arg]
+    """``(code, data)`` of a ``KEEP_BIG`` call whose value does not stay on the worker."""
+
+    __slots__ = ()
 
 
 def run_batch(calls: tuple[tuple[bytes, bytes], ...],
@@ -248,11 +266,11 @@ def run_batch(calls: tuple[tuple[bytes, bytes], ...],
     took here). A single call comes this way too, so every call tells the flow
     how long its body took (``remote`` batches the quick ones)."""
     began = time.perf_counter()
-    done = [_run_shipped(body, call, cloud, False, (), ()) for body, call in calls]
+    done = [_run_shipped(body, call, cloud, 0, (), ()) for body, call in calls]
     return done, time.perf_counter() - began
 
 
-def _run_shipped(body_blob: bytes, call_blob: bytes, cloud: bool, keep: bool,
+def _run_shipped(body_blob: bytes, call_blob: bytes, cloud: bool, keep: int,
                  names: tuple[str, ...], values: tuple[Any, ...]) -> tuple[int, Any]:
     """The body of ``run_shipped``: -> (code, data).
 
@@ -308,6 +326,10 @@ def _run_shipped(body_blob: bytes, call_blob: bytes, cloud: bool, keep: bool,
         try:
             if checks and _changed(kwargs, checks):
                 return CHANGED, dumps(value)
+            if keep == KEEP_BIG:
+                small = _small_pickle(value)
+                if small is not None:
+                    return OK, small
             if keep:  # it must be able to travel later (to a dependent, or here)
                 if type(value) not in _PLAIN:
                     _pickle_to_nothing(value)
@@ -339,6 +361,44 @@ def _run_shipped(body_blob: bytes, call_blob: bytes, cloud: bool, keep: bool,
 
 
 _PLAIN = frozenset({bytes, bytearray, str, int, float, bool, type(None)})
+
+
+class _TooBig(Exception):
+    """A pickle passed the journal's threshold (``_Capped``)."""
+
+
+class _Capped:
+    """A file that keeps what is written to it, up to ``_SMALL_PICKLE`` bytes."""
+
+    def __init__(self) -> None:
+        self.parts: list[bytes] = []
+        self.left = _SMALL_PICKLE
+
+    def write(self, data: Any) -> int:
+        n = memoryview(data).nbytes  # (protocol 5 writes big buffers as PickleBuffer)
+        self.left -= n
+        if self.left < 0:
+            raise _TooBig
+        self.parts.append(bytes(data))
+        return n
+
+
+_SMALL_PICKLE = 64 * 1024  # the journal's threshold (journal.values.THRESHOLD, tested equal)
+
+
+def _small_pickle(value: Any) -> bytes | None:
+    """``value`` pickled by cloudpickle when that takes at most ``_SMALL_PICKLE``
+    bytes, else None: a big value is not pickled whole to find out."""
+    import importlib  # lazy: loaded when a call comes in
+    import pickle  # lazy: loaded when a call comes in
+
+    cloudpickle: Any = importlib.import_module("cloudpickle")
+    out = _Capped()
+    try:
+        cloudpickle.Pickler(out, protocol=pickle.HIGHEST_PROTOCOL).dump(value)
+    except _TooBig:
+        return None
+    return b"".join(out.parts)
 
 
 def _changed(kwargs: dict[str, Any], checks: tuple[tuple[str, str], ...]) -> bool:
