@@ -8,7 +8,7 @@ in-place check on the worker is for)."""
 
 import logging
 import os
-import pickle
+import signal
 
 import pytest
 
@@ -68,6 +68,7 @@ def test_a_big_value_is_digested_and_pickled_on_its_worker_and_replays(client, t
     assert results["total"].value["pid"] in workers
     assert results["report"].value["pid"] == os.getpid()
     assert not results["load"].value_loaded  # journaled, yet never unpickled here
+    assert results["load"]._value.stored is None  # its frames were let go once written
     found = entries(path)
     assert found["load"][0] == "file"
     # the digest made on the worker is the one this process makes of the same value
@@ -100,7 +101,7 @@ def mutable():
 
 def poke(load):
     load[0] = 7  # in place: on one worker, every body gets this very object
-    return os.getpid()
+    return list(range(5000))  # (a result too long to travel inside an exception)
 
 
 def first(load, poke):
@@ -114,13 +115,14 @@ def test_a_body_changing_a_kept_value_in_place_is_caught_on_the_worker(client, t
     f = task(first, name="first", depends_on=[load, p])
     path = tmp_path / "run.jsonl"
     results = Flow(f, executor=client, journal_path=str(path)).run()
+    assert results["poke"].ok and results["poke"].value == list(range(5000))
     assert results["first"].state is StepState.SUCCEEDED
     assert results["first"].value == 7  # it ran on the changed object
     found = entries(path)
     assert found["load"][0] == "file"  # the value as it was made
     assert found["poke"][0] == "none" and found["first"][0] == "none"  # markers only
     err = capfd.readouterr().err
-    assert "task 'poke': a dependency's value kept on the Dask cluster changed in place" in err
+    assert "task 'poke': not journaled: its dependency 'load', kept on the Dask" in err
     # nothing replays a value computed from the changed object as if from the original
     stored = Flow(load, journal_path=str(path), log=False).run()["load"]
     assert stored.cached and bytes(stored.value) == bytes(200_000)
@@ -128,6 +130,32 @@ def test_a_body_changing_a_kept_value_in_place_is_caught_on_the_worker(client, t
     assert again["load"].cached
     assert not again["poke"].cached and not again["first"].cached
     assert again["first"].value == 7
+
+
+def slow(load):
+    import time
+
+    time.sleep(0.5)  # poke changes load meanwhile
+    return len(load)
+
+
+def here(load, slow, poke):
+    return load[0]
+
+
+def test_a_value_fetched_here_after_its_worker_changed_it_is_not_journaled_as_made(
+        client, tmp_path):
+    """A local step receives a kept value that a body on its worker changed before
+    it was fetched: its result is not journaled as computed from the value made."""
+    load = task(mutable, name="load")
+    p = task(poke, name="poke", depends_on=[load])
+    s = task(slow, name="slow", depends_on=[load])
+    h = task(here, name="here", depends_on=[load, s, p], local=True)
+    path = tmp_path / "run.jsonl"
+    results = Flow(h, executor=client, journal_path=str(path), log=False).run()
+    assert results["here"].ok and results["here"].value == 7
+    found = entries(path)
+    assert found["load"][0] == "file" and found["here"][0] == "none"
 
 
 def listing():
@@ -198,4 +226,37 @@ def test_the_pickle_made_on_the_worker_is_the_one_made_here(client, tmp_path):
     remote = sorted(p.name for p in (tmp_path / "run.jsonl.values").iterdir())
     local = sorted(p.name for p in (tmp_path / "here.jsonl.values").iterdir())
     assert remote == local  # named by the sha256 of their bytes
-    assert pickle.loads(pickle.dumps(array())).sum() == array().sum()
+
+
+def fresh():
+    return os.urandom(100_000)  # another value each time it runs
+
+
+def kill_worker(fresh, worker_pid):
+    os.kill(worker_pid, signal.SIGKILL)  # the only copy of fresh's value is lost
+    return True
+
+
+def use(fresh, kill_worker):
+    return fresh[:4].hex()
+
+
+def test_a_kept_value_dask_computes_again_is_not_the_journaled_one(client, tmp_path, capfd):
+    """(Last in the module: it kills the worker.) The worker holding a journaled
+    value dies; Dask computes the value again for its dependent, and gets another
+    one: the dependent's result is not journaled as computed from the first."""
+    [pid] = client.run(os.getpid).values()
+    f = task(fresh, name="fresh")
+    k = task(kill_worker, name="kill_worker", depends_on=[f], local=True)
+    u = task(use, name="use", depends_on=[f, k])
+    path = tmp_path / "run.jsonl"
+    try:
+        results = Flow(u, executor=client, journal_path=str(path),
+                       inputs={"worker_pid": pid}).run()
+        assert results["use"].ok, results["use"].error
+        found = entries(path)
+        assert found["fresh"][0] == "file" and found["use"][0] == "none"
+        err = capfd.readouterr().err
+        assert "task 'use': not journaled: its dependency 'fresh', kept on the Dask" in err
+    finally:
+        client.wait_for_workers(1, timeout=60)

@@ -135,7 +135,7 @@ class Replayer:
         if d is _UNKNOWN:
             r = self.results[i]
             try:
-                d = self.digests[i] = self.digest(r.value) if r is not None else None
+                d = self.digests[i] = self.digest(_as_passed(r)) if r is not None else None
             except JournalError:  # a replayed value that cannot be loaded: no stable content
                 d = self.digests[i] = None
         return d  # type: ignore[no-any-return]

@@ -68,7 +68,6 @@ from ..text import safe_repr, safe_str
 from .attempt import Job, timeout_error
 from .worker import (
     CHANGED,
-    KEEP_BIG,
     KEPT_TAG,
     OK,
     RAISED,
@@ -155,7 +154,7 @@ class RemoteValue(Deferred):
     """
 
     __slots__ = ("future", "task", "_value", "_lock", "made", "mutable", "stored", "baseline",
-                 "digester")
+                 "digester", "dirty")
     passed_as_is = True
 
     def __init__(self, future: Any, task: str) -> None:
@@ -168,6 +167,9 @@ class RemoteValue(Deferred):
         self.stored: Pickled | None = None  # its pickle, until the journal takes it
         self.baseline: str | None = None  # the digest here of the fetched copy
         self.digester: Callable[[Any], str | None] | None = None  # the run's, with a journal
+        # not (or no longer known to be) the value ``made`` describes: a body changed it
+        # in place on its worker, or Dask computed it again after its worker was lost
+        self.dirty = False
 
     @property
     def fetched(self) -> bool:
@@ -192,17 +194,26 @@ class RemoteValue(Deferred):
                 self._arrived(value)
 
     def _arrived(self, value: Any) -> None:
-        """The value is here (under the lock): digest it here if it can change."""
-        if self.made is not None and self.mutable and self.digester is not None:
-            self.baseline = self.digester(value)
+        """The value is here (under the lock). With a worker digest, it is digested
+        here too: a copy that does not digest to ``made`` (a body on the worker
+        changed it first, Dask computed it again) is ``dirty``; and a mutable one
+        keeps that digest, to see a change made here later."""
+        if self.made is not None and self.digester is not None:
+            here = self.digester(value)
+            if here != self.made:  # (or a digest that differs across machines: a re-run)
+                self.dirty = True
+            self.baseline = here
         self._value = value
 
     def content_digest(self, digest: Callable[[Any], str | None]) -> str | None:
-        """The value's digest for the journal's checks: ``made`` while nothing here
-        changed the copy fetched here (None if it did), else ``digest`` of it."""
+        """The value's digest for the journal's checks: ``made`` while it is still
+        that value (None once it is not: ``dirty``, or its copy here changed),
+        else ``digest`` of it."""
         made = self.made
         if made is None:
             return digest(self.load())
+        if self.dirty:
+            return None
         if not self.mutable or not self.fetched:
             return made
         return made if (now := digest(self._value)) is not None and now == self.baseline else None
@@ -290,9 +301,10 @@ class RemoteCall:
                 del kept[k]
         names = tuple(kept)
         futures = tuple(v.future for v in kept.values())
-        # mutable kept values whose digest was made on their worker: digested again
-        # there after the body ran (a body on that worker receives the very object)
-        checks = tuple((k, v.made) for k, v in kept.items() if v.made is not None and v.mutable)
+        # kept values whose digest was made on their worker: digested again there after
+        # the body ran (a body on that worker receives the very object, and Dask
+        # computes a lost one again)
+        checks = tuple((k, v.made) for k, v in kept.items() if v.made is not None)
         if names:
             kwargs = {k: v for k, v in kwargs.items() if k not in kept}
         call = self._call_blob(job, kwargs, checks)
@@ -326,7 +338,7 @@ class RemoteCall:
 
         try:
             future = self._dask_call("store_form", kept.future, (__version__, DIGEST_VERSION),
-                                     with_bytes, pure=False,
+                                     with_bytes, pure=False, priority=_STORE_PRIORITY,
                                      key=f"store-{kept.task}-{next(self._count)}-{self._token}")
         except Exception:
             return
@@ -384,13 +396,13 @@ class RemoteCall:
     def result(self, job: Job, future: Any, keep: int = 0) -> Any:
         """Dask: the body's value from its finished ``future`` (raises the body's
         exception, or the engine's failure as CannotShip/WorkerLost). ``keep``
-        (``worker.KEEP``): a success is a ``RemoteValue``; nothing is fetched but
-        a failure. ``KEEP_BIG``: the same for a value that stayed on its worker;
-        what came back instead (``worker.Returned``: a small value, a failure)
-        is fetched as without ``keep``."""
+        (``worker.KEEP``, ``KEEP_BIG``): a value that stayed on its worker is a
+        ``RemoteValue``, nothing fetched; what came back instead
+        (``worker.Returned``: a failure; with ``KEEP_BIG`` a small value) is
+        fetched as without ``keep``."""
         with self._lock:
             self._futures.discard(future)
-        returned = keep == KEEP_BIG and _may_be_returned(future)
+        returned = bool(keep) and may_be_returned(future)
         if keep and not returned:
             if future.status == "finished":
                 return RemoteValue(future, job.td.name)
@@ -490,11 +502,18 @@ class RemoteCall:
         import pickle  # lazy: keeps import flowing fast
 
         if code == CHANGED:
+            kept = [(k, v) for k, v in job.kwargs.items()
+                    if isinstance(v, RemoteValue) and v.made is not None]
+            for _, value in kept:
+                value.dirty = True  # (which one it was is not said: all it received)
+            names = ", ".join(f"'{k}'" for k, _ in kept)
+            its = (f"its dependency {names}, kept on the Dask cluster, is not the value"
+                   if len(kept) == 1 else
+                   f"one of its dependencies {names}, kept on the Dask cluster, is not the value")
             job.remote_change = (
-                f"{job.label()}: a dependency's value kept on the Dask cluster changed in place "
-                f"while it ran (bodies on the worker holding it receive that very object), so "
-                f"its result is not journaled; build new values instead of changing the ones "
-                f"a task received")
+                f"{job.label()}: not journaled: {its} journaled: changed in place by a body on "
+                f"its worker (build new values instead), or computed again by Dask after a "
+                f"worker was lost")
             code = OK
         if code == OK:
             try:
@@ -569,6 +588,7 @@ class RemoteCall:
 
 _UNGATHERED = object()  # a value the batch could not fetch: its thread asks for it alone
 _WAIT_S = 1.0  # a wait for the cluster checks this often whether the run is over
+_STORE_PRIORITY = 100  # store_form goes before the bodies queued on the cluster
 
 
 def _pickled(frame: Any, buffers: list[Any]) -> Pickled:
@@ -578,8 +598,8 @@ def _pickled(frame: Any, buffers: list[Any]) -> Pickled:
     return Pickled(memoryview(frame).cast("B"), [memoryview(b).cast("B") for b in buffers])
 
 
-def _may_be_returned(future: Any) -> bool:
-    """Whether a finished ``KEEP_BIG`` Dask task may hold a ``worker.Returned`` rather
+def may_be_returned(future: Any) -> bool:
+    """Whether a finished ``keep`` Dask task may hold a ``worker.Returned`` rather
     than a kept value: the type its worker reported (a name, or the class) says;
     when it says nothing, the result is fetched to see."""
     if future.status != "finished":

@@ -120,7 +120,7 @@ from .attempt import (
     timeout_error,
 )
 from .base import Shared, report
-from .calls import RemoteCall, RemoteValue
+from .calls import RemoteCall, RemoteValue, may_be_returned
 from .worker import KEEP, KEEP_BIG, OK
 
 # A process pool's values up to this size in all are unpickled on the engine's callback thread.
@@ -463,7 +463,8 @@ class RemoteRunner:
         """A kept Dask success without a journal: its verdict is a success needing
         no user code nor I/O. (Other Dask values are fetched over the network,
         and the journal's part is made on the cluster: on a finisher thread.)"""
-        return call.keep == KEEP and bool(call.future.status == "finished")
+        return (call.keep == KEEP and bool(call.future.status == "finished")
+                and not may_be_returned(call.future))
 
     def _fetch(self, call: _Call) -> None:
         try:
@@ -471,16 +472,27 @@ class RemoteRunner:
         except BaseException as exc:
             self._finish(call, None, exc)
             return
-        if isinstance(value, RemoteValue):
-            shared = self._shared
+        if not isinstance(value, RemoteValue):
+            self._finish(call, value, None)
+            return
+        shared = self._shared
+        try:
             if shared.journal is not None:  # its digest and pickle are made where it is
                 value.digester = shared.digest
                 job = call.job
                 self._remote.store(value, job.store and job.key is not None,
                                    lambda: shared.closed or shared.interrupted)
-            with self._kept_lock:
-                self._kept.append(value)
-        self._finish(call, value, None)
+                if value.made is None:  # not made there: fetched and digested here (and
+                    value.load()        # dependents get copies: see RemoteCall.start)
+        except BaseException as exc:
+            self._finish(call, None, exc)
+            return
+        with self._kept_lock:
+            self._kept.append(value)
+        try:
+            self._finish(call, value, None)  # (journals it: see replay.record)
+        finally:
+            value.stored = None  # written, or never to be: the frames go now
 
     def _expire(self, call: _Call) -> None:
         """A call's deadline passed (deadline thread)."""

@@ -33,13 +33,14 @@ dead worker, a shutdown):
                 the fix (a missing module is named, with how to install it)
 ``TIMED_OUT``   data: None; the worker gave up on the body at its deadline
 ``KEPT``        (Dask, ``keep``) the value itself stays on the worker, only
-                checked to pickle; anything else is raised as
-                ``RuntimeError(KEPT_TAG, code, data)``, a builtin class, so the
-                Dask scheduler never needs flowing to hold it.
+                checked to pickle; anything else comes back as
+                ``Returned((code, data))`` (see ``run_shipped``).
 ``CHANGED``     data: the pickled value, as ``OK``; but an argument kept on
                 the cluster no longer has the digest the call gave for it
-                (``checks``): a body on this worker changed it in place. The
-                flow does not journal that result (``inplace``).
+                (``checks``): a body on this worker changed it in place, or
+                Dask computed it again after its worker was lost (a body
+                that gives another value each time). The flow does not
+                journal that result (``inplace``).
 ``STORED``      (``store_form``) what the journal stores of a value kept on
                 the worker, flat: ``(STORED, digest, immutable, small, frame,
                 *buffers)`` (Dask carries a tuple's top-level pieces as
@@ -57,9 +58,9 @@ Dask carries without copies and the flow writes to the value store as they
 come, never unpickling them (a value asked for without ``KEEP_BIG`` may be
 small: its pickle then comes as bytes, unpickled for a readable line). A
 dependent's call
-names the digests of its mutable kept arguments (``checks``): a body on the
-same worker receives those very objects, so they are digested again after
-the body ran, and a change is ``CHANGED``.
+names the digests of its kept arguments (``checks``): a body on the same
+worker receives those very objects, and Dask computes a lost one again, so
+they are digested again after the body ran, and a change is ``CHANGED``.
 
 ``flowing.current()`` answers in the worker from a snapshot: task, attempt,
 max_attempts, item_index, item, deadline (in the worker's clock);
@@ -127,7 +128,7 @@ TIMED_OUT = 3   # data: None; the worker gave up on the body at its deadline
 KEPT = 4        # data: the value itself, kept on the worker (run_shipped's keep)
 STORED = 5      # (store_form) then: digest, immutable, small pickle or None, frame, *buffers
 CHANGED = 6     # data: the pickled value; a kept argument changed in place while the body ran
-KEPT_TAG = "flowing: not kept"  # args[0] of the RuntimeError run_shipped(keep) raises
+KEPT_TAG = "flowing: not kept"  # args[0] of what shipping.ENTRY raises for a keep call
 # run_shipped's keep: the value stays on the worker; or only when too big for a journal line
 KEEP = 1
 KEEP_BIG = 2
@@ -235,26 +236,25 @@ def run_shipped(body_blob: bytes, call_blob: bytes, cloud: bool, keep: int = 0,
     ``names``/``values``: arguments that were kept on the cluster (Dask hands the
     values of the futures passed for them). ``keep`` (Dask, a whole task's
     attempt): ``KEEP``: the value is returned as it is, to stay on the worker
-    until a dependent or the flow asks for it; anything else is raised as
-    ``RuntimeError(KEPT_TAG, code, data)`` (a builtin class: the scheduler
-    never needs flowing to hold it), so a finished task means a success.
-    ``KEEP_BIG`` (with a journal): only a value whose pickle passes the
-    journal's threshold stays; anything else, a small value included, comes
-    back as ``Returned((code, data))``, whose type the flow sees in the Dask
-    future's ``type`` without fetching anything.
+    until a dependent or the flow asks for it; anything else (an error, a
+    timeout) comes back as ``Returned((code, data))``, whose type the flow
+    reads in the Dask future's ``type`` without fetching anything. (Never an
+    exception: Dask would log it as a failed task and cut a long one short.)
+    ``KEEP_BIG`` (with a journal): the same, but only a value whose pickle
+    passes the journal's threshold stays; a small one comes back as
+    ``Returned((OK, data))``. ``shipping.ENTRY``, which cannot import flowing
+    when it fails, raises ``RuntimeError(KEPT_TAG, code, data)`` instead.
     """
     code, data = _run_shipped(body_blob, call_blob, cloud, keep, names, values)
     if not keep:
         return code, data
     if code == KEPT:
         return data
-    if keep == KEEP_BIG:
-        return Returned((code, data))
-    raise RuntimeError(KEPT_TAG, code, data)
+    return Returned((code, data))
 
 
 class Returned(tuple):  # type: ignore[type-arg]
-    """``(code, data)`` of a ``KEEP_BIG`` call whose value does not stay on the worker."""
+    """``(code, data)`` of a ``keep`` call whose value does not stay on the worker."""
 
     __slots__ = ()
 
@@ -422,6 +422,8 @@ def store_form(value: Any, versions: tuple[str, int], with_bytes: bool) -> tuple
             return UNSHIPPABLE, (f"the worker's flowing is {__version__}, the flow's "
                                  f"{versions[0]}")
         digest, immutable = digest_info(value)
+        if digest is None:  # no stable content: the flow digests it itself, and says why
+            return STORED, None, False, None, None
         small: bytes | None = None
         frame: Any = None
         buffers: list[Any] = []
