@@ -228,6 +228,76 @@ def test_the_pickle_made_on_the_worker_is_the_one_made_here(client, tmp_path):
     assert remote == local  # named by the sha256 of their bytes
 
 
+SCRIPT = """\
+import json, sys
+from dataclasses import dataclass
+
+from distributed import Client
+from flowing import Flow, task
+from flowing.journal.store import Journal
+from flowing.keys.digest import value_digest
+
+
+@dataclass
+class Row:  # a class of the script itself: shipped to the workers by value
+    n: int
+    label: str
+
+
+def make():
+    return [Row(i, "row %d" % i) for i in range(5000)]
+
+
+@task(cache=False)  # never stored: its digest alone is made on the worker
+def rows():
+    return make()
+
+
+@task(depends_on=[rows], local=True)
+def count(rows):
+    return len(rows)
+
+
+if __name__ == "__main__":
+    with Client(sys.argv[1], timeout=30) as client:
+        results = Flow(count, executor=client, journal_path="run.jsonl", log=False).run()
+    import logging
+    with Journal.open("run.jsonl", logging.getLogger("x")) as j:
+        found = {e.name: [e.enc, e.digest] for e in j.entries()}
+    print("RESULT " + json.dumps({"count": results["count"].value, "found": found,
+                                  "here": value_digest(make()),
+                                  "cached": [r.cached for r in results.values()]}))
+"""
+
+
+def test_classes_of_the_script_digest_on_the_worker_as_in_the_script(client, tmp_path,
+                                                                    repo_env):
+    """A value made of the script's own classes (``__main__``, shipped by value) is
+    digested on its worker under the script's name, as the script digests it: the
+    local step that receives it (and digests it here on arrival) is journaled, and
+    a fresh process replays that step on the value made again."""
+    import json
+    import subprocess
+    import sys
+
+    (tmp_path / "rows_flow.py").write_text(SCRIPT)
+
+    def run():
+        proc = subprocess.run([sys.executable, "rows_flow.py", client.scheduler.address],
+                              cwd=tmp_path, env=repo_env, capture_output=True, text=True,
+                              timeout=120)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        line = [x for x in proc.stdout.splitlines() if x.startswith("RESULT ")]
+        assert line, proc.stdout + proc.stderr[-3000:]
+        return json.loads(line[0][len("RESULT "):])
+
+    first = run()
+    assert first["count"] == 5000
+    assert first["found"].get("rows", ["none"])[0] == "none"  # not stored (cache=False)
+    assert first["found"]["count"][0] == "json"
+    assert run()["cached"] == [False, True]
+
+
 def fresh():
     return os.urandom(100_000)  # another value each time it runs
 

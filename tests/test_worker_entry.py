@@ -30,7 +30,7 @@ ENTRY_SCRIPT = textwrap.dedent('''
     worker._bodies[b"stale"] = print  # a body unpickled under the previous bundle
     bundle = sys.argv[1]
     zipfile.ZipFile(bundle, "w").close()  # empty: flowing is importable here already
-    call = pickle.dumps(({"x": 21}, ("double", 1, 1, None, None), None, False, ()))
+    call = pickle.dumps(({"x": 21}, ("double", 1, 1, None, None), None, False, (), None))
     code, data = shipping.ENTRY(bundle, (), "run_shipped", pickle.dumps(double), call, False)
     print(code, pickle.loads(data), b"stale" in worker._bodies, sys.path[0] == bundle)
     # keep (a Dask task whose value stays on the worker): the value itself
@@ -42,9 +42,10 @@ ENTRY_SCRIPT = textwrap.dedent('''
     from flowing.keys.digest import DIGEST_VERSION, value_digest
     from flowing.version import __version__
     code, digest, immutable, small, frame, *buffers = shipping.ENTRY(
-        bundle, (), "store_form", [1, 2], (__version__, DIGEST_VERSION), True)
+        bundle, (), "store_form", [1, 2], (__version__, DIGEST_VERSION), "script", True)
     print(code, digest == value_digest([1, 2]), immutable, pickle.loads(small), frame, buffers)
-    print(shipping.ENTRY(bundle, (), "store_form", [1, 2], ("0.0.1", DIGEST_VERSION), True))
+    print(shipping.ENTRY(bundle, (), "store_form", [1, 2], ("0.0.1", DIGEST_VERSION), "script",
+                         True))
 ''')
 
 

@@ -10,6 +10,7 @@ and in messages.
 
 from __future__ import annotations
 
+import contextvars
 import functools
 import os
 import site
@@ -102,6 +103,11 @@ def _qualified(module: object, qualname: str) -> str:
 
 
 _main_names: dict[str, tuple[object, str]] = {}  # __main__ -> (the module seen, its name)
+# The name the flow's script has, for a digest made in its stead in another process
+# (a Dask worker: runners.worker), where functions and classes shipped by value from
+# the script still say ``__main__``; None: this process's own script.
+main_name: contextvars.ContextVar[str | None] = contextvars.ContextVar(
+    "flowing_main_name", default=None)
 
 
 def module_name(module: str) -> str:
@@ -114,10 +120,14 @@ def module_name(module: str) -> str:
     one holding it), with ``/`` as ``.`` and without ``.py`` (``__init__``
     names its package). ``__main__`` with no file (``python -c``, an
     interactive session) keeps its name. ``__mp_main__`` (the script, in a
-    process started by ``multiprocessing``) is named the same way.
+    process started by ``multiprocessing``) is named the same way. Within
+    ``main_name`` set, both are that name.
     """
     if module != "__main__" and module != "__mp_main__":
         return module
+    named = main_name.get()
+    if named is not None:
+        return named
     main = sys.modules.get(module)
     cached = _main_names.get(module)
     if cached is not None and cached[0] is main:

@@ -323,7 +323,8 @@ class RemoteCall:
         deadline = job.deadline
         left = None if deadline is None else max(0.0, deadline - time.time())
         try:
-            return self._dumps((kwargs, job.context_fields()[:5], left, job.td.is_async, checks))
+            return self._dumps((kwargs, job.context_fields()[:5], left, job.td.is_async, checks,
+                                _main() if checks else None))
         except Exception as exc:
             raise CannotShip(self._which_argument(job, kwargs, exc)) from None
 
@@ -338,7 +339,7 @@ class RemoteCall:
 
         try:
             future = self._dask_call("store_form", kept.future, (__version__, DIGEST_VERSION),
-                                     with_bytes, pure=False, priority=_STORE_PRIORITY,
+                                     _main(), with_bytes, pure=False, priority=_STORE_PRIORITY,
                                      key=f"store-{kept.task}-{next(self._count)}-{self._token}")
         except Exception:
             return
@@ -589,6 +590,13 @@ class RemoteCall:
 _UNGATHERED = object()  # a value the batch could not fetch: its thread asks for it alone
 _WAIT_S = 1.0  # a wait for the cluster checks this often whether the run is over
 _STORE_PRIORITY = 100  # store_form goes before the bodies queued on the cluster
+
+
+def _main() -> str:
+    """The name this process's script has in digests (``keys.usercode.module_name``)."""
+    from ..keys.usercode import module_name  # lazy: Dask with a journal only
+
+    return module_name("__main__")
 
 
 def _pickled(frame: Any, buffers: list[Any]) -> Pickled:

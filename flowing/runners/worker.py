@@ -296,7 +296,7 @@ def _run_shipped(body_blob: bytes, call_blob: bytes, cloud: bool, keep: int,
             "under `if __name__ == \"__main__\":`, and tasks written in a notebook need fork, "
             "loky or Dask (or a module)")
     try:
-        kwargs, fields, left, is_async, checks = pickle.loads(call_blob)
+        kwargs, fields, left, is_async, checks, main = pickle.loads(call_blob)
     except BaseException as exc:
         return UNSHIPPABLE, _unloadable(
             exc, "its arguments", "unpickled", "pass plain data, or values whose classes the "
@@ -324,7 +324,7 @@ def _run_shipped(body_blob: bytes, call_blob: bytes, cloud: bool, keep: int,
     dumps = dumps_for(cloud)
     if ok:
         try:
-            if checks and _changed(kwargs, checks):
+            if checks and _changed(kwargs, checks, main):
                 return CHANGED, dumps(value)
             if keep == KEEP_BIG:
                 small = _small_pickle(value)
@@ -401,27 +401,41 @@ def _small_pickle(value: Any) -> bytes | None:
     return b"".join(out.parts)
 
 
-def _changed(kwargs: dict[str, Any], checks: tuple[tuple[str, str], ...]) -> bool:
-    """Whether a kept argument no longer digests as the call said it did."""
+def _changed(kwargs: dict[str, Any], checks: tuple[tuple[str, str], ...], main: str) -> bool:
+    """Whether a kept argument no longer digests as the call said it did (``main``:
+    the name of the flow's script, see ``store_form``)."""
     from ..keys.digest import value_digest  # lazy: only calls with a journal check
+    from ..keys.usercode import main_name  # lazy: as above
 
-    return any(value_digest(kwargs.get(name)) != digest for name, digest in checks)
+    token = main_name.set(main)
+    try:
+        return any(value_digest(kwargs.get(name)) != digest for name, digest in checks)
+    finally:
+        main_name.reset(token)
 
 
-def store_form(value: Any, versions: tuple[str, int], with_bytes: bool) -> tuple[Any, ...]:
+def store_form(value: Any, versions: tuple[str, int], main: str,
+               with_bytes: bool) -> tuple[Any, ...]:
     """Runs on a Dask worker, on a value kept there (see the module docstring):
     ``(STORED, digest, immutable, small, frame, *buffers)``, or ``UNSHIPPABLE``
     with why the flow must fetch the value and do it itself. ``versions``: the
-    flow's flowing and digest versions; ``with_bytes``: the journal stores the
-    value (else only its digest is wanted)."""
+    flow's flowing and digest versions; ``main``: the name the flow's script
+    has in digests (what its ``__main__`` classes and functions, shipped here
+    by value, are named by, as in the flow); ``with_bytes``: the journal
+    stores the value (else only its digest is wanted)."""
     try:
         from ..keys.digest import DIGEST_VERSION, digest_info  # lazy: only when a journal asks
+        from ..keys.usercode import main_name  # lazy: as above
         from ..version import __version__  # lazy: as above
 
-        if (__version__, DIGEST_VERSION) != versions:
+        if (__version__, DIGEST_VERSION) != tuple(versions):
             return UNSHIPPABLE, (f"the worker's flowing is {__version__}, the flow's "
                                  f"{versions[0]}")
-        digest, immutable = digest_info(value)
+        token = main_name.set(main)
+        try:
+            digest, immutable = digest_info(value)
+        finally:
+            main_name.reset(token)
         if digest is None:  # no stable content: the flow digests it itself, and says why
             return STORED, None, False, None, None
         small: bytes | None = None
