@@ -765,3 +765,40 @@ def test_flush_waits_for_the_fsync_of_lines_another_writer_took(tmp_path):
     flusher.join(10)
     writer.join(10)
     assert flushed == [True] and synced
+
+
+def test_clean_never_removes_a_writers_copy_renamed_onto_an_unneeded_file(tmp_path, monkeypatch):
+    """The interleaving that matters: ``clean`` locks an unneeded stored file, and
+    before it removes it a writer storing the same content renames its own locked
+    file onto that name (content addressed). The writer's file survives; the old
+    one goes."""
+    journal = str(tmp_path / "run.jsonl")
+    with open(journal, "w") as f:
+        f.write("")
+    os.chmod(journal, 0o600)
+    st = os.stat(journal)
+    frame, bufs = valuestore.dumps(b"z" * 200_000)
+    sha, size, held = valuestore.write(journal, st, frame, bufs)
+    os.close(held)  # an unneeded file: no entry names it
+    real_flock = valuestore.fcntl.flock
+    writer: list[int] = []
+
+    class Interleaved:
+        LOCK_EX, LOCK_NB = valuestore.fcntl.LOCK_EX, valuestore.fcntl.LOCK_NB
+
+        @staticmethod
+        def flock(fd, how):
+            real_flock(fd, how)
+            if how & valuestore.fcntl.LOCK_NB and not writer:  # clean has locked the old file
+                writer.append(valuestore.write(journal, st, frame, bufs)[2])
+
+    monkeypatch.setattr(valuestore, "fcntl", Interleaved)
+    removed, _ = valuestore.clean(journal, keep=set())
+    monkeypatch.undo()
+    path = os.path.join(valuestore.store_dir(journal), valuestore.file_name(sha))
+    assert writer and removed == 0
+    assert os.stat(path).st_ino == os.fstat(writer[0]).st_ino  # the writer's own file
+    assert valuestore.check(journal, sha, size) is None
+    os.close(writer[0])
+    assert valuestore.clean(journal, keep=set())[0] == 1  # once its writer is done: unneeded
+    assert not os.listdir(valuestore.store_dir(journal))

@@ -368,16 +368,9 @@ def clean(journal_abspath: str, keep: set[str] | None) -> tuple[int, int]:
                 st = os.stat(name, dir_fd=dfd, follow_symlinks=False)
                 if not stat.S_ISREG(st.st_mode) or st.st_uid != me:
                     continue
-                fd = os.open(name, _FILE_FLAGS, dir_fd=dfd)
-                try:
-                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                except OSError:
-                    continue  # a live writer holds it
-                finally:
-                    os.close(fd)
-                os.unlink(name, dir_fd=dfd)
-                removed += 1
-                freed += st.st_size
+                if _remove_unlocked(dfd, name, is_temp):
+                    removed += 1
+                    freed += st.st_size
             except OSError:
                 pass
         if removed:
@@ -387,3 +380,34 @@ def clean(journal_abspath: str, keep: set[str] | None) -> tuple[int, int]:
     finally:
         os.close(dfd)
     return removed, freed
+
+
+def _remove_unlocked(dfd: int, name: str, is_temp: bool) -> bool:
+    """Remove ``name`` unless a live writer holds it flocked; True if removed.
+
+    The lock is taken on the file opened, but a writer storing the same
+    content renames its own (flocked) file onto the same name at any time: so
+    a stored value is first renamed aside, and removed only if what was moved
+    is the very file locked here; a writer's file moved by that rename is put
+    back (any file under the name has the same bytes: replacing is harmless).
+    A temporary name is never renamed onto, so one is removed directly.
+    """
+    fd = os.open(name, _FILE_FLAGS, dir_fd=dfd)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            return False  # a live writer holds it
+        if is_temp:
+            os.unlink(name, dir_fd=dfd)
+            return True
+        aside = f".{os.urandom(8).hex()}.tmp"  # (a temporary name: swept if we die here)
+        os.rename(name, aside, src_dir_fd=dfd, dst_dir_fd=dfd)
+        moved, mine = os.stat(aside, dir_fd=dfd, follow_symlinks=False), os.fstat(fd)
+        if (moved.st_dev, moved.st_ino) != (mine.st_dev, mine.st_ino):
+            os.rename(aside, name, src_dir_fd=dfd, dst_dir_fd=dfd)  # a writer's: put back
+            return False
+        os.unlink(aside, dir_fd=dfd)
+        return True
+    finally:
+        os.close(fd)
