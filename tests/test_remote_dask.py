@@ -225,6 +225,21 @@ def test_retries_retry_after_and_retry_on_across_the_cluster(client):
     assert "in wrong_kind" in w.traceback  # the worker's traceback travels with it
 
 
+@task
+def long_complaint():
+    raise ValueError("x" * 50_000)
+
+
+def test_a_long_error_from_a_kept_task_arrives_whole_and_is_the_bodys(client, capfd):
+    """A failing body whose value would have stayed on the worker: its exception comes
+    back as itself, whole (Dask cuts exceptions it holds past 10,000 characters,
+    and would log each as a failed task)."""
+    r = Flow(long_complaint, executor=client, log=False).run()["long_complaint"]
+    assert r.state is StepState.FAILED and type(r.error) is ValueError, r.error
+    assert str(r.error) == "x" * 50_000 and r.attempts == 1
+    assert "Compute Failed" not in capfd.readouterr().err
+
+
 def test_a_body_sleeping_30s_times_out_and_its_dask_task_is_cancelled(engine, client):
     t0 = time.monotonic()
     r = Flow(sleeps_30s, executor=engine, log=False).run()["sleeps_30s"]
