@@ -13,8 +13,8 @@ measured in the same run; engines are started and warmed up before timing):
             and on a Dask LocalCluster of 2 workers x 1 thread (target >= 1.6).
   dask      no-op tasks through flowing on Dask, per task, over raw
             ``client.submit`` of the same graph with futures as arguments:
-            wide root -> 400 -> sink (target <= 1.3); a chain of 100 beside the
-            raw hand-off (submit, wait, submit the next).
+            wide root -> 400 -> sink (target <= 1.3), also journaled; a chain
+            of 100 beside the raw hand-off (submit, wait, submit the next).
   big       a 200 MB bytes value through load -> size -> sink on Dask, over
             the raw chain with futures as arguments (target <= 1.3): the
             value stays on the workers. Then journaled, over the raw chain
@@ -31,7 +31,9 @@ A MISS is reported, never fatal. Needs ``distributed`` for the Dask rows
 
 import multiprocessing
 import os
+import shutil
 import sys
+import tempfile
 import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -200,6 +202,23 @@ def bench_dask(rows, runs, client):
         rows.append((f"dask wide root->{width}->sink, per task (max_workers={mw}) / raw, "
                      f"values gathered to the client", t["flowing"] / n, t["gathered"] / n,
                      t["flowing"] / t["gathered"], "", None))
+    # The wide graph journaled (a first run, into a fresh journal each time): its
+    # small values come back to be written in their lines.
+    folder = tempfile.mkdtemp(prefix="flowing-bench-")
+    count = iter(range(10**6))
+
+    def journaled():
+        path = os.path.join(folder, f"wide{next(count)}.jsonl")
+        checked(wide_flow(width, executor=client, max_workers=64, journal_path=path))
+
+    try:
+        journaled()
+        t = interleaved(runs, {"flowing": journaled, "raw": raw_wide})
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+    rows.append((f"dask wide root->{width}->sink, journaled (first run, max_workers=64) / raw "
+                 f"futures as arguments", t["flowing"] / (width + 2), t["raw"] / (width + 2),
+                 t["flowing"] / t["raw"], "", None))
     chain = chain_flow(length, executor=client)
     checked(chain)
     t = interleaved(runs, {"flowing": lambda: checked(chain), "handoff": raw_chain_handoff,
@@ -251,9 +270,6 @@ def bench_big(rows, runs, client):
     # The same chain journaled (a first run, into a fresh journal each time): the
     # value's digest and pickle are made on its worker and written here as they
     # come; the raw baseline fetches the value and writes it to a file, fsynced.
-    import shutil
-    import tempfile
-
     folder = tempfile.mkdtemp(prefix="flowing-bench-")
     count = iter(range(10**6))
 
