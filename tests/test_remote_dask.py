@@ -426,10 +426,21 @@ def test_a_value_stays_on_the_worker_until_it_is_read(client):
     assert big.value_loaded
 
 
+@task(depends_on=[measured])
+def scalars(measured):
+    return None
+
+
+@task(depends_on=[scalars, measured])
+def seven(scalars, measured):
+    return 7
+
+
 def test_small_values_are_readable_after_the_client_closes_big_ones_say_why(client):
     with distributed.Client(client.scheduler.address, timeout=30) as other:
-        results = Flow(measured, executor=other, log=False).run()
+        results = Flow(seven, executor=other, log=False).run()
     assert results["measured"].value["size"] == 2 << 20  # fetched at the end of the run
+    assert results["scalars"].value is None and results["seven"].value == 7  # (unmeasured)
     with pytest.raises(WorkerLost, match="task 'two_megabytes'.*before the client closes"):
         _ = results["two_megabytes"].value
 

@@ -134,6 +134,8 @@ _BATCH_S = 0.02
 # Kept Dask values fetched at the end of a run: each at most, and all together at most.
 _SMALL_BYTES = 1 << 20
 _SMALL_TOTAL = 64 << 20
+# The types of such values (as Dask names them, or the classes) that are always small.
+_SCALAR_TYPES = frozenset({"NoneType", "bool", "int", "float", type(None), bool, int, float})
 
 
 class _Threads:
@@ -527,9 +529,12 @@ class RemoteRunner:
         once the client is closed. Bigger values stay remote until read."""
         client: Any = self._remote.client
         left = [v for v in kept if not v.fetched]
+        # a None, a bool or a number (the type the cluster reported) needs no measuring
+        small = [v for v in left if getattr(v.future, "type", None) in _SCALAR_TYPES]
+        left = [v for v in left if getattr(v.future, "type", None) not in _SCALAR_TYPES]
         try:
-            sizes = client.nbytes(keys=[v.future.key for v in left], summary=False)
-            small, total = [], 0
+            sizes = client.nbytes(keys=[v.future.key for v in left], summary=False) if left else {}
+            total = 0
             for v in left:
                 size = sizes.get(v.future.key)
                 if isinstance(size, int) and size <= _SMALL_BYTES and total + size <= _SMALL_TOTAL:
