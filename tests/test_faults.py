@@ -183,7 +183,7 @@ def check_journal(path: str, acked: set[str], max_bytes: dict[str, int], why: st
         assert not missing, f"{why}: acknowledged entries lost: {missing[:5]}"
         for name, key in found.items():
             hit = j.get(key)
-            assert hit is not None, f"{why}: entry {name} does not load"
+            assert hit is not None, f"{why}: entry {name} does not load ({cap.warnings})"
             _k, value, digest, inputs = expected(name, max_bytes[name.rsplit(".", 2)[0]])
             assert (hit.value, hit.digest, hit.inputs) == (value, digest, inputs), why
             assert type(hit.value) is type(value), why

@@ -10,7 +10,10 @@ import ast
 import subprocess
 import sys
 import textwrap
+import threading
 from pathlib import Path
+
+import pytest
 
 import flowing
 import flowing.runners.worker as worker
@@ -95,7 +98,10 @@ def test_the_worker_keeps_on_a_dask_cluster_what_the_journal_would_store_beside_
     from flowing.journal.values import THRESHOLD
 
     assert worker._SMALL_PICKLE == THRESHOLD
-    assert worker._small_pickle(b"x" * (THRESHOLD - 100)) is not None
-    assert worker._small_pickle(b"x" * THRESHOLD) is None
-    assert worker._small_pickle(list(range(10))) == __import__("cloudpickle").dumps(
+    small = worker._pickled_if_small
+    assert small(b"x" * (THRESHOLD - 100), THRESHOLD) is not None
+    assert small(b"x" * THRESHOLD, THRESHOLD) is None
+    assert small(list(range(10)), THRESHOLD) == __import__("cloudpickle").dumps(
         list(range(10)), protocol=5)
+    with pytest.raises(TypeError):  # it still checks that a big value pickles
+        small([b"x" * THRESHOLD, threading.Lock()], THRESHOLD)

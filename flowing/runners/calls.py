@@ -590,6 +590,9 @@ class RemoteCall:
 _UNGATHERED = object()  # a value the batch could not fetch: its thread asks for it alone
 _WAIT_S = 1.0  # a wait for the cluster checks this often whether the run is over
 _STORE_PRIORITY = 100  # store_form goes before the bodies queued on the cluster
+# how Dask may name the type of a worker.Returned (with its module, or without)
+_RETURNED_NAMES = frozenset({f"{Returned.__module__}.{Returned.__qualname__}",
+                             Returned.__qualname__})
 
 
 def _main() -> str:
@@ -613,8 +616,9 @@ def may_be_returned(future: Any) -> bool:
     if future.status != "finished":
         return False  # a failure: raised, as with KEEP
     kind = getattr(future, "type", None)
-    name = kind if isinstance(kind, str) else getattr(kind, "__qualname__", None)
-    return not isinstance(name, str) or name.rpartition(".")[2] == Returned.__name__
+    if isinstance(kind, type):
+        return kind is Returned
+    return not isinstance(kind, str) or kind in _RETURNED_NAMES
 
 
 def _cannot_load(exc: BaseException) -> bool:

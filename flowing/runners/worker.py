@@ -326,13 +326,14 @@ def _run_shipped(body_blob: bytes, call_blob: bytes, cloud: bool, keep: int,
         try:
             if checks and _changed(kwargs, checks, main):
                 return CHANGED, dumps(value)
-            if keep == KEEP_BIG:
-                small = _small_pickle(value)
-                if small is not None:
-                    return OK, small
             if keep:  # it must be able to travel later (to a dependent, or here)
-                if type(value) not in _PLAIN:
-                    _pickle_to_nothing(value)
+                if keep == KEEP_BIG and not (type(value) in _SIZED
+                                             and len(value) > _SMALL_PICKLE):
+                    small = _pickled_if_small(value, _SMALL_PICKLE)  # (it pickles: checked)
+                    if small is not None:
+                        return OK, small
+                elif type(value) not in _PLAIN:
+                    _pickled_if_small(value, 0)
                 return KEPT, value
             return OK, dumps(value)
         except BaseException as exc:
@@ -363,42 +364,39 @@ def _run_shipped(body_blob: bytes, call_blob: bytes, cloud: bool, keep: int,
 _PLAIN = frozenset({bytes, bytearray, str, int, float, bool, type(None)})
 
 
-class _TooBig(Exception):
-    """A pickle passed the journal's threshold (``_Capped``)."""
+class _Sink:
+    """A file that keeps what is written to it while that is at most ``keep`` bytes,
+    and only counts the rest: pickling into it checks a value without a copy."""
 
-
-class _Capped:
-    """A file that keeps what is written to it, up to ``_SMALL_PICKLE`` bytes."""
-
-    def __init__(self) -> None:
-        self.parts: list[bytes] = []
-        self.left = _SMALL_PICKLE
+    def __init__(self, keep: int) -> None:
+        self.parts: list[bytes] | None = []
+        self.left = keep
 
     def write(self, data: Any) -> int:
         n = memoryview(data).nbytes  # (protocol 5 writes big buffers as PickleBuffer)
         self.left -= n
-        if self.left < 0:
-            raise _TooBig
-        self.parts.append(bytes(data))
+        if self.parts is not None:
+            if self.left < 0:
+                self.parts = None
+            else:
+                self.parts.append(bytes(data))
         return n
 
 
 _SMALL_PICKLE = 64 * 1024  # the journal's threshold (journal.values.THRESHOLD, tested equal)
+_SIZED = frozenset({bytes, bytearray, str})  # their len() is at most their pickle's size
 
 
-def _small_pickle(value: Any) -> bytes | None:
-    """``value`` pickled by cloudpickle when that takes at most ``_SMALL_PICKLE``
-    bytes, else None: a big value is not pickled whole to find out."""
+def _pickled_if_small(value: Any, up_to: int) -> bytes | None:
+    """``value`` pickled by cloudpickle when that takes at most ``up_to`` bytes, else
+    None (without keeping a copy of a big one). Raises what pickling it raises."""
     import importlib  # lazy: loaded when a call comes in
     import pickle  # lazy: loaded when a call comes in
 
     cloudpickle: Any = importlib.import_module("cloudpickle")
-    out = _Capped()
-    try:
-        cloudpickle.Pickler(out, protocol=pickle.HIGHEST_PROTOCOL).dump(value)
-    except _TooBig:
-        return None
-    return b"".join(out.parts)
+    out = _Sink(up_to)
+    cloudpickle.Pickler(out, protocol=pickle.HIGHEST_PROTOCOL).dump(value)
+    return None if out.parts is None else b"".join(out.parts)
 
 
 def _changed(kwargs: dict[str, Any], checks: tuple[tuple[str, str], ...], main: str) -> bool:
@@ -450,8 +448,8 @@ def store_form(value: Any, versions: tuple[str, int], main: str,
             except Exception:  # (a class shipped by value): only cloudpickle can, if small
                 frame, buffers, big = None, [], False
             if not big:
-                small, frame, buffers = dumps_for(True)(value), None, []
-                if len(small) > THRESHOLD:
+                small, frame, buffers = _pickled_if_small(value, THRESHOLD), None, []
+                if small is None:
                     return UNSHIPPABLE, "its value cannot be pickled here for the journal"
         # flat: Dask carries the top-level pieces of a tuple as frames of their own
         return (STORED, digest, immutable, small, frame, *buffers)
@@ -459,22 +457,6 @@ def store_form(value: Any, versions: tuple[str, int], main: str,
         raise
     except BaseException as exc:  # anything else: the flow then does it itself
         return UNSHIPPABLE, describe(exc)
-
-
-class _Discard:
-    """A file that keeps nothing: pickling into it checks a value without a copy."""
-
-    def write(self, data: Any) -> int:
-        return memoryview(data).nbytes  # (protocol 5 writes big buffers as PickleBuffer)
-
-
-def _pickle_to_nothing(value: Any) -> None:
-    """Raise what pickling ``value`` with cloudpickle raises (the bytes are dropped)."""
-    import importlib  # lazy: loaded when a call comes in
-    import pickle  # lazy: loaded when a call comes in
-
-    cloudpickle: Any = importlib.import_module("cloudpickle")
-    cloudpickle.Pickler(_Discard(), protocol=pickle.HIGHEST_PROTOCOL).dump(value)
 
 
 def _rebuild_exception(cls: type[BaseException], args: tuple[Any, ...],
