@@ -802,3 +802,55 @@ def test_clean_never_removes_a_writers_copy_renamed_onto_an_unneeded_file(tmp_pa
     os.close(writer[0])
     assert valuestore.clean(journal, keep=set())[0] == 1  # once its writer is done: unneeded
     assert not os.listdir(valuestore.store_dir(journal))
+
+
+@pytest.mark.parametrize("rewrite", ["compact", "forget"])
+def test_a_rewrite_keeps_the_new_file_locked_until_its_clean_is_done(tmp_path, monkeypatch, rewrite):
+    """The interleaving that matters: a writer whose descriptor names a file two
+    rewrites old locks it at once (nobody holds it), follows the path to the file
+    the running rewrite has just renamed in and appends there. If that file were
+    not locked until the rewrite's ``clean`` is done, the writer's line could land
+    while ``clean`` still works from the list of values it read before: the
+    writer's value, unlocked once its line is written, would be removed as unneeded
+    and its entry would not load. The writer must wait for the rewrite instead."""
+    import logging
+    import threading
+
+    from flowing.journal import rewrite as rewrite_mod
+
+    path = str(tmp_path / "run.jsonl")
+    log = logging.getLogger("test_store.rewrite_lock")
+    big = b"v" * (valuestore.THRESHOLD * 2)
+    writer = Journal.open(path, log)
+    assert writer.record("a" * 64, "old", [], big)
+    assert writer.record("b" * 64, "gone", [], 1)
+    compact(path, log)                      # the writer's descriptor is now one file behind
+    real_clean = valuestore.clean
+    in_clean, go_on = threading.Event(), threading.Event()
+
+    def paused_clean(abspath, keep):
+        in_clean.set()
+        go_on.wait(10)
+        return real_clean(abspath, keep)
+
+    monkeypatch.setattr(rewrite_mod.valuestore, "clean", paused_clean)
+    run = (lambda: compact(path, log)) if rewrite == "compact" else (
+        lambda: forget(path, ["gone"], log))
+    rewriter = threading.Thread(target=run)
+    rewriter.start()
+    assert in_clean.wait(10)                # renamed in, clean not begun
+    recorded: list[bool] = []
+    recorder = threading.Thread(target=lambda: recorded.append(
+        writer.record("c" * 64, "new", [], big + b"new")))
+    recorder.start()
+    recorder.join(0.5)                      # (on the old code it finished here, unwaited)
+    go_on.set()
+    rewriter.join(10)
+    recorder.join(10)
+    monkeypatch.undo()
+    assert recorded == [True]
+    writer.close()
+    with Journal.open(path, log) as j:
+        hit = j.get("c" * 64)
+        assert hit is not None and hit.value == big + b"new"
+        assert j.get("a" * 64).value == big

@@ -1,6 +1,8 @@
 """Rewrites of a journal file: ``compact`` and ``forget`` (``flowing journal``).
 
-Each holds the journal's exclusive flock for its whole run, reads every line
+Each holds the journal's exclusive flock for its whole run (on the new file
+too: it is locked before it is renamed in, so no writer appends to it before
+the stored values the rewrite found unneeded are removed), reads every line
 (refusing, before anything is written, a file that is not a flowing journal
 this flowing may rewrite), writes the new file next to the journal as
 ``.NAME.<16 hex digits>.tmp`` with the journal's permission bits (and owner,
@@ -112,10 +114,12 @@ class _Exclusive:
         one and the whole lines ``extra``.
 
         The new file keeps the journal's permission bits and, where allowed, its owner.
+        Returns with the exclusive flock held on it (``fd``).
         """
         tfd, tmp = _new_temp(self.abspath)
+        fcntl.flock(tfd, fcntl.LOCK_EX)  # (new: never contended) held from rename to __exit__
         try:
-            with os.fdopen(tfd, "wb", buffering=_CHUNK) as out:
+            with os.fdopen(tfd, "wb", buffering=_CHUNK, closefd=False) as out:
                 valuestore.take_owner_and_mode(tfd, os.fstat(self.fd))
                 total = len(HEADER)
                 out.write(HEADER)
@@ -135,7 +139,13 @@ class _Exclusive:
             os.replace(tmp, self.abspath)
         except BaseException:
             _discard(tmp)
+            os.close(tfd)
             raise
+        # The path now names the new file, locked since before it got that name: a
+        # writer following the path waits there until ``clean`` (which works from what
+        # this rewrite read) is done. The old file's lock goes with its descriptor.
+        os.close(self.fd)
+        self.fd = tfd
         _fsync_dir(self.abspath)
         return total
 

@@ -144,24 +144,31 @@ class Journal:
         """Give an empty journal file its header (exclusive flock held on a verified fd).
 
         A file holding just the header (same mode and owner) is renamed over the
-        empty one, so a crash leaves either the empty file or a whole header. Returns
-        with the exclusive flock held on the new file.
+        empty one, so a crash leaves either the empty file or a whole header. It is
+        locked before it gets the journal's name (as a rewrite's new file is: no
+        other writer appends to it first), and the exclusive flock is held on it
+        on return.
         """
         try:
             tmp = _header_file(self._abspath, os.fstat(self._fd))
             try:
-                os.replace(tmp, self._abspath)
+                new = _open_regular(tmp, os.O_RDWR | os.O_APPEND, creating=False,
+                                    shown=self.path)
             except BaseException:
                 _discard(tmp)
                 raise
-            _fsync_dir(self._abspath)
-            new = _open_regular(self._abspath, os.O_RDWR | os.O_APPEND, creating=False,
-                                shown=self.path)
+            try:
+                fcntl.flock(new, fcntl.LOCK_EX)
+                os.replace(tmp, self._abspath)
+                _fsync_dir(self._abspath)
+            except BaseException:
+                os.close(new)
+                _discard(tmp)
+                raise
         except OSError as e:
             raise JournalError(f"journal {self.path!r}: cannot write the journal header "
                                f"({e.strerror or e}); check free space and permissions, or "
                                f"choose another journal_path") from None
-        fcntl.flock(new, fcntl.LOCK_EX)
         fcntl.flock(self._fd, fcntl.LOCK_UN)
         self._old_fds.append(self._fd)
         self._fd = new
