@@ -426,6 +426,24 @@ def test_a_value_stays_on_the_worker_until_it_is_read(client):
     assert big.value_loaded
 
 
+def megabytes():
+    return b"m" * (2 << 20)
+
+
+def test_dask_keys_group_calls_by_task_name(client):
+    # Dask groups tasks by the key's first words (its dashboard shows those groups,
+    # its scheduler keeps statistics per group): each flowing task is its own
+    # group, whatever its body function (see the reference, "Where bodies run").
+    tasks = [task(megabytes, name=f"copy{i}") for i in range(3)]
+    results = Flow(*tasks, executor=client, log=False).run()  # (holds the kept values)
+    assert all(r.ok and not r.value_loaded for r in results.values())
+    groups = client.run_on_scheduler(lambda dask_scheduler: sorted(
+        ts.group_key for k, ts in dask_scheduler.tasks.items()
+        if isinstance(k, str) and k.startswith("copy")))
+    assert groups == ["copy0", "copy1", "copy2"]
+    assert results["copy1"].value == b"m" * (2 << 20)
+
+
 @task(depends_on=[measured])
 def scalars(measured):
     return None
