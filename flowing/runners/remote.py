@@ -526,10 +526,16 @@ class RemoteRunner:
     def _fetch_small(self, kept: list[RemoteValue]) -> None:
         """One ``gather`` of the kept values of at most ``_SMALL_BYTES`` each (as the
         cluster measured them), up to ``_SMALL_TOTAL`` in all: results stay readable
-        once the client is closed. Bigger values stay remote until read."""
+        once the client is closed. Bigger values stay remote until read. A value
+        the cluster reports of type ``NoneType`` (the class, not a name) is None:
+        it is not fetched."""
         client: Any = self._remote.client
         left = [v for v in kept if not v.fetched]
-        # a None, a bool or a number (the type the cluster reported) needs no measuring
+        for v in left:  # a None needs no fetching (the class itself: a name could be a user's)
+            if getattr(v.future, "type", None) is type(None):
+                v.set(None)
+        left = [v for v in left if not v.fetched]
+        # a bool or a number (the type the cluster reported) needs no measuring
         small = [v for v in left if getattr(v.future, "type", None) in _SCALAR_TYPES]
         left = [v for v in left if getattr(v.future, "type", None) not in _SCALAR_TYPES]
         try:
