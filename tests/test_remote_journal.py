@@ -84,6 +84,34 @@ def test_a_big_value_is_digested_and_pickled_on_its_worker_and_replays(client, t
     assert np.array_equal(value, array())
 
 
+def quarter_megabyte():
+    return np.arange(1 << 15, dtype=np.float64)  # 256 KiB: stored, and "small" to read back
+
+
+def test_a_journaled_value_read_back_at_the_end_is_not_fetched_twice(client, tmp_path):
+    # Its pickle came here for the journal: the end of the run reads the value from
+    # those bytes rather than fetching it from the cluster a second time.
+    gathered: list[object] = []
+    real_gather = client.gather
+
+    def counting_gather(futures, *args, **kwargs):
+        gathered.extend(getattr(f, "key", f) for f in futures)
+        return real_gather(futures, *args, **kwargs)
+
+    flow = Flow(chain(quarter_megabyte), executor=client, journal_path=str(tmp_path / "j"),
+                log=False)
+    client.gather = counting_gather
+    try:
+        results = flow.run()
+    finally:
+        del client.gather
+    assert flow.ok, flow.failures
+    assert entries(tmp_path / "j")["load"][0] == "file"
+    assert results["load"]._value.fetched and results["load"]._value.stored is None
+    assert np.array_equal(results["load"].value, quarter_megabyte())
+    assert not [k for k in gathered if str(k).startswith("load-")], gathered
+
+
 def test_dependents_replay_by_the_worker_digest_on_another_engine(client, tmp_path):
     """Early cutoff across engines: the load step edited to give the same value runs
     again (here, on threads) and its dependents replay: the digest its worker made

@@ -164,7 +164,9 @@ class RemoteValue(Deferred):
         self._lock = threading.Lock()
         self.made: str | None = None      # the digest taken on the worker (journal only)
         self.mutable = True               # whether the value can change in place
-        self.stored: Pickled | None = None  # its pickle, until the journal takes it
+        # its pickle, until the journal takes it (and, when small, to the end of the run:
+        # ``remote._fetch_small``)
+        self.stored: Pickled | None = None
         self.baseline: str | None = None  # the digest here of the fetched copy
         self.digester: Callable[[Any], str | None] | None = None  # the run's, with a journal
         # not (or no longer known to be) the value ``made`` describes: a body changed it

@@ -277,7 +277,8 @@ class RemoteRunner:
         self._threads = _Threads(max_workers, "flowing-finisher")
         self._deadlines = _Deadlines(self._expire)
         self._kept: list[RemoteValue] = []  # values left on the cluster, for close()
-        self._kept_lock = threading.Lock()
+        self._spare = 0  # bytes of journaled pickles kept for close() (``_SMALL_TOTAL`` at most)
+        self._kept_lock = threading.Lock()  # guards the two above
 
     def submit(self, job: Job) -> None:
         if job.gates and (job.mode == GATE or job.td.when is not None
@@ -491,10 +492,19 @@ class RemoteRunner:
             return
         with self._kept_lock:
             self._kept.append(value)
+        pickled = value.stored
         try:
             self._finish(call, value, None)  # (journals it: see replay.record)
         finally:
-            value.stored = None  # written, or never to be: the frames go now
+            value.stored = None  # written, or never to be: the frames go now...
+        if pickled is not None:  # ... unless close() would fetch the value again
+            from ..journal.values import pickled_size  # lazy: Dask with a journal only
+
+            size = pickled_size(*pickled)
+            with self._kept_lock:
+                if size <= _SMALL_BYTES and self._spare + size <= _SMALL_TOTAL:
+                    self._spare += size
+                    value.stored = pickled
 
     def _expire(self, call: _Call) -> None:
         """A call's deadline passed (deadline thread)."""
@@ -519,21 +529,32 @@ class RemoteRunner:
         self._deadlines.close()
         self._threads.close()
         with self._kept_lock:
-            kept, self._kept = self._kept, []
+            kept, self._kept, self._spare = self._kept, [], 0
         if kept and not self._shared.interrupted:
             self._fetch_small(kept)
+        for v in kept:
+            v.stored = None
 
     def _fetch_small(self, kept: list[RemoteValue]) -> None:
         """One ``gather`` of the kept values of at most ``_SMALL_BYTES`` each (as the
         cluster measured them), up to ``_SMALL_TOTAL`` in all: results stay readable
         once the client is closed. Bigger values stay remote until read. A value
         the cluster reports of type ``NoneType`` (the class, not a name) is None:
-        it is not fetched."""
+        it is not fetched, nor is one whose pickle came here for the journal (unless
+        it is no longer the value that pickle holds: ``dirty``)."""
         client: Any = self._remote.client
         left = [v for v in kept if not v.fetched]
         for v in left:  # a None needs no fetching (the class itself: a name could be a user's)
             if getattr(v.future, "type", None) is type(None):
                 v.set(None)
+            elif v.stored is not None and not v.dirty:
+                import pickle  # lazy: keeps import flowing fast
+
+                try:
+                    v.set(pickle.loads(v.stored.frame, buffers=v.stored.buffers))
+                except BaseException as exc:  # (a class gone meanwhile): gathered below
+                    if is_terminal(exc):
+                        raise
         left = [v for v in left if not v.fetched]
         # a bool or a number (the type the cluster reported) needs no measuring
         small = [v for v in left if getattr(v.future, "type", None) in _SCALAR_TYPES]
