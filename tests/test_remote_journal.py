@@ -112,6 +112,48 @@ def test_a_journaled_value_read_back_at_the_end_is_not_fetched_twice(client, tmp
     assert not [k for k in gathered if str(k).startswith("load-")], gathered
 
 
+class PicklesOnce:
+    """A value that pickles once (the worker's check that it travels), then refuses."""
+
+    def __init__(self) -> None:
+        self.data = bytes(200_000)
+        self.pickled = 0
+
+    def __reduce__(self):
+        self.pickled += 1
+        if self.pickled > 1:
+            raise RuntimeError("refuses the second time")
+        return (_rebuilt, (self.data,))
+
+
+def _rebuilt(data):
+    value = PicklesOnce.__new__(PicklesOnce)
+    value.data, value.pickled = data, 0
+    return value
+
+
+def pickles_once():
+    return PicklesOnce()
+
+
+def uses(a):
+    return 1
+
+
+def test_a_kept_value_that_then_cannot_be_pickled_is_cannot_ship_not_a_lost_worker(
+        client, tmp_path):
+    # Its worker cannot make its journal form, so the flow fetches it: the worker
+    # cannot pickle it then either. That is the value's fault, said so, not a dead worker.
+    a = task(pickles_once, name="a")
+    flow = Flow(task(uses, name="u", depends_on=[a]), task(uses, name="here", depends_on=[a],
+                local=True), executor=client, journal_path=str(tmp_path / "j"), log=False)
+    results = flow.run()
+    assert results["a"].state is StepState.FAILED
+    assert type(results["a"].error).__name__ == "CannotShip", results["a"].error
+    assert "task 'a'" in str(results["a"].error) and "pickle" in str(results["a"].error)
+    assert results["u"].state is results["here"].state is StepState.SKIPPED
+
+
 def test_dependents_replay_by_the_worker_digest_on_another_engine(client, tmp_path):
     """Early cutoff across engines: the load step edited to give the same value runs
     again (here, on threads) and its dependents replay: the digest its worker made

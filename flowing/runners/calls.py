@@ -183,6 +183,12 @@ class RemoteValue(Deferred):
                 try:
                     value = self.future.result()
                 except Exception as exc:
+                    if _cannot_serialize(exc):
+                        raise CannotShip(
+                            f"task '{self.task}': its value, kept on the Dask cluster, could "
+                            f"not be pickled there to come to the flow's process "
+                            f"({describe(exc)}); return plain data (or values that pickle "
+                            f"every time), or read it only in steps on the cluster") from exc
                     raise WorkerLost(
                         f"task '{self.task}': its value, kept on the Dask cluster, could not "
                         f"be fetched ({describe(exc)}); read results before the client "
@@ -631,6 +637,11 @@ def _cannot_load(exc: BaseException) -> bool:
         return True
     text = safe_str(exc).lower()
     return "deserializ" in text or "no module named" in text
+
+
+def _cannot_serialize(exc: BaseException) -> bool:
+    """A Dask error saying the worker could not pickle a value it was asked for."""
+    return isinstance(exc, TypeError) and "could not serialize" in describe(exc).lower()
 
 
 def _is_cancelled(exc: BaseException) -> bool:
