@@ -108,6 +108,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from ..interrupts import is_terminal
 from .attempt import (
     GATE,
     STARTED,
