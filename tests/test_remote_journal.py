@@ -154,6 +154,44 @@ def test_a_kept_value_that_then_cannot_be_pickled_is_cannot_ship_not_a_lost_work
     assert results["u"].state is results["here"].state is StepState.SKIPPED
 
 
+class LoadsOnlyThere:
+    """A value whose rebuilding fails in the process named by an environment variable."""
+
+    def __init__(self) -> None:
+        self.data = bytes(200_000)
+
+    def __reduce__(self):
+        return (_rebuilt_there, (self.data,))
+
+
+def _rebuilt_there(data):
+    if os.environ.get("FLOWING_TEST_NO_REBUILD") == str(os.getpid()):
+        raise RuntimeError("cannot be rebuilt in this process")
+    value = LoadsOnlyThere.__new__(LoadsOnlyThere)
+    value.data = data
+    return value
+
+
+def loads_only_there():
+    return LoadsOnlyThere()
+
+
+def test_a_journaled_value_that_cannot_be_read_back_here_leaves_the_run_whole(
+        client, tmp_path, monkeypatch):
+    # The end of the run cannot rebuild it from the journal's pickle nor from the
+    # cluster: the run still returns, the step succeeded, and its value says why on read.
+    monkeypatch.setenv("FLOWING_TEST_NO_REBUILD", str(os.getpid()))  # (here, not the workers)
+    a = task(loads_only_there, name="a")
+    flow = Flow(task(uses, name="u", depends_on=[a]), executor=client,
+                journal_path=str(tmp_path / "j"), log=False)
+    results = flow.run()
+    assert flow.ok, flow.failures
+    assert entries(tmp_path / "j")["a"][0] == "file"
+    assert not results["a"]._value.fetched
+    with pytest.raises(Exception, match="cannot be rebuilt in this process"):
+        _ = results["a"].value
+
+
 def test_dependents_replay_by_the_worker_digest_on_another_engine(client, tmp_path):
     """Early cutoff across engines: the load step edited to give the same value runs
     again (here, on threads) and its dependents replay: the digest its worker made
