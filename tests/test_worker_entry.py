@@ -105,3 +105,28 @@ def test_the_worker_keeps_on_a_dask_cluster_what_the_journal_would_store_beside_
         list(range(10)), protocol=5)
     with pytest.raises(TypeError):  # it still checks that a big value pickles
         small([b"x" * THRESHOLD, threading.Lock()], THRESHOLD)
+
+
+def _pause(x):
+    import time
+
+    time.sleep(0.05)
+    return x
+
+
+def _echo(x):
+    return x
+
+
+def test_a_batch_reports_how_long_each_of_its_calls_took():
+    # The flow learns which bodies are quick from these: a slow body sharing a
+    # batch with quick ones must not look quick by the batch's mean.
+    import pickle
+
+    call = pickle.dumps(({"x": 3}, ("t", 1, 1, None, None), None, False, (), None))
+    calls = ((pickle.dumps(_echo), call), (pickle.dumps(_pause), call),
+             (pickle.dumps(_echo), call))
+    done, seconds = worker.run_batch(calls, False)
+    assert [(code, pickle.loads(data)) for code, data in done] == [(worker.OK, 3)] * 3
+    assert len(seconds) == 3 and seconds[1] >= 0.05  # (a lower bound: sleep's own promise)
+    assert all(type(s) is float and s >= 0 for s in seconds)

@@ -282,9 +282,9 @@ class RemoteCall:
             self._futures.add(future)
         return future
 
-    def batch_outcomes(self, future: Any) -> tuple[list[tuple[int, Any]], float]:
+    def batch_outcomes(self, future: Any) -> tuple[list[tuple[int, Any]], list[float]]:
         """What a finished ``start_batch`` future holds: each call's ``(code, data)``
-        (see ``unpack``) and the seconds they took on the worker. Raises the
+        (see ``unpack``) and the seconds each took on the worker. Raises the
         engine's own failure as it is (see ``engine_error``)."""
         with self._lock:
             self._futures.discard(future)

@@ -406,7 +406,7 @@ class RemoteRunner:
         """Each call's verdict from what its engine task brought back."""
         try:
             done, seconds = self._remote.batch_outcomes(future)
-            if len(done) != len(calls):
+            if not len(done) == len(seconds) == len(calls):
                 raise RuntimeError(f"{len(done)} results for {len(calls)} calls")
         except BaseException as exc:  # the engine's own failure (or a cancelled call)
             for call in calls:
@@ -424,16 +424,19 @@ class RemoteRunner:
                 continue
             self._finish(call, value, None)
 
-    def _learn(self, calls: list[_Call], seconds: float) -> None:
-        """Mark the tasks whose bodies are quick, with every task running the same
-        function (admission then hands over more of them, and ``submit`` holds
-        them for ``flush``). A timed, gated, limited or coroutine body is never
-        batched (see ``__init__``)."""
+    def _learn(self, calls: list[_Call], seconds: list[float]) -> None:
+        """Mark the tasks whose bodies are quick (by the mean time of their own calls
+        in this batch), with every task running the same function (admission then
+        hands over more of them, and ``submit`` holds them for ``flush``). A timed,
+        gated, limited or coroutine body is never batched (see ``__init__``)."""
         quick = self.quick
         assert quick is not None
-        each = seconds / len(calls)
-        flag = each <= _QUICK_S
-        for body in {id(call.job.td.fn) for call in calls}:
+        took: dict[int, list[float]] = {}
+        for call, s in zip(calls, seconds):
+            took.setdefault(id(call.job.td.fn), []).append(s)
+        for body, times in took.items():
+            each = sum(times) / len(times)
+            flag = each <= _QUICK_S
             was = self._seconds.get(body)
             self._seconds[body] = each
             if was is None or (was <= _QUICK_S) != flag:

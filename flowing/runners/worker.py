@@ -260,14 +260,19 @@ class Returned(tuple):  # type: ignore[type-arg]
 
 
 def run_batch(calls: tuple[tuple[bytes, bytes], ...],
-              cloud: bool) -> tuple[list[tuple[int, Any]], float]:
+              cloud: bool) -> tuple[list[tuple[int, Any]], list[float]]:
     """Runs in a process pool's worker: several calls (body, call) in turn, each as
-    ``run_shipped`` runs it; -> (each call's ``(code, data)``, the seconds they
+    ``run_shipped`` runs it; -> (each call's ``(code, data)``, the seconds each
     took here). A single call comes this way too, so every call tells the flow
     how long its body took (``remote`` batches the quick ones)."""
-    began = time.perf_counter()
-    done = [_run_shipped(body, call, cloud, 0, (), ()) for body, call in calls]
-    return done, time.perf_counter() - began
+    done: list[tuple[int, Any]] = []
+    seconds: list[float] = []
+    clock = time.perf_counter
+    for body, call in calls:
+        began = clock()
+        done.append(_run_shipped(body, call, cloud, 0, (), ()))
+        seconds.append(clock() - began)
+    return done, seconds
 
 
 def _run_shipped(body_blob: bytes, call_blob: bytes, cloud: bool, keep: int,
