@@ -117,8 +117,8 @@ class _Exclusive:
         Returns with the exclusive flock held on it (``fd``).
         """
         tfd, tmp = _new_temp(self.abspath)
-        fcntl.flock(tfd, fcntl.LOCK_EX)  # (new: never contended) held from rename to __exit__
         try:
+            fcntl.flock(tfd, fcntl.LOCK_EX)  # (new: never contended) held from rename to exit
             with os.fdopen(tfd, "wb", buffering=_CHUNK, closefd=False) as out:
                 valuestore.take_owner_and_mode(tfd, os.fstat(self.fd))
                 total = len(HEADER)
