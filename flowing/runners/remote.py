@@ -372,7 +372,7 @@ class RemoteRunner:
 
     def _batch_done(self, calls: list[_Call], future: Any) -> None:
         """A process pool's callback (its thread): settle the calls right here when that
-        is quick and runs no user code (see ``_quick_batch``), else on a finisher."""
+        is quick (see ``_quick_batch``), else on a finisher."""
         with self._items_lock:
             self._items -= 1
         if all(call.settled for call in calls):
@@ -388,7 +388,8 @@ class RemoteRunner:
 
     def _quick_batch(self, calls: list[_Call], future: Any) -> bool:
         """Successes with small values, no ``retry_until`` and no journal: their
-        verdicts need no user code nor I/O."""
+        verdicts need no I/O, and no user code but unpickling those values (at most
+        ``_QUICK_BYTES`` in all: a class's ``__setstate__`` runs on this thread)."""
         if self._shared.journal is not None or future.cancelled():
             return False
         if any(call.job.td.retry_until is not None for call in calls):
